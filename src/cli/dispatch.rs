@@ -1,0 +1,267 @@
+//! Runs a parsed command line: builds the engine objects it needs and maps the result to an
+//! exit code. The only place that reads the process environment or calls `process::exit`
+//! (through `main`'s return value).
+
+use super::args::{Cli, Command, GlobalArgs, ImageCommand, VmRunArgs};
+use super::errors::CliError;
+use clap::Parser;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use vmcheck::exit_codes;
+use vmcheck::image::{Catalog, Image, ImageStatus, ImageStore};
+use vmcheck::machine::ssh::{ExitStatus, Stream};
+use vmcheck::machine::vm::{Exec, Host, MachineSpec, VirtualMachine};
+use vmcheck::project::Project;
+use vmcheck::signal::{self, Cancel};
+
+/// Parse arguments, run, and return the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                exit_codes::INPUT_ERROR
+            } else {
+                exit_codes::OK
+            };
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vmcheck: cannot start the async runtime: {e}");
+            return exit_codes::INFRASTRUCTURE;
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    // Do not wait for a blocking read of stdin that may still be pending.
+    runtime.shutdown_background();
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vmcheck: error: {e}");
+            e.process_exit_code()
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<i32, CliError> {
+    let cancel = Cancel::new();
+    signal::install(&cancel)
+        .map_err(|e| CliError::Usage(format!("cannot install signal handlers: {e}")))?;
+    let catalog = Arc::new(catalog(&cli.global)?);
+    match cli.command {
+        Command::Image(ImageCommand::List) => image_list(&catalog),
+        Command::Image(ImageCommand::Build { names }) => {
+            image_build(catalog, names, cli.global.verbose, &cancel).await
+        }
+        Command::VmRun(args) => vm_run(catalog, args, cli.global.verbose, &cancel).await,
+    }
+}
+
+fn catalog(global: &GlobalArgs) -> Result<Catalog, CliError> {
+    let start = match &global.project_dir {
+        Some(dir) => dir.clone(),
+        None => std::env::current_dir()
+            .map_err(|e| CliError::Usage(format!("cannot read the current directory: {e}")))?,
+    };
+    let project = Project::discover(&start).ok_or(CliError::NoProject(start))?;
+    Ok(Catalog::new(project, ImageStore::from_env()))
+}
+
+fn image_list(catalog: &Catalog) -> Result<i32, CliError> {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "{:<16} {:<9} {:<22} {:>9}  PATH",
+        "NAME", "STATE", "ID", "SIZE"
+    );
+    for row in catalog.list() {
+        let (state, id, size, path) = match &row.status {
+            ImageStatus::Current(i) => (
+                "built",
+                i.short_id(),
+                size_of(i),
+                i.dir.display().to_string(),
+            ),
+            ImageStatus::Stale(i) => (
+                "stale",
+                i.short_id(),
+                size_of(i),
+                i.dir.display().to_string(),
+            ),
+            ImageStatus::Missing if row.has_recipe => {
+                ("not built", "-".into(), "-".into(), "-".into())
+            }
+            ImageStatus::Missing => ("missing", "-".into(), "-".into(), "-".into()),
+            ImageStatus::Broken(e) => ("broken", "-".into(), "-".into(), e.to_string()),
+        };
+        let _ = writeln!(
+            out,
+            "{:<16} {:<9} {:<22} {:>9}  {}",
+            row.name, state, id, size, path
+        );
+    }
+    Ok(exit_codes::OK)
+}
+
+fn size_of(image: &Image) -> String {
+    let bytes: u64 = image
+        .manifest
+        .files
+        .keys()
+        .filter_map(|f| std::fs::metadata(image.file(f)).ok())
+        .map(|m| m.len())
+        .sum();
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+async fn image_build(
+    catalog: Arc<Catalog>,
+    names: Vec<String>,
+    verbose: bool,
+    cancel: &Cancel,
+) -> Result<i32, CliError> {
+    let names = if names.is_empty() {
+        catalog.recipes()
+    } else {
+        names
+    };
+    for name in names {
+        eprintln!("vmcheck: building image {name} ...");
+        let (catalog, cancel) = (catalog.clone(), cancel.clone());
+        let image = tokio::task::spawn_blocking(move || catalog.build(&name, &cancel, verbose))
+            .await
+            .expect("image build panicked")?;
+        println!("{} {}", image.name, image.dir.display());
+    }
+    Ok(exit_codes::OK)
+}
+
+/// Resolve an image (building it if needed) without blocking the async runtime.
+async fn resolve(
+    catalog: &Arc<Catalog>,
+    name: &str,
+    verbose: bool,
+    cancel: &Cancel,
+) -> Result<Image, CliError> {
+    let (catalog, cancel, name) = (catalog.clone(), cancel.clone(), name.to_string());
+    let image = tokio::task::spawn_blocking(move || catalog.resolve(&name, &cancel, verbose))
+        .await
+        .expect("image resolution panicked");
+    if cancel_is(&image) {
+        return Err(CliError::Interrupted);
+    }
+    Ok(image?)
+}
+
+fn cancel_is(r: &Result<Image, vmcheck::image::ImageError>) -> bool {
+    matches!(r, Err(vmcheck::image::ImageError::RecipeFailed { status, .. }) if status == "interrupted")
+}
+
+async fn vm_run(
+    catalog: Arc<Catalog>,
+    args: VmRunArgs,
+    verbose: bool,
+    cancel: &Cancel,
+) -> Result<i32, CliError> {
+    let image = resolve(&catalog, &args.image, verbose, cancel).await?;
+    let host = Host::detect(&image.kernel(), &catalog.store.dir.join(".cache")).await?;
+    let started = Instant::now();
+    let spec = MachineSpec {
+        label: format!("{}-1", image.name),
+        image,
+        memory_mib: args.memory,
+        cpus: args.cpus,
+        private_net: None,
+    };
+    if verbose {
+        eprintln!(
+            "vmcheck: booting {} ({}, {} CPU) ...",
+            spec.image.short_id(),
+            host.accel.as_str(),
+            spec.cpus
+        );
+    }
+    let mut machine = VirtualMachine::start(&host, spec).await?;
+    machine
+        .wait_boot(Duration::from_secs(args.boot_timeout), cancel)
+        .await?;
+    let boot_time = started.elapsed();
+
+    if let Some(command) = &args.execute {
+        let mut sink = |stream: Stream, data: &[u8]| {
+            let _ = match stream {
+                Stream::Stdout => std::io::stdout().lock().write_all(data),
+                Stream::Stderr => std::io::stderr().lock().write_all(data),
+            };
+        };
+        let req = Exec {
+            sink: Some(&mut sink),
+            ..Exec::new(command, Duration::from_secs(args.timeout))
+        };
+        let result = tokio::select! {
+            r = machine.run(req) => r,
+            _ = cancel.cancelled() => {
+                machine.kill().await;
+                return Err(CliError::Interrupted);
+            }
+        };
+        let _ = std::io::stdout().flush();
+        let done = result?;
+        machine.kill().await;
+        return Ok(command_exit_code(&done.status));
+    }
+
+    println!(
+        "vmcheck: machine {} is ready ({:.1}s to boot, {}, {} MiB)",
+        machine.label,
+        boot_time.as_secs_f64(),
+        host.accel.as_str(),
+        machine.memory_mib
+    );
+    println!("  ssh:      {}", machine.ssh_command());
+    println!("  address:  127.0.0.1:{}", machine.ssh_port());
+    println!("  identity: {}", machine.image.client_key().display());
+    println!("  console:  {}", machine.console_log().display());
+    println!("Press Enter or Ctrl-C to stop the machine.");
+    let _ = std::io::stdout().flush();
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
+    let mut line = String::new();
+    let outcome = tokio::select! {
+        _ = tokio::io::AsyncBufReadExt::read_line(&mut stdin, &mut line) => Ok(exit_codes::OK),
+        _ = cancel.cancelled() => Err(CliError::Interrupted),
+    };
+    machine.kill().await;
+    outcome
+}
+
+/// `vm-run -e` exits like ssh: with the command's code, 128 + N for signal N.
+fn command_exit_code(status: &ExitStatus) -> i32 {
+    match status {
+        ExitStatus::Code(c) => (*c).min(255) as i32,
+        ExitStatus::Signal(name) => format!("SIG{name}")
+            .parse::<nix::sys::signal::Signal>()
+            .map(|s| 128 + s as i32)
+            .unwrap_or(255),
+        ExitStatus::Unknown => 255,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_codes() {
+        assert_eq!(command_exit_code(&ExitStatus::Code(0)), 0);
+        assert_eq!(command_exit_code(&ExitStatus::Code(3)), 3);
+        assert_eq!(command_exit_code(&ExitStatus::Signal("KILL".into())), 137);
+        assert_eq!(command_exit_code(&ExitStatus::Unknown), 255);
+    }
+}

@@ -1,0 +1,289 @@
+//! Building an image: run its recipe in a scratch directory, then hash what it wrote,
+//! write the manifest and publish the result as `NAME-<sha256>` in the store.
+//!
+//! A build is all or nothing. It holds a per-name lock (two vmcheck processes never build
+//! the same image at once), runs the recipe in its own process group, and on failure or
+//! cancellation stops the recipe (SIGTERM, then SIGKILL), unmounts anything the recipe left
+//! mounted below its scratch directory (debootstrap mounts /proc in its chroot) and only
+//! then deletes the scratch directory.
+
+use super::ImageError;
+use super::hash::{sha256_bytes, sha256_file, sha256_files};
+use super::manifest::{BootConfig, MANIFEST_FORMAT, Manifest};
+use super::store::{CLIENT_KEY, INITRD, Image, ImageStore, KERNEL, MANIFEST};
+use crate::signal::Cancel;
+use std::io::{BufRead, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The line every image prints on its serial console when sshd accepts connections.
+pub const READY_MARKER: &str = "VMCHECK-READY-7c1e";
+
+pub(super) struct BuildRequest<'a> {
+    pub name: &'a str,
+    pub recipe: &'a Path,
+    pub store: &'a ImageStore,
+    /// Stream the recipe's output to stderr as well as to the build log.
+    pub verbose: bool,
+    pub cancel: &'a Cancel,
+}
+
+/// Build the image and return it (already verified: we just hashed it).
+pub(super) fn build(req: &BuildRequest) -> Result<Image, ImageError> {
+    let name = req.name;
+    let store = req.store;
+    std::fs::create_dir_all(&store.dir)
+        .map_err(ImageError::io(format!("creating {}", store.dir.display())))?;
+    let scratch = tempfile::Builder::new()
+        .prefix(&format!(".build-{name}-"))
+        .tempdir_in(&store.dir)
+        .map_err(ImageError::io("creating a build directory"))?;
+    let result = build_in(req, scratch.path());
+    unmount_below(scratch.path());
+    drop(scratch);
+    result.map(|(image, elapsed)| {
+        eprintln!(
+            "vmcheck: built image {} in {:.1}s",
+            image.short_id(),
+            elapsed.as_secs_f64()
+        );
+        image
+    })
+}
+
+fn build_in(req: &BuildRequest, scratch: &Path) -> Result<(Image, Duration), ImageError> {
+    let started = Instant::now();
+    let name = req.name;
+    let (out, work, keys) = (
+        scratch.join("out"),
+        scratch.join("work"),
+        scratch.join("keys"),
+    );
+    for d in [&out, &work, &keys] {
+        std::fs::create_dir(d).map_err(ImageError::io(format!("creating {}", d.display())))?;
+    }
+    let cache = req.store.dir.join(".cache");
+    std::fs::create_dir_all(&cache).map_err(ImageError::io("creating the download cache"))?;
+    let client_key = keys.join(CLIENT_KEY);
+    let host_key = keys.join("ssh_host_ed25519_key");
+    keygen(&client_key, "vmcheck-client")?;
+    keygen(&host_key, &format!("vmcheck-host-{name}"))?;
+
+    let log_path = req.store.dir.join(format!("{name}.build.log"));
+    let recipes_dir = req.recipe.parent().unwrap_or(Path::new("."));
+    let recipe_sha = sha256_file(req.recipe)
+        .map_err(ImageError::io(format!("reading {}", req.recipe.display())))?;
+    run_recipe(req, &work, &log_path, |cmd| {
+        cmd.env("VMCHECK_OUT", &out)
+            .env("VMCHECK_CACHE", &cache)
+            .env(
+                "VMCHECK_AUTHORIZED_KEY",
+                keys.join(format!("{CLIENT_KEY}.pub")),
+            )
+            .env("VMCHECK_HOST_KEY", &host_key)
+            .env("VMCHECK_READY_MARKER", READY_MARKER)
+            .env("VMCHECK_LIB", recipes_dir.join("lib"));
+    })?;
+
+    let bad = |problem: String| ImageError::BadRecipeOutput {
+        name: name.to_string(),
+        problem,
+    };
+    let boot_text = std::fs::read_to_string(out.join("image.toml"))
+        .map_err(|e| bad(format!("the recipe wrote no readable image.toml: {e}")))?;
+    let boot = BootConfig::parse(&boot_text).map_err(|e| bad(format!("image.toml: {e}")))?;
+    for required in [KERNEL, INITRD].into_iter().chain(boot.disk.as_deref()) {
+        if !out.join(required).is_file() {
+            return Err(bad(format!("the recipe did not write {required}")));
+        }
+    }
+    for f in [CLIENT_KEY.to_string(), format!("{CLIENT_KEY}.pub")] {
+        std::fs::copy(keys.join(&f), out.join(&f))
+            .map_err(ImageError::io(format!("copying {f}")))?;
+    }
+    let host_key_pub = std::fs::read_to_string(keys.join("ssh_host_ed25519_key.pub"))
+        .map_err(ImageError::io("reading the host key"))?;
+
+    let files: Vec<String> = std::fs::read_dir(&out)
+        .map_err(ImageError::io("listing the recipe output"))?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|f| f != MANIFEST)
+        .collect();
+    let paths: Vec<PathBuf> = files.iter().map(|f| out.join(f)).collect();
+    let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
+    let mut hashes = std::collections::BTreeMap::new();
+    for (f, h) in files.iter().zip(sha256_files(&refs)) {
+        hashes.insert(
+            f.clone(),
+            h.map_err(ImageError::io(format!("hashing {f}")))?,
+        );
+    }
+    let manifest = Manifest {
+        format: MANIFEST_FORMAT,
+        name: name.to_string(),
+        recipe_sha256: recipe_sha,
+        built_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        host_key: host_key_pub.trim().to_string(),
+        boot,
+        files: hashes,
+    };
+    let text = manifest.to_toml();
+    std::fs::write(out.join(MANIFEST), &text).map_err(ImageError::io("writing the manifest"))?;
+    for f in files.iter().map(String::as_str).chain([MANIFEST]) {
+        // The client key must stay private to the user, or ssh refuses to use it.
+        let mode = if f == CLIENT_KEY { 0o400 } else { 0o444 };
+        std::fs::set_permissions(out.join(f), std::fs::Permissions::from_mode(mode))
+            .map_err(ImageError::io(format!("making {f} read-only")))?;
+    }
+    let sha256 = sha256_bytes(text.as_bytes());
+    let dest = req.store.image_dir(name, &sha256);
+    std::fs::rename(&out, &dest).map_err(ImageError::io(format!(
+        "moving the image to {}",
+        dest.display()
+    )))?;
+    let image = Image {
+        name: name.to_string(),
+        sha256,
+        dir: dest,
+        manifest,
+    };
+    Ok((image, started.elapsed()))
+}
+
+fn keygen(path: &Path, comment: &str) -> Result<(), ImageError> {
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+        .arg(path)
+        .stdin(Stdio::null())
+        .status()
+        .map_err(|e| ImageError::Io {
+            context: "running ssh-keygen (install the Debian package openssh-client)".into(),
+            source: e,
+        })?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(ImageError::Io {
+            context: format!("ssh-keygen for {} failed ({status})", path.display()),
+            source: std::io::Error::other("ssh-keygen failed"),
+        })
+    }
+}
+
+/// Run the recipe with its output going to `log_path` (and stderr when verbose), watching
+/// `cancel`; on cancellation the recipe's process group gets SIGTERM, then SIGKILL.
+fn run_recipe(
+    req: &BuildRequest,
+    work: &Path,
+    log_path: &Path,
+    set_env: impl FnOnce(&mut Command),
+) -> Result<(), ImageError> {
+    let mut log = std::fs::File::create(log_path)
+        .map_err(ImageError::io(format!("creating {}", log_path.display())))?;
+    let (reader, writer) = std::io::pipe().map_err(ImageError::io("creating a pipe"))?;
+    let mut cmd = Command::new(req.recipe);
+    cmd.current_dir(work)
+        .stdin(Stdio::null())
+        .stdout(
+            writer
+                .try_clone()
+                .map_err(ImageError::io("duplicating a pipe"))?,
+        )
+        .stderr(writer)
+        .process_group(0);
+    set_env(&mut cmd);
+    let mut child = cmd.spawn().map_err(ImageError::io(format!(
+        "running recipe {}",
+        req.recipe.display()
+    )))?;
+    drop(cmd); // closes our copies of the pipe's write end
+    let verbose = req.verbose;
+    let copier = std::thread::spawn(move || {
+        let mut tail = std::collections::VecDeque::new();
+        for line in std::io::BufReader::new(reader).split(b'\n') {
+            let Ok(line) = line else { break };
+            let _ = log.write_all(&line);
+            let _ = log.write_all(b"\n");
+            if verbose {
+                eprintln!("  | {}", String::from_utf8_lossy(&line));
+            }
+            tail.push_back(String::from_utf8_lossy(&line).into_owned());
+            if tail.len() > 20 {
+                tail.pop_front();
+            }
+        }
+        tail.into_iter().collect::<Vec<_>>().join("\n")
+    });
+    let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let mut term_sent: Option<Instant> = None;
+    let status = loop {
+        if let Some(status) = child
+            .try_wait()
+            .map_err(ImageError::io("waiting for the recipe"))?
+        {
+            break status;
+        }
+        if req.cancel.is_cancelled() {
+            match term_sent {
+                None => {
+                    let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::SIGTERM);
+                    term_sent = Some(Instant::now());
+                }
+                Some(t) if t.elapsed() > Duration::from_secs(10) => {
+                    let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::SIGKILL);
+                }
+                Some(_) => {}
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Stragglers of the recipe may still hold the pipe open.
+    let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::SIGKILL);
+    let tail = copier.join().unwrap_or_default();
+    if req.cancel.is_cancelled() {
+        return Err(ImageError::RecipeFailed {
+            name: req.name.to_string(),
+            recipe: req.recipe.to_path_buf(),
+            status: "interrupted".into(),
+            log: log_path.to_path_buf(),
+            tail,
+        });
+    }
+    if !status.success() {
+        return Err(ImageError::RecipeFailed {
+            name: req.name.to_string(),
+            recipe: req.recipe.to_path_buf(),
+            status: status.to_string(),
+            log: log_path.to_path_buf(),
+            tail,
+        });
+    }
+    Ok(())
+}
+
+/// Unmount (lazily) every mount point at or below `dir`, deepest first, so that deleting
+/// `dir` can never reach into a bind-mounted host directory.
+fn unmount_below(dir: &Path) {
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let Ok(dir) = dir.canonicalize() else { return };
+    let mut points: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .filter(|p| p.starts_with(&dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for p in points {
+        let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
+    }
+}

@@ -1,0 +1,128 @@
+//! A machine's serial console: qemu writes it to its stdout; a task appends it to the
+//! console log file and counts the lines vmcheck reacts to: the image's ready marker (sshd
+//! is up, so no network polling), the kernel's "reboot: Restarting system" (the guest asked
+//! for a reboot) and "Kernel panic" (it died).
+
+use std::path::{Path, PathBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+/// What one qemu process printed on the console so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConsoleState {
+    /// Lines equal to the ready marker.
+    pub ready: u32,
+    /// Kernel messages of a requested restart (`reboot: Restarting system`).
+    pub restarts: u32,
+    /// Kernel panics.
+    pub panics: u32,
+}
+
+/// Append `source` to `log` until EOF, counting ready markers (lines equal to `marker`,
+/// ignoring carriage returns), restarts and panics. Returns the receiver of the counts.
+pub fn spawn_reader(
+    mut source: impl AsyncRead + Unpin + Send + 'static,
+    log: PathBuf,
+    marker: &'static str,
+) -> watch::Receiver<ConsoleState> {
+    let (tx, rx) = watch::channel(ConsoleState::default());
+    tokio::spawn(async move {
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .await
+            .ok();
+        let mut line: Vec<u8> = Vec::new();
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match source.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if let Some(f) = file.as_mut() {
+                let _ = f.write_all(&buf[..n]).await;
+            }
+            for &b in &buf[..n] {
+                if b == b'\n' {
+                    let l = trim_cr(&line);
+                    if l == marker.as_bytes() {
+                        tx.send_modify(|c| c.ready += 1);
+                    } else if contains(l, b"reboot: Restarting system") {
+                        tx.send_modify(|c| c.restarts += 1);
+                    } else if contains(l, b"Kernel panic - not syncing") {
+                        tx.send_modify(|c| c.panics += 1);
+                    }
+                    line.clear();
+                } else if line.len() < 4096 {
+                    line.push(b);
+                }
+            }
+        }
+        if let Some(mut f) = file {
+            let _ = f.flush().await;
+        }
+    });
+    rx
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+fn trim_cr(line: &[u8]) -> &[u8] {
+    let mut l = line;
+    while let [rest @ .., b'\r'] = l {
+        l = rest;
+    }
+    l
+}
+
+/// The last `lines` lines of a log file, for error messages.
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..]
+        .iter()
+        .map(|l| l.trim_end_matches('\r'))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn counts_markers_across_chunks_and_logs_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("console.log");
+        let (mut w, r) = tokio::io::duplex(8);
+        let mut rx = spawn_reader(r, log.clone(), "READY");
+        w.write_all(b"boot\r\nREA").await.unwrap();
+        w.write_all(b"DY\r\nnot READY\n[ 1.0] reboot: Restarting system\nREADY\n")
+            .await
+            .unwrap();
+        drop(w);
+        while rx.borrow().ready < 2 {
+            rx.changed().await.unwrap();
+        }
+        // The reader may still be flushing the file after the last marker.
+        for _ in 0..100 {
+            if tail(&log, 10).ends_with("READY") {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(tail(&log, 2), "not READY\nREADY");
+        assert_eq!(
+            *rx.borrow(),
+            ConsoleState {
+                ready: 2,
+                restarts: 1,
+                panics: 0
+            }
+        );
+    }
+}

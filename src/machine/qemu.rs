@@ -1,0 +1,195 @@
+//! The QEMU command line of a machine, built from plain data ([`QemuConfig`]), and the host
+//! facts it needs (where qemu is, how much memory is free).
+//!
+//! Choices, measured on TCG hosts (see ARCHITECTURE.md): q35; the uncompressed kernel booted
+//! through PVH; virtio-rng so sshd does not wait for entropy; no option ROMs; the serial
+//! console on qemu's stdout (read by `console.rs`); `-no-reboot` plus pvpanic with
+//! `-action panic=exit-failure`, so a panicking or resetting guest ends qemu instead of
+//! hanging or boot-looping (a reboot the guest asked for is a relaunch, see `vm.rs`); disks as
+//! a throw-away qcow2 overlay with `cache=unsafe`.
+
+use super::accel::Accel;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+/// The kernel command line vmcheck always uses; an image's own `cmdline` is appended.
+pub const BASE_CMDLINE: &str = "console=ttyS0 quiet panic=-1";
+
+/// A second NIC on a multicast socket network shared by the machines of one test.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrivateNet {
+    pub mcast_port: u16,
+    pub mac: String,
+}
+
+/// Everything that decides a machine's QEMU command line.
+#[derive(Debug, Clone)]
+pub struct QemuConfig {
+    pub accel: Accel,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub cmdline: String,
+    /// The per-boot qcow2 overlay of the image's disk.
+    pub disk: Option<PathBuf>,
+    /// Host port on 127.0.0.1 forwarded to the guest's port 22.
+    pub ssh_port: u16,
+    pub private_net: Option<PrivateNet>,
+}
+
+impl QemuConfig {
+    pub fn args(&self) -> Vec<OsString> {
+        let mut a: Vec<OsString> = Vec::new();
+        let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
+        push(&["-accel", self.accel.as_str()]);
+        if self.accel == Accel::Kvm {
+            push(&["-cpu", "host"]);
+        }
+        push(&["-machine", "q35", "-nodefaults", "-no-user-config"]);
+        push(&[
+            "-m",
+            &self.memory_mib.to_string(),
+            "-smp",
+            &self.cpus.to_string(),
+        ]);
+        push(&["-display", "none", "-monitor", "none", "-no-reboot"]);
+        push(&[
+            "-chardev",
+            "stdio,id=con0,signal=off",
+            "-serial",
+            "chardev:con0",
+        ]);
+        push(&["-device", "virtio-rng-pci"]);
+        push(&["-device", "pvpanic-pci", "-action", "panic=exit-failure"]);
+        push(&[
+            "-netdev",
+            &format!("user,id=n0,hostfwd=tcp:127.0.0.1:{}-:22", self.ssh_port),
+            "-device",
+            "virtio-net-pci,netdev=n0,romfile=",
+        ]);
+        if let Some(net) = &self.private_net {
+            push(&[
+                "-netdev",
+                &format!(
+                    "socket,id=n1,mcast=230.0.0.1:{},localaddr=127.0.0.1",
+                    net.mcast_port
+                ),
+                "-device",
+                &format!("virtio-net-pci,netdev=n1,mac={},romfile=", net.mac),
+            ]);
+        }
+        let cmdline = format!("{BASE_CMDLINE} {}", self.cmdline)
+            .trim()
+            .to_string();
+        push(&["-append", &cmdline]);
+        a.push("-kernel".into());
+        a.push(self.kernel.clone().into());
+        a.push("-initrd".into());
+        a.push(self.initrd.clone().into());
+        if let Some(disk) = &self.disk {
+            let mut spec = OsString::from("file=");
+            spec.push(disk);
+            spec.push(",if=virtio,format=qcow2,cache=unsafe,discard=unmap");
+            a.push("-drive".into());
+            a.push(spec);
+        }
+        a
+    }
+}
+
+/// Find `qemu-system-x86_64` on `PATH`.
+pub fn find_qemu() -> Option<PathBuf> {
+    find_in_path("qemu-system-x86_64")
+}
+
+pub fn find_in_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Memory QEMU itself needs beyond the guest's RAM (measured RSS overhead, rounded up).
+pub const QEMU_OVERHEAD_MIB: u64 = 128;
+
+/// `MemAvailable` from `/proc/meminfo`, in MiB.
+pub fn mem_available_mib() -> Option<u64> {
+    parse_mem_available(&std::fs::read_to_string("/proc/meminfo").ok()?)
+}
+
+fn parse_mem_available(meminfo: &str) -> Option<u64> {
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb / 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> QemuConfig {
+        QemuConfig {
+            accel: Accel::Tcg,
+            memory_mib: 256,
+            cpus: 1,
+            kernel: "/img/vmlinux".into(),
+            initrd: "/img/initrd".into(),
+            cmdline: "root=/dev/vda rw".into(),
+            disk: Some("/run/x/overlay.qcow2".into()),
+            ssh_port: 22022,
+            private_net: None,
+        }
+    }
+
+    fn joined(c: &QemuConfig) -> String {
+        c.args()
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn tcg_command_line() {
+        let s = joined(&config());
+        assert!(s.starts_with("-accel tcg -machine q35 -nodefaults"), "{s}");
+        assert!(!s.contains("-cpu host"));
+        assert!(s.contains("-m 256 -smp 1"));
+        assert!(s.contains("hostfwd=tcp:127.0.0.1:22022-:22"), "{s}");
+        assert!(s.contains("-append console=ttyS0 quiet panic=-1 root=/dev/vda rw"));
+        assert!(s.contains("-drive file=/run/x/overlay.qcow2,if=virtio,format=qcow2,cache=unsafe"));
+        assert!(s.contains("-action panic=exit-failure"));
+        assert!(!s.contains("mcast"));
+    }
+
+    #[test]
+    fn kvm_private_net_and_no_disk() {
+        let mut c = config();
+        c.accel = Accel::Kvm;
+        c.disk = None;
+        c.private_net = Some(PrivateNet {
+            mcast_port: 24000,
+            mac: "52:54:01:00:00:02".into(),
+        });
+        let s = joined(&c);
+        assert!(s.contains("-accel kvm -cpu host"));
+        assert!(!s.contains("-drive"));
+        assert!(s.contains("mcast=230.0.0.1:24000,localaddr=127.0.0.1"));
+        assert!(s.contains("mac=52:54:01:00:00:02"));
+    }
+
+    #[test]
+    fn meminfo() {
+        let text = "MemTotal:       24000000 kB\nMemFree: 1 kB\nMemAvailable:    2097152 kB\n";
+        assert_eq!(parse_mem_available(text), Some(2048));
+        assert_eq!(parse_mem_available("MemTotal: 5 kB\n"), None);
+    }
+}

@@ -1,0 +1,91 @@
+//! Per-machine run directories (overlay, console log, sockets) under
+//! `$TMPDIR/vmcheck-<uid>/`, and the sweep that removes those of dead processes.
+//!
+//! A directory's name starts with its owner's pid and start time (`<pid>.<start>-…`), so
+//! the sweep can tell a live owner from a dead one (or a recycled pid) without any lock.
+//! vmcheck removes a machine's directory when the machine is killed; the sweep catches the
+//! rest (a vmcheck killed by SIGKILL), the next time any vmcheck starts a machine.
+
+use std::path::{Path, PathBuf};
+
+/// The parent of all run directories of this user.
+pub fn base_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("vmcheck-{}", nix::unistd::getuid()))
+}
+
+/// Create a fresh run directory for a machine labelled `label`; removed when dropped.
+pub fn create(label: &str) -> std::io::Result<tempfile::TempDir> {
+    let base = base_dir();
+    std::fs::create_dir_all(&base)?;
+    sweep_once(&base);
+    let me = std::process::id();
+    let start = start_time(me).unwrap_or(0);
+    tempfile::Builder::new()
+        .prefix(&format!("{me}.{start}-{label}-"))
+        .tempdir_in(&base)
+}
+
+fn sweep_once(base: &Path) {
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(|| sweep(base));
+}
+
+/// Remove run directories whose owning process is gone.
+pub fn sweep(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let Some((pid, start)) = name.to_str().and_then(owner) else {
+            continue;
+        };
+        if start_time(pid) != Some(start) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// The owner (pid, start time) encoded in a run directory's name.
+fn owner(name: &str) -> Option<(u32, u64)> {
+    let (id, _) = name.split_once('-')?;
+    let (pid, start) = id.split_once('.')?;
+    Some((pid.parse().ok()?, start.parse().ok()?))
+}
+
+/// A process's start time in clock ticks since boot (field 22 of `/proc/PID/stat`).
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses: skip past its end.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_owner() {
+        assert_eq!(owner("123.456-busybox-1-abc"), Some((123, 456)));
+        assert_eq!(owner("junk"), None);
+    }
+
+    #[test]
+    fn sweep_removes_only_dead_owners() {
+        let base = tempfile::tempdir().unwrap();
+        let me = std::process::id();
+        let live = base
+            .path()
+            .join(format!("{me}.{}-a-x", start_time(me).unwrap()));
+        let dead = base.path().join(format!("{me}.1-b-x"));
+        let other = base.path().join("unrelated");
+        for d in [&live, &dead, &other] {
+            std::fs::create_dir(d).unwrap();
+        }
+        sweep(base.path());
+        assert!(live.exists());
+        assert!(!dead.exists());
+        assert!(other.exists());
+    }
+}

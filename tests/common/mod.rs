@@ -1,0 +1,105 @@
+//! Helpers shared by the end-to-end tests: the project's real images (built on first use),
+//! the host, the vmcheck binary, and probes for leftovers (qemu processes, run directories).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use vmcheck::image::{Catalog, Image, ImageStore};
+use vmcheck::machine::vm::Host;
+use vmcheck::project::Project;
+use vmcheck::signal::Cancel;
+
+pub fn project_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn catalog() -> Catalog {
+    let project = Project::discover(&project_root()).expect("the repository is a project");
+    Catalog::new(project, ImageStore::from_env())
+}
+
+/// The project's image `name`, built if needed (one build at a time in this process).
+pub fn image(name: &str) -> Image {
+    static BUILDING: Mutex<()> = Mutex::new(());
+    let _guard = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
+    catalog()
+        .resolve(name, &Cancel::new(), false)
+        .unwrap_or_else(|e| panic!("image {name}: {e}"))
+}
+
+pub async fn host(image: &Image) -> Host {
+    Host::detect(&image.kernel(), &catalog().store.dir.join(".cache"))
+        .await
+        .expect("qemu is installed")
+}
+
+pub fn vmcheck() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_vmcheck"));
+    cmd.current_dir(project_root());
+    cmd
+}
+
+/// Pids of qemu processes forwarding host port `port`.
+pub fn qemu_pids_for_port(port: u16) -> Vec<u32> {
+    let needle = format!("hostfwd=tcp:127.0.0.1:{port}-:22");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| {
+                    String::from_utf8_lossy(&c)
+                        .replace('\0', " ")
+                        .contains(&needle)
+                })
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+pub fn process_alive(pid: u32) -> bool {
+    // A zombie has exited; only its parent's wait is missing.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(false)
+}
+
+/// Wait up to `secs` for `cond`, polling every 50 ms.
+pub fn eventually(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    cond()
+}
+
+/// Run directories that belong to process `pid`.
+pub fn run_dirs_of(pid: u32) -> Vec<PathBuf> {
+    let base = vmcheck::machine::rundir::base_dir();
+    let Ok(entries) = std::fs::read_dir(&base) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(&format!("{pid}.")))
+        })
+        .map(|e| e.path())
+        .collect()
+}
+
+pub fn exists(p: &Path) -> bool {
+    p.symlink_metadata().is_ok()
+}

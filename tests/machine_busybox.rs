@@ -1,0 +1,194 @@
+//! End-to-end: the machine layer against real busybox guests under QEMU.
+
+mod common;
+
+use std::time::Duration;
+use vmcheck::machine::ports::{self, PortKind};
+use vmcheck::machine::qemu::PrivateNet;
+use vmcheck::machine::ssh::ExitStatus;
+use vmcheck::machine::vm::{MachineError, MachineSpec, VirtualMachine};
+use vmcheck::signal::Cancel;
+
+const BOOT: Duration = Duration::from_secs(120);
+const CMD: Duration = Duration::from_secs(30);
+
+fn spec(label: &str, image: &vmcheck::image::Image) -> MachineSpec {
+    MachineSpec {
+        label: label.into(),
+        image: image.clone(),
+        memory_mib: None,
+        cpus: 1,
+        private_net: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_execute_files_timeout_reboot_kill() {
+    let image = common::image("busybox");
+    let host = common::host(&image).await;
+    let cancel = Cancel::new();
+    let mut m = VirtualMachine::start(&host, spec("e2e-life", &image))
+        .await
+        .unwrap();
+    let boot_id = m.wait_boot(BOOT, &cancel).await.unwrap();
+    assert_eq!(boot_id.len(), 36, "{boot_id}");
+
+    // execute: output, stderr and exit codes
+    let done = m
+        .execute("echo hello; echo oops >&2; exit 7", CMD)
+        .await
+        .unwrap();
+    assert_eq!(done.status, ExitStatus::Code(7));
+    assert_eq!(done.stdout_text(), "hello\n");
+    assert_eq!(String::from_utf8_lossy(&done.output.stderr), "oops\n");
+    let done = m.execute("id -u", CMD).await.unwrap();
+    assert!(done.status.success());
+    assert_eq!(done.stdout_text().trim(), "0");
+
+    // upload / download round trip of binary data, permissions kept
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("blob");
+    let data: Vec<u8> = (0..(1u32 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&local, &data).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&local, std::fs::Permissions::from_mode(0o750)).unwrap();
+    m.upload(&local, "/var/tmp/sub dir/blob").await.unwrap();
+    let done = m
+        .execute("stat -c %a '/var/tmp/sub dir/blob'", CMD)
+        .await
+        .unwrap();
+    assert_eq!(done.stdout_text().trim(), "750");
+    let back = dir.path().join("back");
+    m.download("/var/tmp/sub dir/blob", &back).await.unwrap();
+    assert_eq!(std::fs::read(&back).unwrap(), data);
+    let err = m.download("/nonexistent", &back).await.unwrap_err();
+    assert!(
+        err.to_string().contains("downloading /nonexistent failed"),
+        "{err}"
+    );
+
+    // a hanging command times out, and everything it started is killed
+    let started = std::time::Instant::now();
+    let err = m
+        .execute(
+            "echo started; sleep 1001 & sleep 1002; echo never",
+            Duration::from_secs(2),
+        )
+        .await
+        .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(15));
+    match &err {
+        MachineError::CommandTimeout { output, after, .. } => {
+            assert_eq!(*after, Duration::from_secs(2));
+            assert_eq!(String::from_utf8_lossy(&output.stdout), "started\n");
+        }
+        other => panic!("expected a timeout, got {other}"),
+    }
+    let done = m
+        .execute("ps -o args | grep -c '^sleep 100[12]' || true", CMD)
+        .await
+        .unwrap();
+    assert_eq!(
+        done.stdout_text().trim(),
+        "0",
+        "the timed-out command's processes survived"
+    );
+
+    // reboot: a new boot id, and the connection works afterwards
+    let new_id = m.reboot(BOOT, &cancel).await.unwrap();
+    assert_ne!(new_id, boot_id);
+    let done = m
+        .execute("cat /proc/sys/kernel/random/boot_id", CMD)
+        .await
+        .unwrap();
+    assert_eq!(done.stdout_text().trim(), new_id);
+
+    // kill: no process, no run directory, port free again
+    let pid = m.pid().unwrap();
+    let port = m.ssh_port();
+    let run_dir = m.run_dir().to_path_buf();
+    assert!(run_dir.join("console.log").exists());
+    m.kill().await;
+    assert!(!common::process_alive(pid), "qemu {pid} still runs");
+    assert!(common::qemu_pids_for_port(port).is_empty());
+    assert!(!run_dir.exists(), "{} left behind", run_dir.display());
+    assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_machines_at_once_on_a_private_network() {
+    let image = common::image("busybox");
+    let host = common::host(&image).await;
+    let cancel = Cancel::new();
+    let net = ports::lease(PortKind::Udp).unwrap();
+    let mut machines = Vec::new();
+    for n in 1..=2 {
+        let mut s = spec(&format!("e2e-pair{n}"), &image);
+        s.private_net = Some(PrivateNet {
+            mcast_port: net.port,
+            mac: format!("52:54:01:00:00:0{n}"),
+        });
+        machines.push(VirtualMachine::start(&host, s).await.unwrap());
+    }
+    let [a, b] = &mut machines[..] else {
+        unreachable!()
+    };
+    assert_ne!(a.ssh_port(), b.ssh_port());
+    let (ida, idb) = tokio::join!(a.wait_boot(BOOT, &cancel), b.wait_boot(BOOT, &cancel));
+    assert_ne!(ida.unwrap(), idb.unwrap());
+    for (m, ip) in [(&*a, "10.111.0.1"), (&*b, "10.111.0.2")] {
+        let done = m
+            .execute(
+                &format!("ip link set eth1 up && ip addr add {ip}/24 dev eth1"),
+                CMD,
+            )
+            .await
+            .unwrap();
+        assert!(done.status.success(), "{:?}", done.output);
+    }
+    let done = a.execute("ping -c 2 -W 5 10.111.0.2", CMD).await.unwrap();
+    assert!(done.status.success(), "ping failed: {}", done.stdout_text());
+    let pids: Vec<u32> = machines.iter().filter_map(|m| m.pid()).collect();
+    for m in machines {
+        m.kill().await;
+    }
+    assert!(pids.iter().all(|p| !common::process_alive(*p)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_that_panics_ends_qemu_with_the_console_tail() {
+    let mut image = common::image("busybox");
+    // No init to run: the kernel panics, pvpanic tells qemu, qemu exits.
+    image.manifest.boot.cmdline = "rdinit=/vmcheck-none init=/vmcheck-none".into();
+    let host = common::host(&image).await;
+    let mut m = VirtualMachine::start(&host, spec("e2e-panic", &image))
+        .await
+        .unwrap();
+    let err = m.wait_boot(BOOT, &Cancel::new()).await.unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, MachineError::QemuExited { .. }), "{text}");
+    assert!(text.contains("Kernel panic"), "{text}");
+    let dir = m.run_dir().to_path_buf();
+    m.kill().await;
+    assert!(!dir.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_boot_timeout_reports_the_console_and_cleans_up() {
+    let image = common::image("busybox");
+    let host = common::host(&image).await;
+    let mut m = VirtualMachine::start(&host, spec("e2e-slow", &image))
+        .await
+        .unwrap();
+    let pid = m.pid().unwrap();
+    let err = m
+        .wait_boot(Duration::from_millis(500), &Cancel::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, MachineError::BootTimeout { .. }), "{err}");
+    assert!(err.to_string().contains("console tail"), "{err}");
+    m.kill().await;
+    assert!(!common::process_alive(pid));
+}
