@@ -35,13 +35,14 @@ async fn lifecycle_execute_files_timeout_reboot_kill() {
 
     // execute: output, stderr and exit codes
     let done = m
+        .shell()
         .execute("echo hello; echo oops >&2; exit 7", CMD)
         .await
         .unwrap();
     assert_eq!(done.status, ExitStatus::Code(7));
     assert_eq!(done.stdout_text(), "hello\n");
     assert_eq!(String::from_utf8_lossy(&done.output.stderr), "oops\n");
-    let done = m.execute("id -u", CMD).await.unwrap();
+    let done = m.shell().execute("id -u", CMD).await.unwrap();
     assert!(done.status.success());
     assert_eq!(done.stdout_text().trim(), "0");
 
@@ -54,16 +55,23 @@ async fn lifecycle_execute_files_timeout_reboot_kill() {
     std::fs::write(&local, &data).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&local, std::fs::Permissions::from_mode(0o750)).unwrap();
-    m.upload(&local, "/var/tmp/sub dir/blob").await.unwrap();
+    m.shell()
+        .upload(&local, "/var/tmp/sub dir/blob")
+        .await
+        .unwrap();
     let done = m
+        .shell()
         .execute("stat -c %a '/var/tmp/sub dir/blob'", CMD)
         .await
         .unwrap();
     assert_eq!(done.stdout_text().trim(), "750");
     let back = dir.path().join("back");
-    m.download("/var/tmp/sub dir/blob", &back).await.unwrap();
+    m.shell()
+        .download("/var/tmp/sub dir/blob", &back)
+        .await
+        .unwrap();
     assert_eq!(std::fs::read(&back).unwrap(), data);
-    let err = m.download("/nonexistent", &back).await.unwrap_err();
+    let err = m.shell().download("/nonexistent", &back).await.unwrap_err();
     assert!(
         err.to_string().contains("downloading /nonexistent failed"),
         "{err}"
@@ -72,6 +80,7 @@ async fn lifecycle_execute_files_timeout_reboot_kill() {
     // a hanging command times out, and everything it started is killed
     let started = std::time::Instant::now();
     let err = m
+        .shell()
         .execute(
             "echo started; sleep 1001 & sleep 1002; echo never",
             Duration::from_secs(2),
@@ -87,6 +96,7 @@ async fn lifecycle_execute_files_timeout_reboot_kill() {
         other => panic!("expected a timeout, got {other}"),
     }
     let done = m
+        .shell()
         .execute("ps -o args | grep -c '^sleep 100[12]' || true", CMD)
         .await
         .unwrap();
@@ -100,6 +110,7 @@ async fn lifecycle_execute_files_timeout_reboot_kill() {
     let new_id = m.reboot(BOOT, &cancel).await.unwrap();
     assert_ne!(new_id, boot_id);
     let done = m
+        .shell()
         .execute("cat /proc/sys/kernel/random/boot_id", CMD)
         .await
         .unwrap();
@@ -140,6 +151,7 @@ async fn two_machines_at_once_on_a_private_network() {
     assert_ne!(ida.unwrap(), idb.unwrap());
     for (m, ip) in [(&*a, "10.111.0.1"), (&*b, "10.111.0.2")] {
         let done = m
+            .shell()
             .execute(
                 &format!("ip link set eth1 up && ip addr add {ip}/24 dev eth1"),
                 CMD,
@@ -148,7 +160,11 @@ async fn two_machines_at_once_on_a_private_network() {
             .unwrap();
         assert!(done.status.success(), "{:?}", done.output);
     }
-    let done = a.execute("ping -c 2 -W 5 10.111.0.2", CMD).await.unwrap();
+    let done = a
+        .shell()
+        .execute("ping -c 2 -W 5 10.111.0.2", CMD)
+        .await
+        .unwrap();
     assert!(done.status.success(), "ping failed: {}", done.stdout_text());
     let pids: Vec<u32> = machines.iter().filter_map(|m| m.pid()).collect();
     for m in machines {

@@ -30,11 +30,93 @@ pub struct GlobalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run tests from check files (test/verify/check-* by default).
+    Run(RunArgs),
+    /// Run the tests of one check file: what its `#!` line calls, so that
+    /// `./test/verify/check-foo TestFoo.testBar --sit` works. No retries; output is shown live.
+    Exec {
+        /// The check file.
+        file: PathBuf,
+        #[command(flatten)]
+        run: RunArgs,
+    },
     /// Build and list guest images.
     #[command(subcommand)]
     Image(ImageCommand),
     /// Boot a machine, print how to reach it, and keep it until Enter or Ctrl-C.
     VmRun(VmRunArgs),
+    /// The `vm` helper of host scripts (vm exec|reboot|wait-reboot|upload|download|ssh MACHINE …).
+    #[command(hide = true)]
+    VmCtl {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Run only tests whose `TestClass.testMethod` contains one of these strings.
+    pub filters: Vec<String>,
+    /// Drop the test with exactly this name (repeatable).
+    #[arg(long, value_name = "TestClass.testMethod")]
+    pub exclude: Vec<String>,
+    /// List the selected tests and exit; boots nothing, runs no test code.
+    #[arg(short, long)]
+    pub list: bool,
+    /// Only nondestructive tests.
+    #[arg(short, long)]
+    pub nondestructive: bool,
+    /// Tests to run at once [default: from free RAM and CPUs].
+    #[arg(short, long, env = "TEST_JOBS", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub jobs: Option<u32>,
+    /// Run nondestructive tests on this existing host instead of booting machines; implies
+    /// -n. Repeat to use several hosts in parallel.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub machine: Vec<String>,
+    /// Private key for --machine hosts.
+    #[arg(long, value_name = "FILE", requires = "machine")]
+    pub identity: Option<PathBuf>,
+    /// known_hosts file with the --machine hosts' keys [default: ~/.ssh/known_hosts].
+    #[arg(long, value_name = "FILE", requires = "machine")]
+    pub known_hosts: Option<PathBuf>,
+    /// Accept any host key from --machine hosts (unsafe; for throw-away hosts).
+    #[arg(long, requires = "machine", conflicts_with = "known_hosts")]
+    pub insecure_host_key: bool,
+    /// User to log in as on --machine hosts.
+    #[arg(long, default_value = "root", requires = "machine")]
+    pub user: String,
+    /// Directory of check files [default: test/verify in the project].
+    #[arg(long, env = "TEST_DIR", value_name = "DIR")]
+    pub test_dir: Option<PathBuf>,
+    /// File name pattern of check files in --test-dir.
+    #[arg(long, default_value = "check-*", value_name = "GLOB")]
+    pub test_glob: String,
+    /// Do not retry failed tests (machine failures are still retried).
+    #[arg(long)]
+    pub no_retry_fail: bool,
+    /// When a test fails, keep its machines, print how to reach them and wait for Enter.
+    #[arg(short, long)]
+    pub sit: bool,
+    /// A scenario from test/scenarios.toml.
+    #[arg(
+        long,
+        env = "TEST_SCENARIO",
+        value_name = "NAME",
+        hide_env_values = true
+    )]
+    pub scenario: Option<String>,
+    /// Memory of the machines nondestructive tests share [default: the image's].
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u32).range(64..=1048576))]
+    pub nondestructive_memory: Option<u32>,
+    /// CPUs of the machines nondestructive tests share.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub nondestructive_cpus: u32,
+    /// Seconds a machine may take to boot.
+    #[arg(long, default_value_t = 120, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub boot_timeout: u64,
+    /// Where guest files that tests collect go [default: <project>/vmcheck-results/artifacts].
+    #[arg(long, value_name = "DIR")]
+    pub artifacts: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -102,12 +184,27 @@ mod tests {
     }
 
     #[test]
+    fn exec_takes_a_file_then_filters() {
+        let cli =
+            Cli::try_parse_from(["vmcheck", "exec", "./check-foo", "TestFoo.testBar", "--sit"])
+                .unwrap();
+        let Command::Exec { file, run } = cli.command else {
+            panic!()
+        };
+        assert_eq!(file, PathBuf::from("./check-foo"));
+        assert_eq!(run.filters, ["TestFoo.testBar"]);
+        assert!(run.sit);
+    }
+
+    #[test]
     fn bad_values_are_usage_errors() {
         for argv in [
             &["vmcheck", "vm-run", "-m", "12"][..],
             &["vmcheck", "vm-run", "--cpus", "0"],
             &["vmcheck", "vm-run", "--boot-timeout", "0"],
             &["vmcheck", "image", "destroy"],
+            &["vmcheck", "run", "-j", "0"],
+            &["vmcheck", "run", "--identity", "k"],
         ] {
             let e = Cli::try_parse_from(argv).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{argv:?}");

@@ -43,6 +43,12 @@ pub fn main() -> i32 {
     runtime.shutdown_background();
     match result {
         Ok(code) => code,
+        Err(CliError::CheckFiles(errors)) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            CliError::CheckFiles(errors).process_exit_code()
+        }
         Err(e) => {
             eprintln!("vmcheck: error: {e}");
             e.process_exit_code()
@@ -54,8 +60,18 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
     let cancel = Cancel::new();
     signal::install(&cancel)
         .map_err(|e| CliError::Usage(format!("cannot install signal handlers: {e}")))?;
-    let catalog = Arc::new(catalog(&cli.global)?);
+    if let Command::VmCtl { args } = &cli.command {
+        return Ok(vm_ctl(args));
+    }
+    let catalog = Arc::new(catalog(&cli.global, &cli.command)?);
     match cli.command {
+        Command::Run(args) => {
+            super::run::run(catalog, args, None, cli.global.verbose, &cancel).await
+        }
+        Command::Exec { file, run } => {
+            super::run::run(catalog, run, Some(file), cli.global.verbose, &cancel).await
+        }
+        Command::VmCtl { .. } => unreachable!("handled above"),
         Command::Image(ImageCommand::List) => image_list(&catalog),
         Command::Image(ImageCommand::Build { names }) => {
             image_build(catalog, names, cli.global.verbose, &cancel).await
@@ -64,10 +80,15 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
     }
 }
 
-fn catalog(global: &GlobalArgs) -> Result<Catalog, CliError> {
-    let start = match &global.project_dir {
-        Some(dir) => dir.clone(),
-        None => std::env::current_dir()
+fn catalog(global: &GlobalArgs, command: &Command) -> Result<Catalog, CliError> {
+    let start = match (&global.project_dir, command) {
+        (Some(dir), _) => dir.clone(),
+        // A check file run directly belongs to the project it lives in.
+        (None, Command::Exec { file, .. }) => std::path::absolute(file)
+            .ok()
+            .and_then(|f| f.parent().map(|p| p.to_path_buf()))
+            .unwrap_or_default(),
+        (None, _) => std::env::current_dir()
             .map_err(|e| CliError::Usage(format!("cannot read the current directory: {e}")))?,
     };
     let project = Project::discover(&start).ok_or(CliError::NoProject(start))?;
@@ -206,7 +227,7 @@ async fn vm_run(
             ..Exec::new(command, Duration::from_secs(args.timeout))
         };
         let result = tokio::select! {
-            r = machine.run(req) => r,
+            r = machine.shell().run(req) => r,
             _ = cancel.cancelled() => {
                 machine.kill().await;
                 return Err(CliError::Interrupted);
@@ -239,6 +260,34 @@ async fn vm_run(
     };
     machine.kill().await;
     outcome
+}
+
+/// The `vm` helper of host scripts: one request to the runner, its answer printed.
+fn vm_ctl(args: &[String]) -> i32 {
+    use vmcheck::runner::control;
+    let request = match control::parse_args(args) {
+        Ok(r) => r,
+        Err(usage) => {
+            eprintln!("vm: {usage}");
+            return exit_codes::INPUT_ERROR;
+        }
+    };
+    let Some(socket) = std::env::var_os("VMCHECK_CONTROL") else {
+        eprintln!("vm: VMCHECK_CONTROL is not set: vm works only inside a test's host script");
+        return exit_codes::INPUT_ERROR;
+    };
+    match control::call(std::path::Path::new(&socket), &request) {
+        Ok(r) => {
+            print!("{}", r.stdout);
+            eprint!("{}", r.stderr);
+            let _ = std::io::stdout().flush();
+            r.exit
+        }
+        Err(e) => {
+            eprintln!("vm: cannot reach the runner: {e}");
+            255
+        }
+    }
 }
 
 /// `vm-run -e` exits like ssh: with the command's code, 128 + N for signal N.

@@ -18,12 +18,20 @@ pub enum CliError {
     Machine(#[from] MachineError),
     #[error("interrupted")]
     Interrupted,
+    /// Every problem in every check file, one `path:line:col: message` per line.
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+    CheckFiles(Vec<vmcheck::checkfile::CheckFileError>),
+    #[error("no tests selected")]
+    NoTests,
 }
 
 impl CliError {
     pub fn process_exit_code(&self) -> i32 {
         match self {
-            CliError::Usage(_) | CliError::NoProject(_) => exit_codes::INPUT_ERROR,
+            CliError::Usage(_) | CliError::NoProject(_) | CliError::CheckFiles(_) => {
+                exit_codes::INPUT_ERROR
+            }
+            CliError::NoTests => exit_codes::NO_TESTS,
             CliError::Image(e) if e.is_input_error() => exit_codes::INPUT_ERROR,
             CliError::Image(_) => exit_codes::INFRASTRUCTURE,
             CliError::Machine(MachineError::Cancelled) | CliError::Interrupted => {

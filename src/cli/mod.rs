@@ -4,5 +4,6 @@
 mod args;
 mod dispatch;
 mod errors;
+mod run;
 
 pub use dispatch::main;

@@ -115,7 +115,10 @@ mod tests {
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        assert_eq!(tail(&log, 2), "not READY\nREADY");
+        assert_eq!(
+            tail(&log, 3),
+            "not READY\n[ 1.0] reboot: Restarting system\nREADY"
+        );
         assert_eq!(
             *rx.borrow(),
             ConsoleState {

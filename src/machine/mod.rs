@@ -2,9 +2,82 @@
 
 pub mod accel;
 pub mod console;
+pub mod error;
 pub mod ports;
 pub mod qemu;
+pub mod remote;
 pub mod rundir;
+pub mod shell;
 pub mod spawn;
 pub mod ssh;
 pub mod vm;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A machine the runner can use: one it booted, or an existing host.
+pub enum Machine {
+    Virtual(Box<vm::VirtualMachine>),
+    Remote(Box<remote::RemoteMachine>),
+}
+
+impl Machine {
+    pub fn label(&self) -> &str {
+        match self {
+            Machine::Virtual(m) => &m.label,
+            Machine::Remote(m) => &m.label,
+        }
+    }
+
+    pub fn shell(&self) -> &shell::Shell {
+        match self {
+            Machine::Virtual(m) => m.shell(),
+            Machine::Remote(m) => m.shell(),
+        }
+    }
+
+    pub fn ssh_command(&self) -> String {
+        match self {
+            Machine::Virtual(m) => m.ssh_command(),
+            Machine::Remote(m) => m.ssh_command(),
+        }
+    }
+
+    /// The serial console log, for machines vmcheck booted.
+    pub fn console_log(&self) -> Option<PathBuf> {
+        match self {
+            Machine::Virtual(m) => Some(m.console_log()),
+            Machine::Remote(_) => None,
+        }
+    }
+
+    pub async fn reboot(
+        &mut self,
+        timeout: Duration,
+        cancel: &crate::signal::Cancel,
+    ) -> Result<String, error::MachineError> {
+        match self {
+            Machine::Virtual(m) => m.reboot(timeout, cancel).await,
+            Machine::Remote(m) => m.reboot(timeout, cancel).await,
+        }
+    }
+
+    pub async fn wait_reboot(
+        &mut self,
+        timeout: Duration,
+        cancel: &crate::signal::Cancel,
+    ) -> Result<String, error::MachineError> {
+        match self {
+            Machine::Virtual(m) => m.wait_reboot(timeout, cancel).await,
+            Machine::Remote(m) => m.wait_reboot(timeout, cancel).await,
+        }
+    }
+
+    /// Stop a booted machine and remove its files; just disconnect from an existing host.
+    pub async fn kill(self) {
+        match self {
+            Machine::Virtual(m) => m.kill().await,
+            Machine::Remote(m) => m.shell().disconnect().await,
+        }
+    }
+}

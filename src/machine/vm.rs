@@ -12,17 +12,19 @@
 
 use super::accel::Accel;
 use super::console::{self, ConsoleState};
+pub use super::error::MachineError;
 use super::ports::{self, PortKind, PortLease};
 use super::qemu::{self, PrivateNet, QemuConfig};
 use super::rundir;
+use super::shell::{CONNECT_LIMIT, Shell};
+pub use super::shell::{Completed, Exec};
 use super::spawn::spawn_tied;
-use super::ssh::{ExitStatus, HostKeyCheck, Output, OutputSink, SshError, SshSession, SshTarget};
+use super::ssh::{HostKeyCheck, SshError, SshSession, SshTarget};
 use crate::image::Image;
 use crate::shell::quote;
 use crate::signal::Cancel;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
@@ -71,100 +73,6 @@ pub struct MachineSpec {
     pub private_net: Option<PrivateNet>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum MachineError {
-    #[error(
-        "{program} not found in PATH: install the Debian package {package} (or run bots/install-deps)"
-    )]
-    Missing {
-        program: &'static str,
-        package: &'static str,
-    },
-    #[error(
-        "not enough memory for machine {label}: it needs {needed_mib} MiB ({memory_mib} MiB guest + qemu), the host has {available_mib} MiB available"
-    )]
-    OutOfMemory {
-        label: String,
-        memory_mib: u32,
-        needed_mib: u64,
-        available_mib: u64,
-    },
-    #[error("machine {label}: {context}: {source}")]
-    Io {
-        label: String,
-        context: String,
-        #[source]
-        source: std::io::Error,
-    },
-    /// `status` says how and when, e.g. "exit status: 1, while booting".
-    #[error("machine {label}: qemu exited ({status})\n{stderr}--- console tail ({}) ---\n{console}", .console_log.display())]
-    QemuExited {
-        label: String,
-        status: String,
-        stderr: String,
-        console_log: PathBuf,
-        console: String,
-    },
-    #[error("machine {label} did not boot within {}s (no ready marker on the console)\n--- console tail ({}) ---\n{console}", .after.as_secs(), .console_log.display())]
-    BootTimeout {
-        label: String,
-        after: Duration,
-        console_log: PathBuf,
-        console: String,
-    },
-    #[error("machine {label}: {source}")]
-    Ssh {
-        label: String,
-        #[source]
-        source: SshError,
-    },
-    #[error("machine {label}: command timed out after {}s: {command}", .after.as_secs())]
-    CommandTimeout {
-        label: String,
-        command: String,
-        after: Duration,
-        output: Output,
-    },
-    #[error("machine {label}: {message}")]
-    Failed { label: String, message: String },
-    #[error("interrupted")]
-    Cancelled,
-}
-
-/// A command to run in a machine.
-pub struct Exec<'a> {
-    pub command: &'a str,
-    pub timeout: Duration,
-    pub stdin: Option<&'a [u8]>,
-    pub sink: Option<OutputSink<'a>>,
-}
-
-impl<'a> Exec<'a> {
-    pub fn new(command: &'a str, timeout: Duration) -> Exec<'a> {
-        Exec {
-            command,
-            timeout,
-            stdin: None,
-            sink: None,
-        }
-    }
-}
-
-/// A command that ran to its end.
-#[derive(Debug, Clone)]
-pub struct Completed {
-    pub status: ExitStatus,
-    pub output: Output,
-}
-
-impl Completed {
-    pub fn stdout_text(&self) -> String {
-        String::from_utf8_lossy(&self.output.stdout).into_owned()
-    }
-}
-
-/// How long a single SSH connection attempt may take.
-const CONNECT_LIMIT: Duration = Duration::from_secs(20);
 /// How often one wait for a boot relaunches qemu: after the guest asked for a reboot, or
 /// when qemu lost its forwarded port to another program.
 const RELAUNCHES: u32 = 3;
@@ -182,9 +90,8 @@ pub struct VirtualMachine {
     console: watch::Receiver<ConsoleState>,
     /// Ready markers of the current qemu seen up to the last completed boot.
     markers_seen: u32,
-    ssh: tokio::sync::Mutex<Option<Arc<SshSession>>>,
+    shell: Shell,
     boot_id: Option<String>,
-    exec_counter: AtomicU64,
 }
 
 impl VirtualMachine {
@@ -223,7 +130,9 @@ impl VirtualMachine {
         let ssh_port = ports::lease(PortKind::Tcp).map_err(io("reserving an SSH port"))?;
         let (child, console, qemu_stderr) =
             launch(host, &spec, memory_mib, dir.path(), ssh_port.port).await?;
+        let shell = Shell::new(&label, target(&spec.image, ssh_port.port));
         Ok(VirtualMachine {
+            shell,
             label,
             image: spec.image.clone(),
             memory_mib,
@@ -235,9 +144,7 @@ impl VirtualMachine {
             qemu_stderr,
             console,
             markers_seen: 0,
-            ssh: tokio::sync::Mutex::new(None),
             boot_id: None,
-            exec_counter: AtomicU64::new(0),
         })
     }
 
@@ -261,19 +168,9 @@ impl VirtualMachine {
         self.boot_id.as_deref()
     }
 
-    fn target(&self) -> SshTarget {
-        SshTarget {
-            host: "127.0.0.1".into(),
-            port: self.ssh_port.port,
-            user: "root".into(),
-            identity: self.image.client_key(),
-            host_key: match super::ssh::parse_public_key(&self.image.manifest.host_key) {
-                Ok(k) => HostKeyCheck::Exact(k),
-                // A manifest we wrote ourselves; unreadable means corrupt, and then no key
-                // will match, which is the safe failure.
-                Err(_) => HostKeyCheck::KnownHosts(PathBuf::from("/dev/null")),
-            },
-        }
+    /// Commands and file copies over this machine's SSH connection.
+    pub fn shell(&self) -> &Shell {
+        &self.shell
     }
 
     /// An `ssh` command line that reaches this machine as printed (host key checked).
@@ -398,6 +295,7 @@ impl VirtualMachine {
                 context: "reserving an SSH port".into(),
                 source,
             })?;
+            self.shell = Shell::new(&self.label, target(&self.image, self.ssh_port.port));
         }
         let (child, console, stderr) = launch(
             &self.host,
@@ -419,12 +317,12 @@ impl VirtualMachine {
         deadline: Instant,
         cancel: &Cancel,
     ) -> Result<String, MachineError> {
-        *self.ssh.lock().await = None;
+        self.shell.disconnect().await;
         // sshd listens when the marker prints; a first connection can still race the
         // guest's network settling, so retry briefly until the boot deadline.
         let session = loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match SshSession::connect(&self.target(), left.min(CONNECT_LIMIT)).await {
+            match SshSession::connect(self.shell.target(), left.min(CONNECT_LIMIT)).await {
                 Ok(s) => break s,
                 Err(
                     SshError::Connect { .. }
@@ -443,11 +341,12 @@ impl VirtualMachine {
                 }
             }
         };
-        *self.ssh.lock().await = Some(Arc::new(session));
+        self.shell.adopt(session).await;
         let left = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_secs(5));
         let done = self
+            .shell
             .execute("cat /proc/sys/kernel/random/boot_id", left)
             .await?;
         let id = done.stdout_text().trim().to_string();
@@ -460,157 +359,6 @@ impl VirtualMachine {
         Ok(id)
     }
 
-    async fn session(&self) -> Result<Arc<SshSession>, MachineError> {
-        let mut slot = self.ssh.lock().await;
-        if let Some(s) = slot.as_ref()
-            && !s.is_closed()
-        {
-            return Ok(s.clone());
-        }
-        let s = Arc::new(
-            SshSession::connect(&self.target(), CONNECT_LIMIT)
-                .await
-                .map_err(|source| MachineError::Ssh {
-                    label: self.label.clone(),
-                    source,
-                })?,
-        );
-        *slot = Some(s.clone());
-        Ok(s)
-    }
-
-    /// Run a shell command as root; `Ok` whatever its exit status, `Err` on timeout or a
-    /// lost connection.
-    pub async fn execute(
-        &self,
-        command: &str,
-        timeout: Duration,
-    ) -> Result<Completed, MachineError> {
-        self.run(Exec::new(command, timeout)).await
-    }
-
-    /// Run a command as described by `req`. On timeout every process that inherited the
-    /// command's `VMCHECK_EXEC_ID` is killed, so nothing it started keeps running.
-    pub async fn run(&self, req: Exec<'_>) -> Result<Completed, MachineError> {
-        let session = self.session().await?;
-        let id = format!(
-            "{}-{}",
-            std::process::id(),
-            self.exec_counter.fetch_add(1, Ordering::Relaxed)
-        );
-        let wrapped = format!(
-            "VMCHECK_EXEC_ID={id}; export VMCHECK_EXEC_ID; {}",
-            req.command
-        );
-        let mut output = Output::default();
-        let result = tokio::time::timeout(
-            req.timeout,
-            session.exec(&wrapped, req.stdin, req.sink, &mut output),
-        )
-        .await;
-        match result {
-            Ok(Ok(status)) => Ok(Completed { status, output }),
-            Ok(Err(source)) => Err(MachineError::Ssh {
-                label: self.label.clone(),
-                source,
-            }),
-            Err(_) => {
-                let kill = format!(
-                    "for p in /proc/[0-9]*; do tr '\\0' '\\n' < $p/environ 2>/dev/null | grep -qx VMCHECK_EXEC_ID={id} && kill -9 ${{p#/proc/}} 2>/dev/null; done; true"
-                );
-                let mut ignored = Output::default();
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(10),
-                    session.exec(&kill, None, None, &mut ignored),
-                )
-                .await;
-                Err(MachineError::CommandTimeout {
-                    label: self.label.clone(),
-                    command: req.command.to_string(),
-                    after: req.timeout,
-                    output,
-                })
-            }
-        }
-    }
-
-    /// Write `data` to `remote` (parents created) with permissions `mode`.
-    pub async fn upload_bytes(
-        &self,
-        data: &[u8],
-        remote: &str,
-        mode: u32,
-    ) -> Result<(), MachineError> {
-        let parent = Path::new(remote)
-            .parent()
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let q = quote(remote);
-        let cmd = if parent.is_empty() {
-            format!("cat > {q} && chmod {mode:o} {q}")
-        } else {
-            format!(
-                "mkdir -p {} && cat > {q} && chmod {mode:o} {q}",
-                quote(&parent)
-            )
-        };
-        let timeout = Duration::from_secs(60 + (data.len() as u64 >> 20));
-        let done = self
-            .run(Exec {
-                stdin: Some(data),
-                ..Exec::new(&cmd, timeout)
-            })
-            .await?;
-        self.check(&done, &format!("uploading to {remote}"))
-    }
-
-    /// Copy the local file `local` to `remote`, keeping its permission bits.
-    pub async fn upload(&self, local: &Path, remote: &str) -> Result<(), MachineError> {
-        use std::os::unix::fs::PermissionsExt;
-        let io = |source| MachineError::Io {
-            label: self.label.clone(),
-            context: format!("reading {}", local.display()),
-            source,
-        };
-        let data = tokio::fs::read(local).await.map_err(io)?;
-        let mode = tokio::fs::metadata(local)
-            .await
-            .map_err(io)?
-            .permissions()
-            .mode()
-            & 0o7777;
-        self.upload_bytes(&data, remote, mode).await
-    }
-
-    /// Copy the guest file `remote` to the local path `local`.
-    pub async fn download(&self, remote: &str, local: &Path) -> Result<(), MachineError> {
-        let done = self
-            .execute(&format!("cat {}", quote(remote)), Duration::from_secs(300))
-            .await?;
-        self.check(&done, &format!("downloading {remote}"))?;
-        tokio::fs::write(local, &done.output.stdout)
-            .await
-            .map_err(|source| MachineError::Io {
-                label: self.label.clone(),
-                context: format!("writing {}", local.display()),
-                source,
-            })
-    }
-
-    fn check(&self, done: &Completed, what: &str) -> Result<(), MachineError> {
-        if done.status.success() {
-            return Ok(());
-        }
-        Err(MachineError::Failed {
-            label: self.label.clone(),
-            message: format!(
-                "{what} failed ({}): {}",
-                done.status,
-                String::from_utf8_lossy(&done.output.stderr).trim()
-            ),
-        })
-    }
-
     /// Reboot the guest and wait until it is back; returns the new boot id.
     pub async fn reboot(
         &mut self,
@@ -618,7 +366,7 @@ impl VirtualMachine {
         cancel: &Cancel,
     ) -> Result<String, MachineError> {
         // The connection may drop before `reboot` reports back; that is expected.
-        let _ = self.execute("reboot", Duration::from_secs(10)).await;
+        let _ = self.shell.execute("reboot", Duration::from_secs(10)).await;
         self.wait_reboot(timeout, cancel).await
     }
 
@@ -630,9 +378,7 @@ impl VirtualMachine {
         cancel: &Cancel,
     ) -> Result<String, MachineError> {
         let old = self.boot_id.clone();
-        if let Some(s) = self.ssh.lock().await.take() {
-            s.close().await;
-        }
+        self.shell.disconnect().await;
         let id = self.wait_boot(timeout, cancel).await?;
         if Some(&id) == old.as_ref() {
             return Err(MachineError::Failed {
@@ -645,10 +391,7 @@ impl VirtualMachine {
 
     /// Stop qemu and remove everything the machine had on the host.
     pub async fn kill(mut self) {
-        if let Some(s) = self.ssh.lock().await.take() {
-            // Do not wait on a guest that may be hung.
-            let _ = tokio::time::timeout(Duration::from_millis(200), s.close()).await;
-        }
+        self.shell.disconnect().await;
         self.kill_group();
         let _ = self.child.wait().await;
         // Dropping self removes the run directory and releases the port.
@@ -741,4 +484,20 @@ async fn launch(
         }
     });
     Ok((child, console, stderr_buf))
+}
+
+/// How to reach `image`'s guest on host port `port`.
+fn target(image: &Image, port: u16) -> SshTarget {
+    SshTarget {
+        host: "127.0.0.1".into(),
+        port,
+        user: "root".into(),
+        identity: image.client_key(),
+        host_key: match super::ssh::parse_public_key(&image.manifest.host_key) {
+            Ok(k) => HostKeyCheck::Exact(k),
+            // A manifest we wrote ourselves; unreadable means corrupt, and then no key
+            // will match, which is the safe failure.
+            Err(_) => HostKeyCheck::KnownHosts(PathBuf::from("/dev/null")),
+        },
+    }
 }

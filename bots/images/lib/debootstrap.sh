@@ -16,6 +16,7 @@ debootstrap_cached() {
         tree=$PWD/debootstrap-tree
         rm -rf "$tree"
         log "debootstrap $suite with $packages (log: $PWD/debootstrap.log)"
+        # shellcheck disable=SC2064 # expand $tree now
         trap "chroot_cleanup '$tree'" EXIT
         if ! debootstrap --variant=minbase --include="$packages" "$suite" "$tree" "$(debian_mirror)" \
             >debootstrap.log 2>&1; then
@@ -26,6 +27,7 @@ debootstrap_cached() {
         trap - EXIT
         rm -f "$tree"/var/cache/apt/archives/*.deb
         mkdir -p "${tarball%/*}"
+        find "${tarball%/*}" -maxdepth 1 -name '*.tmp.*' -mmin +60 -delete    # killed builds
         tar -C "$tree" --numeric-owner --xattrs --xattrs-include='*' -cf - . |
             zstd -q -T0 -o "$tarball.tmp.$$"
         mv "$tarball.tmp.$$" "$tarball"

@@ -18,11 +18,13 @@ kernel_fetch() {
     pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '$1 == "Depends:" { print $2; exit }')
     [ -n "$pkg" ] || die "apt knows no package linux-image-amd64: check the host's apt sources, run apt-get update"
     ver=$(apt-cache show --no-all-versions "$pkg" | awk '$1 == "Version:" { print $2; exit }')
+    [ -n "$ver" ] || die "apt has no version of $pkg to download"
     dir=$cache/${pkg}_$ver
 
     if [ ! -f "$dir/vmlinux" ]; then
         log "downloading and unpacking $pkg $ver"
         mkdir -p "$cache"
+        find "$cache" -maxdepth 1 -name '*.tmp.*' -mmin +60 -exec rm -rf {} +    # killed builds
         tmp=$(mktemp -d "$dir.tmp.XXXXXX")
         chmod 0755 "$tmp"
         kernel_unpack "$tmp" "$pkg=$ver" || { rm -rf "$tmp"; die "could not download or unpack $pkg $ver"; }
@@ -30,6 +32,7 @@ kernel_fetch() {
     fi
     KROOT=$dir/root
     KVER=$(basename "$KROOT"/lib/modules/*)
+    # shellcheck disable=SC2034 # used by the recipes
     KVMLINUX=$dir/vmlinux
 }
 
@@ -46,7 +49,10 @@ kernel_unpack() {
     dpkg-deb -x "$dir"/*.deb "$dir/root" || return 1
     rm -f "$dir"/*.deb "$dir/log"
     set -- "$dir"/root/lib/modules/*/kernel
-    [ $# = 1 ] && [ -d "$1" ] || { log "expected one /lib/modules/VERSION/kernel directory"; return 1; }
+    if [ $# != 1 ] || [ ! -d "$1" ]; then
+        log "expected one /lib/modules/VERSION/kernel directory"
+        return 1
+    fi
     kver=$(basename "$(dirname "$1")")
     depmod -b "$dir/root" "$kver" || return 1
     extract_vmlinux "$dir/root/boot/vmlinuz-$kver" "$dir/vmlinux"
@@ -57,6 +63,7 @@ kernel_unpack() {
 # setup and in-guest decompression. Like the kernel's scripts/extract-vmlinux, try every xz magic.
 extract_vmlinux() {
     local bzimage=$1 out=$2 off
+    # shellcheck disable=SC2013 # "offset:match" lines have no spaces
     for off in $(grep -obUaP '\xfd7zXZ\x00' "$bzimage" | cut -d: -f1); do
         if xz -dc --single-stream <(tail -c "+$((off + 1))" "$bzimage") >"$out" 2>/dev/null &&
             [ "$(od -An -tx1 -N4 "$out" | tr -d ' ')" = 7f454c46 ]; then

@@ -1,0 +1,138 @@
+//! [`TestDef`]: one test of a check file with every setting resolved, plain data for the
+//! planner, the scheduler and the reporters.
+
+use super::condition::OsCondition;
+use super::provision::MachineReq;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// One test, `TestClass.testMethod`, with its settings resolved from the file, class and
+/// test levels (the innermost wins) and defaults filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestDef {
+    /// The file as it is displayed: relative to the project root when under it, e.g.
+    /// `test/verify/check-foo`.
+    pub file: PathBuf,
+    pub class: String,
+    pub method: String,
+    /// 1-based line of the test's table header.
+    pub line: usize,
+    /// Runs on a shared machine that it must leave as it found it. Default: false.
+    pub nondestructive: bool,
+    /// Hard limit for one attempt. Default: 600 s.
+    pub timeout: Duration,
+    /// The machines to boot, in the order written; never empty (default: `machine1`).
+    /// Always `[machine1]` for a nondestructive test.
+    pub provision: Vec<MachineReq>,
+    /// Expected failure, with its reason.
+    pub todo: Option<String>,
+    /// Skip when TEST_OS matches.
+    pub skip: Option<OsCondition>,
+    /// Skip unless TEST_OS matches.
+    pub only: Option<OsCondition>,
+    /// Absolute guest paths a nondestructive test changes, restored after it.
+    pub restore: Vec<String>,
+    /// Absolute guest paths collected after each attempt.
+    pub artifacts: Vec<String>,
+    /// Exported to `run` and `host`.
+    pub env: BTreeMap<String, String>,
+    /// Do not rerun this test when it is affected by a change.
+    pub no_retry_when_changed: bool,
+    /// Regexes (validated) of journal messages the test may cause.
+    pub allow_journal: Vec<String>,
+    /// Script run as root in `machine1` over SSH.
+    pub run: Option<String>,
+    /// Script run on the host.
+    pub host: Option<String>,
+    /// The file's `covers` globs (the same for every test of a file).
+    pub covers: Vec<String>,
+}
+
+impl TestDef {
+    /// `TestClass.testMethod`.
+    pub fn name(&self) -> String {
+        format!("{}.{}", self.class, self.method)
+    }
+
+    /// The memory all of the test's machines need together, in MiB: each machine's
+    /// `memory`, or else `default_for_image` of its image (TEST_OS unless it names one).
+    pub fn memory_mib(&self, default_for_image: impl Fn(&str) -> u32, test_os: &str) -> u32 {
+        self.provision
+            .iter()
+            .map(|m| {
+                m.memory_mib
+                    .unwrap_or_else(|| default_for_image(m.image_or(test_os)))
+            })
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn def(provision: Vec<MachineReq>) -> TestDef {
+        TestDef {
+            file: "test/verify/check-foo".into(),
+            class: "TestFoo".into(),
+            method: "testBar".into(),
+            line: 3,
+            nondestructive: false,
+            timeout: Duration::from_secs(600),
+            provision,
+            todo: None,
+            skip: None,
+            only: None,
+            restore: vec![],
+            artifacts: vec![],
+            env: BTreeMap::new(),
+            no_retry_when_changed: false,
+            allow_journal: vec![],
+            run: Some("true".into()),
+            host: None,
+            covers: vec![],
+        }
+    }
+
+    #[test]
+    fn name() {
+        assert_eq!(def(vec![]).name(), "TestFoo.testBar");
+    }
+
+    #[test]
+    fn memory_sums_overrides_and_image_defaults() {
+        let defaults = |image: &str| match image {
+            "busybox" => 256,
+            "debian-12" => 512,
+            _ => 1024,
+        };
+        let machine = |image: Option<&str>, memory_mib| MachineReq {
+            image: image.map(Into::into),
+            memory_mib,
+            ..MachineReq::default_machine()
+        };
+        let cases = [
+            (vec![machine(None, None)], "busybox", 256),
+            (vec![machine(None, None)], "debian-12", 512),
+            (vec![machine(None, Some(2048))], "busybox", 2048),
+            (
+                vec![machine(None, None), machine(Some("debian-12"), None)],
+                "busybox",
+                768,
+            ),
+            (
+                vec![machine(None, Some(100)), machine(Some("other"), None)],
+                "busybox",
+                1124,
+            ),
+        ];
+        for (provision, test_os, expected) in cases {
+            assert_eq!(
+                def(provision.clone()).memory_mib(defaults, test_os),
+                expected,
+                "{provision:?} on {test_os}"
+            );
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! [`CheckFileError`], the one error type of check files, and `Diagnostics`, which collects
+//! a file's errors while turning toml's byte spans into 1-based lines and columns.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+/// One problem in one check file, at a position.
+///
+/// Displays as `path:line:col: message`. `line` and `col` are 1-based; the column counts
+/// characters, not bytes. An error about the whole file (it cannot be read) has `line` 0
+/// and displays as `path: message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckFileError {
+    pub path: PathBuf,
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
+}
+
+impl fmt::Display for CheckFileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.path.display(), self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.path.display(),
+                self.line,
+                self.col,
+                self.message
+            )
+        }
+    }
+}
+
+impl std::error::Error for CheckFileError {}
+
+/// The errors of one file being parsed.
+pub(super) struct Diagnostics<'a> {
+    path: &'a Path,
+    text: &'a str,
+    /// Byte offset of the start of every line.
+    line_starts: Vec<usize>,
+    errors: Vec<CheckFileError>,
+}
+
+impl<'a> Diagnostics<'a> {
+    pub(super) fn new(path: &'a Path, text: &'a str) -> Self {
+        let line_starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        Diagnostics {
+            path,
+            text,
+            line_starts,
+            errors: Vec::new(),
+        }
+    }
+
+    /// Records an error at the start of `span`.
+    pub(super) fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let (line, col) = self.position(span.start);
+        self.errors.push(CheckFileError {
+            path: self.path.to_path_buf(),
+            line,
+            col,
+            message: message.into(),
+        });
+    }
+
+    /// The 1-based (line, column) of a byte offset.
+    pub(super) fn position(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.text.len());
+        let index = self.line_starts.partition_point(|&start| start <= offset) - 1;
+        let start = self.line_starts[index];
+        let col = match self.text.get(start..offset) {
+            Some(s) => s.chars().count(),
+            None => offset - start,
+        };
+        (index + 1, col + 1)
+    }
+
+    /// The 1-based line of a byte offset.
+    pub(super) fn line(&self, offset: usize) -> usize {
+        self.position(offset).0
+    }
+
+    pub(super) fn has_errors(&self) -> bool {
+        !self.errors.is_empty()
+    }
+
+    /// The errors in the order of their positions.
+    pub(super) fn finish(mut self) -> Vec<CheckFileError> {
+        self.errors.sort_by_key(|e| (e.line, e.col));
+        self.errors.dedup();
+        self.errors
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_are_one_based_and_count_characters() {
+        let text = "ab\n\nxé=1\n";
+        let d = Diagnostics::new(Path::new("f"), text);
+        let cases = [
+            (0, (1, 1)),
+            (1, (1, 2)),
+            (2, (1, 3)),
+            (3, (2, 1)),
+            (4, (3, 1)),
+            (5, (3, 2)),
+            // after the two-byte 'é'
+            (7, (3, 3)),
+            (10, (4, 1)),
+            (99, (4, 1)),
+        ];
+        for (offset, expected) in cases {
+            assert_eq!(d.position(offset), expected, "offset {offset}");
+        }
+    }
+
+    #[test]
+    fn display() {
+        let mut e = CheckFileError {
+            path: PathBuf::from("test/verify/check-foo"),
+            line: 12,
+            col: 3,
+            message: "bad".into(),
+        };
+        assert_eq!(e.to_string(), "test/verify/check-foo:12:3: bad");
+        e.line = 0;
+        assert_eq!(e.to_string(), "test/verify/check-foo: bad");
+    }
+
+    #[test]
+    fn finish_sorts_and_dedups() {
+        let text = "a\nb\nc\n";
+        let mut d = Diagnostics::new(Path::new("f"), text);
+        d.error(4..5, "third");
+        d.error(0..1, "first");
+        d.error(4..5, "third");
+        d.error(2..3, "second");
+        assert!(d.has_errors());
+        let messages: Vec<_> = d.finish().into_iter().map(|e| e.message).collect();
+        assert_eq!(messages, ["first", "second", "third"]);
+    }
+}

@@ -1,0 +1,269 @@
+//! The only I/O of check files: finding them in a directory ([`discover`]) and reading and
+//! parsing a set of them into one sorted list of tests ([`load`]), which also rejects a
+//! test name defined in two files.
+
+use super::def::TestDef;
+use super::error::{CheckFileError, Diagnostics};
+use super::glob::name_glob;
+use super::parse::parse_partial;
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Finds the check files in `dir`: regular files (or symlinks to them) whose name matches
+/// `glob` (usually `"check-*"`; see the `glob` rules for names) and consists only of ASCII
+/// letters, digits, `-` and `_`, so that editor backups (`check-foo~`) and helpers
+/// (`check-foo.py`) are ignored. Sorted by name; each path is `dir` joined with the name.
+pub fn discover(dir: &Path, glob: &str) -> io::Result<Vec<PathBuf>> {
+    let matcher = name_glob(glob).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        let plain = name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !plain || !matcher.is_match(&name) {
+            continue;
+        }
+        match std::fs::metadata(entry.path()) {
+            Ok(meta) if meta.is_file() => names.push(name),
+            Ok(_) => {}
+            // A dangling symlink is not a regular file.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    names.sort();
+    Ok(names.into_iter().map(|name| dir.join(name)).collect())
+}
+
+/// Reads and parses every file, and returns all their tests sorted by (file, class,
+/// method), or every error of every file (sorted by file, line, column).
+///
+/// A file is shown (in `TestDef::file` and errors) relative to `root` when it is under it,
+/// else as given. A file listed twice is read once. A test name (`TestFoo.testBar`)
+/// defined in two files is an error at the second, naming the first.
+pub fn load(files: &[PathBuf], root: &Path) -> Result<Vec<TestDef>, Vec<CheckFileError>> {
+    let mut tests = Vec::new();
+    let mut errors = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for file in files {
+        let display = display_path(file, root);
+        if !seen.insert(display.clone()) {
+            continue;
+        }
+        match read(file, &display) {
+            Ok(text) => {
+                let (file_tests, file_errors) = parse_partial(&display, &text);
+                tests.extend(file_tests);
+                errors.extend(file_errors);
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    tests.sort_by(|a, b| {
+        let key = |t: &TestDef| (t.file.clone(), t.class.clone(), t.method.clone());
+        key(&a.def).cmp(&key(&b.def))
+    });
+
+    let mut first: HashMap<String, (PathBuf, usize)> = HashMap::new();
+    for test in &tests {
+        let def = &test.def;
+        match first.entry(def.name()) {
+            Entry::Vacant(entry) => {
+                entry.insert((def.file.clone(), def.line));
+            }
+            Entry::Occupied(entry) => {
+                let (file, line) = entry.get();
+                errors.push(CheckFileError {
+                    path: def.file.clone(),
+                    line: def.line,
+                    col: test.col,
+                    message: format!(
+                        "test {} is already defined in {}:{line}",
+                        def.name(),
+                        file.display()
+                    ),
+                });
+            }
+        }
+    }
+
+    if errors.is_empty() {
+        Ok(tests.into_iter().map(|t| t.def).collect())
+    } else {
+        errors.sort_by(|a, b| (&a.path, a.line, a.col).cmp(&(&b.path, b.line, b.col)));
+        Err(errors)
+    }
+}
+
+fn display_path(file: &Path, root: &Path) -> PathBuf {
+    match file.strip_prefix(root) {
+        Ok(relative) if !relative.as_os_str().is_empty() => relative.to_path_buf(),
+        _ => file.to_path_buf(),
+    }
+}
+
+/// Reads a file as UTF-8 text; a decoding error points at the first bad byte.
+fn read(file: &Path, display: &Path) -> Result<String, CheckFileError> {
+    let bytes = std::fs::read(file).map_err(|e| CheckFileError {
+        path: display.to_path_buf(),
+        line: 0,
+        col: 0,
+        message: format!("cannot read: {e}"),
+    })?;
+    String::from_utf8(bytes).map_err(|e| {
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        // The prefix is valid UTF-8 by construction.
+        let valid = std::str::from_utf8(valid).unwrap_or_default();
+        let (line, col) = Diagnostics::new(display, valid).position(valid.len());
+        CheckFileError {
+            path: display.to_path_buf(),
+            line,
+            col,
+            message: "not UTF-8 text".to_owned(),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        fs::write(&path, text).unwrap();
+        path
+    }
+
+    const VALID: &str = "[TestA.testOne]\nrun = 'true'\n";
+
+    #[test]
+    fn discover_filters_and_sorts() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "check-b",
+            "check-a",
+            "check-c_2",
+            "check-x.py",
+            "check-x~",
+            "check-é",
+            "other",
+            "CHECK-upper",
+        ] {
+            write(dir.path(), name, VALID);
+        }
+        fs::create_dir(dir.path().join("check-dir")).unwrap();
+        std::os::unix::fs::symlink("check-a", dir.path().join("check-link")).unwrap();
+        std::os::unix::fs::symlink("missing", dir.path().join("check-dangling")).unwrap();
+
+        let names = |glob: &str| -> Vec<String> {
+            discover(dir.path(), glob)
+                .unwrap()
+                .iter()
+                .map(|p| {
+                    assert_eq!(p.parent(), Some(dir.path()));
+                    p.file_name().unwrap().to_string_lossy().into_owned()
+                })
+                .collect()
+        };
+        assert_eq!(
+            names("check-*"),
+            ["check-a", "check-b", "check-c_2", "check-link"]
+        );
+        assert_eq!(names("check-[ab]"), ["check-a", "check-b"]);
+        assert_eq!(
+            names("*"),
+            [
+                "CHECK-upper",
+                "check-a",
+                "check-b",
+                "check-c_2",
+                "check-link",
+                "other"
+            ]
+        );
+
+        let err = discover(dir.path(), "check-[").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert!(discover(&dir.path().join("missing"), "*").is_err());
+    }
+
+    #[test]
+    fn load_sorts_and_relativizes() {
+        let root = tempfile::tempdir().unwrap();
+        let verify = root.path().join("test/verify");
+        fs::create_dir_all(&verify).unwrap();
+        let b = write(
+            &verify,
+            "check-b",
+            "[TestB.testZ]\nrun = 'z'\n[TestB.testA]\nrun = 'a'\n",
+        );
+        let a = write(&verify, "check-a", "[TestZ.testOne]\nrun = '1'\n");
+        let tests = load(&[b.clone(), a.clone(), b], root.path()).unwrap();
+        let names: Vec<_> = tests
+            .iter()
+            .map(|t| format!("{} {}", t.file.display(), t.name()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "test/verify/check-a TestZ.testOne",
+                "test/verify/check-b TestB.testA",
+                "test/verify/check-b TestB.testZ",
+            ]
+        );
+        // Outside the root: shown as given.
+        let elsewhere = tempfile::tempdir().unwrap();
+        let tests = load(std::slice::from_ref(&a), elsewhere.path()).unwrap();
+        assert_eq!(tests[0].file, a);
+    }
+
+    #[test]
+    fn load_collects_every_error_of_every_file() {
+        let root = tempfile::tempdir().unwrap();
+        let one = write(
+            root.path(),
+            "check-1",
+            "[TestA.testOne]\nrun = 'x'\ntimout = 5\n",
+        );
+        let two = write(root.path(), "check-2", "x = \n[TestB.testTwo]\n");
+        let three = write(
+            root.path(),
+            "check-3",
+            "[TestC.testThree]\nrun = 'y'\n\n[TestA.testOne]\nhost = 'z'\n",
+        );
+        let four = write(root.path(), "check-4", "[TestD.testFour]\nrun = 'x'\n");
+        let mut bytes = fs::read(&four).unwrap();
+        bytes.extend_from_slice(b"# \xff\n");
+        fs::write(&four, bytes).unwrap();
+        let missing = root.path().join("check-missing");
+
+        let errors = load(&[one, two, three, four, missing], root.path()).unwrap_err();
+        let rendered: Vec<_> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(rendered.len(), 5, "{rendered:#?}");
+        assert!(
+            rendered[0].starts_with(
+                "check-1:3:1: unknown key 'timout' in test TestA.testOne, did you mean 'timeout'?"
+            ),
+            "{}",
+            rendered[0]
+        );
+        assert!(rendered[1].starts_with("check-2:1:5: "), "{}", rendered[1]);
+        assert_eq!(
+            rendered[2],
+            "check-3:4:8: test TestA.testOne is already defined in check-1:1"
+        );
+        assert_eq!(rendered[3], "check-4:3:3: not UTF-8 text");
+        assert!(
+            rendered[4].starts_with("check-missing: cannot read: "),
+            "{}",
+            rendered[4]
+        );
+    }
+}

@@ -1,0 +1,301 @@
+//! `vmcheck run` and `vmcheck exec`: check files → plan → images and host → dispatcher, with
+//! the TAP reporter on stdout. Every input error is found before anything boots.
+
+use super::args::RunArgs;
+use super::errors::CliError;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use vmcheck::checkfile::{self, TestDef};
+use vmcheck::events::RunStats;
+use vmcheck::exit_codes;
+use vmcheck::image::Catalog;
+use vmcheck::machine::qemu::{QEMU_OVERHEAD_MIB, mem_available_mib};
+use vmcheck::machine::remote::parse_address;
+use vmcheck::machine::ssh::{HostKeyCheck, SshTarget};
+use vmcheck::machine::vm::Host;
+use vmcheck::plan::{PlanOptions, TestPlan};
+use vmcheck::policy::PolicyOptions;
+use vmcheck::reporter::Reporter;
+use vmcheck::reporter::live::LiveReporter;
+use vmcheck::reporter::tap::TapReporter;
+use vmcheck::runner::attempt::AttemptContext;
+use vmcheck::runner::dispatcher::{Dispatcher, RunConfig};
+use vmcheck::runner::ledger::{Cost, default_jobs};
+use vmcheck::signal::Cancel;
+
+/// The default image when `TEST_OS` is not set: the fast one.
+pub const DEFAULT_TEST_OS: &str = "busybox";
+
+pub async fn run(
+    catalog: Arc<Catalog>,
+    mut args: RunArgs,
+    file: Option<PathBuf>,
+    verbose: bool,
+    cancel: &Cancel,
+) -> Result<i32, CliError> {
+    let root = catalog.project.root.clone();
+    let single_file = file.is_some();
+    if single_file {
+        // Running one check file by hand: no retries, output live (as Cockpit's check-*).
+        args.no_retry_fail = true;
+    }
+    if args.sit {
+        args.no_retry_fail = true;
+    }
+    if !args.machine.is_empty() {
+        args.nondestructive = true;
+    }
+    let test_os = std::env::var("TEST_OS")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| DEFAULT_TEST_OS.to_string());
+
+    // Check files, scenario, plan: all input errors before anything starts.
+    let files = match &file {
+        Some(f) => vec![f.clone()],
+        None => {
+            let dir = args
+                .test_dir
+                .clone()
+                .unwrap_or_else(|| root.join("test/verify"));
+            checkfile::discover(&dir, &args.test_glob).map_err(|e| {
+                CliError::Usage(format!("cannot read test directory {}: {e}", dir.display()))
+            })?
+        }
+    };
+    let mut tests = checkfile::load(&files, &root).map_err(CliError::CheckFiles)?;
+    let mut opts = PlanOptions {
+        test_os: test_os.clone(),
+        filters: args.filters.clone(),
+        exclude: args.exclude.clone(),
+        nondestructive_only: args.nondestructive,
+    };
+    if let Some(name) = args.scenario.as_deref().filter(|s| !s.is_empty()) {
+        let scenario = vmcheck::scenario::load(&root.join("test/scenarios.toml"), name)
+            .map_err(CliError::Usage)?;
+        opts.filters.extend(scenario.filters);
+        opts.exclude.extend(scenario.exclude);
+        opts.nondestructive_only |= scenario.nondestructive;
+        args.no_retry_fail |= scenario.no_retry_fail;
+        tests.retain(|t: &TestDef| {
+            !scenario
+                .exclude_matching
+                .iter()
+                .any(|m| t.name().contains(m.as_str()))
+        });
+    }
+    let plan = vmcheck::plan::plan(tests, &opts);
+    if !plan.unknown_excludes.is_empty() {
+        return Err(CliError::Usage(format!(
+            "--exclude names no test: {} (it takes exact TestClass.testMethod names)",
+            plan.unknown_excludes.join(", ")
+        )));
+    }
+    for f in &plan.unmatched_filters {
+        eprintln!("vmcheck: warning: filter '{f}' matches no test");
+    }
+    if args.list {
+        for t in &plan.tests {
+            if verbose {
+                println!(
+                    "{} {} {} timeout={}s",
+                    t.def.file.display(),
+                    t.def.name(),
+                    if t.def.nondestructive {
+                        "nondestructive"
+                    } else {
+                        "destructive"
+                    },
+                    t.def.timeout.as_secs()
+                );
+            } else {
+                println!("{}", t.def.name());
+            }
+        }
+        return Ok(exit_codes::OK);
+    }
+    if plan.tests.is_empty() {
+        return Err(CliError::NoTests);
+    }
+    let remote = remote_targets(&args)?;
+
+    // Images and host, then run.
+    let mut needed: Vec<String> = Vec::new();
+    if remote.is_empty() {
+        for t in plan.tests.iter().filter(|t| t.skip_reason.is_none()) {
+            if t.def.nondestructive {
+                needed.push(test_os.clone());
+            } else {
+                needed.extend(
+                    t.def
+                        .provision
+                        .iter()
+                        .map(|m| m.image.clone().unwrap_or_else(|| test_os.clone())),
+                );
+            }
+        }
+    }
+    needed.sort();
+    needed.dedup();
+    let mut images = std::collections::BTreeMap::new();
+    for name in &needed {
+        let (c, n, cancel2) = (catalog.clone(), name.clone(), cancel.clone());
+        let image = tokio::task::spawn_blocking(move || c.resolve(&n, &cancel2, verbose))
+            .await
+            .expect("image resolution panicked")?;
+        images.insert(name.clone(), image);
+    }
+    if cancel.is_cancelled() {
+        return Err(CliError::Interrupted);
+    }
+    let host = match images.values().next() {
+        Some(image) => {
+            Some(Host::detect(&image.kernel(), &catalog.store.dir.join(".cache")).await?)
+        }
+        None => None,
+    };
+    let nd_mem = args
+        .nondestructive_memory
+        .or(images.get(&test_os).map(|i| i.manifest.boot.memory_mib))
+        .unwrap_or(512);
+    let available = mem_available_mib().unwrap_or(4096);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let jobs = match args.jobs {
+        Some(j) => j as usize,
+        None if !remote.is_empty() => remote.len(),
+        None => default_jobs(cpus, available, u64::from(nd_mem) + QEMU_OVERHEAD_MIB),
+    };
+    let capacity = Cost {
+        ram_mib: available.saturating_sub(1024),
+        cpus: jobs as u32,
+    };
+    let ctx = Arc::new(AttemptContext {
+        test_os: test_os.clone(),
+        host,
+        images,
+        boot_timeout: Duration::from_secs(args.boot_timeout),
+        artifacts_dir: args
+            .artifacts
+            .clone()
+            .unwrap_or_else(|| root.join("vmcheck-results/artifacts")),
+        vmcheck_exe: std::env::current_exe()
+            .map_err(|e| CliError::Usage(format!("cannot find the vmcheck binary: {e}")))?,
+        workdir: root.clone(),
+        sit: args.sit,
+        sit_lock: tokio::sync::Mutex::new(()),
+        cancel: cancel.clone(),
+    });
+    let cfg = RunConfig {
+        jobs,
+        capacity,
+        nd_memory_mib: args.nondestructive_memory,
+        nd_cpus: args.nondestructive_cpus,
+        remote,
+        policy: PolicyOptions {
+            no_retry_fail: args.no_retry_fail,
+        },
+    };
+    let stats = execute(plan, cfg, ctx, verbose || single_file).await;
+    Ok(final_code(&stats, cancel))
+}
+
+async fn execute(plan: TestPlan, cfg: RunConfig, ctx: Arc<AttemptContext>, live: bool) -> RunStats {
+    let mut reporters: Vec<Box<dyn Reporter + Send>> =
+        vec![Box::new(TapReporter::new(std::io::stdout()))];
+    if live {
+        reporters.push(Box::new(LiveReporter::new(
+            std::io::stderr(),
+            plan.tests.len() > 1,
+        )));
+    }
+    let mut failed_reporters = vec![false; reporters.len()];
+    let mut report = |event: &vmcheck::events::Event| {
+        for (r, failed) in reporters.iter_mut().zip(failed_reporters.iter_mut()) {
+            if !*failed && r.report(event).is_err() {
+                // stdout closed (e.g. `| head`): stop writing there, keep running.
+                *failed = true;
+            }
+        }
+    };
+    Dispatcher::new(plan, cfg, ctx, &mut report).run().await
+}
+
+/// The exit code of a run: interrupted, else failed tests, else infrastructure errors.
+pub fn final_code(stats: &RunStats, cancel: &Cancel) -> i32 {
+    if cancel.is_cancelled() {
+        exit_codes::INTERRUPTED
+    } else if stats.failed > 0 {
+        exit_codes::TESTS_FAILED
+    } else if stats.errors > 0 {
+        exit_codes::INFRASTRUCTURE
+    } else {
+        exit_codes::OK
+    }
+}
+
+fn remote_targets(args: &RunArgs) -> Result<Vec<SshTarget>, CliError> {
+    if args.machine.is_empty() {
+        return Ok(Vec::new());
+    }
+    let identity = args.identity.clone().ok_or_else(|| {
+        CliError::Usage("--machine needs --identity FILE: the private key to log in with".into())
+    })?;
+    std::fs::metadata(&identity).map_err(|e| {
+        CliError::Usage(format!("cannot read identity {}: {e}", identity.display()))
+    })?;
+    let host_key = if args.insecure_host_key {
+        HostKeyCheck::Insecure
+    } else {
+        let file = match &args.known_hosts {
+            Some(f) => f.clone(),
+            None => {
+                PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".ssh/known_hosts")
+            }
+        };
+        std::fs::metadata(&file).map_err(|e| {
+            CliError::Usage(format!(
+                "cannot read known hosts {}: {e} (give --known-hosts FILE, or --insecure-host-key)",
+                file.display()
+            ))
+        })?;
+        HostKeyCheck::KnownHosts(file)
+    };
+    args.machine
+        .iter()
+        .map(|m| {
+            let (host, port) = parse_address(m).map_err(CliError::Usage)?;
+            Ok(SshTarget {
+                host,
+                port,
+                user: args.user.clone(),
+                identity: identity.clone(),
+                host_key: host_key.clone(),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_from_stats() {
+        let cancel = Cancel::new();
+        let mut s = RunStats::default();
+        assert_eq!(final_code(&s, &cancel), exit_codes::OK);
+        s.errors = 1;
+        assert_eq!(final_code(&s, &cancel), exit_codes::INFRASTRUCTURE);
+        s.failed = 300;
+        assert_eq!(
+            final_code(&s, &cancel),
+            exit_codes::TESTS_FAILED,
+            "never a count"
+        );
+        cancel.cancel(libc::SIGINT);
+        assert_eq!(final_code(&s, &cancel), exit_codes::INTERRUPTED);
+    }
+}

@@ -1,0 +1,194 @@
+//! The one event type of a run. The dispatcher emits every event; every reporter (TAP,
+//! and later JUnit, JSON lines, progress) consumes only these, never scheduler internals.
+//! Events are plain data carrying everything a reporter needs: decisions (retry reasons,
+//! verdicts) are made before emission and never recomputed by reporters.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// What reporters need to know about a planned test.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestInfo {
+    /// Position in the plan (1-based), stable for the same check files.
+    pub id: usize,
+    /// `TestClass.testMethod`.
+    pub name: String,
+    /// The check file, as shown to users (`test/verify/check-foo`).
+    pub file: PathBuf,
+    pub nondestructive: bool,
+    /// RAM of the test's own machines (destructive tests), for display.
+    pub ram_mib: u64,
+}
+
+/// Where an attempt ran.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// On shared global machine number `n` (`[ND@n]`).
+    Global(usize),
+    /// On machines of its own.
+    Own,
+    /// Nowhere: skipped before running.
+    None,
+}
+
+/// How one attempt ended, before policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    Passed,
+    /// The body failed (`status` says how, e.g. "exit code 1").
+    Failed {
+        status: String,
+    },
+    /// The body exited 77; `reason` is its last output line.
+    Skipped {
+        reason: String,
+    },
+    TimedOut {
+        after: Duration,
+    },
+    /// The machine or the harness failed (boot timeout, SSH lost, qemu died).
+    Harness {
+        message: String,
+    },
+}
+
+/// One finished attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptReport {
+    /// 1-based.
+    pub attempt: u32,
+    pub outcome: AttemptOutcome,
+    /// Everything the attempt printed, in order: vmcheck's notes, guest and host output.
+    pub output: String,
+    pub duration: Duration,
+    /// Labels of the machines it ran on.
+    pub machines: Vec<String>,
+    /// Where collected guest files went, if the test asked for any.
+    pub artifacts: Option<PathBuf>,
+}
+
+/// The final result of a test, after policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Passed,
+    /// Failed at least once, then passed.
+    Flaky,
+    Failed,
+    Skipped {
+        reason: String,
+    },
+    /// A `todo` test failed, as expected.
+    Todo {
+        reason: String,
+    },
+    /// A `todo` test passed: a failure (the todo is stale).
+    UnexpectedPass {
+        reason: String,
+    },
+    /// The machine or harness kept failing; the test's own result is unknown.
+    Error {
+        message: String,
+    },
+}
+
+impl Verdict {
+    /// Whether this verdict leaves the run green.
+    pub fn is_success(&self) -> bool {
+        matches!(
+            self,
+            Verdict::Passed | Verdict::Flaky | Verdict::Skipped { .. } | Verdict::Todo { .. }
+        )
+    }
+}
+
+/// Counts by verdict, kept by the dispatcher and carried in [`Event::RunFinished`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunStats {
+    pub planned: usize,
+    pub passed: usize,
+    pub flaky: usize,
+    pub failed: usize,
+    pub skipped: usize,
+    pub todo: usize,
+    pub errors: usize,
+    /// Attempts that were retried.
+    pub retries: usize,
+    pub destructive: usize,
+    pub nondestructive: usize,
+}
+
+impl RunStats {
+    pub fn finished(&self) -> usize {
+        self.passed + self.flaky + self.failed + self.skipped + self.todo + self.errors
+    }
+
+    pub fn count(&mut self, verdict: &Verdict) {
+        match verdict {
+            Verdict::Passed => self.passed += 1,
+            Verdict::Flaky => self.flaky += 1,
+            Verdict::Failed | Verdict::UnexpectedPass { .. } => self.failed += 1,
+            Verdict::Skipped { .. } => self.skipped += 1,
+            Verdict::Todo { .. } => self.todo += 1,
+            Verdict::Error { .. } => self.errors += 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    RunStarted {
+        test_os: String,
+        jobs: usize,
+        /// Every planned test, in plan order.
+        tests: Vec<TestInfo>,
+    },
+    MachineReady {
+        label: String,
+        image: String,
+        boot: Duration,
+    },
+    MachineFailed {
+        label: String,
+        message: String,
+    },
+    /// A global machine is being replaced (after a timeout or harness failure).
+    MachineReset {
+        label: String,
+        reason: String,
+    },
+    TestStarted {
+        test: TestInfo,
+        attempt: u32,
+        placement: Placement,
+    },
+    /// Output of a running attempt, as it arrives.
+    TestOutput {
+        id: usize,
+        attempt: u32,
+        data: Vec<u8>,
+    },
+    /// An attempt failed and the test will run again.
+    AttemptRetry {
+        test: TestInfo,
+        placement: Placement,
+        report: AttemptReport,
+        /// 1 for the first retry.
+        retry: u32,
+        reason: String,
+    },
+    TestFinished {
+        test: TestInfo,
+        placement: Placement,
+        verdict: Verdict,
+        /// Every attempt, the last one deciding the verdict.
+        attempts: Vec<AttemptReport>,
+    },
+    /// The run stops early (a signal); running tests are abandoned.
+    RunCancelled {
+        reason: String,
+    },
+    RunFinished {
+        stats: RunStats,
+        wall: Duration,
+    },
+}

@@ -1,0 +1,236 @@
+//! Running commands and copying files over a machine's one persistent SSH connection. The
+//! main type is [`Shell`]; virtual machines and existing hosts (`--machine`) both use it.
+//!
+//! Every command runs with `VMCHECK_EXEC_ID=<unique>` exported. On timeout vmcheck kills
+//! every guest process whose environment carries that id, so a timed-out command leaves
+//! nothing running on a machine that later tests share.
+
+use super::error::MachineError;
+use super::ssh::{ExitStatus, Output, OutputSink, SshSession, SshTarget};
+use crate::shell::quote;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// A command to run in a machine.
+pub struct Exec<'a> {
+    pub command: &'a str,
+    pub timeout: Duration,
+    pub stdin: Option<&'a [u8]>,
+    pub sink: Option<OutputSink<'a>>,
+}
+
+impl<'a> Exec<'a> {
+    pub fn new(command: &'a str, timeout: Duration) -> Exec<'a> {
+        Exec {
+            command,
+            timeout,
+            stdin: None,
+            sink: None,
+        }
+    }
+}
+
+/// A command that ran to its end.
+#[derive(Debug, Clone)]
+pub struct Completed {
+    pub status: ExitStatus,
+    pub output: Output,
+}
+
+impl Completed {
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.output.stdout).into_owned()
+    }
+}
+
+/// How long a single SSH connection attempt may take.
+pub const CONNECT_LIMIT: Duration = Duration::from_secs(20);
+
+/// Commands and file copies for one machine, over one lazily (re)opened SSH connection.
+pub struct Shell {
+    label: String,
+    target: SshTarget,
+    ssh: tokio::sync::Mutex<Option<Arc<SshSession>>>,
+    exec_counter: AtomicU64,
+}
+
+impl Shell {
+    pub fn new(label: &str, target: SshTarget) -> Shell {
+        Shell {
+            label: label.to_string(),
+            target,
+            ssh: tokio::sync::Mutex::new(None),
+            exec_counter: AtomicU64::new(0),
+        }
+    }
+
+    pub fn target(&self) -> &SshTarget {
+        &self.target
+    }
+
+    /// Use `session` as the connection from now on.
+    pub async fn adopt(&self, session: SshSession) {
+        *self.ssh.lock().await = Some(Arc::new(session));
+    }
+
+    /// Close the connection (the next command opens a new one).
+    pub async fn disconnect(&self) {
+        if let Some(s) = self.ssh.lock().await.take() {
+            // Do not wait on a guest that may be hung.
+            let _ = tokio::time::timeout(Duration::from_millis(200), s.close()).await;
+        }
+    }
+
+    async fn session(&self) -> Result<Arc<SshSession>, MachineError> {
+        let mut slot = self.ssh.lock().await;
+        if let Some(s) = slot.as_ref()
+            && !s.is_closed()
+        {
+            return Ok(s.clone());
+        }
+        let s = Arc::new(
+            SshSession::connect(&self.target, CONNECT_LIMIT)
+                .await
+                .map_err(|source| MachineError::Ssh {
+                    label: self.label.clone(),
+                    source,
+                })?,
+        );
+        *slot = Some(s.clone());
+        Ok(s)
+    }
+
+    /// Run a shell command as root; `Ok` whatever its exit status, `Err` on timeout or a
+    /// lost connection.
+    pub async fn execute(
+        &self,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<Completed, MachineError> {
+        self.run(Exec::new(command, timeout)).await
+    }
+
+    /// Run a command as described by `req`. On timeout every process that inherited the
+    /// command's `VMCHECK_EXEC_ID` is killed, so nothing it started keeps running.
+    pub async fn run(&self, req: Exec<'_>) -> Result<Completed, MachineError> {
+        let session = self.session().await?;
+        let id = format!(
+            "{}-{}",
+            std::process::id(),
+            self.exec_counter.fetch_add(1, Ordering::Relaxed)
+        );
+        let wrapped = format!(
+            "VMCHECK_EXEC_ID={id}; export VMCHECK_EXEC_ID; {}",
+            req.command
+        );
+        let mut output = Output::default();
+        let result = tokio::time::timeout(
+            req.timeout,
+            session.exec(&wrapped, req.stdin, req.sink, &mut output),
+        )
+        .await;
+        match result {
+            Ok(Ok(status)) => Ok(Completed { status, output }),
+            Ok(Err(source)) => Err(MachineError::Ssh {
+                label: self.label.clone(),
+                source,
+            }),
+            Err(_) => {
+                let kill = format!(
+                    "for p in /proc/[0-9]*; do tr '\\0' '\\n' < $p/environ 2>/dev/null | grep -qx VMCHECK_EXEC_ID={id} && kill -9 ${{p#/proc/}} 2>/dev/null; done; true"
+                );
+                let mut ignored = Output::default();
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    session.exec(&kill, None, None, &mut ignored),
+                )
+                .await;
+                Err(MachineError::CommandTimeout {
+                    label: self.label.clone(),
+                    command: req.command.to_string(),
+                    after: req.timeout,
+                    output,
+                })
+            }
+        }
+    }
+
+    /// Write `data` to `remote` (parents created) with permissions `mode`.
+    pub async fn upload_bytes(
+        &self,
+        data: &[u8],
+        remote: &str,
+        mode: u32,
+    ) -> Result<(), MachineError> {
+        let parent = Path::new(remote)
+            .parent()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let q = quote(remote);
+        let cmd = if parent.is_empty() {
+            format!("cat > {q} && chmod {mode:o} {q}")
+        } else {
+            format!(
+                "mkdir -p {} && cat > {q} && chmod {mode:o} {q}",
+                quote(&parent)
+            )
+        };
+        let timeout = Duration::from_secs(60 + (data.len() as u64 >> 20));
+        let done = self
+            .run(Exec {
+                stdin: Some(data),
+                ..Exec::new(&cmd, timeout)
+            })
+            .await?;
+        self.check(&done, &format!("uploading to {remote}"))
+    }
+
+    /// Copy the local file `local` to `remote`, keeping its permission bits.
+    pub async fn upload(&self, local: &Path, remote: &str) -> Result<(), MachineError> {
+        use std::os::unix::fs::PermissionsExt;
+        let io = |source| MachineError::Io {
+            label: self.label.clone(),
+            context: format!("reading {}", local.display()),
+            source,
+        };
+        let data = tokio::fs::read(local).await.map_err(io)?;
+        let mode = tokio::fs::metadata(local)
+            .await
+            .map_err(io)?
+            .permissions()
+            .mode()
+            & 0o7777;
+        self.upload_bytes(&data, remote, mode).await
+    }
+
+    /// Copy the guest file `remote` to the local path `local`.
+    pub async fn download(&self, remote: &str, local: &Path) -> Result<(), MachineError> {
+        let done = self
+            .execute(&format!("cat {}", quote(remote)), Duration::from_secs(300))
+            .await?;
+        self.check(&done, &format!("downloading {remote}"))?;
+        tokio::fs::write(local, &done.output.stdout)
+            .await
+            .map_err(|source| MachineError::Io {
+                label: self.label.clone(),
+                context: format!("writing {}", local.display()),
+                source,
+            })
+    }
+
+    fn check(&self, done: &Completed, what: &str) -> Result<(), MachineError> {
+        if done.status.success() {
+            return Ok(());
+        }
+        Err(MachineError::Failed {
+            label: self.label.clone(),
+            message: format!(
+                "{what} failed ({}): {}",
+                done.status,
+                String::from_utf8_lossy(&done.output.stderr).trim()
+            ),
+        })
+    }
+}

@@ -1,0 +1,372 @@
+//! The test plan: which loaded tests run (with their ids and any TEST_OS skip), which are
+//! left out and why, and the order of the nondestructive queue.
+//!
+//! The main type is [`TestPlan`], built by [`plan`] from the tests of
+//! [`checkfile::load`](crate::checkfile::load). It is plain data shared by `--list`, the
+//! scheduler and the reporters, so they agree on every test's id and fate.
+//!
+//! A test whose `skip`/`only` excludes TEST_OS stays in the plan with a `skip_reason`
+//! (it is reported as skipped, without booting anything); a test left out by the command
+//! line is in `excluded` with an [`ExcludeReason`].
+
+use crate::checkfile::TestDef;
+use std::collections::HashSet;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// What to select.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlanOptions {
+    pub test_os: String,
+    /// Keep only tests whose `Class.method` contains one of these; empty keeps all.
+    pub filters: Vec<String>,
+    /// Leave out the tests with exactly these `Class.method` names.
+    pub exclude: Vec<String>,
+    /// Leave out destructive tests.
+    pub nondestructive_only: bool,
+}
+
+/// The tests to run and the tests left out.
+#[derive(Debug, Clone, Default)]
+pub struct TestPlan {
+    /// In the order given to [`plan`] (`load` sorts by file, class, method), ids from 1.
+    pub tests: Vec<PlannedTest>,
+    /// In the same order.
+    pub excluded: Vec<Excluded>,
+    /// Filters that match no test at all (probably typos), in the order given.
+    pub unmatched_filters: Vec<String>,
+    /// Exclude names that name no test at all (probably typos), in the order given.
+    pub unknown_excludes: Vec<String>,
+}
+
+/// A test that is part of the run.
+#[derive(Debug, Clone)]
+pub struct PlannedTest {
+    /// 1-based, in plan order.
+    pub id: usize,
+    pub def: Arc<TestDef>,
+    /// Set when `skip`/`only` excludes TEST_OS: `"<TEST_OS>: <reason>"`. Such a test is
+    /// reported as skipped and never started.
+    pub skip_reason: Option<String>,
+}
+
+/// A test left out of the run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Excluded {
+    pub name: String,
+    pub file: PathBuf,
+    pub reason: ExcludeReason,
+}
+
+/// Why a test is not in the run. When several apply, the first in this order is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ExcludeReason {
+    /// Its name contains none of the filters.
+    Filtered,
+    /// Its name is one of the excluded names.
+    Excluded,
+    /// It is destructive and only nondestructive tests were asked for.
+    Destructive,
+}
+
+impl fmt::Display for ExcludeReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ExcludeReason::Filtered => "does not match any filter",
+            ExcludeReason::Excluded => "excluded by name",
+            ExcludeReason::Destructive => {
+                "destructive, and only nondestructive tests were asked for"
+            }
+        })
+    }
+}
+
+/// Selects the tests to run, keeping their order, and numbers them from 1.
+pub fn plan(tests: Vec<TestDef>, opts: &PlanOptions) -> TestPlan {
+    let mut result = TestPlan::default();
+    let mut matched_filters = HashSet::new();
+    let mut names = HashSet::new();
+    for def in tests {
+        let name = def.name();
+        let matching: Vec<&str> = opts
+            .filters
+            .iter()
+            .map(String::as_str)
+            .filter(|f| name.contains(f))
+            .collect();
+        let filtered_out = !opts.filters.is_empty() && matching.is_empty();
+        matched_filters.extend(matching);
+        let reason = if filtered_out {
+            Some(ExcludeReason::Filtered)
+        } else if opts.exclude.contains(&name) {
+            Some(ExcludeReason::Excluded)
+        } else if opts.nondestructive_only && !def.nondestructive {
+            Some(ExcludeReason::Destructive)
+        } else {
+            None
+        };
+        names.insert(name.clone());
+        match reason {
+            Some(reason) => result.excluded.push(Excluded {
+                name,
+                file: def.file,
+                reason,
+            }),
+            None => result.tests.push(PlannedTest {
+                id: result.tests.len() + 1,
+                skip_reason: skip_reason(&def, &opts.test_os),
+                def: Arc::new(def),
+            }),
+        }
+    }
+    result.unmatched_filters = opts
+        .filters
+        .iter()
+        .filter(|f| !matched_filters.contains(f.as_str()))
+        .cloned()
+        .collect();
+    result.unknown_excludes = opts
+        .exclude
+        .iter()
+        .filter(|e| !names.contains(e.as_str()))
+        .cloned()
+        .collect();
+    result
+}
+
+/// `"<TEST_OS>: <reason>"` when `skip` matches TEST_OS or `only` does not.
+pub fn skip_reason(def: &TestDef, test_os: &str) -> Option<String> {
+    if let Some(skip) = def.skip.as_ref().filter(|c| c.matches(test_os)) {
+        return Some(format!("{test_os}: {}", skip.reason));
+    }
+    if let Some(only) = def.only.as_ref().filter(|c| !c.matches(test_os)) {
+        return Some(format!("{test_os}: {}", only.reason));
+    }
+    None
+}
+
+/// Whether the nondestructive queue runs in descending name order on `test_os`: when
+/// CRC-32 of TEST_OS is odd, as Cockpit does, so that half of the images run each
+/// direction and tests that depend on each other's order are exposed.
+pub fn nondestructive_descending(test_os: &str) -> bool {
+    crc32fast::hash(test_os.as_bytes()) & 1 == 1
+}
+
+/// Sorts nondestructive test names (`Class.method`) into run order on `test_os`:
+/// ascending, or descending when [`nondestructive_descending`].
+pub fn nondestructive_order<T: AsRef<str>>(test_os: &str, names: &mut [T]) {
+    names.sort_by(|a, b| a.as_ref().cmp(b.as_ref()));
+    if nondestructive_descending(test_os) {
+        names.reverse();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkfile::{MachineReq, OsCondition};
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    fn def(file: &str, name: &str, nondestructive: bool) -> TestDef {
+        let (class, method) = name.split_once('.').unwrap();
+        TestDef {
+            file: file.into(),
+            class: class.into(),
+            method: method.into(),
+            line: 1,
+            nondestructive,
+            timeout: Duration::from_secs(600),
+            provision: vec![MachineReq::default_machine()],
+            todo: None,
+            skip: None,
+            only: None,
+            restore: vec![],
+            artifacts: vec![],
+            env: BTreeMap::new(),
+            no_retry_when_changed: false,
+            allow_journal: vec![],
+            run: Some("true".into()),
+            host: None,
+            covers: vec![],
+        }
+    }
+
+    fn tests() -> Vec<TestDef> {
+        vec![
+            def("check-a", "TestA.testOne", true),
+            def("check-a", "TestA.testTwo", false),
+            def("check-b", "TestB.testOne", true),
+            def("check-b", "TestB.testThree", false),
+        ]
+    }
+
+    fn opts(filters: &[&str], exclude: &[&str], nondestructive_only: bool) -> PlanOptions {
+        PlanOptions {
+            test_os: "debian-12".into(),
+            filters: filters.iter().map(|s| s.to_string()).collect(),
+            exclude: exclude.iter().map(|s| s.to_string()).collect(),
+            nondestructive_only,
+        }
+    }
+
+    #[test]
+    fn selection() {
+        use ExcludeReason::*;
+        type Case<'a> = (PlanOptions, &'a [&'a str], &'a [(&'a str, ExcludeReason)]);
+        let cases: &[Case] = &[
+            (
+                opts(&[], &[], false),
+                &[
+                    "TestA.testOne",
+                    "TestA.testTwo",
+                    "TestB.testOne",
+                    "TestB.testThree",
+                ],
+                &[],
+            ),
+            (
+                opts(&["testOne"], &[], false),
+                &["TestA.testOne", "TestB.testOne"],
+                &[("TestA.testTwo", Filtered), ("TestB.testThree", Filtered)],
+            ),
+            (
+                opts(&["TestB", "A.testT"], &[], false),
+                &["TestA.testTwo", "TestB.testOne", "TestB.testThree"],
+                &[("TestA.testOne", Filtered)],
+            ),
+            (
+                // Exclusion is by exact name only.
+                opts(&[], &["TestA.testOne", "TestB"], false),
+                &["TestA.testTwo", "TestB.testOne", "TestB.testThree"],
+                &[("TestA.testOne", Excluded)],
+            ),
+            (
+                opts(&[], &[], true),
+                &["TestA.testOne", "TestB.testOne"],
+                &[
+                    ("TestA.testTwo", Destructive),
+                    ("TestB.testThree", Destructive),
+                ],
+            ),
+            (
+                // The first reason wins: filtered, then excluded, then destructive.
+                opts(&["TestA"], &["TestB.testOne", "TestA.testTwo"], true),
+                &["TestA.testOne"],
+                &[
+                    ("TestA.testTwo", Excluded),
+                    ("TestB.testOne", Filtered),
+                    ("TestB.testThree", Filtered),
+                ],
+            ),
+        ];
+        for (opts, kept, excluded) in cases {
+            let plan = plan(tests(), opts);
+            let names: Vec<_> = plan.tests.iter().map(|t| t.def.name()).collect();
+            assert_eq!(names, *kept, "{opts:?}");
+            let ids: Vec<_> = plan.tests.iter().map(|t| t.id).collect();
+            assert_eq!(ids, (1..=kept.len()).collect::<Vec<_>>(), "{opts:?}");
+            let out: Vec<_> = plan
+                .excluded
+                .iter()
+                .map(|e| (e.name.as_str(), e.reason))
+                .collect();
+            assert_eq!(out, *excluded, "{opts:?}");
+        }
+    }
+
+    #[test]
+    fn excluded_tests_keep_their_file() {
+        let plan = plan(tests(), &opts(&["TestA"], &[], false));
+        assert_eq!(plan.excluded[0].file, PathBuf::from("check-b"));
+    }
+
+    #[test]
+    fn typos_in_filters_and_excludes_are_reported() {
+        let plan = plan(
+            tests(),
+            &opts(
+                &["TestA", "TestZ", "testOne"],
+                &["TestA.testTwo", "TestA.testTow"],
+                false,
+            ),
+        );
+        assert_eq!(plan.unmatched_filters, ["TestZ"]);
+        assert_eq!(plan.unknown_excludes, ["TestA.testTow"]);
+    }
+
+    #[test]
+    fn skip_and_only_by_test_os() {
+        let condition = |os: &[&str], reason: &str| OsCondition {
+            os: os.iter().map(|s| s.to_string()).collect(),
+            reason: reason.into(),
+        };
+        let mut skipped = def("check-a", "TestA.testSkip", false);
+        skipped.skip = Some(condition(&["debian-*"], "no apt"));
+        let mut only = def("check-a", "TestA.testOnly", false);
+        only.only = Some(condition(&["fedora-*", "rhel-*"], "needs dnf"));
+        let mut both = def("check-a", "TestA.testBoth", false);
+        both.only = Some(condition(&["debian-*"], "needs apt"));
+        both.skip = Some(condition(&["debian-12"], "broken on 12"));
+
+        let cases = [
+            (
+                "debian-12",
+                [
+                    Some("debian-12: no apt"),
+                    Some("debian-12: needs dnf"),
+                    Some("debian-12: broken on 12"),
+                ],
+            ),
+            (
+                "debian-13",
+                [
+                    Some("debian-13: no apt"),
+                    Some("debian-13: needs dnf"),
+                    None,
+                ],
+            ),
+            ("fedora-40", [None, None, Some("fedora-40: needs apt")]),
+        ];
+        for (test_os, expected) in cases {
+            let mut o = opts(&[], &[], false);
+            o.test_os = test_os.into();
+            let plan = plan(vec![skipped.clone(), only.clone(), both.clone()], &o);
+            let reasons: Vec<_> = plan
+                .tests
+                .iter()
+                .map(|t| t.skip_reason.as_deref())
+                .collect();
+            assert_eq!(reasons, expected, "{test_os}");
+        }
+    }
+
+    #[test]
+    fn nondestructive_direction_follows_crc32_parity() {
+        // CRC-32 values as Python's binascii.crc32 computes them, as Cockpit uses.
+        let cases = [
+            ("", 0, false),
+            ("arch", 4161937994, false),
+            ("busybox", 2231892705, true),
+            ("debian-12", 233518283, true),
+            ("fedora-40", 2060362247, true),
+        ];
+        for (test_os, crc, descending) in cases {
+            assert_eq!(crc32fast::hash(test_os.as_bytes()), crc, "{test_os}");
+            assert_eq!(nondestructive_descending(test_os), descending, "{test_os}");
+        }
+    }
+
+    #[test]
+    fn nondestructive_order_sorts_by_name() {
+        let mut names = vec!["TestB.testA", "TestA.testB", "TestA.testA"];
+        nondestructive_order("arch", &mut names);
+        assert_eq!(names, ["TestA.testA", "TestA.testB", "TestB.testA"]);
+        nondestructive_order("busybox", &mut names);
+        assert_eq!(names, ["TestB.testA", "TestA.testB", "TestA.testA"]);
+        let mut owned = vec![String::from("b"), String::from("a")];
+        nondestructive_order("arch", &mut owned);
+        assert_eq!(owned, ["a", "b"]);
+    }
+}

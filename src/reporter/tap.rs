@@ -1,0 +1,396 @@
+//! TAP on stdout, line-compatible with Cockpit's run-tests and valid for TAP parsers.
+//!
+//! Compatible: `ok 3 test/verify/check-foo TestFoo.testBar [ND@1]`, ` (0.4GB)` for
+//! destructive tests, `# SKIP`, `# TODO`, `# RETRY n (reason)`, the `# 1 TEST PASSED [3s on
+//! nd1]` line above each result and the `# N TESTS FAILED [...]` summary. Valid (where Cockpit
+//! is not): test numbers follow emission order (tests finish out of plan order); a retried
+//! attempt is a comment line without a number (`# not ok test/… # RETRY 1 (…)`), so no
+//! number is reused; every line of captured output is
+//! prefixed with `# `, so a test printing `ok 1` cannot corrupt the stream; no `TAP version`
+//! line (Perl's TAP::Harness rejects 14); an interrupted run ends with `Bail out!`.
+
+use super::Reporter;
+use crate::events::{AttemptOutcome, AttemptReport, Event, Placement, RunStats, TestInfo, Verdict};
+use std::io::Write;
+use std::time::Duration;
+
+pub struct TapReporter<W: Write> {
+    out: W,
+    next: usize,
+    host: String,
+}
+
+impl<W: Write> TapReporter<W> {
+    pub fn new(out: W) -> TapReporter<W> {
+        let host = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "host".into());
+        TapReporter { out, next: 0, host }
+    }
+
+    fn comment_block(&mut self, text: &str) -> std::io::Result<()> {
+        for line in text.lines() {
+            let line = line.trim_end_matches('\r');
+            if line.is_empty() {
+                writeln!(self.out, "#")?;
+            } else {
+                writeln!(self.out, "# {line}")?;
+            }
+        }
+        Ok(())
+    }
+
+    fn header(&mut self, test: &TestInfo, report: &AttemptReport) -> std::io::Result<()> {
+        writeln!(self.out, "# {}", "-".repeat(70))?;
+        writeln!(
+            self.out,
+            "# {} ({}) attempt {}",
+            test.name,
+            test.file.display(),
+            report.attempt
+        )?;
+        writeln!(self.out, "#")
+    }
+
+    fn duration_line(&mut self, passed: bool, report: &AttemptReport) -> std::io::Result<()> {
+        let on = if report.machines.is_empty() {
+            "host".to_string()
+        } else {
+            report.machines.join(", ")
+        };
+        writeln!(
+            self.out,
+            "# 1 TEST {} [{}s on {on}]",
+            if passed { "PASSED" } else { "FAILED" },
+            report.duration.as_secs()
+        )
+    }
+}
+
+/// `test/verify/check-foo TestFoo.testBar [ND@1]` — what follows the number.
+pub fn describe(test: &TestInfo, placement: &Placement) -> String {
+    let mut s = format!("{} {}", test.file.display(), test.name);
+    match placement {
+        Placement::Global(k) => s.push_str(&format!(" [ND@{k}]")),
+        Placement::Own => s.push_str(&format!(" ({:.1}GB)", test.ram_mib as f64 / 1024.0)),
+        Placement::None => {}
+    }
+    s
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("").trim()
+}
+
+/// The directive or comment after the description, if any.
+fn annotation(verdict: &Verdict, last: Option<&AttemptReport>) -> Option<String> {
+    match verdict {
+        Verdict::Passed => None,
+        Verdict::Flaky => Some(format!(
+            "flaky: passed on attempt {}",
+            last.map(|r| r.attempt).unwrap_or(0)
+        )),
+        Verdict::Failed => match last.map(|r| &r.outcome) {
+            Some(AttemptOutcome::TimedOut { after }) => {
+                Some(format!("TIMEOUT after {}s", after.as_secs()))
+            }
+            _ => None,
+        },
+        Verdict::Skipped { reason } => Some(format!("SKIP {}", first_line(reason))),
+        Verdict::Todo { reason } => Some(format!("TODO {}", first_line(reason))),
+        Verdict::UnexpectedPass { reason } => {
+            Some(format!("expected failure: {}", first_line(reason)))
+        }
+        Verdict::Error { message } => Some(format!("ERROR {}", first_line(message))),
+    }
+}
+
+/// The summary line: `# 2 TESTS FAILED [41s on host, 3 destructive tests, 5 nondestructive tests, 1 flaky, 2 retries]`.
+pub fn summary_line(stats: &RunStats, wall: Duration, host: &str) -> String {
+    let bad = stats.failed + stats.errors;
+    let head = if bad > 0 {
+        format!("{bad} TESTS FAILED")
+    } else {
+        "TESTS PASSED".to_string()
+    };
+    let mut details = vec![
+        format!("{}s on {host}", wall.as_secs()),
+        format!("{} destructive tests", stats.destructive),
+        format!("{} nondestructive tests", stats.nondestructive),
+    ];
+    for (n, what) in [
+        (stats.passed, "passed"),
+        (stats.flaky, "flaky"),
+        (stats.failed, "failed"),
+        (stats.errors, "errors"),
+        (stats.skipped, "skipped"),
+        (stats.todo, "todo"),
+        (stats.retries, "retries"),
+    ] {
+        if n > 0 {
+            details.push(format!("{n} {what}"));
+        }
+    }
+    format!("# {head} [{}]", details.join(", "))
+}
+
+impl<W: Write> Reporter for TapReporter<W> {
+    fn report(&mut self, event: &Event) -> std::io::Result<()> {
+        match event {
+            Event::RunStarted { tests, .. } => writeln!(self.out, "1..{}", tests.len())?,
+            Event::AttemptRetry {
+                test,
+                placement,
+                report,
+                retry,
+                reason,
+            } => {
+                self.header(test, report)?;
+                self.comment_block(&report.output)?;
+                self.duration_line(false, report)?;
+                // No number: the test's number is given when it finishes.
+                writeln!(
+                    self.out,
+                    "# not ok {} # RETRY {retry} ({reason})",
+                    describe(test, placement)
+                )?;
+            }
+            Event::TestFinished {
+                test,
+                placement,
+                verdict,
+                attempts,
+            } => {
+                let last = attempts.last();
+                let quiet = matches!(verdict, Verdict::Passed | Verdict::Flaky);
+                if let Some(report) = last {
+                    if quiet {
+                        let warnings: Vec<&str> = report
+                            .output
+                            .lines()
+                            .filter(|l| l.starts_with("WARNING:"))
+                            .collect();
+                        self.comment_block(&warnings.join("\n"))?;
+                    } else {
+                        self.header(test, report)?;
+                        self.comment_block(&report.output)?;
+                        if let Some(dir) = &report.artifacts {
+                            writeln!(self.out, "# artifacts: {}", dir.display())?;
+                        }
+                    }
+                    self.duration_line(
+                        verdict.is_success() && !matches!(verdict, Verdict::Todo { .. }),
+                        report,
+                    )?;
+                }
+                self.next += 1;
+                let ok = if matches!(verdict, Verdict::Todo { .. }) {
+                    false
+                } else {
+                    verdict.is_success()
+                };
+                let mut line = format!(
+                    "{} {} {}",
+                    if ok { "ok" } else { "not ok" },
+                    self.next,
+                    describe(test, placement)
+                );
+                if let Some(a) = annotation(verdict, last) {
+                    line.push_str(" # ");
+                    line.push_str(&a);
+                }
+                writeln!(self.out, "{line}")?;
+            }
+            Event::RunCancelled { reason } => writeln!(self.out, "Bail out! {reason}")?,
+            Event::RunFinished { stats, wall } => {
+                writeln!(self.out)?;
+                writeln!(self.out, "{}", summary_line(stats, *wall, &self.host))?;
+            }
+            Event::MachineReady { .. }
+            | Event::MachineFailed { .. }
+            | Event::MachineReset { .. }
+            | Event::TestStarted { .. }
+            | Event::TestOutput { .. } => {}
+        }
+        self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn info(name: &str, nd: bool) -> TestInfo {
+        TestInfo {
+            id: 1,
+            name: name.into(),
+            file: PathBuf::from("test/verify/check-foo"),
+            nondestructive: nd,
+            ram_mib: 384,
+        }
+    }
+
+    fn report(attempt: u32, outcome: AttemptOutcome, output: &str) -> AttemptReport {
+        AttemptReport {
+            attempt,
+            outcome,
+            output: output.into(),
+            duration: Duration::from_secs(3),
+            machines: vec!["nd1".into()],
+            artifacts: None,
+        }
+    }
+
+    fn render(events: &[Event]) -> String {
+        let mut buf = Vec::new();
+        let mut tap = TapReporter::new(&mut buf);
+        tap.host = "h".into();
+        for e in events {
+            tap.report(e).unwrap();
+        }
+        String::from_utf8(buf).unwrap()
+    }
+
+    #[test]
+    fn retries_are_comments_and_numbers_follow_emission() {
+        let a = info("TestA.testOne", true);
+        let b = info("TestB.testTwo", false);
+        let failed = AttemptOutcome::Failed {
+            status: "exit code 1".into(),
+        };
+        let text = render(&[
+            Event::RunStarted {
+                test_os: "busybox".into(),
+                jobs: 2,
+                tests: vec![a.clone(), b.clone()],
+            },
+            Event::AttemptRetry {
+                test: b.clone(),
+                placement: Placement::Own,
+                report: report(1, failed.clone(), "ok 7 fake\nboom"),
+                retry: 1,
+                reason: "be robust against unstable tests".into(),
+            },
+            Event::TestFinished {
+                test: a.clone(),
+                placement: Placement::Global(1),
+                verdict: Verdict::Passed,
+                attempts: vec![report(1, AttemptOutcome::Passed, "noise\nWARNING: careful")],
+            },
+            Event::TestFinished {
+                test: b.clone(),
+                placement: Placement::Own,
+                verdict: Verdict::Flaky,
+                attempts: vec![
+                    report(1, failed, "boom"),
+                    report(2, AttemptOutcome::Passed, ""),
+                ],
+            },
+        ]);
+        let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(
+            lines,
+            [
+                "1..2",
+                "ok 1 test/verify/check-foo TestA.testOne [ND@1]",
+                "ok 2 test/verify/check-foo TestB.testTwo (0.4GB) # flaky: passed on attempt 2",
+            ]
+        );
+        assert!(text.contains("# ok 7 fake\n# boom\n"), "{text}");
+        assert!(text.contains(
+            "# not ok test/verify/check-foo TestB.testTwo (0.4GB) # RETRY 1 (be robust against unstable tests)"
+        ));
+        assert!(text.contains("# WARNING: careful\n"));
+        assert!(!text.contains("noise"), "passing output is not shown");
+        assert!(text.contains("# 1 TEST PASSED [3s on nd1]\nok 1 "));
+    }
+
+    #[test]
+    fn verdict_annotations() {
+        let t = info("TestA.testOne", false);
+        let fin = |verdict: Verdict, outcome: AttemptOutcome| {
+            let text = render(&[Event::TestFinished {
+                test: t.clone(),
+                placement: Placement::None,
+                verdict,
+                attempts: vec![report(1, outcome, "last line")],
+            }]);
+            text.lines().last().unwrap().to_string()
+        };
+        let failed = AttemptOutcome::Failed { status: "x".into() };
+        assert_eq!(
+            fin(
+                Verdict::Skipped {
+                    reason: "busybox: no systemd".into()
+                },
+                AttemptOutcome::Passed
+            ),
+            "ok 1 test/verify/check-foo TestA.testOne # SKIP busybox: no systemd"
+        );
+        assert_eq!(
+            fin(
+                Verdict::Todo {
+                    reason: "bug 7".into()
+                },
+                failed.clone()
+            ),
+            "not ok 1 test/verify/check-foo TestA.testOne # TODO bug 7"
+        );
+        assert_eq!(
+            fin(
+                Verdict::UnexpectedPass {
+                    reason: "bug 7".into()
+                },
+                AttemptOutcome::Passed
+            ),
+            "not ok 1 test/verify/check-foo TestA.testOne # expected failure: bug 7"
+        );
+        assert_eq!(
+            fin(
+                Verdict::Failed,
+                AttemptOutcome::TimedOut {
+                    after: Duration::from_secs(5)
+                }
+            ),
+            "not ok 1 test/verify/check-foo TestA.testOne # TIMEOUT after 5s"
+        );
+        assert_eq!(
+            fin(
+                Verdict::Error {
+                    message: "boot failed\nmore".into()
+                },
+                failed
+            ),
+            "not ok 1 test/verify/check-foo TestA.testOne # ERROR boot failed"
+        );
+    }
+
+    #[test]
+    fn bail_out_and_summary() {
+        let stats = RunStats {
+            planned: 3,
+            passed: 1,
+            failed: 1,
+            flaky: 1,
+            retries: 2,
+            destructive: 2,
+            nondestructive: 1,
+            ..RunStats::default()
+        };
+        let text = render(&[
+            Event::RunCancelled {
+                reason: "interrupted by SIGINT".into(),
+            },
+            Event::RunFinished {
+                stats,
+                wall: Duration::from_secs(41),
+            },
+        ]);
+        assert!(text.starts_with("Bail out! interrupted by SIGINT\n"));
+        assert!(text.ends_with(
+            "# 1 TESTS FAILED [41s on h, 2 destructive tests, 1 nondestructive tests, 1 passed, 1 flaky, 1 failed, 2 retries]\n"
+        ));
+    }
+}

@@ -1,0 +1,843 @@
+//! One attempt of one test: get its machines (fresh ones for a destructive test, the
+//! global machine handed over for a nondestructive one), run its bodies within the test's
+//! deadline, collect artifacts, sit if asked, restore and hand machines back or kill them.
+//!
+//! The result is plain data ([`AttemptDone`]): the attempt's outcome and output, and for
+//! nondestructive tests the machine itself with a health verdict, so the dispatcher alone
+//! decides what happens next. Machines are owned by this task while it runs; if the
+//! dispatcher aborts it (Ctrl-C), dropping them kills qemu and removes their files.
+
+use super::control::{self, Request, Response};
+use crate::checkfile::TestDef;
+use crate::events::{AttemptOutcome, AttemptReport};
+use crate::image::Image;
+use crate::machine::Machine;
+use crate::machine::error::MachineError;
+use crate::machine::ports::{self, PortKind, PortLease};
+use crate::machine::qemu::PrivateNet;
+use crate::machine::shell::Exec;
+use crate::machine::ssh::{ExitStatus, Stream};
+use crate::machine::vm::{Host, MachineSpec, VirtualMachine};
+use crate::shell::quote;
+use crate::signal::Cancel;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A callback that sees an attempt's output as it arrives.
+pub type LiveOutput = Arc<dyn Fn(&[u8]) + Send + Sync>;
+
+/// What every attempt of a run shares.
+pub struct AttemptContext {
+    pub test_os: String,
+    /// `None` when running on existing hosts only (`--machine`).
+    pub host: Option<Host>,
+    pub images: BTreeMap<String, Image>,
+    pub boot_timeout: Duration,
+    /// Root of collected artifacts (`<dir>/<Class.method>/attempt-<n>/<machine>/…`).
+    pub artifacts_dir: PathBuf,
+    /// This vmcheck binary, run as the `vm` helper of host scripts.
+    pub vmcheck_exe: PathBuf,
+    /// Working directory of host scripts.
+    pub workdir: PathBuf,
+    pub sit: bool,
+    /// One sitting test at a time talks to the terminal.
+    pub sit_lock: tokio::sync::Mutex<()>,
+    pub cancel: Cancel,
+}
+
+/// The machines an attempt runs on.
+pub enum Machines {
+    /// A shared machine, handed over by the dispatcher and handed back in the result.
+    Global { machine: Machine },
+    /// Boot the test's `provision`.
+    Fresh,
+}
+
+pub struct AttemptRequest {
+    pub test: Arc<TestDef>,
+    pub id: usize,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub machines: Machines,
+}
+
+/// Whether a global machine can serve the next test.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    Good,
+    Broken(String),
+}
+
+pub struct AttemptDone {
+    pub report: AttemptReport,
+    /// The global machine, back from a nondestructive test.
+    pub global: Option<(Machine, Health)>,
+}
+
+/// The attempt's output: everything in order, also passed on live.
+struct Log {
+    buf: Mutex<Vec<u8>>,
+    live: LiveOutput,
+}
+
+impl Log {
+    fn write(&self, data: &[u8]) {
+        self.buf.lock().expect("poisoned").extend_from_slice(data);
+        (self.live)(data);
+    }
+    fn note(&self, line: &str) {
+        self.write(format!("{line}\n").as_bytes());
+    }
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.buf.lock().expect("poisoned")).into_owned()
+    }
+    fn last_line(&self) -> String {
+        self.text()
+            .lines()
+            .rev()
+            .map(str::trim)
+            .find(|l| !l.is_empty())
+            .unwrap_or("")
+            .to_string()
+    }
+}
+
+/// A machine of this attempt, by the name the test uses.
+struct Named {
+    name: String,
+    machine: Machine,
+    /// Address on the test's private network, for multi-machine tests.
+    ip: Option<String>,
+}
+
+/// Run one attempt. `live` sees output as it arrives.
+pub async fn run_attempt(
+    ctx: Arc<AttemptContext>,
+    mut req: AttemptRequest,
+    live: LiveOutput,
+) -> AttemptDone {
+    let started = Instant::now();
+    let log = Log {
+        buf: Mutex::new(Vec::new()),
+        live,
+    };
+    let test = req.test.clone();
+    let (mut machines, _net, global) = match std::mem::replace(&mut req.machines, Machines::Fresh) {
+        Machines::Global { machine } => (
+            vec![Named {
+                name: test.provision[0].name.clone(),
+                machine,
+                ip: None,
+            }],
+            None,
+            true,
+        ),
+        Machines::Fresh => match boot_fresh(&ctx, &req, &log).await {
+            Ok((machines, net)) => (machines, net, false),
+            Err(e) => {
+                let message = e.to_string();
+                log.note(&format!("vmcheck: {message}"));
+                return AttemptDone {
+                    report: report(&req, &log, started, &[], None, harness(message)),
+                    global: None,
+                };
+            }
+        },
+    };
+    let labels: Vec<String> = machines
+        .iter()
+        .map(|m| m.machine.label().to_string())
+        .collect();
+
+    let mut outcome = AttemptOutcome::Passed;
+    if global && !test.restore.is_empty() {
+        let done = machines[0]
+            .machine
+            .shell()
+            .execute(&save_command(&test.restore), Duration::from_secs(60))
+            .await;
+        if let Some(problem) = command_problem(done, "saving files to restore") {
+            outcome = harness(problem);
+        }
+    }
+    if outcome == AttemptOutcome::Passed {
+        outcome = run_bodies(&ctx, &req, &mut machines, &log).await;
+    }
+    let artifacts = if test.artifacts.is_empty() {
+        None
+    } else {
+        Some(collect_artifacts(&ctx, &req, &machines, &log).await)
+    };
+    if ctx.sit
+        && !matches!(
+            outcome,
+            AttemptOutcome::Passed | AttemptOutcome::Skipped { .. }
+        )
+    {
+        sit(&ctx, &test.name(), &machines).await;
+    }
+
+    let report = report(&req, &log, started, &labels, artifacts, outcome.clone());
+    if !global {
+        for m in machines {
+            m.machine.kill().await;
+        }
+        return AttemptDone {
+            report,
+            global: None,
+        };
+    }
+    let m = machines.remove(0).machine;
+    let mut health = match &outcome {
+        AttemptOutcome::TimedOut { after } => {
+            Health::Broken(format!("the test timed out after {}s", after.as_secs()))
+        }
+        AttemptOutcome::Harness { message } => Health::Broken(message.clone()),
+        _ => Health::Good,
+    };
+    if health == Health::Good {
+        // Restoring doubles as a health probe of the shared machine.
+        let cmd = if test.restore.is_empty() {
+            "true".to_string()
+        } else {
+            restore_command(&test.restore)
+        };
+        let done = m.shell().execute(&cmd, Duration::from_secs(60)).await;
+        if let Some(problem) = command_problem(done, "restoring files after the test") {
+            health = Health::Broken(problem);
+        }
+    }
+    AttemptDone {
+        report,
+        global: Some((m, health)),
+    }
+}
+
+fn harness(message: String) -> AttemptOutcome {
+    AttemptOutcome::Harness { message }
+}
+
+fn report(
+    req: &AttemptRequest,
+    log: &Log,
+    started: Instant,
+    machines: &[String],
+    artifacts: Option<PathBuf>,
+    outcome: AttemptOutcome,
+) -> AttemptReport {
+    AttemptReport {
+        attempt: req.attempt,
+        outcome,
+        output: log.text(),
+        duration: started.elapsed(),
+        machines: machines.to_vec(),
+        artifacts,
+    }
+}
+
+/// `None` if the command ran and succeeded, else what went wrong.
+fn command_problem(
+    done: Result<crate::machine::shell::Completed, MachineError>,
+    what: &str,
+) -> Option<String> {
+    match done {
+        Ok(d) if d.status.success() => None,
+        Ok(d) => Some(format!(
+            "{what} failed ({}): {}",
+            d.status,
+            String::from_utf8_lossy(&d.output.stderr).trim()
+        )),
+        Err(e) => Some(format!("{what}: {e}")),
+    }
+}
+
+/// Boot a destructive test's machines in parallel; configure hostnames and, for several
+/// machines, a private network (`10.111.0.N/24` on `eth1`).
+async fn boot_fresh(
+    ctx: &AttemptContext,
+    req: &AttemptRequest,
+    log: &Log,
+) -> Result<(Vec<Named>, Option<PortLease>), MachineError> {
+    let test = &req.test;
+    let host = ctx.host.as_ref().ok_or_else(|| MachineError::Failed {
+        label: test.name(),
+        message: "destructive tests need machines vmcheck boots (not --machine)".into(),
+    })?;
+    let multi = test.provision.len() > 1;
+    let net = if multi {
+        Some(
+            ports::lease(PortKind::Udp).map_err(|source| MachineError::Io {
+                label: test.name(),
+                context: "reserving a private network".into(),
+                source,
+            })?,
+        )
+    } else {
+        None
+    };
+    let mut boots = tokio::task::JoinSet::new();
+    for (i, mreq) in test.provision.iter().enumerate() {
+        let image_name = mreq.image.clone().unwrap_or_else(|| ctx.test_os.clone());
+        let image = ctx
+            .images
+            .get(&image_name)
+            .cloned()
+            .ok_or_else(|| MachineError::Failed {
+                label: mreq.name.clone(),
+                message: format!("image {image_name} was not prepared"),
+            })?;
+        let spec = MachineSpec {
+            label: format!("t{}-{}", req.id, mreq.name),
+            image,
+            memory_mib: mreq.memory_mib,
+            cpus: mreq.cpus,
+            private_net: net.as_ref().map(|n| PrivateNet {
+                mcast_port: n.port,
+                mac: format!("52:54:01:00:00:{:02x}", i + 1),
+            }),
+        };
+        let (host, timeout, cancel) = (host.clone(), ctx.boot_timeout, ctx.cancel.clone());
+        boots.spawn(async move {
+            let started = Instant::now();
+            let mut vm = VirtualMachine::start(&host, spec).await?;
+            vm.wait_boot(timeout, &cancel).await?;
+            Ok::<_, MachineError>((i, vm, started.elapsed()))
+        });
+    }
+    let mut booted: Vec<Option<Named>> = test.provision.iter().map(|_| None).collect();
+    while let Some(joined) = boots.join_next().await {
+        let (i, vm, took) = joined.map_err(|e| MachineError::Failed {
+            label: test.name(),
+            message: format!("boot task failed: {e}"),
+        })??;
+        let name = test.provision[i].name.clone();
+        log.note(&format!(
+            "vmcheck: {name} booted ({}) in {:.1}s",
+            vm.image.short_id(),
+            took.as_secs_f64()
+        ));
+        booted[i] = Some(Named {
+            name,
+            machine: Machine::Virtual(Box::new(vm)),
+            ip: multi.then(|| format!("10.111.0.{}", i + 1)),
+        });
+    }
+    let machines: Vec<Named> = booted
+        .into_iter()
+        .map(|m| m.expect("every boot reported"))
+        .collect();
+    for m in &machines {
+        let mut cmd = format!("hostname {}", quote(&m.name));
+        if let Some(ip) = &m.ip {
+            cmd.push_str(&format!(
+                " && ip link set eth1 up && ip addr add {ip}/24 dev eth1"
+            ));
+        }
+        let done = m
+            .machine
+            .shell()
+            .execute(&cmd, Duration::from_secs(30))
+            .await;
+        if let Some(problem) = command_problem(done, "setting up the machine") {
+            return Err(MachineError::Failed {
+                label: m.machine.label().to_string(),
+                message: problem,
+            });
+        }
+    }
+    Ok((machines, net))
+}
+
+/// Environment every body sees.
+fn body_env(
+    ctx: &AttemptContext,
+    req: &AttemptRequest,
+    machines: &[Named],
+) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("VMCHECK_TEST".to_string(), req.test.name()),
+        ("VMCHECK_ATTEMPT".to_string(), req.attempt.to_string()),
+        (
+            "VMCHECK_MAX_ATTEMPTS".to_string(),
+            req.max_attempts.to_string(),
+        ),
+        ("TEST_OS".to_string(), ctx.test_os.clone()),
+        (
+            "VMCHECK_MACHINES".to_string(),
+            machines
+                .iter()
+                .map(|m| m.name.as_str())
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+    ];
+    for m in machines {
+        if let Some(ip) = &m.ip {
+            env.push((format!("VMCHECK_{}_IP", env_name(&m.name)), ip.clone()));
+        }
+    }
+    env.extend(req.test.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env
+}
+
+fn env_name(machine: &str) -> String {
+    machine
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Run `run` in the first machine, then `host` on the host, until the test's deadline.
+async fn run_bodies(
+    ctx: &AttemptContext,
+    req: &AttemptRequest,
+    machines: &mut [Named],
+    log: &Log,
+) -> AttemptOutcome {
+    let test = &req.test;
+    let deadline = Instant::now() + test.timeout;
+    let env = body_env(ctx, req, machines);
+    if let Some(script) = &test.run {
+        let mut exports: String = env
+            .iter()
+            .map(|(k, v)| format!("export {k}={}\n", quote(v)))
+            .collect();
+        exports.push_str(&format!(
+            "export VMCHECK_MACHINE={}\n",
+            quote(&machines[0].name)
+        ));
+        let command = format!("{exports}set -e\n{script}");
+        let mut sink = |_: Stream, data: &[u8]| log.write(data);
+        let result = machines[0]
+            .machine
+            .shell()
+            .run(Exec {
+                sink: Some(&mut sink),
+                ..Exec::new(&command, deadline.saturating_duration_since(Instant::now()))
+            })
+            .await;
+        match result {
+            Ok(done) => match done.status {
+                ExitStatus::Code(0) => {}
+                ExitStatus::Code(77) => return skipped(log),
+                status => {
+                    log.note(&format!(
+                        "vmcheck: the test failed in {} ({status})",
+                        machines[0].name
+                    ));
+                    return AttemptOutcome::Failed {
+                        status: status.to_string(),
+                    };
+                }
+            },
+            Err(MachineError::CommandTimeout { .. }) => {
+                log.note(&format!(
+                    "vmcheck: timed out after {}s",
+                    test.timeout.as_secs()
+                ));
+                return AttemptOutcome::TimedOut {
+                    after: test.timeout,
+                };
+            }
+            Err(e) => return harness(e.to_string()),
+        }
+    }
+    if let Some(script) = &test.host {
+        return run_host(ctx, req, machines, log, script, &env, deadline).await;
+    }
+    AttemptOutcome::Passed
+}
+
+fn skipped(log: &Log) -> AttemptOutcome {
+    AttemptOutcome::Skipped {
+        reason: log.last_line(),
+    }
+}
+
+/// Kills a host script's whole process group when dropped.
+struct GroupGuard(Option<u32>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::SIGKILL,
+            );
+        }
+    }
+}
+
+async fn run_host(
+    ctx: &AttemptContext,
+    req: &AttemptRequest,
+    machines: &mut [Named],
+    log: &Log,
+    script: &str,
+    env: &[(String, String)],
+    deadline: Instant,
+) -> AttemptOutcome {
+    let setup = || -> std::io::Result<(tempfile::TempDir, tokio::net::UnixListener)> {
+        let dir = tempfile::Builder::new().prefix("vmcheck-host-").tempdir()?;
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin)?;
+        let helper = bin.join("vm");
+        std::fs::write(
+            &helper,
+            format!(
+                "#!/bin/sh\nexec {} vm-ctl \"$@\"\n",
+                quote(&ctx.vmcheck_exe.to_string_lossy())
+            ),
+        )?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755))?;
+        let listener = tokio::net::UnixListener::bind(dir.path().join("control.sock"))?;
+        Ok((dir, listener))
+    };
+    let (dir, listener) = match setup() {
+        Ok(x) => x,
+        Err(e) => return harness(format!("preparing the host script: {e}")),
+    };
+    let path = format!(
+        "{}:{}",
+        dir.path().join("bin").display(),
+        std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into())
+    );
+    let mut cmd = tokio::process::Command::new("/bin/sh");
+    cmd.arg("-ec")
+        .arg(script)
+        .current_dir(&ctx.workdir)
+        .envs(env.iter().cloned())
+        .env("PATH", path)
+        .env("VMCHECK_CONTROL", dir.path().join("control.sock"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = match crate::machine::spawn::spawn_tied(cmd).await {
+        Ok(c) => c,
+        Err(e) => return harness(format!("starting the host script: {e}")),
+    };
+    let guard = GroupGuard(child.id());
+    let mut readers = tokio::task::JoinSet::new();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    for stream in [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let tx = tx.clone();
+        readers.spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut stream = stream;
+            let mut buf = vec![0u8; 8192];
+            while let Ok(n) = stream.read(&mut buf).await {
+                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    drop(tx);
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break Some(status),
+            Some(data) = rx.recv() => log.write(&data),
+            conn = listener.accept() => {
+                if let Ok((mut stream, _)) = conn {
+                    let response = match control::read_request(&mut stream).await {
+                        Ok(request) => serve(ctx, machines, log, request, deadline).await,
+                        Err(e) => Response::error(e),
+                    };
+                    control::write_response(&mut stream, &response).await;
+                }
+            }
+            _ = tokio::time::sleep_until(deadline.into()) => break None,
+        }
+    };
+    let outcome = match status {
+        None => {
+            // SIGTERM to the script's group, a grace period, then SIGKILL (by the guard).
+            if let Some(pid) = child.id() {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::SIGTERM,
+                );
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+            log.note(&format!(
+                "vmcheck: timed out after {}s",
+                req.test.timeout.as_secs()
+            ));
+            AttemptOutcome::TimedOut {
+                after: req.test.timeout,
+            }
+        }
+        Some(Err(e)) => harness(format!("waiting for the host script: {e}")),
+        Some(Ok(s)) => match s.code() {
+            Some(0) => AttemptOutcome::Passed,
+            Some(77) => AttemptOutcome::Skipped {
+                reason: String::new(),
+            },
+            _ => {
+                log.note(&format!("vmcheck: the host script failed ({s})"));
+                AttemptOutcome::Failed {
+                    status: format!("host script: {s}"),
+                }
+            }
+        },
+    };
+    // Leftover background processes of the script die with its group; then drain output.
+    drop(guard);
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(data) = rx.recv().await {
+            log.write(&data);
+        }
+    })
+    .await;
+    readers.abort_all();
+    match outcome {
+        AttemptOutcome::Skipped { .. } => skipped(log),
+        other => other,
+    }
+}
+
+/// Carry out one `vm` helper request against the attempt's machines.
+async fn serve(
+    ctx: &AttemptContext,
+    machines: &mut [Named],
+    log: &Log,
+    request: Request,
+    deadline: Instant,
+) -> Response {
+    log.note(&format!("+ {}", request.describe()));
+    let Some(m) = machines.iter_mut().find(|m| m.name == request.machine()) else {
+        let names: Vec<&str> = machines.iter().map(|m| m.name.as_str()).collect();
+        return Response::error(format!(
+            "no machine '{}' in this test (machines: {})",
+            request.machine(),
+            names.join(", ")
+        ));
+    };
+    let left = deadline.saturating_duration_since(Instant::now());
+    let shell_done = |r: Result<(), MachineError>| match r {
+        Ok(()) => Response::default(),
+        Err(e) => Response::error(e.to_string()),
+    };
+    match request {
+        Request::Exec { command, .. } => match m.machine.shell().execute(&command, left).await {
+            Ok(done) => Response {
+                exit: match done.status {
+                    ExitStatus::Code(c) => c.min(255) as i32,
+                    _ => 255,
+                },
+                stdout: String::from_utf8_lossy(&done.output.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&done.output.stderr).into_owned(),
+            },
+            Err(e) => Response::error(e.to_string()),
+        },
+        Request::Reboot { .. } => shell_done(
+            m.machine
+                .reboot(ctx.boot_timeout.min(left), &ctx.cancel)
+                .await
+                .map(|_| ()),
+        ),
+        Request::WaitReboot { .. } => shell_done(
+            m.machine
+                .wait_reboot(ctx.boot_timeout.min(left), &ctx.cancel)
+                .await
+                .map(|_| ()),
+        ),
+        Request::Upload { local, remote, .. } => {
+            shell_done(m.machine.shell().upload(&local, &remote).await)
+        }
+        Request::Download { remote, local, .. } => {
+            shell_done(m.machine.shell().download(&remote, &local).await)
+        }
+        Request::Ssh { .. } => Response {
+            exit: 0,
+            stdout: format!("{}\n", m.machine.ssh_command()),
+            stderr: String::new(),
+        },
+    }
+}
+
+/// Save `paths` (absolute) under /var/lib/vmcheck-restore, one tarball each; paths that do
+/// not exist are recorded by the absence of their tarball.
+fn save_command(paths: &[String]) -> String {
+    let mut cmd =
+        String::from("set -e; d=/var/lib/vmcheck-restore; rm -rf \"$d\"; mkdir -p \"$d\"; i=0\n");
+    cmd.push_str(&format!("for p in {}; do\n", quoted_list(paths)));
+    cmd.push_str(
+        "  i=$((i+1)); if [ -e \"$p\" ] || [ -L \"$p\" ]; then tar -C / -cf \"$d/$i.tar\" \"${p#/}\"; fi\ndone\n",
+    );
+    cmd
+}
+
+/// Put back what [`save_command`] saved: remove each path, unpack its tarball if any.
+fn restore_command(paths: &[String]) -> String {
+    let mut cmd = String::from("set -e; d=/var/lib/vmcheck-restore; i=0\n");
+    cmd.push_str(&format!("for p in {}; do\n", quoted_list(paths)));
+    cmd.push_str(
+        "  i=$((i+1)); rm -rf \"$p\"; if [ -f \"$d/$i.tar\" ]; then tar -C / -xpf \"$d/$i.tar\"; fi\ndone\nrm -rf \"$d\"\n",
+    );
+    cmd
+}
+
+fn quoted_list(paths: &[String]) -> String {
+    paths.iter().map(|p| quote(p)).collect::<Vec<_>>().join(" ")
+}
+
+/// Copy the test's artifact paths from every machine into
+/// `<artifacts_dir>/<Class.method>/attempt-<n>/<machine>/`.
+async fn collect_artifacts(
+    ctx: &AttemptContext,
+    req: &AttemptRequest,
+    machines: &[Named],
+    log: &Log,
+) -> PathBuf {
+    let base = ctx
+        .artifacts_dir
+        .join(req.test.name())
+        .join(format!("attempt-{}", req.attempt));
+    let rel: Vec<String> = req
+        .test
+        .artifacts
+        .iter()
+        .map(|p| p.trim_start_matches('/').to_string())
+        .collect();
+    for m in machines {
+        let dest = base.join(&m.name);
+        if let Err(e) = std::fs::create_dir_all(&dest) {
+            log.note(&format!("vmcheck: cannot create {}: {e}", dest.display()));
+            continue;
+        }
+        let cmd = format!("tar -C / -cf - {} 2>/dev/null; true", quoted_list(&rel));
+        match m
+            .machine
+            .shell()
+            .execute(&cmd, Duration::from_secs(120))
+            .await
+        {
+            Ok(done) => {
+                if let Err(e) = untar(&done.output.stdout, &dest).await {
+                    log.note(&format!("vmcheck: unpacking artifacts of {}: {e}", m.name));
+                }
+            }
+            Err(e) => log.note(&format!("vmcheck: collecting artifacts of {}: {e}", m.name)),
+        }
+    }
+    base
+}
+
+async fn untar(data: &[u8], dest: &Path) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    if data.is_empty() {
+        return Ok(());
+    }
+    let mut child = tokio::process::Command::new("tar")
+        .arg("-xf")
+        .arg("-")
+        .arg("-C")
+        .arg(dest)
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    stdin.write_all(data).await?;
+    drop(stdin);
+    child.wait().await?;
+    Ok(())
+}
+
+/// `--sit`: keep the failed test's machines, say how to reach them, wait for Enter.
+async fn sit(ctx: &AttemptContext, test: &str, machines: &[Named]) {
+    let _turn = ctx.sit_lock.lock().await;
+    let mut text = format!("\nvmcheck: {test} failed; its machines are kept (--sit):\n");
+    for m in machines {
+        text.push_str(&format!("  {}: {}\n", m.name, m.machine.ssh_command()));
+        if let Some(console) = m.machine.console_log() {
+            text.push_str(&format!(
+                "  {}  console: {}\n",
+                " ".repeat(m.name.len()),
+                console.display()
+            ));
+        }
+    }
+    text.push_str("Press Enter to continue (the machines are then cleaned up) ...\n");
+    eprint!("{text}");
+    let mut line = String::new();
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
+    tokio::select! {
+        _ = tokio::io::AsyncBufReadExt::read_line(&mut stdin, &mut line) => {}
+        _ = ctx.cancel.cancelled() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_names() {
+        assert_eq!(env_name("machine1"), "MACHINE1");
+        assert_eq!(env_name("web-server"), "WEB_SERVER");
+    }
+
+    #[test]
+    fn restore_scripts_quote_paths() {
+        let paths = vec!["/etc/motd".to_string(), "/var/lib/a b".to_string()];
+        let save = save_command(&paths);
+        assert!(
+            save.contains("for p in /etc/motd '/var/lib/a b'; do"),
+            "{save}"
+        );
+        let restore = restore_command(&paths);
+        assert!(restore.contains("rm -rf \"$p\""));
+        assert!(restore.ends_with("rm -rf \"$d\"\n"));
+    }
+
+    /// The save and restore scripts, run by a real shell on a scratch directory standing in
+    /// for `/`: a changed file comes back, a created file goes away.
+    #[test]
+    fn save_and_restore_round_trip() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path().display().to_string();
+        std::fs::write(root.path().join("kept"), "original").unwrap();
+        let paths = vec![format!("{r}/kept"), format!("{r}/created")];
+        let run = |script: String| {
+            let script = script.replace("d=/var/lib/vmcheck-restore", &format!("d={r}/.save"));
+            let ok = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(&script)
+                .status()
+                .unwrap();
+            assert!(ok.success(), "{script}");
+        };
+        run(save_command(&paths));
+        std::fs::write(root.path().join("kept"), "changed").unwrap();
+        std::fs::write(root.path().join("created"), "new").unwrap();
+        run(restore_command(&paths));
+        assert_eq!(
+            std::fs::read_to_string(root.path().join("kept")).unwrap(),
+            "original"
+        );
+        assert!(!root.path().join("created").exists());
+        assert!(!root.path().join(".save").exists());
+    }
+}

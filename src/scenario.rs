@@ -1,0 +1,99 @@
+//! CI scenarios: named selections of tests and options, declared in `test/scenarios.toml`
+//! (not a shell `case`), chosen with `--scenario` or `$TEST_SCENARIO`.
+//!
+//! ```toml
+//! [nondestructive]
+//! description = "only the tests that share machines"
+//! nondestructive = true
+//!
+//! [other]
+//! exclude_matching = ["TestMulti", "TestReboot"]
+//! ```
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// What a scenario selects and sets; empty lists select everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    #[serde(default)]
+    pub description: String,
+    /// Substrings of `Class.method`: a test is kept if any matches (as positional filters).
+    #[serde(default)]
+    pub filters: Vec<String>,
+    /// Exact test names to drop (as `--exclude`).
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Substrings of `Class.method`: a test is dropped if any matches.
+    #[serde(default)]
+    pub exclude_matching: Vec<String>,
+    /// Only nondestructive tests (as `-n`).
+    #[serde(default)]
+    pub nondestructive: bool,
+    /// No retries of failures (as `--no-retry-fail`).
+    #[serde(default)]
+    pub no_retry_fail: bool,
+}
+
+/// Load scenario `name` from `file`; an unknown name lists the known ones.
+pub fn load(file: &Path, name: &str) -> Result<Scenario, String> {
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        format!(
+            "unknown scenario '{name}': cannot read {}: {e}",
+            file.display()
+        )
+    })?;
+    let all: BTreeMap<String, Scenario> = toml::from_str(&text).map_err(|e| {
+        let (line, col) = e.span().map(|s| line_col(&text, s.start)).unwrap_or((1, 1));
+        format!("{}:{line}:{col}: {}", file.display(), e.message())
+    })?;
+    all.get(name).cloned().ok_or_else(|| {
+        let known: Vec<&str> = all.keys().map(String::as_str).collect();
+        format!(
+            "unknown scenario '{name}' (known scenarios in {}: {})",
+            file.display(),
+            known.join(", ")
+        )
+    })
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), text).unwrap();
+        f
+    }
+
+    #[test]
+    fn loads_a_scenario() {
+        let f = file("[nd]\nnondestructive = true\n\n[other]\nexclude_matching = [\"Multi\"]\n");
+        let s = load(f.path(), "other").unwrap();
+        assert_eq!(s.exclude_matching, ["Multi"]);
+        assert!(load(f.path(), "nd").unwrap().nondestructive);
+    }
+
+    #[test]
+    fn unknown_names_and_keys_are_errors() {
+        let f = file("[nd]\nnondestructive = true\n[b]\n");
+        let e = load(f.path(), "x").unwrap_err();
+        assert!(
+            e.contains("unknown scenario 'x'") && e.ends_with(": b, nd)"),
+            "{e}"
+        );
+        let f = file("[nd]\nnondestructiv = true\n");
+        let e = load(f.path(), "nd").unwrap_err();
+        assert!(e.contains(":2:1: unknown field `nondestructiv`"), "{e}");
+    }
+}
