@@ -249,7 +249,14 @@ async fn vm_run(
     println!("  ssh:      {}", machine.ssh_command());
     println!("  address:  127.0.0.1:{}", machine.ssh_port());
     println!("  identity: {}", machine.image.client_key().display());
+    println!("  known hosts: {}", machine.known_hosts().display());
     println!("  console:  {}", machine.console_log().display());
+    println!(
+        "  run tests: vmcheck run --machine 127.0.0.1:{} --identity {} --known-hosts {}",
+        machine.ssh_port(),
+        machine.image.client_key().display(),
+        machine.known_hosts().display()
+    );
     println!("Press Enter or Ctrl-C to stop the machine.");
     let _ = std::io::stdout().flush();
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());

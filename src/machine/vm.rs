@@ -173,21 +173,26 @@ impl VirtualMachine {
         &self.shell
     }
 
-    /// An `ssh` command line that reaches this machine as printed (host key checked).
-    pub fn ssh_command(&self) -> String {
-        let known_hosts = self.dir.path().join("known_hosts");
+    /// A known_hosts file listing this machine's host key (written on first use).
+    pub fn known_hosts(&self) -> PathBuf {
+        let file = self.dir.path().join("known_hosts");
         let _ = std::fs::write(
-            &known_hosts,
+            &file,
             format!(
                 "[127.0.0.1]:{} {}\n",
                 self.ssh_port.port, self.image.manifest.host_key
             ),
         );
+        file
+    }
+
+    /// An `ssh` command line that reaches this machine as printed (host key checked).
+    pub fn ssh_command(&self) -> String {
         format!(
             "ssh -F none -i {} -p {} -o IdentitiesOnly=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile={} root@127.0.0.1",
             quote(&self.image.client_key().to_string_lossy()),
             self.ssh_port.port,
-            quote(&known_hosts.to_string_lossy()),
+            quote(&self.known_hosts().to_string_lossy()),
         )
     }
 

@@ -68,6 +68,7 @@ struct TestState {
     history: Vec<AttemptOutcome>,
     reports: Vec<AttemptReport>,
     placement: Placement,
+    finished: bool,
 }
 
 enum Msg {
@@ -107,6 +108,11 @@ pub struct Dispatcher<'r> {
     rx: mpsc::UnboundedReceiver<Msg>,
     tasks: tokio::task::JoinSet<()>,
     task_kinds: HashMap<tokio::task::Id, Task>,
+    /// Boots and attempts whose result message has not been handled yet. The loop ends
+    /// only when this is 0: a task can end before its message is read.
+    in_flight: usize,
+    /// Machines being killed; awaited before the run ends.
+    kills: tokio::task::JoinSet<()>,
     /// Tests skipped by the plan (skip/only by TEST_OS), with the reason.
     skips: Vec<(usize, String)>,
     report: &'r mut dyn FnMut(&Event),
@@ -154,6 +160,7 @@ impl<'r> Dispatcher<'r> {
                     history: Vec::new(),
                     reports: Vec::new(),
                     placement: Placement::None,
+                    finished: false,
                 }
             })
             .collect();
@@ -171,6 +178,8 @@ impl<'r> Dispatcher<'r> {
             rx,
             tasks: tokio::task::JoinSet::new(),
             task_kinds: HashMap::new(),
+            in_flight: 0,
+            kills: tokio::task::JoinSet::new(),
             skips: Vec::new(),
             report,
         };
@@ -219,7 +228,7 @@ impl<'r> Dispatcher<'r> {
         self.start_globals();
         loop {
             self.schedule();
-            if self.nd_queue.is_empty() && self.d_queue.is_empty() && self.tasks.is_empty() {
+            if self.nd_queue.is_empty() && self.d_queue.is_empty() && self.in_flight == 0 {
                 break;
             }
             tokio::select! {
@@ -301,6 +310,7 @@ impl<'r> Dispatcher<'r> {
         let label = self.slots[slot].label.clone();
         let (mem, cpus) = (self.cfg.nd_memory_mib, self.cfg.nd_cpus);
         self.slots[slot].state = SlotState::Booting;
+        self.in_flight += 1;
         let handle = self.tasks.spawn(async move {
             let started = Instant::now();
             let result = match remote {
@@ -341,7 +351,7 @@ impl<'r> Dispatcher<'r> {
                 if let SlotState::Idle(m) =
                     std::mem::replace(&mut self.slots[k].state, SlotState::Retired)
                 {
-                    tokio::spawn(m.kill());
+                    self.kills.spawn(m.kill());
                 }
                 if self.slots[k].remote.is_none() {
                     self.ledger.release(self.slots[k].cost);
@@ -410,6 +420,7 @@ impl<'r> Dispatcher<'r> {
                 data: data.to_vec(),
             });
         });
+        self.in_flight += 1;
         let handle = self.tasks.spawn(async move {
             let done = run_attempt(ctx, req, live).await;
             let _ = tx.send(Msg::Done {
@@ -425,58 +436,69 @@ impl<'r> Dispatcher<'r> {
     fn handle(&mut self, msg: Msg) {
         match msg {
             Msg::Output { id, attempt, data } => self.emit(Event::TestOutput { id, attempt, data }),
-            Msg::Booted { slot, result, took } => match result {
-                Ok(machine) => {
-                    let image = match &machine {
-                        Machine::Virtual(vm) => vm.image.short_id(),
-                        Machine::Remote(_) => "existing host".into(),
-                    };
-                    self.emit(Event::MachineReady {
-                        label: self.slots[slot].label.clone(),
-                        image,
-                        boot: took,
-                    });
-                    self.slots[slot].state = SlotState::Idle(machine);
-                }
-                Err(e) => {
-                    self.slots[slot].failures += 1;
-                    self.emit(Event::MachineFailed {
-                        label: self.slots[slot].label.clone(),
-                        message: e.to_string(),
-                    });
-                    if self.slots[slot].failures < SLOT_FAILURES && !self.ctx.cancel.is_cancelled()
-                    {
-                        self.spawn_boot(slot);
-                    } else {
-                        self.slots[slot].state = SlotState::Dead;
-                        if self.slots[slot].remote.is_none() {
-                            self.ledger.release(self.slots[slot].cost);
-                        }
-                    }
-                }
-            },
+            Msg::Booted { slot, result, took } => {
+                self.in_flight -= 1;
+                self.booted(slot, result, took)
+            }
             Msg::Done { test, slot, done } => {
-                match slot {
-                    Some(k) => {
-                        self.nd_running -= 1;
-                        match done.global {
-                            Some((m, Health::Good)) => self.slots[k].state = SlotState::Idle(m),
-                            Some((m, Health::Broken(reason))) => {
-                                self.emit(Event::MachineReset {
-                                    label: self.slots[k].label.clone(),
-                                    reason,
-                                });
-                                tokio::spawn(m.kill());
-                                self.spawn_boot(k);
-                            }
-                            None => self.spawn_boot(k),
-                        }
-                    }
-                    None => self.ledger.release(self.tests[test].cost),
-                }
-                self.settle(test, done.report);
+                self.in_flight -= 1;
+                self.attempt_done(test, slot, done)
             }
         }
+    }
+
+    fn booted(&mut self, slot: usize, result: Result<Machine, MachineError>, took: Duration) {
+        match result {
+            Ok(machine) => {
+                let image = match &machine {
+                    Machine::Virtual(vm) => vm.image.short_id(),
+                    Machine::Remote(_) => "existing host".into(),
+                };
+                self.emit(Event::MachineReady {
+                    label: self.slots[slot].label.clone(),
+                    image,
+                    boot: took,
+                });
+                self.slots[slot].state = SlotState::Idle(machine);
+            }
+            Err(e) => {
+                self.slots[slot].failures += 1;
+                self.emit(Event::MachineFailed {
+                    label: self.slots[slot].label.clone(),
+                    message: e.to_string(),
+                });
+                if self.slots[slot].failures < SLOT_FAILURES && !self.ctx.cancel.is_cancelled() {
+                    self.spawn_boot(slot);
+                } else {
+                    self.slots[slot].state = SlotState::Dead;
+                    if self.slots[slot].remote.is_none() {
+                        self.ledger.release(self.slots[slot].cost);
+                    }
+                }
+            }
+        }
+    }
+
+    fn attempt_done(&mut self, test: usize, slot: Option<usize>, done: AttemptDone) {
+        match slot {
+            Some(k) => {
+                self.nd_running -= 1;
+                match done.global {
+                    Some((m, Health::Good)) => self.slots[k].state = SlotState::Idle(m),
+                    Some((m, Health::Broken(reason))) => {
+                        self.emit(Event::MachineReset {
+                            label: self.slots[k].label.clone(),
+                            reason,
+                        });
+                        self.kills.spawn(m.kill());
+                        self.spawn_boot(k);
+                    }
+                    None => self.spawn_boot(k),
+                }
+            }
+            None => self.ledger.release(self.tests[test].cost),
+        }
+        self.settle(test, done.report);
     }
 
     /// A task ended. Attempts and boots report through messages first; a task that ended
@@ -557,6 +579,7 @@ impl<'r> Dispatcher<'r> {
 
     fn finish(&mut self, i: usize, verdict: Verdict) {
         self.stats.count(&verdict);
+        self.tests[i].finished = true;
         let t = &self.tests[i];
         let event = Event::TestFinished {
             test: t.info.clone(),
@@ -577,10 +600,21 @@ impl<'r> Dispatcher<'r> {
             ),
             None => "cancelled".into(),
         };
-        self.emit(Event::RunCancelled { reason });
         // Dropping the tasks' machines kills qemu and removes their files.
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
+        // Every planned test gets its line, so the TAP plan holds.
+        for i in 0..self.tests.len() {
+            if !self.tests[i].finished {
+                self.finish(
+                    i,
+                    Verdict::Error {
+                        message: reason.clone(),
+                    },
+                );
+            }
+        }
+        self.emit(Event::RunCancelled { reason });
         self.nd_queue.clear();
         self.d_queue.clear();
     }
