@@ -46,10 +46,24 @@ pub enum AttemptOutcome {
     TimedOut {
         after: Duration,
     },
+    /// The body passed, but the guest log got messages that are always bad (kernel oops,
+    /// segfault, …) and that the test does not allow. Never retried.
+    UnexpectedMessages {
+        lines: Vec<String>,
+    },
     /// The machine or the harness failed (boot timeout, SSH lost, qemu died).
     Harness {
         message: String,
     },
+}
+
+/// Known issues ("naughties") whose patterns an attempt's output matched.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KnownIssues {
+    /// Issue numbers of this OS's matching patterns, sorted.
+    pub own: Vec<u64>,
+    /// (issue, OS) of other OSes' matching patterns.
+    pub other: Vec<(u64, String)>,
 }
 
 /// One finished attempt.
@@ -65,6 +79,8 @@ pub struct AttemptReport {
     pub machines: Vec<String>,
     /// Where collected guest files went, if the test asked for any.
     pub artifacts: Option<PathBuf>,
+    /// Known issues the output matched (only looked up for failures).
+    pub known: KnownIssues,
 }
 
 /// The final result of a test, after policy.
@@ -74,6 +90,16 @@ pub enum Verdict {
     /// Failed at least once, then passed.
     Flaky,
     Failed,
+    /// Failed with output matching a known issue of this OS (`ok … # SKIP Known issue #N`).
+    KnownIssue {
+        issue: u64,
+    },
+    /// Failed with output matching only another OS's known issue: still a failure, not
+    /// retried (`not ok … # NOTE Known issue #N in OS`).
+    KnownElsewhere {
+        issue: u64,
+        os: String,
+    },
     Skipped {
         reason: String,
     },
@@ -96,7 +122,11 @@ impl Verdict {
     pub fn is_success(&self) -> bool {
         matches!(
             self,
-            Verdict::Passed | Verdict::Flaky | Verdict::Skipped { .. } | Verdict::Todo { .. }
+            Verdict::Passed
+                | Verdict::Flaky
+                | Verdict::Skipped { .. }
+                | Verdict::Todo { .. }
+                | Verdict::KnownIssue { .. }
         )
     }
 }
@@ -126,8 +156,10 @@ impl RunStats {
         match verdict {
             Verdict::Passed => self.passed += 1,
             Verdict::Flaky => self.flaky += 1,
-            Verdict::Failed | Verdict::UnexpectedPass { .. } => self.failed += 1,
-            Verdict::Skipped { .. } => self.skipped += 1,
+            Verdict::Failed | Verdict::UnexpectedPass { .. } | Verdict::KnownElsewhere { .. } => {
+                self.failed += 1
+            }
+            Verdict::Skipped { .. } | Verdict::KnownIssue { .. } => self.skipped += 1,
             Verdict::Todo { .. } => self.todo += 1,
             Verdict::Error { .. } => self.errors += 1,
         }
@@ -187,8 +219,16 @@ pub enum Event {
     RunCancelled {
         reason: String,
     },
+    /// A known issue of this OS names a test that passed: its pattern may be stale.
+    KnownIssuePassed {
+        test: TestInfo,
+        issue: u64,
+        path: PathBuf,
+    },
     RunFinished {
         stats: RunStats,
         wall: Duration,
+        /// This OS's known issues that matched no failure in this run (`#N path`).
+        unmatched_known: Vec<String>,
     },
 }

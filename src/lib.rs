@@ -3,11 +3,13 @@
 //! The flow is one-way: images and machines (this crate's foundation) are driven by the
 //! runner; the CLI in `src/cli/` only turns arguments into calls on these modules.
 
+pub mod affected;
 pub mod checkfile;
 pub mod events;
 pub mod exit_codes;
 pub mod image;
 pub mod machine;
+pub mod naughty;
 pub mod plan;
 pub mod policy;
 pub mod project;

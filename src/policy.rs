@@ -1,24 +1,32 @@
 //! What happens after an attempt: retry it, or settle the test's verdict. A pure function
-//! of the attempt history and the options, in Cockpit's order (reference §4.3) with every
-//! retry path bounded:
+//! of the attempt history, the known-issue matches of the last attempt and the options, in
+//! Cockpit's order (reference §4.3) with every retry path bounded:
 //!
-//! 1. a skip (exit 77) is final;
-//! 2. a `todo` test that passed is an unexpected pass (a failure); one that failed is a todo;
-//! 3. a pass is final: flaky if an earlier attempt failed;
-//! 4. a harness failure (machine, SSH) is retried on a fresh machine up to
+//! 1. an affected test that passed runs again until it passed [`AFFECTED_RUNS`] times;
+//! 2. a skip (exit 77) is final;
+//! 3. a `todo` test that passed is an unexpected pass (a failure); one that failed is a todo;
+//! 4. a pass is final: flaky if an earlier attempt failed;
+//! 5. a failure whose output matches a known issue of this OS is final as that known issue;
+//!    one matching only another OS's is a final failure with a note;
+//! 6. a harness failure (machine, SSH) is retried on a fresh machine up to
 //!    [`HARNESS_RETRIES`] times, then final as an error;
-//! 5. a failure or timeout is retried up to [`FAILURE_RETRIES`] times unless retries are
-//!    off (`--no-retry-fail`, `--sit`), then final.
+//! 7. unexpected journal messages and failures of affected tests are final;
+//! 8. any other failure or timeout is retried up to [`FAILURE_RETRIES`] times unless retries
+//!    are off (`--no-retry-fail`, `--sit`), then final.
 
+pub use crate::events::KnownIssues as Known;
 use crate::events::{AttemptOutcome, Verdict};
 
 /// Retries after a test's own failure: at most 3 runs, as Cockpit.
 pub const FAILURE_RETRIES: usize = 2;
 /// Retries after machine or harness failures (unbounded in Cockpit; bounded here).
 pub const HARNESS_RETRIES: usize = 2;
+/// How often an affected test must pass.
+pub const AFFECTED_RUNS: usize = 3;
 
 pub const REASON_UNSTABLE: &str = "be robust against unstable tests";
 pub const REASON_HARNESS: &str = "due to failure of test harness or framework";
+pub const REASON_AFFECTED: &str = "test affected tests 3 times";
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PolicyOptions {
@@ -30,6 +38,8 @@ pub struct PolicyOptions {
 #[derive(Debug, Clone, Default)]
 pub struct TestFacts {
     pub todo: Option<String>,
+    /// Affected by the change under test (and not opted out with `no_retry_when_changed`).
+    pub affected: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,11 +49,26 @@ pub enum Decision {
 }
 
 /// Decide after the last attempt in `history` (all attempts so far, oldest first).
-pub fn decide(history: &[AttemptOutcome], test: &TestFacts, opts: &PolicyOptions) -> Decision {
+pub fn decide(
+    history: &[AttemptOutcome],
+    known: &Known,
+    test: &TestFacts,
+    opts: &PolicyOptions,
+) -> Decision {
     let last = history.last().expect("decide needs at least one attempt");
     let earlier = &history[..history.len() - 1];
     let count = |f: fn(&AttemptOutcome) -> bool| history.iter().filter(|o| f(o)).count();
+    let retry = |reason: &str| Decision::Retry {
+        reason: reason.into(),
+    };
     match last {
+        AttemptOutcome::Passed
+            if test.affected
+                && test.todo.is_none()
+                && count(|o| *o == AttemptOutcome::Passed) < AFFECTED_RUNS =>
+        {
+            retry(REASON_AFFECTED)
+        }
         AttemptOutcome::Skipped { reason } => Decision::Final(Verdict::Skipped {
             reason: reason.clone(),
         }),
@@ -54,29 +79,39 @@ pub fn decide(history: &[AttemptOutcome], test: &TestFacts, opts: &PolicyOptions
             None if earlier.iter().any(is_failure) => Decision::Final(Verdict::Flaky),
             None => Decision::Final(Verdict::Passed),
         },
-        AttemptOutcome::Harness { message } => {
-            if count(|o| matches!(o, AttemptOutcome::Harness { .. })) <= HARNESS_RETRIES {
-                Decision::Retry {
-                    reason: REASON_HARNESS.into(),
-                }
-            } else {
-                Decision::Final(Verdict::Error {
-                    message: message.clone(),
-                })
-            }
-        }
-        AttemptOutcome::Failed { .. } | AttemptOutcome::TimedOut { .. } => {
-            if let Some(reason) = &test.todo {
+        failure => {
+            if let Some(reason) = &test.todo
+                && !matches!(failure, AttemptOutcome::Harness { .. })
+            {
                 return Decision::Final(Verdict::Todo {
                     reason: reason.clone(),
                 });
             }
-            if !opts.no_retry_fail && count(is_failure) <= FAILURE_RETRIES {
-                Decision::Retry {
-                    reason: REASON_UNSTABLE.into(),
+            if let Some(issue) = known.own.first() {
+                return Decision::Final(Verdict::KnownIssue { issue: *issue });
+            }
+            if let Some((issue, os)) = known.other.first() {
+                return Decision::Final(Verdict::KnownElsewhere {
+                    issue: *issue,
+                    os: os.clone(),
+                });
+            }
+            match failure {
+                AttemptOutcome::Harness { message } => {
+                    if count(|o| matches!(o, AttemptOutcome::Harness { .. })) <= HARNESS_RETRIES {
+                        retry(REASON_HARNESS)
+                    } else {
+                        Decision::Final(Verdict::Error {
+                            message: message.clone(),
+                        })
+                    }
                 }
-            } else {
-                Decision::Final(Verdict::Failed)
+                AttemptOutcome::UnexpectedMessages { .. } => Decision::Final(Verdict::Failed),
+                _ if test.affected => Decision::Final(Verdict::Failed),
+                _ if !opts.no_retry_fail && count(is_failure) <= FAILURE_RETRIES => {
+                    retry(REASON_UNSTABLE)
+                }
+                _ => Decision::Final(Verdict::Failed),
             }
         }
     }
@@ -85,7 +120,9 @@ pub fn decide(history: &[AttemptOutcome], test: &TestFacts, opts: &PolicyOptions
 fn is_failure(o: &AttemptOutcome) -> bool {
     matches!(
         o,
-        AttemptOutcome::Failed { .. } | AttemptOutcome::TimedOut { .. }
+        AttemptOutcome::Failed { .. }
+            | AttemptOutcome::TimedOut { .. }
+            | AttemptOutcome::UnexpectedMessages { .. }
     )
 }
 
@@ -104,12 +141,17 @@ mod tests {
             message: "ssh lost".into(),
         }
     }
+    fn facts(todo: Option<&str>, affected: bool) -> TestFacts {
+        TestFacts {
+            todo: todo.map(String::from),
+            affected,
+        }
+    }
     fn run(history: &[AttemptOutcome], todo: Option<&str>, no_retry: bool) -> Decision {
         decide(
             history,
-            &TestFacts {
-                todo: todo.map(String::from),
-            },
+            &Known::default(),
+            &facts(todo, false),
             &PolicyOptions {
                 no_retry_fail: no_retry,
             },
@@ -198,17 +240,86 @@ mod tests {
     }
 
     #[test]
+    fn affected_tests_pass_three_times_and_fail_at_once() {
+        let opts = PolicyOptions::default();
+        let aff = facts(None, true);
+        let none = Known::default();
+        let p = AttemptOutcome::Passed;
+        assert_eq!(
+            decide(std::slice::from_ref(&p), &none, &aff, &opts),
+            retry(REASON_AFFECTED)
+        );
+        assert_eq!(
+            decide(&[p.clone(), p.clone()], &none, &aff, &opts),
+            retry(REASON_AFFECTED)
+        );
+        assert_eq!(
+            decide(&[p.clone(), p.clone(), p.clone()], &none, &aff, &opts),
+            Decision::Final(Verdict::Passed)
+        );
+        assert_eq!(
+            decide(&[p.clone(), failed()], &none, &aff, &opts),
+            Decision::Final(Verdict::Failed),
+            "a failing affected test is not retried"
+        );
+        assert_eq!(
+            decide(&[harness()], &none, &aff, &opts),
+            retry(REASON_HARNESS)
+        );
+    }
+
+    #[test]
+    fn known_issues_and_unexpected_messages_are_final() {
+        let opts = PolicyOptions::default();
+        let f = facts(None, false);
+        let own = Known {
+            own: vec![12, 40],
+            other: vec![(7, "fedora".into())],
+        };
+        assert_eq!(
+            decide(&[failed()], &own, &f, &opts),
+            Decision::Final(Verdict::KnownIssue { issue: 12 })
+        );
+        let other = Known {
+            own: vec![],
+            other: vec![(7, "fedora".into())],
+        };
+        assert_eq!(
+            decide(&[failed()], &other, &f, &opts),
+            Decision::Final(Verdict::KnownElsewhere {
+                issue: 7,
+                os: "fedora".into()
+            })
+        );
+        let msgs = AttemptOutcome::UnexpectedMessages {
+            lines: vec!["BUG: x".into()],
+        };
+        assert_eq!(
+            decide(&[msgs], &Known::default(), &f, &opts),
+            Decision::Final(Verdict::Failed)
+        );
+    }
+
+    #[test]
     fn every_history_is_bounded() {
-        // Whatever happens, a test ends within 1 + FAILURE_RETRIES + HARNESS_RETRIES runs.
-        let outcomes = [failed(), harness()];
-        let mut stack = vec![Vec::new()];
-        while let Some(h) = stack.pop() {
-            for o in &outcomes {
-                let mut next: Vec<AttemptOutcome> = h.clone();
-                next.push(o.clone());
-                assert!(next.len() <= 1 + FAILURE_RETRIES + HARNESS_RETRIES);
-                if let Decision::Retry { .. } = run(&next, None, false) {
-                    stack.push(next);
+        // Whatever happens, a test ends within 3 + FAILURE_RETRIES + HARNESS_RETRIES runs.
+        let outcomes = [failed(), harness(), AttemptOutcome::Passed];
+        for affected in [false, true] {
+            let mut stack = vec![Vec::new()];
+            while let Some(h) = stack.pop() {
+                for o in &outcomes {
+                    let mut next: Vec<AttemptOutcome> = h.clone();
+                    next.push(o.clone());
+                    assert!(next.len() <= AFFECTED_RUNS + FAILURE_RETRIES + HARNESS_RETRIES);
+                    let d = decide(
+                        &next,
+                        &Known::default(),
+                        &facts(None, affected),
+                        &PolicyOptions::default(),
+                    );
+                    if let Decision::Retry { .. } = d {
+                        stack.push(next);
+                    }
                 }
             }
         }

@@ -139,8 +139,20 @@ fn failure_examples_produce_the_expected_tap() {
     let (out, tap) = run(&["-j", "2", "--test-dir", "test/example"]);
     assert_eq!(out.status.code(), Some(exit_codes::TESTS_FAILED), "{tap}");
     let rs = results(&tap);
-    assert_eq!(rs.len(), 9, "{tap}");
+    assert_eq!(rs.len(), 13, "{tap}");
     let expect = [
+        ("TestKnown.testKnownCrash", true, "SKIP Known issue #101"),
+        (
+            "TestKnown.testKnownElsewhere",
+            false,
+            "NOTE Known issue #202 in debian-12",
+        ),
+        ("TestKnown.testFixed", true, ""),
+        (
+            "TestExample.testKernelOops",
+            false,
+            "unexpected journal messages",
+        ),
         ("TestShared.testPasses", true, ""),
         ("TestShared.testFails", false, ""),
         ("TestExample.testFails", false, ""),
@@ -198,7 +210,7 @@ fn failure_examples_produce_the_expected_tap() {
         tap.contains("# + vm exec machine1 'echo from the machine; exit 4'\n# from the machine\n")
     );
     assert!(!tap.contains("not reached"));
-    assert!(tap.contains("# 8 TESTS FAILED ["), "{tap}");
+    assert!(tap.contains("# 10 TESTS FAILED ["), "{tap}");
     let (ok, _) = prove(&tap);
     assert!(!ok);
 }
@@ -299,7 +311,7 @@ fn interrupting_a_run_leaves_nothing_and_well_formed_tap() {
     let tap = String::from_utf8_lossy(&out.stdout);
     assert!(tap.contains("\nBail out! interrupted by SIGINT\n"), "{tap}");
     let rs = results(&tap);
-    assert_eq!(rs.len(), 9, "every planned test has its line: {tap}");
+    assert_eq!(rs.len(), 13, "every planned test has its line: {tap}");
     assert!(
         rs.iter().any(|r| r.2 == "ERROR interrupted by SIGINT"),
         "{tap}"
@@ -441,4 +453,170 @@ fn usage_errors() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(exit_codes::NO_TESTS));
+}
+
+/// A throw-away project in a git repository, using the real busybox image.
+fn git_project() -> tempfile::TempDir {
+    let image = common::image("busybox");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("bots/images")).unwrap();
+    std::fs::create_dir_all(root.join("images")).unwrap();
+    std::fs::create_dir_all(root.join("test/verify")).unwrap();
+    std::os::unix::fs::symlink(&image.dir, root.join("images/busybox")).unwrap();
+    for name in ["a", "b"] {
+        std::fs::write(
+            root.join(format!("test/verify/check-{name}")),
+            format!("[Test{name}.testOne]\nrun = \"echo {name}\"\n"),
+        )
+        .unwrap();
+    }
+    std::fs::write(root.join(".gitignore"), "images/\n").unwrap();
+    git(root, &["init", "-q", "-b", "main"]);
+    git(root, &["add", "."]);
+    git(root, &["commit", "-qm", "base"]);
+    git(root, &["checkout", "-qb", "topic"]);
+    dir
+}
+
+fn git(root: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {out:?}");
+}
+
+#[test]
+fn affected_tests_pass_three_times() {
+    let project = git_project();
+    let root = project.path();
+    // Change check-a (uncommitted): its test is affected, check-b's is not.
+    std::fs::write(
+        root.join("test/verify/check-a"),
+        "[Testa.testOne]\nrun = \"echo changed\"\n",
+    )
+    .unwrap();
+    let explain = common::vmcheck()
+        .arg("--project-dir")
+        .arg(root)
+        .args(["run", "--base", "main", "--explain"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&explain.stdout),
+        "test/verify/check-a Testa.testOne: affected: the check file changed\n\
+         test/verify/check-b Testb.testOne: not affected\n"
+    );
+    let out = common::vmcheck()
+        .arg("--project-dir")
+        .arg(root)
+        .args(["run", "--base", "main"])
+        .output()
+        .unwrap();
+    let tap = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_code(&out, &tap, exit_codes::OK);
+    let affected_retries = tap
+        .lines()
+        .filter(|l| {
+            l.starts_with("# ok test/verify/check-a Testa.testOne ")
+                && l.contains("(test affected tests 3 times)")
+        })
+        .count();
+    assert_eq!(affected_retries, 2, "{tap}");
+    assert!(!tap.contains("Testb.testOne (0.4GB) # RETRY"), "{tap}");
+    assert_eq!(results(&tap).len(), 2);
+    prove(&tap);
+
+    let out = common::vmcheck()
+        .arg("--project-dir")
+        .arg(root)
+        .args(["run", "--base", "no-such-branch"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(exit_codes::INPUT_ERROR));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--base no-such-branch: no such commit"));
+}
+
+#[test]
+fn naughty_commands_check_and_match_patterns() {
+    let out = common::vmcheck()
+        .args(["naughty", "check"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(exit_codes::OK), "{out:?}");
+    let out = common::vmcheck()
+        .args([
+            "naughty",
+            "check",
+            "--dir",
+            "tests/fixtures/naughty-invalid",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(exit_codes::INPUT_ERROR));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.lines()
+            .all(|l| l.starts_with("tests/fixtures/naughty-invalid/")),
+        "{err}"
+    );
+    assert!(err.contains("readme-no-number"), "{err}");
+    let matching = |os: &str, input: &str| {
+        let mut child = common::vmcheck()
+            .args(["naughty", "match", "--os", os])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, text) = matching(
+        "busybox",
+        "log\nfrobnicator: segmentation fault in phase 7\nmore\n",
+    );
+    assert_eq!(code, Some(0));
+    assert_eq!(text, "#101 bots/naughty/busybox/101-frobnicator-crash\n");
+    let (code, text) = matching("busybox", "widget timeout after 5 s");
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        text,
+        "#202 bots/naughty/debian-12/202-widget-timeout (in debian-12)\n"
+    );
+    // Bad patterns stop a run before anything boots (no qemu on PATH: booting would fail).
+    let project = tempfile::tempdir().unwrap();
+    let root = project.path();
+    for d in ["bots/images", "bots/naughty/busybox", "test/verify"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::write(root.join("bots/naughty/busybox/no-number"), "x").unwrap();
+    std::fs::write(
+        root.join("test/verify/check-a"),
+        "[TestA.testA]\nrun = \"true\"\n",
+    )
+    .unwrap();
+    let out = common::vmcheck()
+        .arg("--project-dir")
+        .arg(root)
+        .arg("run")
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(exit_codes::INPUT_ERROR), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bots/naughty/busybox/no-number: "), "{err}");
+    assert!(out.stdout.is_empty(), "no TAP: nothing ran");
 }

@@ -43,6 +43,9 @@ pub enum Command {
     /// Build and list guest images.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Check and try known-issue patterns (bots/naughty/<TEST_OS>/<issue>-<slug>).
+    #[command(subcommand)]
+    Naughty(NaughtyCommand),
     /// Boot a machine, print how to reach it, and keep it until Enter or Ctrl-C.
     VmRun(VmRunArgs),
     /// The `vm` helper of host scripts (vm exec|reboot|wait-reboot|upload|download|ssh MACHINE …).
@@ -91,6 +94,9 @@ pub struct RunArgs {
     /// File name pattern of check files in --test-dir.
     #[arg(long, default_value = "check-*", value_name = "GLOB")]
     pub test_glob: String,
+    /// Do not match failures against known issues (bots/naughty).
+    #[arg(long)]
+    pub thorough: bool,
     /// Do not retry failed tests (machine failures are still retried).
     #[arg(long)]
     pub no_retry_fail: bool,
@@ -114,9 +120,39 @@ pub struct RunArgs {
     /// Seconds a machine may take to boot.
     #[arg(long, default_value_t = 120, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub boot_timeout: u64,
+    /// Detect tests affected by the changes since the merge-base with REF (plus uncommitted
+    /// and untracked files): they must pass 3 times, and are not retried when they fail.
+    #[arg(long, env = "BASE_BRANCH", value_name = "REF", hide_env_values = true)]
+    pub base: Option<String>,
+    /// Print for each selected test whether and why it is affected (needs --base), then exit.
+    #[arg(long, requires = "base")]
+    pub explain: bool,
+    /// Also count changes under pkg/<name>/ for check files named check-<name>* (Cockpit's rule).
+    #[arg(long, env = "VMCHECK_PKG_RULE")]
+    pub pkg_rule: bool,
     /// Where guest files that tests collect go [default: <project>/vmcheck-results/artifacts].
     #[arg(long, value_name = "DIR")]
     pub artifacts: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NaughtyCommand {
+    /// Load every pattern and report every bad file.
+    Check {
+        /// The naughty directory [default: bots/naughty in the project].
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
+    },
+    /// Match a saved test output (stdin) against the patterns: prints `#<issue> <path>` for
+    /// each match, this OS first; exits 0 if one of this OS's patterns matched, 1 if none did.
+    Match {
+        /// The OS (TEST_OS) whose patterns count as its own.
+        #[arg(long, value_name = "OS")]
+        os: String,
+        /// The naughty directory [default: bots/naughty in the project].
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

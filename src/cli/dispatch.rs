@@ -2,7 +2,7 @@
 //! exit code. The only place that reads the process environment or calls `process::exit`
 //! (through `main`'s return value).
 
-use super::args::{Cli, Command, GlobalArgs, ImageCommand, VmRunArgs};
+use super::args::{Cli, Command, GlobalArgs, ImageCommand, NaughtyCommand, VmRunArgs};
 use super::errors::CliError;
 use clap::Parser;
 use std::io::Write;
@@ -43,11 +43,10 @@ pub fn main() -> i32 {
     runtime.shutdown_background();
     match result {
         Ok(code) => code,
-        Err(CliError::CheckFiles(errors)) => {
-            for e in &errors {
-                eprintln!("{e}");
-            }
-            CliError::CheckFiles(errors).process_exit_code()
+        Err(e @ (CliError::CheckFiles(_) | CliError::Naughty(_))) => {
+            // One `path:line: message` per problem, as compilers print them.
+            eprintln!("{e}");
+            e.process_exit_code()
         }
         Err(e) => {
             eprintln!("vmcheck: error: {e}");
@@ -72,6 +71,7 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
             super::run::run(catalog, run, Some(file), cli.global.verbose, &cancel).await
         }
         Command::VmCtl { .. } => unreachable!("handled above"),
+        Command::Naughty(cmd) => naughty(&catalog.project, cmd),
         Command::Image(ImageCommand::List) => image_list(&catalog),
         Command::Image(ImageCommand::Build { names }) => {
             image_build(catalog, names, cli.global.verbose, &cancel).await
@@ -267,6 +267,42 @@ async fn vm_run(
     };
     machine.kill().await;
     outcome
+}
+
+fn naughty(project: &Project, cmd: NaughtyCommand) -> Result<i32, CliError> {
+    use std::io::Read;
+    use vmcheck::naughty::{NAUGHTY_DIR, NaughtyDb};
+    let (dir, os) = match cmd {
+        NaughtyCommand::Check { dir } => (dir, None),
+        NaughtyCommand::Match { os, dir } => (dir, Some(os)),
+    };
+    let dir = dir.unwrap_or_else(|| project.root.join(NAUGHTY_DIR));
+    let db = NaughtyDb::load(&dir).map_err(CliError::Naughty)?;
+    let Some(os) = os else {
+        println!("{}: {} patterns, all valid", dir.display(), db.len());
+        for (alias, target) in db.aliases() {
+            println!("  {alias} -> {target}");
+        }
+        return Ok(exit_codes::OK);
+    };
+    let mut output = String::new();
+    std::io::stdin()
+        .read_to_string(&mut output)
+        .map_err(|e| CliError::Usage(format!("cannot read the output from stdin: {e}")))?;
+    let m = db.matches(&os, &output);
+    let shown = |p: &std::path::Path| {
+        p.strip_prefix(&project.root)
+            .unwrap_or(p)
+            .display()
+            .to_string()
+    };
+    for n in &m.own {
+        println!("#{} {}", n.issue, shown(&n.path));
+    }
+    for n in &m.other {
+        println!("#{} {} (in {})", n.issue, shown(&n.path), n.os);
+    }
+    Ok(if m.own.is_empty() { 1 } else { exit_codes::OK })
 }
 
 /// The `vm` helper of host scripts: one request to the runner, its answer printed.

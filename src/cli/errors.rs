@@ -23,14 +23,18 @@ pub enum CliError {
     CheckFiles(Vec<vmcheck::checkfile::CheckFileError>),
     #[error("no tests selected")]
     NoTests,
+    /// Every bad known-issue pattern file, one `path: message` per line.
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+    Naughty(Vec<vmcheck::naughty::NaughtyError>),
 }
 
 impl CliError {
     pub fn process_exit_code(&self) -> i32 {
         match self {
-            CliError::Usage(_) | CliError::NoProject(_) | CliError::CheckFiles(_) => {
-                exit_codes::INPUT_ERROR
-            }
+            CliError::Usage(_)
+            | CliError::NoProject(_)
+            | CliError::CheckFiles(_)
+            | CliError::Naughty(_) => exit_codes::INPUT_ERROR,
             CliError::NoTests => exit_codes::NO_TESTS,
             CliError::Image(e) if e.is_input_error() => exit_codes::INPUT_ERROR,
             CliError::Image(_) => exit_codes::INFRASTRUCTURE,

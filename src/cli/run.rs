@@ -85,6 +85,23 @@ pub async fn run(
                 .any(|m| t.name().contains(m.as_str()))
         });
     }
+    let affected = match args.base.as_deref().filter(|b| !b.is_empty()) {
+        Some(base) => {
+            let changed = vmcheck::affected::changed_files(&root, base).map_err(CliError::Usage)?;
+            let a = vmcheck::affected::affected(&tests, &changed, args.pkg_rule);
+            for note in &a.notes {
+                eprintln!("vmcheck: {note}");
+            }
+            a
+        }
+        None => vmcheck::affected::Affected::default(),
+    };
+    let naughty = if args.thorough {
+        vmcheck::naughty::NaughtyDb::default()
+    } else {
+        vmcheck::naughty::NaughtyDb::load(&root.join(vmcheck::naughty::NAUGHTY_DIR))
+            .map_err(CliError::Naughty)?
+    };
     let plan = vmcheck::plan::plan(tests, &opts);
     if !plan.unknown_excludes.is_empty() {
         return Err(CliError::Usage(format!(
@@ -94,6 +111,21 @@ pub async fn run(
     }
     for f in &plan.unmatched_filters {
         eprintln!("vmcheck: warning: filter '{f}' matches no test");
+    }
+    if args.explain {
+        for t in &plan.tests {
+            let reasons = affected.reasons(&t.def.file);
+            let why = if reasons.is_empty() {
+                "not affected".to_string()
+            } else if t.def.no_retry_when_changed {
+                "affected, but no_retry_when_changed: runs once".to_string()
+            } else {
+                let r: Vec<String> = reasons.iter().map(|r| r.to_string()).collect();
+                format!("affected: {}", r.join("; "))
+            };
+            println!("{} {}: {why}", t.def.file.display(), t.def.name());
+        }
+        return Ok(exit_codes::OK);
     }
     if args.list {
         for t in &plan.tests {
@@ -187,6 +219,7 @@ pub async fn run(
         sit: args.sit,
         sit_lock: tokio::sync::Mutex::new(()),
         cancel: cancel.clone(),
+        naughty,
     });
     let cfg = RunConfig {
         jobs,
@@ -197,6 +230,7 @@ pub async fn run(
         policy: PolicyOptions {
             no_retry_fail: args.no_retry_fail,
         },
+        affected,
     };
     let stats = execute(plan, cfg, ctx, verbose || single_file).await;
     Ok(final_code(&stats, cancel))

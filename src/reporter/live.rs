@@ -77,7 +77,9 @@ impl<W: Write> Reporter for LiveReporter<W> {
             Event::MachineReset { label, reason } => {
                 writeln!(self.out, "vmcheck: replacing machine {label}: {reason}")?;
             }
-            Event::RunCancelled { .. } | Event::RunFinished { .. } => {}
+            Event::RunCancelled { .. }
+            | Event::RunFinished { .. }
+            | Event::KnownIssuePassed { .. } => {}
         }
         self.out.flush()
     }

@@ -92,11 +92,16 @@ fn annotation(verdict: &Verdict, last: Option<&AttemptReport>) -> Option<String>
             last.map(|r| r.attempt).unwrap_or(0)
         )),
         Verdict::Failed => match last.map(|r| &r.outcome) {
+            Some(AttemptOutcome::UnexpectedMessages { .. }) => {
+                Some("unexpected journal messages".to_string())
+            }
             Some(AttemptOutcome::TimedOut { after }) => {
                 Some(format!("TIMEOUT after {}s", after.as_secs()))
             }
             _ => None,
         },
+        Verdict::KnownIssue { issue } => Some(format!("SKIP Known issue #{issue}")),
+        Verdict::KnownElsewhere { issue, os } => Some(format!("NOTE Known issue #{issue} in {os}")),
         Verdict::Skipped { reason } => Some(format!("SKIP {}", first_line(reason))),
         Verdict::Todo { reason } => Some(format!("TODO {}", first_line(reason))),
         Verdict::UnexpectedPass { reason } => {
@@ -148,11 +153,16 @@ impl<W: Write> Reporter for TapReporter<W> {
             } => {
                 self.header(test, report)?;
                 self.comment_block(&report.output)?;
-                self.duration_line(false, report)?;
+                self.duration_line(report.outcome == AttemptOutcome::Passed, report)?;
                 // No number: the test's number is given when it finishes.
+                let status = if report.outcome == AttemptOutcome::Passed {
+                    "ok"
+                } else {
+                    "not ok"
+                };
                 writeln!(
                     self.out,
-                    "# not ok {} # RETRY {retry} ({reason})",
+                    "# {status} {} # RETRY {retry} ({reason})",
                     describe(test, placement)
                 )?;
             }
@@ -203,8 +213,24 @@ impl<W: Write> Reporter for TapReporter<W> {
                 writeln!(self.out, "{line}")?;
             }
             Event::RunCancelled { reason } => writeln!(self.out, "Bail out! {reason}")?,
-            Event::RunFinished { stats, wall } => {
+            Event::KnownIssuePassed { test, issue, path } => writeln!(
+                self.out,
+                "# known issue #{issue} ({}) names {}, which passed: is the pattern stale?",
+                path.display(),
+                test.name
+            )?,
+            Event::RunFinished {
+                stats,
+                wall,
+                unmatched_known,
+            } => {
                 writeln!(self.out)?;
+                if !unmatched_known.is_empty() {
+                    writeln!(self.out, "# known issues that matched nothing in this run:")?;
+                    for k in unmatched_known {
+                        writeln!(self.out, "#   {k}")?;
+                    }
+                }
                 writeln!(self.out, "{}", summary_line(stats, *wall, &self.host))?;
             }
             Event::MachineReady { .. }
@@ -240,6 +266,7 @@ mod tests {
             duration: Duration::from_secs(3),
             machines: vec!["nd1".into()],
             artifacts: None,
+            known: Default::default(),
         }
     }
 
@@ -386,9 +413,13 @@ mod tests {
             Event::RunFinished {
                 stats,
                 wall: Duration::from_secs(41),
+                unmatched_known: vec!["#7 bots/naughty/busybox/7-x".into()],
             },
         ]);
         assert!(text.starts_with("Bail out! interrupted by SIGINT\n"));
+        assert!(text.contains(
+            "\n# known issues that matched nothing in this run:\n#   #7 bots/naughty/busybox/7-x\n"
+        ));
         assert!(text.ends_with(
             "# 1 TESTS FAILED [41s on h, 2 destructive tests, 1 nondestructive tests, 1 passed, 1 flaky, 1 failed, 2 retries]\n"
         ));

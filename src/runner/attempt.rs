@@ -8,6 +8,7 @@
 //! dispatcher aborts it (Ctrl-C), dropping them kills qemu and removes their files.
 
 use super::control::{self, Request, Response};
+use super::journal;
 use crate::checkfile::TestDef;
 use crate::events::{AttemptOutcome, AttemptReport};
 use crate::image::Image;
@@ -45,6 +46,8 @@ pub struct AttemptContext {
     /// One sitting test at a time talks to the terminal.
     pub sit_lock: tokio::sync::Mutex<()>,
     pub cancel: Cancel,
+    /// Known-issue patterns (empty with `--thorough`).
+    pub naughty: crate::naughty::NaughtyDb,
 }
 
 /// The machines an attempt runs on.
@@ -162,8 +165,31 @@ pub async fn run_attempt(
             outcome = harness(problem);
         }
     }
+    let tag = format!("t{}-a{}", req.id, req.attempt);
     if outcome == AttemptOutcome::Passed {
+        for m in &machines {
+            let _ = m
+                .machine
+                .shell()
+                .execute(&journal::mark_command(&tag), Duration::from_secs(30))
+                .await;
+        }
         outcome = run_bodies(&ctx, &req, &mut machines, &log).await;
+    }
+    if matches!(
+        outcome,
+        AttemptOutcome::Passed | AttemptOutcome::Failed { .. }
+    ) {
+        let lines = unexpected_messages(&req, &machines, &tag).await;
+        if !lines.is_empty() {
+            log.note("vmcheck: FAIL: test completed, but found unexpected journal messages:");
+            for l in &lines {
+                log.note(l);
+            }
+            if outcome == AttemptOutcome::Passed {
+                outcome = AttemptOutcome::UnexpectedMessages { lines };
+            }
+        }
     }
     let artifacts = if test.artifacts.is_empty() {
         None
@@ -179,7 +205,23 @@ pub async fn run_attempt(
         sit(&ctx, &test.name(), &machines).await;
     }
 
-    let report = report(&req, &log, started, &labels, artifacts, outcome.clone());
+    let mut report = report(&req, &log, started, &labels, artifacts, outcome.clone());
+    if !matches!(
+        outcome,
+        AttemptOutcome::Passed | AttemptOutcome::Skipped { .. }
+    ) {
+        let input = format!(
+            "{}\nnot ok {} {}",
+            report.output,
+            test.file.display(),
+            test.name()
+        );
+        let m = ctx.naughty.matches(&ctx.test_os, &input);
+        report.known = crate::events::KnownIssues {
+            own: m.own_issues(),
+            other: m.other_issues(),
+        };
+    }
     if !global {
         for m in machines {
             m.machine.kill().await;
@@ -215,6 +257,31 @@ pub async fn run_attempt(
     }
 }
 
+/// Always-bad guest log lines since the test started, on any of its machines, that the test
+/// does not allow (prefixed with the machine's name when there are several).
+async fn unexpected_messages(req: &AttemptRequest, machines: &[Named], tag: &str) -> Vec<String> {
+    let allowed = journal::allowed(&req.test.allow_journal);
+    let mut lines = Vec::new();
+    for m in machines {
+        let Ok(done) = m
+            .machine
+            .shell()
+            .execute(&journal::read_command(tag), Duration::from_secs(60))
+            .await
+        else {
+            continue;
+        };
+        for l in journal::unexpected(&done.stdout_text(), &allowed) {
+            lines.push(if machines.len() > 1 {
+                format!("{}: {l}", m.name)
+            } else {
+                l
+            });
+        }
+    }
+    lines
+}
+
 fn harness(message: String) -> AttemptOutcome {
     AttemptOutcome::Harness { message }
 }
@@ -234,6 +301,7 @@ fn report(
         duration: started.elapsed(),
         machines: machines.to_vec(),
         artifacts,
+        known: Default::default(),
     }
 }
 

@@ -37,6 +37,8 @@ pub struct RunConfig {
     /// Existing hosts to run nondestructive tests on (`--machine`); no VMs are booted then.
     pub remote: Vec<SshTarget>,
     pub policy: PolicyOptions,
+    /// Check files affected by the change under test (`--base`).
+    pub affected: crate::affected::Affected,
 }
 
 /// What a global machine slot is doing.
@@ -69,6 +71,8 @@ struct TestState {
     reports: Vec<AttemptReport>,
     placement: Placement,
     finished: bool,
+    /// Affected by the change under test: must pass 3 times.
+    affected: bool,
 }
 
 enum Msg {
@@ -161,6 +165,8 @@ impl<'r> Dispatcher<'r> {
                     reports: Vec::new(),
                     placement: Placement::None,
                     finished: false,
+                    affected: !t.def.no_retry_when_changed
+                        && !cfg.affected.reasons(&t.def.file).is_empty(),
                 }
             })
             .collect();
@@ -252,9 +258,23 @@ impl<'r> Dispatcher<'r> {
             }
         }
         let stats = self.stats.clone();
+        let matched: std::collections::BTreeSet<u64> = self
+            .tests
+            .iter()
+            .flat_map(|t| t.reports.iter().flat_map(|r| r.known.own.iter().copied()))
+            .collect();
+        let unmatched_known = self
+            .ctx
+            .naughty
+            .for_os(&self.ctx.test_os)
+            .into_iter()
+            .filter(|n| !matched.contains(&n.issue))
+            .map(|n| format!("#{} {}", n.issue, self.shown(&n.path).display()))
+            .collect();
         self.emit(Event::RunFinished {
             stats: stats.clone(),
             wall: started.elapsed(),
+            unmatched_known,
         });
         stats
     }
@@ -533,6 +553,7 @@ impl<'r> Dispatcher<'r> {
                     duration: Duration::ZERO,
                     machines: Vec::new(),
                     artifacts: None,
+                    known: Default::default(),
                 };
                 self.handle(Msg::Done {
                     test,
@@ -554,8 +575,9 @@ impl<'r> Dispatcher<'r> {
         t.reports.push(report.clone());
         let facts = TestFacts {
             todo: t.def.todo.clone(),
+            affected: t.affected,
         };
-        match policy::decide(&t.history, &facts, &self.cfg.policy) {
+        match policy::decide(&t.history, &report.known, &facts, &self.cfg.policy) {
             Decision::Retry { reason } => {
                 self.stats.retries += 1;
                 let (test, placement) = (t.info.clone(), t.placement.clone());
@@ -577,9 +599,33 @@ impl<'r> Dispatcher<'r> {
         }
     }
 
+    /// A path as users see it: relative to the project when inside it.
+    fn shown<'p>(&self, path: &'p std::path::Path) -> &'p std::path::Path {
+        path.strip_prefix(&self.ctx.workdir).unwrap_or(path)
+    }
+
     fn finish(&mut self, i: usize, verdict: Verdict) {
         self.stats.count(&verdict);
         self.tests[i].finished = true;
+        if matches!(verdict, Verdict::Passed | Verdict::Flaky) {
+            // A pattern that names a passing test (as tracebacks do) may be stale.
+            let t = &self.tests[i];
+            let method = t.def.method.clone();
+            let stale: Vec<(u64, std::path::PathBuf)> = self
+                .ctx
+                .naughty
+                .for_os(&self.ctx.test_os)
+                .into_iter()
+                .filter(|n| {
+                    n.pattern.contains(&t.info.name) || n.pattern.contains(&format!("in {method}"))
+                })
+                .map(|n| (n.issue, self.shown(&n.path).to_path_buf()))
+                .collect();
+            for (issue, path) in stale {
+                let test = self.tests[i].info.clone();
+                self.emit(Event::KnownIssuePassed { test, issue, path });
+            }
+        }
         let t = &self.tests[i];
         let event = Event::TestFinished {
             test: t.info.clone(),

@@ -5,4 +5,5 @@
 pub mod attempt;
 pub mod control;
 pub mod dispatcher;
+pub mod journal;
 pub mod ledger;
