@@ -136,11 +136,17 @@ fn the_own_suite_passes_at_two_jobs_and_prove_accepts_it() {
 #[test]
 fn failure_examples_produce_the_expected_tap() {
     common::image("busybox");
+    common::image("debian-12");
     let (out, tap) = run(&["-j", "2", "--test-dir", "test/example"]);
     assert_eq!(out.status.code(), Some(exit_codes::TESTS_FAILED), "{tap}");
     let rs = results(&tap);
-    assert_eq!(rs.len(), 13, "{tap}");
+    assert_eq!(rs.len(), 14, "{tap}");
     let expect = [
+        (
+            "TestExample.testJournalOops",
+            false,
+            "unexpected journal messages",
+        ),
         ("TestKnown.testKnownCrash", true, "SKIP Known issue #101"),
         (
             "TestKnown.testKnownElsewhere",
@@ -210,7 +216,7 @@ fn failure_examples_produce_the_expected_tap() {
         tap.contains("# + vm exec machine1 'echo from the machine; exit 4'\n# from the machine\n")
     );
     assert!(!tap.contains("not reached"));
-    assert!(tap.contains("# 10 TESTS FAILED ["), "{tap}");
+    assert!(tap.contains("# 11 TESTS FAILED ["), "{tap}");
     let (ok, _) = prove(&tap);
     assert!(!ok);
 }
@@ -261,6 +267,7 @@ fn nondestructive_tests_run_on_an_existing_machine() {
 #[test]
 fn interrupting_a_run_leaves_nothing_and_well_formed_tap() {
     common::image("busybox");
+    common::image("debian-12");
     let child = common::vmcheck()
         .args(["run", "-j", "2", "--test-dir", "test/example"])
         .stdout(Stdio::piped())
@@ -311,7 +318,7 @@ fn interrupting_a_run_leaves_nothing_and_well_formed_tap() {
     let tap = String::from_utf8_lossy(&out.stdout);
     assert!(tap.contains("\nBail out! interrupted by SIGINT\n"), "{tap}");
     let rs = results(&tap);
-    assert_eq!(rs.len(), 13, "every planned test has its line: {tap}");
+    assert_eq!(rs.len(), 14, "every planned test has its line: {tap}");
     assert!(
         rs.iter().any(|r| r.2 == "ERROR interrupted by SIGINT"),
         "{tap}"

@@ -30,22 +30,36 @@ pub fn mark_command(tag: &str) -> String {
     format!("echo '{}' > /dev/kmsg 2>/dev/null; true", marker(tag))
 }
 
-/// Shell command that prints the guest log since the marker.
+/// Shell command that prints the guest log since the marker: the kernel log (read directly,
+/// so nothing is lost to journald's asynchronous reading of `/dev/kmsg`), then the journal
+/// where there is one, after asking journald to catch up.
 pub fn read_command(tag: &str) -> String {
     let m = marker(tag);
     format!(
-        "if command -v journalctl >/dev/null; then journalctl -b --no-pager -q -o cat; else dmesg; fi \
-         | sed -n '/{m}$/,$p' | sed 1d"
+        "since() {{ sed -n '/{m}$/,$p' | sed 1d; }}; dmesg | since; \
+         if command -v journalctl >/dev/null; then journalctl --sync 2>/dev/null; \
+         journalctl -b --no-pager -q -o cat | since; fi; true"
     )
 }
 
-/// The lines of `log` that are always bad and not matched by any of `allowed`.
+/// The lines of `log` that are always bad and not matched by any of `allowed`. A kernel
+/// message seen in both the kernel log and the journal is reported once.
 pub fn unexpected(log: &str, allowed: &[Regex]) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
     log.lines()
         .filter(|l| ALWAYS_BAD.is_match(l))
         .filter(|l| !allowed.iter().any(|a| a.is_match(l)))
         .map(|l| l.trim_end().to_string())
+        .filter(|l| seen.insert(without_timestamp(l).to_string()))
         .collect()
+}
+
+/// `[   12.345678] BUG: x` → `BUG: x` (the journal shows kernel lines without the stamp).
+fn without_timestamp(line: &str) -> &str {
+    match line.strip_prefix('[').and_then(|r| r.split_once("] ")) {
+        Some((stamp, rest)) if stamp.trim().parse::<f64>().is_ok() => rest,
+        _ => line,
+    }
 }
 
 /// Compile a test's `allow_journal` (validated when the check file was parsed).
@@ -75,16 +89,20 @@ mod tests {
 
     #[test]
     fn read_command_starts_after_the_marker() {
-        // Simulate the guest side with a real shell and a fake log.
-        let cmd = read_command("t1-a2").replace(
-            "if command -v journalctl >/dev/null; then journalctl -b --no-pager -q -o cat; else dmesg; fi",
-            "printf 'old BUG: x\\n[ 1.0] vmcheck-start t1-a2\\nnew line\\n'",
-        );
+        // Simulate the guest side with a real shell, a fake kernel log and no journal.
+        let cmd = read_command("t1-a2")
+            .replace(
+                "dmesg |",
+                "printf 'old BUG: x\\n[ 1.0] vmcheck-start t1-a2\\nnew line\\n' |",
+            )
+            .replace("command -v journalctl", "false");
         let out = std::process::Command::new("sh")
             .arg("-c")
             .arg(&cmd)
             .output()
             .unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout), "new line\n");
+        let both = "[ 3.2] BUG: one\nBUG: one\nBUG: two\n";
+        assert_eq!(unexpected(both, &[]), ["[ 3.2] BUG: one", "BUG: two"]);
     }
 }
