@@ -381,6 +381,49 @@ fn sit_keeps_the_failed_machine_until_enter() {
 }
 
 #[test]
+fn sit_also_holds_a_machine_that_did_not_boot() {
+    common::image("busybox");
+    let mut child = common::vmcheck()
+        .args([
+            "exec",
+            "test/example/check-failures",
+            "TestExample.testFails",
+            "--sit",
+            "--boot-timeout",
+            "1",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut console = None;
+    loop {
+        let line = err.next().expect("sit prompt").unwrap();
+        if let Some(c) = line.trim_start().strip_prefix("console: ") {
+            console = Some(std::path::PathBuf::from(c));
+        }
+        if line.starts_with("Press Enter") {
+            break;
+        }
+    }
+    let console = console.expect("console line");
+    assert!(
+        console.exists(),
+        "the machine's files are kept while sitting"
+    );
+    // A boot failure is a harness failure: retried (and sat on) up to twice more.
+    child.stdin.as_mut().unwrap().write_all(b"\n\n\n").unwrap();
+    for _ in err.by_ref() {}
+    assert_eq!(
+        child.wait().unwrap().code(),
+        Some(exit_codes::INFRASTRUCTURE)
+    );
+    assert!(!console.exists());
+}
+
+#[test]
 fn listing_boots_nothing() {
     let out = common::vmcheck()
         .args(["run", "--list"])

@@ -261,11 +261,23 @@ async fn vm_run(
     let _ = std::io::stdout().flush();
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
     let mut line = String::new();
+    // Enter (or end of input); a read interrupted by a signal is not Enter.
+    let enter = async {
+        while let Err(e) = tokio::io::AsyncBufReadExt::read_line(&mut stdin, &mut line).await {
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                break;
+            }
+        }
+    };
     let outcome = tokio::select! {
-        _ = tokio::io::AsyncBufReadExt::read_line(&mut stdin, &mut line) => Ok(exit_codes::OK),
+        _ = enter => Ok(exit_codes::OK),
         _ = cancel.cancelled() => Err(CliError::Interrupted),
     };
     machine.kill().await;
+    // A signal wins even if stdin also ended at the same moment.
+    if cancel.is_cancelled() {
+        return Err(CliError::Interrupted);
+    }
     outcome
 }
 

@@ -217,7 +217,7 @@ pub async fn run(
             .map_err(|e| CliError::Usage(format!("cannot find the vmcheck binary: {e}")))?,
         workdir: root.clone(),
         sit: args.sit,
-        sit_lock: tokio::sync::Mutex::new(()),
+        sit_input: tokio::sync::Mutex::new(None),
         cancel: cancel.clone(),
         naughty,
     });

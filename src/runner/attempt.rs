@@ -26,6 +26,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Standard input, line by line.
+pub type SitInput = tokio::io::Lines<tokio::io::BufReader<tokio::io::Stdin>>;
+
 /// A callback that sees an attempt's output as it arrives.
 pub type LiveOutput = Arc<dyn Fn(&[u8]) + Send + Sync>;
 
@@ -43,8 +46,9 @@ pub struct AttemptContext {
     /// Working directory of host scripts.
     pub workdir: PathBuf,
     pub sit: bool,
-    /// One sitting test at a time talks to the terminal.
-    pub sit_lock: tokio::sync::Mutex<()>,
+    /// Lines of standard input, for `--sit` prompts: one sitting test at a time holds it,
+    /// and one reader serves all prompts (a reader per prompt would swallow lines).
+    pub sit_input: tokio::sync::Mutex<Option<SitInput>>,
     pub cancel: Cancel,
     /// Known-issue patterns (empty with `--thorough`).
     pub naughty: crate::naughty::NaughtyDb,
@@ -139,9 +143,15 @@ pub async fn run_attempt(
         ),
         Machines::Fresh => match boot_fresh(&ctx, &req, &log).await {
             Ok((machines, net)) => (machines, net, false),
-            Err(e) => {
+            Err((e, machines)) => {
                 let message = e.to_string();
                 log.note(&format!("vmcheck: {message}"));
+                if ctx.sit && !machines.is_empty() {
+                    sit(&ctx, &test.name(), &machines).await;
+                }
+                for m in machines {
+                    m.machine.kill().await;
+                }
                 return AttemptDone {
                     report: report(&req, &log, started, &[], None, harness(message)),
                     global: None,
@@ -166,6 +176,7 @@ pub async fn run_attempt(
         }
     }
     let tag = format!("t{}-a{}", req.id, req.attempt);
+    let mut journal_saved = false;
     if outcome == AttemptOutcome::Passed {
         for m in &machines {
             let _ = m
@@ -186,16 +197,22 @@ pub async fn run_attempt(
             for l in &lines {
                 log.note(l);
             }
+            let file = attempt_dir(&ctx, &req).join("unexpected-journal-messages.txt");
+            let saved = std::fs::create_dir_all(attempt_dir(&ctx, &req))
+                .and_then(|()| std::fs::write(&file, lines.join("\n") + "\n"));
+            match saved {
+                Ok(()) => journal_saved = true,
+                Err(e) => log.note(&format!("vmcheck: cannot write {}: {e}", file.display())),
+            }
             if outcome == AttemptOutcome::Passed {
                 outcome = AttemptOutcome::UnexpectedMessages { lines };
             }
         }
     }
-    let artifacts = if test.artifacts.is_empty() {
-        None
-    } else {
-        Some(collect_artifacts(&ctx, &req, &machines, &log).await)
-    };
+    if !test.artifacts.is_empty() {
+        collect_artifacts(&ctx, &req, &machines, &log).await;
+    }
+    let artifacts = (journal_saved || !test.artifacts.is_empty()).then(|| attempt_dir(&ctx, &req));
     if ctx.sit
         && !matches!(
             outcome,
@@ -321,13 +338,29 @@ fn command_problem(
     }
 }
 
+/// A failed boot: the error, and the machines that were started (for `--sit`).
+type BootFailure = (MachineError, Vec<Named>);
+
 /// Boot a destructive test's machines in parallel; configure hostnames and, for several
 /// machines, a private network (`10.111.0.N/24` on `eth1`).
 async fn boot_fresh(
     ctx: &AttemptContext,
     req: &AttemptRequest,
     log: &Log,
-) -> Result<(Vec<Named>, Option<PortLease>), MachineError> {
+) -> Result<(Vec<Named>, Option<PortLease>), BootFailure> {
+    let mut started: Vec<Named> = Vec::new();
+    match boot_machines(ctx, req, log, &mut started).await {
+        Ok(net) => Ok((started, net)),
+        Err(e) => Err((e, started)),
+    }
+}
+
+async fn boot_machines(
+    ctx: &AttemptContext,
+    req: &AttemptRequest,
+    log: &Log,
+    started: &mut Vec<Named>,
+) -> Result<Option<PortLease>, MachineError> {
     let test = &req.test;
     let host = ctx.host.as_ref().ok_or_else(|| MachineError::Failed {
         label: test.name(),
@@ -368,35 +401,49 @@ async fn boot_fresh(
         };
         let (host, timeout, cancel) = (host.clone(), ctx.boot_timeout, ctx.cancel.clone());
         boots.spawn(async move {
-            let started = Instant::now();
+            let t0 = Instant::now();
             let mut vm = VirtualMachine::start(&host, spec).await?;
-            vm.wait_boot(timeout, &cancel).await?;
-            Ok::<_, MachineError>((i, vm, started.elapsed()))
+            let booted = vm.wait_boot(timeout, &cancel).await.map(|_| ());
+            Ok::<_, MachineError>((i, vm, booted, t0.elapsed()))
         });
     }
-    let mut booted: Vec<Option<Named>> = test.provision.iter().map(|_| None).collect();
+    let mut first_error = None;
     while let Some(joined) = boots.join_next().await {
-        let (i, vm, took) = joined.map_err(|e| MachineError::Failed {
+        let result = joined.map_err(|e| MachineError::Failed {
             label: test.name(),
             message: format!("boot task failed: {e}"),
-        })??;
+        });
+        let (i, vm, booted, took) = match result.and_then(|r| r) {
+            Ok(x) => x,
+            Err(e) => {
+                first_error.get_or_insert(e);
+                continue;
+            }
+        };
         let name = test.provision[i].name.clone();
-        log.note(&format!(
-            "vmcheck: {name} booted ({}) in {:.1}s",
-            vm.image.short_id(),
-            took.as_secs_f64()
-        ));
-        booted[i] = Some(Named {
+        match booted {
+            Ok(()) => log.note(&format!(
+                "vmcheck: {name} booted ({}) in {:.1}s",
+                vm.image.short_id(),
+                took.as_secs_f64()
+            )),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+        started.push(Named {
             name,
             machine: Machine::Virtual(Box::new(vm)),
             ip: multi.then(|| format!("10.111.0.{}", i + 1)),
         });
     }
-    let machines: Vec<Named> = booted
-        .into_iter()
-        .map(|m| m.expect("every boot reported"))
-        .collect();
-    for m in &machines {
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    // In provision order, machine1 first.
+    started.sort_by_key(|m| test.provision.iter().position(|p| p.name == m.name));
+    let machines: &[Named] = started;
+    for m in machines {
         let mut cmd = format!("hostname {}", quote(&m.name));
         if let Some(ip) = &m.ip {
             cmd.push_str(&format!(
@@ -415,7 +462,7 @@ async fn boot_fresh(
             });
         }
     }
-    Ok((machines, net))
+    Ok(net)
 }
 
 /// Environment every body sees.
@@ -771,18 +818,21 @@ fn quoted_list(paths: &[String]) -> String {
     paths.iter().map(|p| quote(p)).collect::<Vec<_>>().join(" ")
 }
 
-/// Copy the test's artifact paths from every machine into
-/// `<artifacts_dir>/<Class.method>/attempt-<n>/<machine>/`.
+/// `<artifacts_dir>/<Class.method>/attempt-<n>`: where an attempt's artifacts go.
+fn attempt_dir(ctx: &AttemptContext, req: &AttemptRequest) -> PathBuf {
+    ctx.artifacts_dir
+        .join(req.test.name())
+        .join(format!("attempt-{}", req.attempt))
+}
+
+/// Copy the test's artifact paths from every machine into `<attempt dir>/<machine>/`.
 async fn collect_artifacts(
     ctx: &AttemptContext,
     req: &AttemptRequest,
     machines: &[Named],
     log: &Log,
-) -> PathBuf {
-    let base = ctx
-        .artifacts_dir
-        .join(req.test.name())
-        .join(format!("attempt-{}", req.attempt));
+) {
+    let base = attempt_dir(ctx, req);
     let rel: Vec<String> = req
         .test
         .artifacts
@@ -810,7 +860,6 @@ async fn collect_artifacts(
             Err(e) => log.note(&format!("vmcheck: collecting artifacts of {}: {e}", m.name)),
         }
     }
-    base
 }
 
 async fn untar(data: &[u8], dest: &Path) -> std::io::Result<()> {
@@ -835,7 +884,7 @@ async fn untar(data: &[u8], dest: &Path) -> std::io::Result<()> {
 
 /// `--sit`: keep the failed test's machines, say how to reach them, wait for Enter.
 async fn sit(ctx: &AttemptContext, test: &str, machines: &[Named]) {
-    let _turn = ctx.sit_lock.lock().await;
+    let mut input = ctx.sit_input.lock().await;
     let mut text = format!("\nvmcheck: {test} failed; its machines are kept (--sit):\n");
     for m in machines {
         text.push_str(&format!("  {}: {}\n", m.name, m.machine.ssh_command()));
@@ -849,10 +898,19 @@ async fn sit(ctx: &AttemptContext, test: &str, machines: &[Named]) {
     }
     text.push_str("Press Enter to continue (the machines are then cleaned up) ...\n");
     eprint!("{text}");
-    let mut line = String::new();
-    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
+    let lines = input.get_or_insert_with(|| {
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(tokio::io::stdin()))
+    });
+    // Enter (or end of input); a read interrupted by a signal is not Enter.
+    let enter = async {
+        while let Err(e) = lines.next_line().await {
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                break;
+            }
+        }
+    };
     tokio::select! {
-        _ = tokio::io::AsyncBufReadExt::read_line(&mut stdin, &mut line) => {}
+        _ = enter => {}
         _ = ctx.cancel.cancelled() => {}
     }
 }
