@@ -63,6 +63,19 @@ fn prove(tap: &str) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// Read a `--sit` prompt from `err`: the lines up to and including "Press Enter …".
+fn sit_prompt(err: &mut impl Iterator<Item = std::io::Result<String>>) -> Vec<String> {
+    let mut lines = Vec::new();
+    loop {
+        let line = err.next().expect("sit prompt").unwrap();
+        let done = line.starts_with("Press Enter");
+        lines.push(line);
+        if done {
+            return lines;
+        }
+    }
+}
+
 /// Assert a run's exit code, showing its TAP and stderr when it differs.
 fn assert_code(out: &Output, tap: &str, code: i32) {
     assert_eq!(
@@ -354,16 +367,9 @@ fn sit_keeps_the_failed_machine_until_enter() {
         .spawn()
         .unwrap();
     let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut ssh = None;
-    loop {
-        let line = err.next().expect("sit prompt").unwrap();
-        if let Some(cmd) = line.strip_prefix("  machine1: ") {
-            ssh = Some(cmd.to_string());
-        }
-        if line.starts_with("Press Enter") {
-            break;
-        }
-    }
+    let ssh = sit_prompt(&mut err)
+        .iter()
+        .find_map(|l| l.strip_prefix("  machine1: ").map(String::from));
     // The failed machine is still there and reachable with the printed command.
     let out = std::process::Command::new("sh")
         .arg("-c")
@@ -398,17 +404,14 @@ fn sit_also_holds_a_machine_that_did_not_boot() {
         .spawn()
         .unwrap();
     let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut console = None;
-    loop {
-        let line = err.next().expect("sit prompt").unwrap();
-        if let Some(c) = line.trim_start().strip_prefix("console: ") {
-            console = Some(std::path::PathBuf::from(c));
-        }
-        if line.starts_with("Press Enter") {
-            break;
-        }
-    }
-    let console = console.expect("console line");
+    let console = sit_prompt(&mut err)
+        .iter()
+        .find_map(|l| {
+            l.trim_start()
+                .strip_prefix("console: ")
+                .map(std::path::PathBuf::from)
+        })
+        .expect("console line");
     assert!(
         console.exists(),
         "the machine's files are kept while sitting"

@@ -56,10 +56,8 @@ impl Machine {
         timeout: Duration,
         cancel: &crate::signal::Cancel,
     ) -> Result<String, error::MachineError> {
-        match self {
-            Machine::Virtual(m) => m.reboot(timeout, cancel).await,
-            Machine::Remote(m) => m.reboot(timeout, cancel).await,
-        }
+        self.shell().request_reboot().await;
+        self.wait_reboot(timeout, cancel).await
     }
 
     pub async fn wait_reboot(

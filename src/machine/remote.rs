@@ -89,16 +89,6 @@ impl RemoteMachine {
         )
     }
 
-    /// Reboot the host and wait until it answers with a new boot id.
-    pub async fn reboot(
-        &mut self,
-        timeout: Duration,
-        cancel: &Cancel,
-    ) -> Result<String, MachineError> {
-        let _ = self.shell.execute("reboot", Duration::from_secs(10)).await;
-        self.wait_reboot(timeout, cancel).await
-    }
-
     /// Wait until the host answers with a boot id different from the last one seen.
     pub async fn wait_reboot(
         &mut self,

@@ -75,6 +75,12 @@ impl Shell {
         *self.ssh.lock().await = Some(Arc::new(session));
     }
 
+    /// Ask the machine to reboot. The connection may drop before `reboot` reports back, so
+    /// the result says nothing; wait for the new boot id instead.
+    pub async fn request_reboot(&self) {
+        let _ = self.execute("reboot", Duration::from_secs(10)).await;
+    }
+
     /// Close the connection (the next command opens a new one).
     pub async fn disconnect(&self) {
         if let Some(s) = self.ssh.lock().await.take() {

@@ -370,8 +370,7 @@ impl VirtualMachine {
         timeout: Duration,
         cancel: &Cancel,
     ) -> Result<String, MachineError> {
-        // The connection may drop before `reboot` reports back; that is expected.
-        let _ = self.shell.execute("reboot", Duration::from_secs(10)).await;
+        self.shell.request_reboot().await;
         self.wait_reboot(timeout, cancel).await
     }
 
