@@ -246,3 +246,30 @@ fn image_list_shows_built_images() {
         .expect("busybox row");
     assert!(row.contains(" built "), "{text}");
 }
+
+#[test]
+fn completions_and_man_page_come_from_the_command_line_definition() {
+    let out = common::vmcheck()
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("vm-run") && text.contains("--nondestructive"),
+        "{text}"
+    );
+    let out = common::vmcheck().arg("man").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with(".ie") || text.contains(".TH vmcheck"),
+        "{text}"
+    );
+    assert!(text.contains("vm\\-run"), "subcommands are listed");
+    let out = common::vmcheck()
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(exit_codes::INPUT_ERROR));
+}

@@ -48,6 +48,13 @@ pub enum Command {
     Naughty(NaughtyCommand),
     /// Boot a machine, print how to reach it, and keep it until Enter or Ctrl-C.
     VmRun(VmRunArgs),
+    /// Print a shell completion script (e.g. `vmcheck completions bash > /etc/bash_completion.d/vmcheck`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `vmcheck man | man -l -`.
+    Man,
     /// The `vm` helper of host scripts (vm exec|reboot|wait-reboot|upload|download|ssh MACHINE …).
     #[command(hide = true)]
     VmCtl {

@@ -59,8 +59,24 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
     let cancel = Cancel::new();
     signal::install(&cancel)
         .map_err(|e| CliError::Usage(format!("cannot install signal handlers: {e}")))?;
-    if let Command::VmCtl { args } = &cli.command {
-        return Ok(vm_ctl(args));
+    match &cli.command {
+        Command::VmCtl { args } => return Ok(vm_ctl(args)),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut cmd, "vmcheck", &mut std::io::stdout());
+            return Ok(exit_codes::OK);
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            return match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
+                // A reader that stopped early (`| head`) is not an error.
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    Err(CliError::Usage(format!("cannot write the man page: {e}")))
+                }
+                _ => Ok(exit_codes::OK),
+            };
+        }
+        _ => {}
     }
     let catalog = Arc::new(catalog(&cli.global, &cli.command)?);
     match cli.command {
@@ -70,7 +86,9 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Exec { file, run } => {
             super::run::run(catalog, run, Some(file), cli.global.verbose, &cancel).await
         }
-        Command::VmCtl { .. } => unreachable!("handled above"),
+        Command::VmCtl { .. } | Command::Completions { .. } | Command::Man => {
+            unreachable!("handled above")
+        }
         Command::Naughty(cmd) => naughty(&catalog.project, cmd),
         Command::Image(ImageCommand::List) => image_list(&catalog),
         Command::Image(ImageCommand::Build { names }) => {
