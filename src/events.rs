@@ -3,11 +3,22 @@
 //! Events are plain data carrying everything a reporter needs: decisions (retry reasons,
 //! verdicts) are made before emission and never recomputed by reporters.
 
+use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Durations are serialized as seconds (a float), byte strings as (lossy) UTF-8 text.
+mod ser {
+    pub fn secs<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64((d.as_secs_f64() * 1000.0).round() / 1000.0)
+    }
+    pub fn text<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&String::from_utf8_lossy(b))
+    }
+}
+
 /// What reporters need to know about a planned test.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TestInfo {
     /// Position in the plan (1-based), stable for the same check files.
     pub id: usize,
@@ -21,7 +32,8 @@ pub struct TestInfo {
 }
 
 /// Where an attempt ran.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", content = "machine", rename_all = "kebab-case")]
 pub enum Placement {
     /// On shared global machine number `n` (`[ND@n]`).
     Global(usize),
@@ -32,7 +44,8 @@ pub enum Placement {
 }
 
 /// How one attempt ended, before policy.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
 pub enum AttemptOutcome {
     Passed,
     /// The body failed (`status` says how, e.g. "exit code 1").
@@ -44,6 +57,7 @@ pub enum AttemptOutcome {
         reason: String,
     },
     TimedOut {
+        #[serde(serialize_with = "ser::secs")]
         after: Duration,
     },
     /// The body passed, but the guest log got messages that are always bad (kernel oops,
@@ -58,7 +72,7 @@ pub enum AttemptOutcome {
 }
 
 /// Known issues ("naughties") whose patterns an attempt's output matched.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct KnownIssues {
     /// Issue numbers of this OS's matching patterns, sorted.
     pub own: Vec<u64>,
@@ -67,13 +81,14 @@ pub struct KnownIssues {
 }
 
 /// One finished attempt.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AttemptReport {
     /// 1-based.
     pub attempt: u32,
     pub outcome: AttemptOutcome,
     /// Everything the attempt printed, in order: vmcheck's notes, guest and host output.
     pub output: String,
+    #[serde(serialize_with = "ser::secs")]
     pub duration: Duration,
     /// Labels of the machines it ran on.
     pub machines: Vec<String>,
@@ -84,7 +99,8 @@ pub struct AttemptReport {
 }
 
 /// The final result of a test, after policy.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "verdict", rename_all = "kebab-case")]
 pub enum Verdict {
     Passed,
     /// Failed at least once, then passed.
@@ -132,7 +148,7 @@ impl Verdict {
 }
 
 /// Counts by verdict, kept by the dispatcher and carried in [`Event::RunFinished`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct RunStats {
     pub planned: usize,
     pub passed: usize,
@@ -166,7 +182,8 @@ impl RunStats {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
 pub enum Event {
     RunStarted {
         test_os: String,
@@ -177,6 +194,7 @@ pub enum Event {
     MachineReady {
         label: String,
         image: String,
+        #[serde(serialize_with = "ser::secs")]
         boot: Duration,
     },
     MachineFailed {
@@ -197,6 +215,7 @@ pub enum Event {
     TestOutput {
         id: usize,
         attempt: u32,
+        #[serde(serialize_with = "ser::text")]
         data: Vec<u8>,
     },
     /// An attempt failed and the test will run again.
@@ -227,6 +246,7 @@ pub enum Event {
     },
     RunFinished {
         stats: RunStats,
+        #[serde(serialize_with = "ser::secs")]
         wall: Duration,
         /// This OS's known issues that matched no failure in this run (`#N path`).
         unmatched_known: Vec<String>,

@@ -96,9 +96,39 @@ fn run(args: &[&str]) -> (Output, String) {
 fn the_own_suite_passes_at_two_jobs_and_prove_accepts_it() {
     common::image("busybox");
     common::image("debian-12");
-    let (out, tap) = run(&["-j", "2"]);
+    let events_dir = tempfile::tempdir().unwrap();
+    let events = events_dir.path().join("events.jsonl");
+    let (out, tap) = run(&["-j", "2", "--events", events.to_str().unwrap()]);
     assert_code(&out, &tap, exit_codes::OK);
     let rs = results(&tap);
+    // The JSON lines tell the same story: same tests, same outcomes.
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&events)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every line is JSON"))
+        .collect();
+    assert_eq!(lines.first().unwrap()["event"], "run-started");
+    assert_eq!(lines.last().unwrap()["event"], "run-finished");
+    assert!(lines.iter().all(|l| l["v"] == 1 && l["ts"].is_f64()));
+    let finished: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["event"] == "test-finished")
+        .collect();
+    assert_eq!(finished.len(), rs.len());
+    for f in finished {
+        let name = f["test"]["name"].as_str().unwrap();
+        let tap_ok = result(&rs, name).0;
+        let verdict = f["verdict"]["verdict"].as_str().unwrap();
+        let json_ok = ["passed", "flaky", "skipped", "known-issue"].contains(&verdict);
+        assert_eq!(json_ok, tap_ok, "{name}: {verdict}");
+    }
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l["event"] == "attempt-retry")
+            .count(),
+        tap.lines().filter(|l| l.contains(" # RETRY ")).count()
+    );
     assert!(tap.starts_with(&format!("1..{}\n", rs.len())));
     assert!(rs.len() >= 12, "{tap}");
     let flaky = result(&rs, "TestShared.testFailsOnce");

@@ -137,6 +137,9 @@ pub struct RunArgs {
     /// Also count changes under pkg/<name>/ for check files named check-<name>* (Cockpit's rule).
     #[arg(long, env = "VMCHECK_PKG_RULE")]
     pub pkg_rule: bool,
+    /// Write every event as JSON lines to FILE (`-`: stdout, instead of TAP).
+    #[arg(long, value_name = "FILE")]
+    pub events: Option<PathBuf>,
     /// Where guest files that tests collect go [default: <project>/vmcheck-results/artifacts].
     #[arg(long, value_name = "DIR")]
     pub artifacts: Option<PathBuf>,

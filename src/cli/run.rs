@@ -232,13 +232,42 @@ pub async fn run(
         },
         affected,
     };
-    let stats = execute(plan, cfg, ctx, verbose || single_file).await;
+    let events: Option<Box<dyn std::io::Write + Send>> = match &args.events {
+        None => None,
+        Some(p) if p.as_os_str() == "-" => Some(Box::new(std::io::stdout())),
+        Some(p) => Some(Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p)
+                .map_err(|e| CliError::Usage(format!("cannot create {}: {e}", p.display())))?,
+        ))),
+    };
+    let tap_on_stdout = args.events.as_deref() != Some(std::path::Path::new("-"));
+    let stats = execute(
+        plan,
+        cfg,
+        ctx,
+        verbose || single_file,
+        tap_on_stdout,
+        events,
+    )
+    .await;
     Ok(final_code(&stats, cancel))
 }
 
-async fn execute(plan: TestPlan, cfg: RunConfig, ctx: Arc<AttemptContext>, live: bool) -> RunStats {
-    let mut reporters: Vec<Box<dyn Reporter + Send>> =
-        vec![Box::new(TapReporter::new(std::io::stdout()))];
+async fn execute(
+    plan: TestPlan,
+    cfg: RunConfig,
+    ctx: Arc<AttemptContext>,
+    live: bool,
+    tap: bool,
+    events: Option<Box<dyn std::io::Write + Send>>,
+) -> RunStats {
+    let mut reporters: Vec<Box<dyn Reporter + Send>> = Vec::new();
+    if tap {
+        reporters.push(Box::new(TapReporter::new(std::io::stdout())));
+    }
+    if let Some(out) = events {
+        reporters.push(Box::new(vmcheck::reporter::json::JsonReporter::new(out)));
+    }
     if live {
         reporters.push(Box::new(LiveReporter::new(
             std::io::stderr(),

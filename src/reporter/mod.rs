@@ -2,6 +2,7 @@
 //! `tap.rs` writes TAP to stdout; `live.rs` streams test output to stderr. The CLI fans
 //! every event out to all active reporters; no reporter looks at scheduler internals.
 
+pub mod json;
 pub mod live;
 pub mod tap;
 
