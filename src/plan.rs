@@ -165,31 +165,12 @@ pub fn nondestructive_order<T: AsRef<str>>(test_os: &str, names: &mut [T]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkfile::{MachineReq, OsCondition};
-    use std::collections::BTreeMap;
-    use std::time::Duration;
+    use crate::checkfile::OsCondition;
 
     fn def(file: &str, name: &str, nondestructive: bool) -> TestDef {
-        let (class, method) = name.split_once('.').unwrap();
         TestDef {
-            file: file.into(),
-            class: class.into(),
-            method: method.into(),
-            line: 1,
             nondestructive,
-            timeout: Duration::from_secs(600),
-            provision: vec![MachineReq::default_machine()],
-            todo: None,
-            skip: None,
-            only: None,
-            restore: vec![],
-            artifacts: vec![],
-            env: BTreeMap::new(),
-            no_retry_when_changed: false,
-            allow_journal: vec![],
-            run: Some("true".into()),
-            host: None,
-            covers: vec![],
+            ..TestDef::sample(file, name)
         }
     }
 

@@ -69,18 +69,19 @@ impl TestDef {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn def(provision: Vec<MachineReq>) -> TestDef {
+impl TestDef {
+    /// A destructive test `Class.method` in `file` with every setting at its default and
+    /// `run = "true"`: the base that unit tests change what they need in.
+    pub(crate) fn sample(file: &str, name: &str) -> TestDef {
+        let (class, method) = name.split_once('.').expect("Class.method");
         TestDef {
-            file: "test/verify/check-foo".into(),
-            class: "TestFoo".into(),
-            method: "testBar".into(),
-            line: 3,
+            file: file.into(),
+            class: class.into(),
+            method: method.into(),
+            line: 1,
             nondestructive: false,
             timeout: Duration::from_secs(600),
-            provision,
+            provision: vec![MachineReq::default_machine()],
             todo: None,
             skip: None,
             only: None,
@@ -92,6 +93,19 @@ mod tests {
             run: Some("true".into()),
             host: None,
             covers: vec![],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn def(provision: Vec<MachineReq>) -> TestDef {
+        TestDef {
+            line: 3,
+            provision,
+            ..TestDef::sample("test/verify/check-foo", "TestFoo.testBar")
         }
     }
 
