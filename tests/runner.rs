@@ -63,6 +63,23 @@ fn prove(tap: &str) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// Start `cmd` with piped standard streams; return it and its stderr, line by line.
+fn spawn_reading_stderr(
+    cmd: &mut std::process::Command,
+) -> (
+    std::process::Child,
+    std::io::Lines<BufReader<std::process::ChildStderr>>,
+) {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = BufReader::new(child.stderr.take().unwrap()).lines();
+    (child, err)
+}
+
 /// Read a `--sit` prompt from `err`: the lines up to and including "Press Enter …".
 fn sit_prompt(err: &mut impl Iterator<Item = std::io::Result<String>>) -> Vec<String> {
     let mut lines = Vec::new();
@@ -377,8 +394,8 @@ fn interrupting_a_run_leaves_nothing_and_well_formed_tap() {
 #[test]
 fn sit_keeps_the_failed_machine_until_enter() {
     common::image("busybox");
-    let mut child = std::process::Command::new("test/example/check-failures")
-        .current_dir(common::project_root())
+    let mut cmd = std::process::Command::new("test/example/check-failures");
+    cmd.current_dir(common::project_root())
         .env(
             "PATH",
             format!(
@@ -390,13 +407,8 @@ fn sit_keeps_the_failed_machine_until_enter() {
                 std::env::var("PATH").unwrap()
             ),
         )
-        .args(["TestExample.testFails", "--sit"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
+        .args(["TestExample.testFails", "--sit"]);
+    let (mut child, mut err) = spawn_reading_stderr(&mut cmd);
     let ssh = sit_prompt(&mut err)
         .iter()
         .find_map(|l| l.strip_prefix("  machine1: ").map(String::from));
@@ -419,21 +431,16 @@ fn sit_keeps_the_failed_machine_until_enter() {
 #[test]
 fn sit_also_holds_a_machine_that_did_not_boot() {
     common::image("busybox");
-    let mut child = common::vmcheck()
-        .args([
-            "exec",
-            "test/example/check-failures",
-            "TestExample.testFails",
-            "--sit",
-            "--boot-timeout",
-            "1",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut cmd = common::vmcheck();
+    cmd.args([
+        "exec",
+        "test/example/check-failures",
+        "TestExample.testFails",
+        "--sit",
+        "--boot-timeout",
+        "1",
+    ]);
+    let (mut child, mut err) = spawn_reading_stderr(&mut cmd);
     let console = sit_prompt(&mut err)
         .iter()
         .find_map(|l| {
