@@ -3,22 +3,40 @@
 //! Events are plain data carrying everything a reporter needs: decisions (retry reasons,
 //! verdicts) are made before emission and never recomputed by reporters.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Durations are serialized as seconds (a float), byte strings as (lossy) UTF-8 text.
-mod ser {
-    pub fn secs<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+/// Durations are written as seconds (a float, millisecond precision).
+mod secs {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_f64((d.as_secs_f64() * 1000.0).round() / 1000.0)
     }
-    pub fn text<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let secs = f64::deserialize(d)?;
+        Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Byte strings are written as (lossy) UTF-8 text.
+mod text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&String::from_utf8_lossy(b))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        Ok(String::deserialize(d)?.into_bytes())
     }
 }
 
 /// What reporters need to know about a planned test.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TestInfo {
     /// Position in the plan (1-based), stable for the same check files.
     pub id: usize,
@@ -32,7 +50,7 @@ pub struct TestInfo {
 }
 
 /// Where an attempt ran.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "machine", rename_all = "kebab-case")]
 pub enum Placement {
     /// On shared global machine number `n` (`[ND@n]`).
@@ -44,7 +62,7 @@ pub enum Placement {
 }
 
 /// How one attempt ended, before policy.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "kebab-case")]
 pub enum AttemptOutcome {
     Passed,
@@ -57,7 +75,7 @@ pub enum AttemptOutcome {
         reason: String,
     },
     TimedOut {
-        #[serde(serialize_with = "ser::secs")]
+        #[serde(with = "secs")]
         after: Duration,
     },
     /// The body passed, but the guest log got messages that are always bad (kernel oops,
@@ -72,7 +90,7 @@ pub enum AttemptOutcome {
 }
 
 /// Known issues ("naughties") whose patterns an attempt's output matched.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KnownIssues {
     /// Issue numbers of this OS's matching patterns, sorted.
     pub own: Vec<u64>,
@@ -81,14 +99,14 @@ pub struct KnownIssues {
 }
 
 /// One finished attempt.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttemptReport {
     /// 1-based.
     pub attempt: u32,
     pub outcome: AttemptOutcome,
     /// Everything the attempt printed, in order: vmcheck's notes, guest and host output.
     pub output: String,
-    #[serde(serialize_with = "ser::secs")]
+    #[serde(with = "secs")]
     pub duration: Duration,
     /// Labels of the machines it ran on.
     pub machines: Vec<String>,
@@ -98,8 +116,25 @@ pub struct AttemptReport {
     pub known: KnownIssues,
 }
 
+impl AttemptReport {
+    /// How the attempt ended, in one line (`failed (exit code 1)`, `timed out after 3s`).
+    pub fn describe(&self) -> String {
+        match &self.outcome {
+            AttemptOutcome::Passed => "passed".into(),
+            AttemptOutcome::Failed { status } => format!("failed ({status})"),
+            AttemptOutcome::Skipped { reason } => format!("skipped: {reason}"),
+            AttemptOutcome::TimedOut { after } => format!("timed out after {}s", after.as_secs()),
+            AttemptOutcome::UnexpectedMessages { lines } => format!(
+                "unexpected journal messages: {}",
+                lines.first().map(String::as_str).unwrap_or("")
+            ),
+            AttemptOutcome::Harness { message } => message.clone(),
+        }
+    }
+}
+
 /// The final result of a test, after policy.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "verdict", rename_all = "kebab-case")]
 pub enum Verdict {
     Passed,
@@ -134,6 +169,21 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// Why a test did not succeed, in one line, given its last attempt.
+    pub fn describe_failure(&self, last: Option<&AttemptReport>) -> String {
+        let what = last
+            .map(AttemptReport::describe)
+            .unwrap_or_else(|| "did not run".into());
+        match self {
+            Verdict::UnexpectedPass { reason } => format!("a todo test passed: {reason}"),
+            Verdict::KnownElsewhere { issue, os } => {
+                format!("{what} (known issue #{issue} in {os})")
+            }
+            Verdict::Error { message } => message.clone(),
+            _ => what,
+        }
+    }
+
     /// Whether this verdict leaves the run green.
     pub fn is_success(&self) -> bool {
         matches!(
@@ -148,7 +198,7 @@ impl Verdict {
 }
 
 /// Counts by verdict, kept by the dispatcher and carried in [`Event::RunFinished`].
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunStats {
     pub planned: usize,
     pub passed: usize,
@@ -164,6 +214,23 @@ pub struct RunStats {
 }
 
 impl RunStats {
+    /// `3 passed, 1 flaky, 2 retries`: the non-zero counts, in a fixed order.
+    pub fn nonzero_counts(&self) -> Vec<String> {
+        [
+            (self.passed, "passed"),
+            (self.flaky, "flaky"),
+            (self.failed, "failed"),
+            (self.errors, "errors"),
+            (self.skipped, "skipped"),
+            (self.todo, "todo"),
+            (self.retries, "retries"),
+        ]
+        .into_iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!("{n} {what}"))
+        .collect()
+    }
+
     pub fn finished(&self) -> usize {
         self.passed + self.flaky + self.failed + self.skipped + self.todo + self.errors
     }
@@ -182,7 +249,7 @@ impl RunStats {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum Event {
     RunStarted {
@@ -194,7 +261,7 @@ pub enum Event {
     MachineReady {
         label: String,
         image: String,
-        #[serde(serialize_with = "ser::secs")]
+        #[serde(with = "secs")]
         boot: Duration,
     },
     MachineFailed {
@@ -215,7 +282,7 @@ pub enum Event {
     TestOutput {
         id: usize,
         attempt: u32,
-        #[serde(serialize_with = "ser::text")]
+        #[serde(with = "text")]
         data: Vec<u8>,
     },
     /// An attempt failed and the test will run again.
@@ -246,7 +313,7 @@ pub enum Event {
     },
     RunFinished {
         stats: RunStats,
-        #[serde(serialize_with = "ser::secs")]
+        #[serde(with = "secs")]
         wall: Duration,
         /// This OS's known issues that matched no failure in this run (`#N path`).
         unmatched_known: Vec<String>,

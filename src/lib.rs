@@ -9,6 +9,7 @@ pub mod events;
 pub mod exit_codes;
 pub mod image;
 pub mod machine;
+pub mod merge;
 pub mod naughty;
 pub mod plan;
 pub mod policy;

@@ -21,6 +21,8 @@ pub struct PlanOptions {
     pub test_os: String,
     /// Keep only tests whose `Class.method` contains one of these; empty keeps all.
     pub filters: Vec<String>,
+    /// Filters must equal the whole `Class.method` name (`--exact`).
+    pub exact: bool,
     /// Leave out the tests with exactly these `Class.method` names.
     pub exclude: Vec<String>,
     /// Leave out destructive tests.
@@ -93,7 +95,13 @@ pub fn plan(tests: Vec<TestDef>, opts: &PlanOptions) -> TestPlan {
             .filters
             .iter()
             .map(String::as_str)
-            .filter(|f| name.contains(f))
+            .filter(|f| {
+                if opts.exact {
+                    name == *f
+                } else {
+                    name.contains(f)
+                }
+            })
             .collect();
         let filtered_out = !opts.filters.is_empty() && matching.is_empty();
         matched_filters.extend(matching);
@@ -189,7 +197,26 @@ mod tests {
             filters: filters.iter().map(|s| s.to_string()).collect(),
             exclude: exclude.iter().map(|s| s.to_string()).collect(),
             nondestructive_only,
+            ..Default::default()
         }
+    }
+
+    #[test]
+    fn exact_filters_match_whole_names_only() {
+        let tests = vec![
+            TestDef::sample("check-a", "TestA.testOne"),
+            TestDef::sample("check-a", "TestA.testOneMore"),
+        ];
+        let mut o = opts(&["TestA.testOne"], &[], false);
+        assert_eq!(
+            plan(tests.clone(), &o).tests.len(),
+            2,
+            "substring by default"
+        );
+        o.exact = true;
+        let p = plan(tests, &o);
+        let names: Vec<String> = p.tests.iter().map(|t| t.def.name()).collect();
+        assert_eq!(names, ["TestA.testOne"]);
     }
 
     #[test]

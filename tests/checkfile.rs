@@ -74,6 +74,7 @@ fn valid_fixtures_plan() {
         filters: vec!["TestServices".into(), "testJoin".into()],
         exclude: vec![],
         nondestructive_only: true,
+        ..Default::default()
     };
     let plan = plan::plan(load_valid(), &opts);
     let planned: Vec<_> = plan

@@ -109,15 +109,140 @@ fn run(args: &[&str]) -> (Output, String) {
     (out, tap)
 }
 
+/// Run `vmcheck run ARGS` with stdout a pipe and stderr a terminal (a pty), as a developer
+/// piping TAP somewhere would: returns the exit status, stdout and what the terminal showed.
+fn run_with_terminal_stderr(args: &[&str]) -> (std::process::ExitStatus, String, String) {
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let mut child = common::vmcheck()
+        .arg("run")
+        .args(args)
+        .env("TERM", "xterm")
+        .env_remove("VMCHECK_PROGRESS")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(pty.slave))
+        .spawn()
+        .unwrap();
+    // The terminal must be drained or the child blocks; reading ends with EIO when the
+    // last writer closes it.
+    let mut master = std::fs::File::from(pty.master);
+    let reader = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 65536];
+        loop {
+            match std::io::Read::read(&mut master, &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+        String::from_utf8_lossy(&seen).into_owned()
+    });
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    let status = child.wait().unwrap();
+    // Our copy of the slave was moved into the child's Stdio and closed after spawn.
+    (status, stdout, reader.join().unwrap())
+}
+
 #[test]
-fn the_own_suite_passes_at_two_jobs_and_prove_accepts_it() {
+fn the_own_suite_passes_with_every_reporter_on() {
     common::image("busybox");
     common::image("debian-12");
-    let events_dir = tempfile::tempdir().unwrap();
-    let events = events_dir.path().join("events.jsonl");
-    let (out, tap) = run(&["-j", "2", "--events", events.to_str().unwrap()]);
-    assert_code(&out, &tap, exit_codes::OK);
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    let junit = dir.path().join("junit.xml");
+    let artifacts = dir.path().join("artifacts");
+    let (status, tap, terminal) = run_with_terminal_stderr(&[
+        "-j",
+        "2",
+        "--events",
+        events.to_str().unwrap(),
+        "--junit",
+        junit.to_str().unwrap(),
+        "--artifacts",
+        artifacts.to_str().unwrap(),
+    ]);
+    assert_eq!(status.code(), Some(exit_codes::OK), "{tap}\n{terminal}");
+    // TAP on stdout is untouched by the progress display on the terminal.
+    assert!(!tap.contains('\x1b'), "no escape sequences in TAP:\n{tap}");
+    let (ok, text) = prove(&tap);
+    assert!(ok, "{text}");
     let rs = results(&tap);
+    // The terminal showed the live display, status lines and the summary.
+    assert!(terminal.contains("PASS ["), "{terminal}");
+    assert!(terminal.contains(" passed, "), "{terminal}");
+    assert!(terminal.contains("slowest tests:"), "{terminal}");
+    assert!(
+        terminal.contains(&format!("vmcheck: {} tests in ", rs.len())),
+        "{terminal}"
+    );
+
+    // JUnit: valid against the schema, and the same tests with the same outcomes.
+    let xmllint = std::process::Command::new("xmllint")
+        .args(["--noout", "--schema", "test/junit.xsd"])
+        .arg(&junit)
+        .output()
+        .unwrap();
+    assert!(
+        xmllint.status.success(),
+        "{}",
+        String::from_utf8_lossy(&xmllint.stderr)
+    );
+    let report =
+        quick_junit::Report::deserialize_from_str(&std::fs::read_to_string(&junit).unwrap())
+            .unwrap();
+    let cases: Vec<&quick_junit::TestCase> = report
+        .test_suites
+        .iter()
+        .flat_map(|s| s.test_cases.iter())
+        .collect();
+    assert_eq!(cases.len(), rs.len());
+    assert!(
+        report
+            .test_suites
+            .iter()
+            .any(|s| s.name.as_str() == "test/verify/check-basic")
+    );
+    for c in &cases {
+        let name = format!(
+            "{}.{}",
+            c.classname.as_ref().unwrap().as_str(),
+            c.name.as_str()
+        );
+        let (tap_ok, _, directive) = result(&rs, &name);
+        let junit_ok = !matches!(c.status, quick_junit::TestCaseStatus::NonSuccess { .. });
+        assert_eq!(junit_ok, *tap_ok || directive.starts_with("TODO"), "{name}");
+        if name == "TestShared.testFailsOnce" {
+            let quick_junit::TestCaseStatus::Success { flaky_runs } = &c.status else {
+                panic!("a flaky test passes: {c:?}");
+            };
+            assert_eq!(flaky_runs.len(), 1);
+        }
+    }
+
+    // Artifacts: kept for the failed attempts, not for the passing ones.
+    let flaky = artifacts.join("TestShared.testFailsOnce");
+    assert!(flaky.join("attempt-1/output.txt").is_file());
+    assert!(
+        !flaky.join("attempt-2").exists(),
+        "the passing attempt's are removed"
+    );
+    let todo = artifacts.join("TestTodo.testKnownBroken/attempt-1");
+    assert!(todo.join("output.txt").is_file());
+    assert!(todo.join("machine1/console.log").is_file());
+    assert!(todo.join("machine1/journal.txt").is_file());
+    assert!(tap.contains(&format!(
+        "# artifacts: {}",
+        flaky.join("attempt-1").display()
+    )));
+    for name in [
+        "TestShared.testA",
+        "TestMachines.testReboot",
+        "TestDebian.testSystemd",
+    ] {
+        assert!(!artifacts.join(name).exists(), "{name} passed");
+    }
+
     // The JSON lines tell the same story: same tests, same outcomes.
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(&events)
         .unwrap()
@@ -189,8 +314,6 @@ fn the_own_suite_passes_at_two_jobs_and_prove_accepts_it() {
             .starts_with("# TESTS PASSED ["),
         "{tap}"
     );
-    let (ok, text) = prove(&tap);
-    assert!(ok, "{text}");
 }
 
 #[test]
@@ -279,6 +402,38 @@ fn failure_examples_produce_the_expected_tap() {
     assert!(tap.contains("# 11 TESTS FAILED ["), "{tap}");
     let (ok, _) = prove(&tap);
     assert!(!ok);
+    // Without a terminal, progress is plain status lines; the summary ends with the command
+    // that re-runs exactly the failed tests.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("   FAIL [") && err.contains("  RETRY ["),
+        "{err}"
+    );
+    assert!(!err.contains('\x1b'), "{err}");
+    let rerun = err
+        .lines()
+        .skip_while(|l| *l != "re-run the failed tests with:")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no re-run command: {err}"));
+    let words: Vec<&str> = rerun.split_whitespace().collect();
+    assert_eq!(words[1], "run", "{rerun}");
+    let listed = common::vmcheck()
+        .args(&words[1..])
+        .arg("--list")
+        .output()
+        .unwrap();
+    let mut listed: Vec<String> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
+    listed.sort();
+    let mut failed: Vec<String> = rs
+        .iter()
+        .filter(|r| !r.0 && !r.2.starts_with("TODO"))
+        .map(|r| r.1.split(' ').nth(1).unwrap().to_string())
+        .collect();
+    failed.sort();
+    assert_eq!(listed, failed, "{rerun}");
 }
 
 #[test]
@@ -709,4 +864,77 @@ fn naughty_commands_check_and_match_patterns() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bots/naughty/busybox/no-number: "), "{err}");
     assert!(out.stdout.is_empty(), "no TAP: nothing ran");
+}
+
+#[test]
+fn event_streams_of_two_runs_merge_into_one_report() {
+    common::image("busybox");
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.jsonl");
+    let b = dir.path().join("b.jsonl");
+    let (out, tap_a) = run(&["--events", a.to_str().unwrap(), "TestShared"]);
+    assert_code(&out, &tap_a, exit_codes::OK);
+    let (out, tap_b) = run(&["--events", b.to_str().unwrap(), "TestSkips"]);
+    assert_code(&out, &tap_b, exit_codes::OK);
+    let junit = dir.path().join("merged.xml");
+    let out = common::vmcheck()
+        .args(["merge", "--junit", junit.to_str().unwrap()])
+        .args([&a, &b])
+        .output()
+        .unwrap();
+    let tap = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_code(&out, &tap, exit_codes::OK);
+    let rs = results(&tap);
+    let (ra, rb) = (results(&tap_a), results(&tap_b));
+    assert_eq!(rs.len(), ra.len() + rb.len(), "{tap}");
+    for (ok, desc, directive) in ra.iter().chain(&rb) {
+        let name = desc.split(' ').nth(1).unwrap();
+        assert_eq!(result(&rs, name), &(*ok, desc.clone(), directive.clone()));
+    }
+    let (ok, text) = prove(&tap);
+    assert!(ok, "{text}");
+    let xmllint = std::process::Command::new("xmllint")
+        .args(["--noout", "--schema", "test/junit.xsd"])
+        .arg(&junit)
+        .output()
+        .unwrap();
+    assert!(xmllint.status.success(), "{xmllint:?}");
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(xml.contains(&format!(
+        r#"<testsuites name="vmcheck" tests="{}""#,
+        rs.len()
+    )));
+
+    // A stream cut off mid-run (its runner died) still merges: what it did not finish is an
+    // error, so the merged run is not green.
+    let text = std::fs::read_to_string(&b).unwrap();
+    let cut: String = text
+        .lines()
+        .take_while(|l| !l.contains("\"event\":\"test-finished\""))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&b, cut).unwrap();
+    let out = common::vmcheck()
+        .arg("merge")
+        .args([&a, &b])
+        .output()
+        .unwrap();
+    let tap = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_code(&out, &tap, exit_codes::INFRASTRUCTURE);
+    assert!(tap.contains("# ERROR "), "{tap}");
+    assert!(tap.contains("Bail out! "), "{tap}");
+
+    // Bad input: one line naming the file and line, exit 2.
+    std::fs::write(&b, "{\"v\":1,\"event\":\"run-started\"\n").unwrap();
+    let out = common::vmcheck()
+        .arg("merge")
+        .args([&a, &b])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(exit_codes::INPUT_ERROR));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{}:1: not JSON", b.display())),
+        "{err}"
+    );
 }

@@ -55,6 +55,9 @@ pub enum Command {
     },
     /// Print the man page (roff), e.g. `vmcheck man | man -l -`.
     Man,
+    /// Combine the JSON event streams of several runs (e.g. the shards of one suite) into one
+    /// TAP stream on stdout, and optionally one JUnit file and one event stream.
+    Merge(MergeArgs),
     /// The `vm` helper of host scripts (vm exec|reboot|wait-reboot|upload|download|ssh MACHINE …).
     #[command(hide = true)]
     VmCtl {
@@ -67,6 +70,9 @@ pub enum Command {
 pub struct RunArgs {
     /// Run only tests whose `TestClass.testMethod` contains one of these strings.
     pub filters: Vec<String>,
+    /// Filters must equal the whole `TestClass.testMethod` name, not just be part of it.
+    #[arg(long)]
+    pub exact: bool,
     /// Drop the test with exactly this name (repeatable).
     #[arg(long, value_name = "TestClass.testMethod")]
     pub exclude: Vec<String>,
@@ -140,9 +146,45 @@ pub struct RunArgs {
     /// Write every event as JSON lines to FILE (`-`: stdout, instead of TAP).
     #[arg(long, value_name = "FILE")]
     pub events: Option<PathBuf>,
-    /// Where guest files that tests collect go [default: <project>/vmcheck-results/artifacts].
+    /// Write a JUnit XML report to FILE (one testsuite per check file).
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// Where each failed attempt's output, console and guest logs and collected files go
+    /// [default: <project>/vmcheck-results/artifacts].
     #[arg(long, value_name = "DIR")]
     pub artifacts: Option<PathBuf>,
+    /// Keep the artifacts of passing attempts too.
+    #[arg(long)]
+    pub keep_artifacts: bool,
+    /// Progress on stderr: a live display on a terminal (auto), plain lines, or nothing.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto, env = "VMCHECK_PROGRESS")]
+    pub progress: ProgressMode,
+}
+
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// The event streams (`vmcheck run --events FILE`), in the order to report them.
+    #[arg(required = true, value_name = "EVENTS")]
+    pub files: Vec<PathBuf>,
+    /// Also write a JUnit XML report of the combined run.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// Also write the combined events as JSON lines.
+    #[arg(long, value_name = "FILE")]
+    pub events: Option<PathBuf>,
+}
+
+/// How progress is shown on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProgressMode {
+    /// A live display if stderr is a terminal, else plain lines.
+    Auto,
+    /// Always the live display.
+    Bar,
+    /// One plain line per finished test.
+    Lines,
+    /// No progress (the summary is still printed).
+    None,
 }
 
 #[derive(Debug, Subcommand)]

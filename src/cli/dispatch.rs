@@ -76,6 +76,7 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
                 _ => Ok(exit_codes::OK),
             };
         }
+        Command::Merge(args) => return super::run::merge(args),
         _ => {}
     }
     let catalog = Arc::new(catalog(&cli.global, &cli.command)?);
@@ -86,7 +87,7 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Exec { file, run } => {
             super::run::run(catalog, run, Some(file), cli.global.verbose, &cancel).await
         }
-        Command::VmCtl { .. } | Command::Completions { .. } | Command::Man => {
+        Command::VmCtl { .. } | Command::Completions { .. } | Command::Man | Command::Merge(_) => {
             unreachable!("handled above")
         }
         Command::Naughty(cmd) => naughty(&catalog.project, cmd),

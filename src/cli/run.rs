@@ -1,9 +1,11 @@
 //! `vmcheck run` and `vmcheck exec`: check files → plan → images and host → dispatcher, with
 //! the TAP reporter on stdout. Every input error is found before anything boots.
 
-use super::args::RunArgs;
+use super::args::ProgressMode;
+use super::args::{MergeArgs, RunArgs};
 use super::errors::CliError;
-use std::path::PathBuf;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use vmcheck::checkfile::{self, TestDef};
@@ -17,7 +19,11 @@ use vmcheck::machine::vm::Host;
 use vmcheck::plan::{PlanOptions, TestPlan};
 use vmcheck::policy::PolicyOptions;
 use vmcheck::reporter::Reporter;
+use vmcheck::reporter::json::JsonReporter;
+use vmcheck::reporter::junit::JunitReporter;
 use vmcheck::reporter::live::LiveReporter;
+use vmcheck::reporter::progress::{BarReporter, LinesReporter};
+use vmcheck::reporter::summary::{self, SummaryReporter};
 use vmcheck::reporter::tap::TapReporter;
 use vmcheck::runner::attempt::AttemptContext;
 use vmcheck::runner::dispatcher::{Dispatcher, RunConfig};
@@ -68,6 +74,7 @@ pub async fn run(
     let mut opts = PlanOptions {
         test_os: test_os.clone(),
         filters: args.filters.clone(),
+        exact: args.exact,
         exclude: args.exclude.clone(),
         nondestructive_only: args.nondestructive,
     };
@@ -204,15 +211,17 @@ pub async fn run(
         ram_mib: available.saturating_sub(1024),
         cpus: jobs as u32,
     };
+    let artifacts_dir = args
+        .artifacts
+        .clone()
+        .unwrap_or_else(|| root.join("vmcheck-results/artifacts"));
     let ctx = Arc::new(AttemptContext {
         test_os: test_os.clone(),
         host,
         images,
         boot_timeout: Duration::from_secs(args.boot_timeout),
-        artifacts_dir: args
-            .artifacts
-            .clone()
-            .unwrap_or_else(|| root.join("vmcheck-results/artifacts")),
+        artifacts_dir: artifacts_dir.clone(),
+        keep_artifacts: args.keep_artifacts,
         vmcheck_exe: std::env::current_exe()
             .map_err(|e| CliError::Usage(format!("cannot find the vmcheck binary: {e}")))?,
         workdir: root.clone(),
@@ -232,57 +241,144 @@ pub async fn run(
         },
         affected,
     };
-    let events: Option<Box<dyn std::io::Write + Send>> = match &args.events {
-        None => None,
-        Some(p) if p.as_os_str() == "-" => Some(Box::new(std::io::stdout())),
-        Some(p) => Some(Box::new(std::io::BufWriter::new(
-            std::fs::File::create(p)
-                .map_err(|e| CliError::Usage(format!("cannot create {}: {e}", p.display())))?,
-        ))),
+    let live = verbose || single_file;
+    let argv: Vec<String> = std::env::args().collect();
+    let rerun = summary::rerun_words(
+        if single_file && argv.get(1).map(String::as_str) == Some("exec") {
+            &argv[2..]
+        } else {
+            &argv
+        },
+        &args.filters,
+        std::env::var("TEST_OS")
+            .ok()
+            .filter(|s| !s.is_empty())
+            .as_deref(),
+    );
+    let outputs = Outputs {
+        events: args.events.as_deref(),
+        junit: args.junit.as_deref(),
+        live: live.then_some(plan.tests.len() > 1),
+        progress: args.progress,
     };
-    let tap_on_stdout = args.events.as_deref() != Some(std::path::Path::new("-"));
-    let stats = execute(
-        plan,
-        cfg,
-        ctx,
-        verbose || single_file,
-        tap_on_stdout,
-        events,
-    )
-    .await;
+    let reporters = reporters(&outputs, rerun)?;
+    // What earlier runs left for these tests is not evidence of this one.
+    for t in &plan.tests {
+        let _ = std::fs::remove_dir_all(artifacts_dir.join(t.def.name()));
+    }
+    let stats = execute(plan, cfg, ctx, reporters).await;
     Ok(final_code(&stats, cancel))
+}
+
+/// The outputs a run or a merge writes besides TAP.
+struct Outputs<'a> {
+    /// JSON lines (`-`: on stdout, instead of TAP).
+    events: Option<&'a Path>,
+    junit: Option<&'a Path>,
+    /// Live test output on stderr; `Some(true)`: prefixed with the test's name.
+    live: Option<bool>,
+    progress: ProgressMode,
+}
+
+/// Open every output (before anything boots, so a bad path is an input error): TAP on
+/// stdout unless JSON lines go there, JSON lines, JUnit, live output, progress and the
+/// summary on stderr.
+fn reporters(
+    outputs: &Outputs,
+    rerun: Vec<String>,
+) -> Result<Vec<Box<dyn Reporter + Send>>, CliError> {
+    let create = |p: &Path| {
+        std::fs::File::create(p)
+            .map(std::io::BufWriter::new)
+            .map_err(|e| CliError::Usage(format!("cannot create {}: {e}", p.display())))
+    };
+    let mut reporters: Vec<Box<dyn Reporter + Send>> = Vec::new();
+    match outputs.events {
+        Some(p) if p.as_os_str() == "-" => {
+            reporters.push(Box::new(JsonReporter::new(std::io::stdout())));
+        }
+        Some(p) => {
+            reporters.push(Box::new(TapReporter::new(std::io::stdout())));
+            reporters.push(Box::new(JsonReporter::new(create(p)?)));
+        }
+        None => reporters.push(Box::new(TapReporter::new(std::io::stdout()))),
+    }
+    if let Some(p) = outputs.junit {
+        reporters.push(Box::new(JunitReporter::new(create(p)?)));
+    }
+    if let Some(prefix) = outputs.live {
+        reporters.push(Box::new(LiveReporter::new(std::io::stderr(), prefix)));
+    }
+    let mode = match outputs.progress {
+        ProgressMode::Auto if outputs.live.is_some() => ProgressMode::None,
+        ProgressMode::Auto if std::io::stderr().is_terminal() => ProgressMode::Bar,
+        ProgressMode::Auto => ProgressMode::Lines,
+        m => m,
+    };
+    match mode {
+        ProgressMode::Bar => reporters.push(Box::new(BarReporter::new())),
+        ProgressMode::Lines => reporters.push(Box::new(LinesReporter::new(std::io::stderr()))),
+        ProgressMode::Auto | ProgressMode::None => {}
+    }
+    reporters.push(Box::new(SummaryReporter::new(std::io::stderr(), rerun)));
+    Ok(reporters)
+}
+
+/// Send every event to every reporter; a reporter whose output fails (stdout closed, e.g.
+/// `| head`) gets no more events, and the run goes on.
+fn fan_out(mut reporters: Vec<Box<dyn Reporter + Send>>) -> impl FnMut(&vmcheck::events::Event) {
+    let mut failed = vec![false; reporters.len()];
+    move |event| {
+        for (r, failed) in reporters.iter_mut().zip(failed.iter_mut()) {
+            if !*failed && r.report(event).is_err() {
+                *failed = true;
+            }
+        }
+    }
+}
+
+/// `vmcheck merge`: replay the combined events of several runs through the reporters.
+pub fn merge(args: &MergeArgs) -> Result<i32, CliError> {
+    let mut streams = Vec::new();
+    for f in &args.files {
+        let text = std::fs::read_to_string(f)
+            .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", f.display())))?;
+        streams.push(vmcheck::merge::parse(f, &text).map_err(|e| CliError::Usage(e.to_string()))?);
+    }
+    let events = vmcheck::merge::merge(&streams);
+    let test_os = match events.first() {
+        Some(vmcheck::events::Event::RunStarted { test_os, .. }) => test_os.clone(),
+        _ => String::new(),
+    };
+    let outputs = Outputs {
+        events: args.events.as_deref(),
+        junit: args.junit.as_deref(),
+        live: None,
+        progress: ProgressMode::None,
+    };
+    let rerun = summary::rerun_words(
+        &["vmcheck".into(), "run".into()],
+        &[],
+        Some(test_os.as_str()).filter(|os| !os.is_empty() && !os.contains(',')),
+    );
+    let mut report = fan_out(reporters(&outputs, rerun)?);
+    let mut stats = RunStats::default();
+    for e in &events {
+        report(e);
+        if let vmcheck::events::Event::RunFinished { stats: s, .. } = e {
+            stats = s.clone();
+        }
+    }
+    Ok(final_code(&stats, &Cancel::new()))
 }
 
 async fn execute(
     plan: TestPlan,
     cfg: RunConfig,
     ctx: Arc<AttemptContext>,
-    live: bool,
-    tap: bool,
-    events: Option<Box<dyn std::io::Write + Send>>,
+    reporters: Vec<Box<dyn Reporter + Send>>,
 ) -> RunStats {
-    let mut reporters: Vec<Box<dyn Reporter + Send>> = Vec::new();
-    if tap {
-        reporters.push(Box::new(TapReporter::new(std::io::stdout())));
-    }
-    if let Some(out) = events {
-        reporters.push(Box::new(vmcheck::reporter::json::JsonReporter::new(out)));
-    }
-    if live {
-        reporters.push(Box::new(LiveReporter::new(
-            std::io::stderr(),
-            plan.tests.len() > 1,
-        )));
-    }
-    let mut failed_reporters = vec![false; reporters.len()];
-    let mut report = |event: &vmcheck::events::Event| {
-        for (r, failed) in reporters.iter_mut().zip(failed_reporters.iter_mut()) {
-            if !*failed && r.report(event).is_err() {
-                // stdout closed (e.g. `| head`): stop writing there, keep running.
-                *failed = true;
-            }
-        }
-    };
+    let mut report = fan_out(reporters);
     Dispatcher::new(plan, cfg, ctx, &mut report).run().await
 }
 

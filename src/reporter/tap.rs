@@ -41,6 +41,15 @@ impl<W: Write> TapReporter<W> {
         Ok(())
     }
 
+    /// An attempt's output as comments, then where its artifacts are.
+    fn output_block(&mut self, report: &AttemptReport) -> std::io::Result<()> {
+        self.comment_block(&report.output)?;
+        if let Some(dir) = &report.artifacts {
+            writeln!(self.out, "# artifacts: {}", dir.display())?;
+        }
+        Ok(())
+    }
+
     fn header(&mut self, test: &TestInfo, report: &AttemptReport) -> std::io::Result<()> {
         writeln!(self.out, "# {}", "-".repeat(70))?;
         writeln!(
@@ -124,19 +133,7 @@ pub fn summary_line(stats: &RunStats, wall: Duration, host: &str) -> String {
         format!("{} destructive tests", stats.destructive),
         format!("{} nondestructive tests", stats.nondestructive),
     ];
-    for (n, what) in [
-        (stats.passed, "passed"),
-        (stats.flaky, "flaky"),
-        (stats.failed, "failed"),
-        (stats.errors, "errors"),
-        (stats.skipped, "skipped"),
-        (stats.todo, "todo"),
-        (stats.retries, "retries"),
-    ] {
-        if n > 0 {
-            details.push(format!("{n} {what}"));
-        }
-    }
+    details.extend(stats.nonzero_counts());
     format!("# {head} [{}]", details.join(", "))
 }
 
@@ -152,7 +149,7 @@ impl<W: Write> Reporter for TapReporter<W> {
                 reason,
             } => {
                 self.header(test, report)?;
-                self.comment_block(&report.output)?;
+                self.output_block(report)?;
                 self.duration_line(report.outcome == AttemptOutcome::Passed, report)?;
                 // No number: the test's number is given when it finishes.
                 let status = if report.outcome == AttemptOutcome::Passed {
@@ -184,10 +181,7 @@ impl<W: Write> Reporter for TapReporter<W> {
                         self.comment_block(&warnings.join("\n"))?;
                     } else {
                         self.header(test, report)?;
-                        self.comment_block(&report.output)?;
-                        if let Some(dir) = &report.artifacts {
-                            writeln!(self.out, "# artifacts: {}", dir.display())?;
-                        }
+                        self.output_block(report)?;
                     }
                     self.duration_line(
                         verdict.is_success() && !matches!(verdict, Verdict::Todo { .. }),

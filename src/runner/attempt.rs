@@ -7,6 +7,7 @@
 //! decides what happens next. Machines are owned by this task while it runs; if the
 //! dispatcher aborts it (Ctrl-C), dropping them kills qemu and removes their files.
 
+use super::artifacts::{AttemptDir, console_offset};
 use super::control::{self, Request, Response};
 use super::journal;
 use crate::checkfile::TestDef;
@@ -22,7 +23,7 @@ use crate::machine::vm::{Host, MachineSpec, VirtualMachine};
 use crate::shell::quote;
 use crate::signal::Cancel;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -39,8 +40,10 @@ pub struct AttemptContext {
     pub host: Option<Host>,
     pub images: BTreeMap<String, Image>,
     pub boot_timeout: Duration,
-    /// Root of collected artifacts (`<dir>/<Class.method>/attempt-<n>/<machine>/…`).
+    /// Root of per-attempt artifacts (see `artifacts.rs`).
     pub artifacts_dir: PathBuf,
+    /// Keep the artifacts of passing attempts too (`--keep-artifacts`).
+    pub keep_artifacts: bool,
     /// This vmcheck binary, run as the `vm` helper of host scripts.
     pub vmcheck_exe: PathBuf,
     /// Working directory of host scripts.
@@ -131,6 +134,7 @@ pub async fn run_attempt(
         live,
     };
     let test = req.test.clone();
+    let dir = AttemptDir::fresh(&ctx.artifacts_dir, &test.name(), req.attempt);
     let (mut machines, _net, global) = match std::mem::replace(&mut req.machines, Machines::Fresh) {
         Machines::Global { machine } => (
             vec![Named {
@@ -149,11 +153,15 @@ pub async fn run_attempt(
                 if ctx.sit && !machines.is_empty() {
                     sit(&ctx, &test.name(), &machines).await;
                 }
+                let consoles: Vec<u64> = vec![0; machines.len()];
+                let saved = save_artifacts(&req, &dir, &machines, &consoles, &[], &log).await;
                 for m in machines {
                     m.machine.kill().await;
                 }
+                let mut report = report(&req, &log, started, &[], saved, harness(message));
+                finish_output(&dir, &mut report);
                 return AttemptDone {
-                    report: report(&req, &log, started, &[], None, harness(message)),
+                    report,
                     global: None,
                 };
             }
@@ -162,6 +170,17 @@ pub async fn run_attempt(
     let labels: Vec<String> = machines
         .iter()
         .map(|m| m.machine.label().to_string())
+        .collect();
+    // Where this attempt's part of each console log starts: from boot for fresh machines.
+    let consoles: Vec<u64> = machines
+        .iter()
+        .map(|m| {
+            if global {
+                console_offset(&m.machine)
+            } else {
+                0
+            }
+        })
         .collect();
 
     let mut outcome = AttemptOutcome::Passed;
@@ -176,7 +195,7 @@ pub async fn run_attempt(
         }
     }
     let tag = format!("t{}-a{}", req.id, req.attempt);
-    let mut journal_saved = false;
+    let mut guest_logs: Vec<String> = Vec::new();
     if outcome == AttemptOutcome::Passed {
         for m in &machines {
             let _ = m
@@ -191,28 +210,34 @@ pub async fn run_attempt(
         outcome,
         AttemptOutcome::Passed | AttemptOutcome::Failed { .. }
     ) {
-        let lines = unexpected_messages(&req, &machines, &tag).await;
+        let (lines, logs) = unexpected_messages(&req, &machines, &tag).await;
+        guest_logs = logs;
         if !lines.is_empty() {
             log.note("vmcheck: FAIL: test completed, but found unexpected journal messages:");
             for l in &lines {
                 log.note(l);
             }
-            let file = attempt_dir(&ctx, &req).join("unexpected-journal-messages.txt");
-            let saved = std::fs::create_dir_all(attempt_dir(&ctx, &req))
-                .and_then(|()| std::fs::write(&file, lines.join("\n") + "\n"));
-            match saved {
-                Ok(()) => journal_saved = true,
-                Err(e) => log.note(&format!("vmcheck: cannot write {}: {e}", file.display())),
+            if let Err(e) = dir.write(
+                "unexpected-journal-messages.txt",
+                (lines.join("\n") + "\n").as_bytes(),
+            ) {
+                log.note(&format!("vmcheck: {e}"));
             }
             if outcome == AttemptOutcome::Passed {
                 outcome = AttemptOutcome::UnexpectedMessages { lines };
             }
         }
     }
-    if !test.artifacts.is_empty() {
-        collect_artifacts(&ctx, &req, &machines, &log).await;
-    }
-    let artifacts = (journal_saved || !test.artifacts.is_empty()).then(|| attempt_dir(&ctx, &req));
+    let passed = matches!(
+        outcome,
+        AttemptOutcome::Passed | AttemptOutcome::Skipped { .. }
+    );
+    let artifacts = if passed && !ctx.keep_artifacts {
+        dir.remove();
+        None
+    } else {
+        save_artifacts(&req, &dir, &machines, &consoles, &guest_logs, &log).await
+    };
     if ctx.sit
         && !matches!(
             outcome,
@@ -223,6 +248,7 @@ pub async fn run_attempt(
     }
 
     let mut report = report(&req, &log, started, &labels, artifacts, outcome.clone());
+    finish_output(&dir, &mut report);
     if !matches!(
         outcome,
         AttemptOutcome::Passed | AttemptOutcome::Skipped { .. }
@@ -275,28 +301,36 @@ pub async fn run_attempt(
 }
 
 /// Always-bad guest log lines since the test started, on any of its machines, that the test
-/// does not allow (prefixed with the machine's name when there are several).
-async fn unexpected_messages(req: &AttemptRequest, machines: &[Named], tag: &str) -> Vec<String> {
+/// does not allow (prefixed with the machine's name when there are several); and each
+/// machine's whole guest log since the start, for the artifacts.
+async fn unexpected_messages(
+    req: &AttemptRequest,
+    machines: &[Named],
+    tag: &str,
+) -> (Vec<String>, Vec<String>) {
     let allowed = journal::allowed(&req.test.allow_journal);
     let mut lines = Vec::new();
+    let mut logs = Vec::new();
     for m in machines {
-        let Ok(done) = m
+        let text = match m
             .machine
             .shell()
             .execute(&journal::read_command(tag), Duration::from_secs(60))
             .await
-        else {
-            continue;
+        {
+            Ok(done) => done.stdout_text(),
+            Err(e) => format!("vmcheck: cannot read the guest log: {e}\n"),
         };
-        for l in journal::unexpected(&done.stdout_text(), &allowed) {
+        for l in journal::unexpected(&text, &allowed) {
             lines.push(if machines.len() > 1 {
                 format!("{}: {l}", m.name)
             } else {
                 l
             });
         }
+        logs.push(text);
     }
-    lines
+    (lines, logs)
 }
 
 fn harness(message: String) -> AttemptOutcome {
@@ -818,68 +852,49 @@ fn quoted_list(paths: &[String]) -> String {
     paths.iter().map(|p| quote(p)).collect::<Vec<_>>().join(" ")
 }
 
-/// `<artifacts_dir>/<Class.method>/attempt-<n>`: where an attempt's artifacts go.
-fn attempt_dir(ctx: &AttemptContext, req: &AttemptRequest) -> PathBuf {
-    ctx.artifacts_dir
-        .join(req.test.name())
-        .join(format!("attempt-{}", req.attempt))
-}
-
-/// Copy the test's artifact paths from every machine into `<attempt dir>/<machine>/`.
-async fn collect_artifacts(
-    ctx: &AttemptContext,
+/// Save an attempt's evidence into `dir`: console logs, guest logs and the files the test
+/// asks for, per machine. Problems are noted in the output, never fatal. Returns the
+/// directory if anything is in it.
+async fn save_artifacts(
     req: &AttemptRequest,
+    dir: &AttemptDir,
     machines: &[Named],
+    consoles: &[u64],
+    guest_logs: &[String],
     log: &Log,
-) {
-    let base = attempt_dir(ctx, req);
-    let rel: Vec<String> = req
-        .test
-        .artifacts
-        .iter()
-        .map(|p| p.trim_start_matches('/').to_string())
-        .collect();
-    for m in machines {
-        let dest = base.join(&m.name);
-        if let Err(e) = std::fs::create_dir_all(&dest) {
-            log.note(&format!("vmcheck: cannot create {}: {e}", dest.display()));
-            continue;
-        }
-        let cmd = format!("tar -C / -cf - {} 2>/dev/null; true", quoted_list(&rel));
-        match m
-            .machine
-            .shell()
-            .execute(&cmd, Duration::from_secs(120))
-            .await
+) -> Option<PathBuf> {
+    for (i, m) in machines.iter().enumerate() {
+        let mut problems = Vec::new();
+        if let Err(e) = dir.save_console(&m.name, &m.machine, consoles.get(i).copied().unwrap_or(0))
         {
-            Ok(done) => {
-                if let Err(e) = untar(&done.output.stdout, &dest).await {
-                    log.note(&format!("vmcheck: unpacking artifacts of {}: {e}", m.name));
-                }
-            }
-            Err(e) => log.note(&format!("vmcheck: collecting artifacts of {}: {e}", m.name)),
+            problems.push(e);
+        }
+        if let Some(text) = guest_logs.get(i)
+            && let Err(e) = dir.write(&format!("{}/journal.txt", m.name), text.as_bytes())
+        {
+            problems.push(e);
+        }
+        if !req.test.artifacts.is_empty()
+            && let Err(e) = dir
+                .collect_files(&m.name, &m.machine, &req.test.artifacts)
+                .await
+        {
+            problems.push(e);
+        }
+        for p in problems {
+            log.note(&format!("vmcheck: {p}"));
         }
     }
+    Some(dir.path.clone())
 }
 
-async fn untar(data: &[u8], dest: &Path) -> std::io::Result<()> {
-    use tokio::io::AsyncWriteExt;
-    if data.is_empty() {
-        return Ok(());
+/// Write the attempt's whole output to `output.txt` when its directory is kept.
+fn finish_output(dir: &AttemptDir, report: &mut AttemptReport) {
+    if report.artifacts.is_some()
+        && let Err(e) = dir.write("output.txt", report.output.as_bytes())
+    {
+        report.output.push_str(&format!("vmcheck: {e}\n"));
     }
-    let mut child = tokio::process::Command::new("tar")
-        .arg("-xf")
-        .arg("-")
-        .arg("-C")
-        .arg(dest)
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    let mut stdin = child.stdin.take().expect("stdin is piped");
-    stdin.write_all(data).await?;
-    drop(stdin);
-    child.wait().await?;
-    Ok(())
 }
 
 /// `--sit`: keep the failed test's machines, say how to reach them, wait for Enter.

@@ -2,6 +2,7 @@
 //! events. `dispatcher.rs` owns all run state; `attempt.rs` runs one attempt; `control.rs`
 //! serves the `vm` helper of host scripts; `ledger.rs` is the capacity accounting.
 
+pub mod artifacts;
 pub mod attempt;
 pub mod control;
 pub mod dispatcher;

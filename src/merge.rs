@@ -1,0 +1,370 @@
+//! `vmcheck merge`: the JSON-lines event streams of several runs (typically the shards of one
+//! suite, `--shard K/N` on several CI runners) combined into the event sequence of one run,
+//! which the ordinary reporters then turn into one TAP stream, JUnit file or summary.
+//!
+//! Each stream is replayed in the order given, with its tests renumbered after the previous
+//! streams' tests. The combined run starts with every stream's tests and finishes once, with
+//! the counts added up, the longest wall time (shards run side by side), and the known issues
+//! that no stream matched. A stream that ends without `run-finished` (its runner died) still
+//! counts: every test it planned but did not finish is reported as an error.
+
+use crate::events::{Event, RunStats, TestInfo, Verdict};
+use crate::reporter::json::FORMAT_VERSION;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A line that is not an event of this format, with its place.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}:{line}: {message}", file.display())]
+pub struct MergeError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub message: String,
+}
+
+/// One stream's events, parsed.
+#[derive(Debug)]
+pub struct Stream {
+    pub file: PathBuf,
+    pub events: Vec<Event>,
+}
+
+/// Parse a JSON-lines event stream (`text` read from `file`).
+pub fn parse(file: &Path, text: &str) -> Result<Stream, MergeError> {
+    let err = |line: usize, message: String| MergeError {
+        file: file.to_path_buf(),
+        line,
+        message,
+    };
+    let mut events = Vec::new();
+    for (i, l) in text.lines().enumerate() {
+        if l.trim().is_empty() {
+            continue;
+        }
+        let value: serde_json::Value =
+            serde_json::from_str(l).map_err(|e| err(i + 1, format!("not JSON: {e}")))?;
+        match value.get("v").and_then(|v| v.as_u64()) {
+            Some(v) if v == u64::from(FORMAT_VERSION) => {}
+            Some(v) => {
+                return Err(err(
+                    i + 1,
+                    format!(
+                        "event format version {v}, this vmcheck reads version {FORMAT_VERSION}"
+                    ),
+                ));
+            }
+            None => return Err(err(i + 1, "not a vmcheck event (no \"v\" field)".into())),
+        }
+        let event: Event = serde_json::from_value(value)
+            .map_err(|e| err(i + 1, format!("not a vmcheck event: {e}")))?;
+        events.push(event);
+    }
+    match events.first() {
+        Some(Event::RunStarted { .. }) => Ok(Stream {
+            file: file.to_path_buf(),
+            events,
+        }),
+        _ => Err(err(1, "does not start with a run-started event".into())),
+    }
+}
+
+/// The combined events of `streams`, in order.
+pub fn merge(streams: &[Stream]) -> Vec<Event> {
+    let mut out = Vec::new();
+    let mut all_tests = Vec::new();
+    let mut oses: Vec<String> = Vec::new();
+    let mut jobs = 0;
+    let mut offsets = Vec::new();
+    for s in streams {
+        offsets.push(all_tests.len());
+        if let Some(Event::RunStarted {
+            test_os,
+            jobs: j,
+            tests,
+        }) = s.events.first()
+        {
+            if !oses.contains(test_os) {
+                oses.push(test_os.clone());
+            }
+            jobs += j;
+            let base = all_tests.len();
+            all_tests.extend(tests.iter().map(|t| renumber(t, base)));
+        }
+    }
+    out.push(Event::RunStarted {
+        test_os: oses.join(","),
+        jobs,
+        tests: all_tests,
+    });
+
+    let mut stats = RunStats::default();
+    let mut wall = Duration::ZERO;
+    let mut unmatched: Option<BTreeSet<String>> = None;
+    let mut cancelled = Vec::new();
+    for (s, base) in streams.iter().zip(offsets) {
+        let planned: Vec<TestInfo> = match s.events.first() {
+            Some(Event::RunStarted { tests, .. }) => tests.clone(),
+            _ => Vec::new(),
+        };
+        let mut finished_ids = HashSet::new();
+        let mut finished_run = false;
+        let mut started: HashMap<usize, crate::events::Placement> = HashMap::new();
+        for e in &s.events[1..] {
+            match e {
+                Event::RunStarted { .. } => {}
+                Event::RunFinished {
+                    stats: st,
+                    wall: w,
+                    unmatched_known,
+                } => {
+                    finished_run = true;
+                    add(&mut stats, st);
+                    wall = wall.max(*w);
+                    let these: BTreeSet<String> = unmatched_known.iter().cloned().collect();
+                    unmatched = Some(match unmatched.take() {
+                        None => these,
+                        Some(u) => u.intersection(&these).cloned().collect(),
+                    });
+                }
+                Event::RunCancelled { reason } => {
+                    cancelled.push(format!("{}: {reason}", s.file.display()))
+                }
+                other => {
+                    let e = shift(other, base);
+                    match &e {
+                        Event::TestFinished { test, .. } => {
+                            finished_ids.insert(test.id);
+                        }
+                        Event::TestStarted {
+                            test, placement, ..
+                        } => {
+                            started.insert(test.id, placement.clone());
+                        }
+                        _ => {}
+                    }
+                    out.push(e);
+                }
+            }
+        }
+        if !finished_run {
+            // The stream was cut off: what it did not finish is an error of the merged run.
+            for t in planned.iter().map(|t| renumber(t, base)) {
+                if finished_ids.contains(&t.id) {
+                    continue;
+                }
+                let verdict = Verdict::Error {
+                    message: format!("{} ended before this test finished", s.file.display()),
+                };
+                let mut counted = RunStats::default();
+                counted.count(&verdict);
+                add(&mut stats, &counted);
+                out.push(Event::TestFinished {
+                    placement: started
+                        .remove(&t.id)
+                        .unwrap_or(crate::events::Placement::None),
+                    test: t,
+                    verdict,
+                    attempts: Vec::new(),
+                });
+            }
+            // Its finished tests' verdicts were never added up: count them from the events.
+            for e in &out {
+                if let Event::TestFinished { test, verdict, .. } = e
+                    && test.id > base
+                    && test.id <= base + planned.len()
+                    && finished_ids.contains(&test.id)
+                {
+                    let mut counted = RunStats::default();
+                    counted.count(verdict);
+                    add(&mut stats, &counted);
+                }
+            }
+            cancelled.push(format!("{}: ended without run-finished", s.file.display()));
+        }
+    }
+    if !cancelled.is_empty() {
+        out.push(Event::RunCancelled {
+            reason: cancelled.join("; "),
+        });
+    }
+    out.push(Event::RunFinished {
+        stats,
+        wall,
+        unmatched_known: unmatched.unwrap_or_default().into_iter().collect(),
+    });
+    out
+}
+
+fn renumber(t: &TestInfo, base: usize) -> TestInfo {
+    TestInfo {
+        id: t.id + base,
+        ..t.clone()
+    }
+}
+
+/// `e` with its test ids moved up by `base`.
+fn shift(e: &Event, base: usize) -> Event {
+    let mut e = e.clone();
+    match &mut e {
+        Event::TestStarted { test, .. }
+        | Event::AttemptRetry { test, .. }
+        | Event::TestFinished { test, .. }
+        | Event::KnownIssuePassed { test, .. } => test.id += base,
+        Event::TestOutput { id, .. } => *id += base,
+        _ => {}
+    }
+    e
+}
+
+fn add(total: &mut RunStats, s: &RunStats) {
+    total.planned += s.planned;
+    total.passed += s.passed;
+    total.flaky += s.flaky;
+    total.failed += s.failed;
+    total.skipped += s.skipped;
+    total.todo += s.todo;
+    total.errors += s.errors;
+    total.retries += s.retries;
+    total.destructive += s.destructive;
+    total.nondestructive += s.nondestructive;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::Placement;
+    use crate::reporter::json::line;
+
+    fn info(id: usize, name: &str) -> TestInfo {
+        TestInfo {
+            id,
+            name: name.into(),
+            file: "test/verify/check-a".into(),
+            nondestructive: false,
+            ram_mib: 256,
+        }
+    }
+
+    fn stream(name: &str, tests: &[&str], finish: bool) -> String {
+        let infos: Vec<TestInfo> = tests
+            .iter()
+            .enumerate()
+            .map(|(i, n)| info(i + 1, n))
+            .collect();
+        let mut events = vec![Event::RunStarted {
+            test_os: "busybox".into(),
+            jobs: 2,
+            tests: infos.clone(),
+        }];
+        let mut stats = RunStats::default();
+        for (i, t) in infos.iter().enumerate() {
+            if !finish && i > 0 {
+                break;
+            }
+            events.push(Event::TestFinished {
+                test: t.clone(),
+                placement: Placement::Own,
+                verdict: Verdict::Passed,
+                attempts: vec![],
+            });
+            stats.count(&Verdict::Passed);
+        }
+        if finish {
+            events.push(Event::RunFinished {
+                stats,
+                wall: Duration::from_secs(10 + tests.len() as u64),
+                unmatched_known: vec![format!("#1 {name}"), "#2 both".into()],
+            });
+        }
+        events.iter().map(|e| line(e, 0.0) + "\n").collect()
+    }
+
+    #[test]
+    fn shards_combine_into_one_run() {
+        let a = parse(Path::new("a.jsonl"), &stream("a", &["T.a1", "T.a2"], true)).unwrap();
+        let b = parse(Path::new("b.jsonl"), &stream("b", &["T.b1"], true)).unwrap();
+        let merged = merge(&[a, b]);
+        let Event::RunStarted { tests, jobs, .. } = &merged[0] else {
+            panic!()
+        };
+        let ids: Vec<(usize, &str)> = tests.iter().map(|t| (t.id, t.name.as_str())).collect();
+        assert_eq!(ids, [(1, "T.a1"), (2, "T.a2"), (3, "T.b1")]);
+        assert_eq!(*jobs, 4);
+        let finished: Vec<usize> = merged
+            .iter()
+            .filter_map(|e| match e {
+                Event::TestFinished { test, .. } => Some(test.id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(finished, [1, 2, 3]);
+        let Some(Event::RunFinished {
+            stats,
+            wall,
+            unmatched_known,
+        }) = merged.last()
+        else {
+            panic!()
+        };
+        assert_eq!(stats.passed, 3);
+        assert_eq!(*wall, Duration::from_secs(12), "the longest shard");
+        assert_eq!(unmatched_known, &["#2 both"], "unmatched in every shard");
+    }
+
+    #[test]
+    fn a_cut_off_stream_reports_its_unfinished_tests_as_errors() {
+        let a = parse(Path::new("a.jsonl"), &stream("a", &["T.a1", "T.a2"], false)).unwrap();
+        let merged = merge(&[a]);
+        let errors: Vec<&str> = merged
+            .iter()
+            .filter_map(|e| match e {
+                Event::TestFinished {
+                    test,
+                    verdict: Verdict::Error { .. },
+                    ..
+                } => Some(test.name.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(errors, ["T.a2"]);
+        assert!(
+            matches!(&merged[merged.len() - 2], Event::RunCancelled { reason } if reason.contains("a.jsonl"))
+        );
+        let Some(Event::RunFinished { stats, .. }) = merged.last() else {
+            panic!()
+        };
+        assert_eq!((stats.passed, stats.errors), (1, 1));
+    }
+
+    #[test]
+    fn bad_lines_are_errors_with_their_place() {
+        let e = parse(Path::new("x.jsonl"), "{\"v\":1,\"event\":\"nope\"}\n").unwrap_err();
+        assert!(
+            e.to_string().starts_with("x.jsonl:1: not a vmcheck event"),
+            "{e}"
+        );
+        let e = parse(Path::new("x.jsonl"), "\nnot json\n").unwrap_err();
+        assert!(e.to_string().starts_with("x.jsonl:2: not JSON"), "{e}");
+        let e = parse(Path::new("x.jsonl"), "{\"v\":9,\"event\":\"run-started\"}").unwrap_err();
+        assert!(e.to_string().contains("version 9"), "{e}");
+        let ok = stream("a", &["T.a"], true);
+        let tail: String = ok.lines().skip(1).map(|l| format!("{l}\n")).collect();
+        let e = parse(Path::new("x.jsonl"), &tail).unwrap_err();
+        assert!(
+            e.to_string().contains("does not start with a run-started"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_real_event_line_round_trips() {
+        let e = Event::TestOutput {
+            id: 3,
+            attempt: 1,
+            data: b"hello\n".to_vec(),
+        };
+        let back: Event = serde_json::from_str(&line(&e, 1.5)).unwrap();
+        assert_eq!(back, e);
+    }
+}

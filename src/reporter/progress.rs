@@ -1,0 +1,335 @@
+//! Progress on stderr. On a terminal: an indicatif display with the elapsed time, a bar of
+//! finished tests, counts by outcome, and one line per running test with its machine and
+//! how long it has been running; finished tests scroll above it as status lines. Elsewhere
+//! (CI logs): the same status lines only, one per finished test or retry. Never stdout:
+//! TAP stays clean whichever mode is used.
+
+use super::Reporter;
+use crate::events::{AttemptReport, Event, Placement, RunStats, TestInfo, Verdict};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::collections::HashMap;
+use std::io::Write;
+use std::time::Duration;
+
+/// The status word of a finished test, padded to one width.
+fn status(verdict: &Verdict) -> &'static str {
+    match verdict {
+        Verdict::Passed => "   PASS",
+        Verdict::Flaky => "  FLAKY",
+        Verdict::Failed | Verdict::UnexpectedPass { .. } | Verdict::KnownElsewhere { .. } => {
+            "   FAIL"
+        }
+        Verdict::KnownIssue { .. } => "  KNOWN",
+        Verdict::Skipped { .. } => "   SKIP",
+        Verdict::Todo { .. } => "   TODO",
+        Verdict::Error { .. } => "  ERROR",
+    }
+}
+
+fn total_time(attempts: &[AttemptReport]) -> Duration {
+    attempts.iter().map(|a| a.duration).sum()
+}
+
+fn place(placement: &Placement) -> String {
+    match placement {
+        Placement::Global(n) => format!("ND@{n}"),
+        Placement::Own => "own machines".into(),
+        Placement::None => "-".into(),
+    }
+}
+
+/// `   PASS [   1.2s] TestFoo.testBar`, plus why for the ones that did not pass.
+fn finished_line(test: &TestInfo, verdict: &Verdict, attempts: &[AttemptReport]) -> String {
+    let mut line = format!(
+        "{} [{:>6.1}s] {}",
+        status(verdict),
+        total_time(attempts).as_secs_f64(),
+        test.name
+    );
+    match verdict {
+        Verdict::Skipped { reason } | Verdict::Todo { reason } => {
+            line.push_str(&format!(" ({reason})"))
+        }
+        Verdict::KnownIssue { issue } => line.push_str(&format!(" (known issue #{issue})")),
+        Verdict::Passed => {}
+        _ => {
+            if let Some(a) = attempts.last() {
+                line.push_str(&format!(" ({})", a.describe()));
+            }
+        }
+    }
+    line
+}
+
+fn retry_line(test: &TestInfo, report: &AttemptReport, reason: &str) -> String {
+    format!(
+        "  RETRY [{:>6.1}s] {} (attempt {}: {reason})",
+        report.duration.as_secs_f64(),
+        test.name,
+        report.attempt
+    )
+}
+
+fn counts(stats: &RunStats) -> String {
+    format!(
+        "{} passed, {} failed, {} skipped, {} flaky",
+        stats.passed,
+        stats.failed + stats.errors,
+        stats.skipped + stats.todo,
+        stats.flaky
+    )
+}
+
+/// Plain status lines (no terminal).
+pub struct LinesReporter<W: Write> {
+    out: W,
+    total: usize,
+    done: usize,
+}
+
+impl<W: Write> LinesReporter<W> {
+    pub fn new(out: W) -> LinesReporter<W> {
+        LinesReporter {
+            out,
+            total: 0,
+            done: 0,
+        }
+    }
+}
+
+impl<W: Write> Reporter for LinesReporter<W> {
+    fn report(&mut self, event: &Event) -> std::io::Result<()> {
+        match event {
+            Event::RunStarted { tests, .. } => self.total = tests.len(),
+            Event::TestFinished {
+                test,
+                verdict,
+                attempts,
+                ..
+            } => {
+                self.done += 1;
+                writeln!(
+                    self.out,
+                    "{} [{}/{}]",
+                    finished_line(test, verdict, attempts),
+                    self.done,
+                    self.total
+                )?;
+            }
+            Event::AttemptRetry {
+                test,
+                report,
+                reason,
+                ..
+            } => writeln!(self.out, "{}", retry_line(test, report, reason))?,
+            Event::MachineFailed { label, message } => {
+                writeln!(self.out, "vmcheck: machine {label} failed: {message}")?
+            }
+            _ => return Ok(()),
+        }
+        self.out.flush()
+    }
+}
+
+/// The live display on a terminal.
+pub struct BarReporter {
+    multi: MultiProgress,
+    main: ProgressBar,
+    running: HashMap<usize, ProgressBar>,
+    stats: RunStats,
+}
+
+impl BarReporter {
+    /// Draws on stderr (indicatif hides itself when stderr is not a terminal).
+    pub fn new() -> BarReporter {
+        BarReporter::with_target(ProgressDrawTarget::stderr())
+    }
+
+    pub fn with_target(target: ProgressDrawTarget) -> BarReporter {
+        let multi = MultiProgress::with_draw_target(target);
+        let main = multi.add(ProgressBar::new(0));
+        main.set_style(
+            ProgressStyle::with_template("{elapsed_precise} [{bar:25}] {pos}/{len} {msg}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        BarReporter {
+            multi,
+            main,
+            running: HashMap::new(),
+            stats: RunStats::default(),
+        }
+    }
+
+    fn stop_running(&mut self, id: usize) {
+        if let Some(bar) = self.running.remove(&id) {
+            bar.finish_and_clear();
+            self.multi.remove(&bar);
+        }
+    }
+}
+
+impl Default for BarReporter {
+    fn default() -> Self {
+        BarReporter::new()
+    }
+}
+
+impl Reporter for BarReporter {
+    fn report(&mut self, event: &Event) -> std::io::Result<()> {
+        match event {
+            Event::RunStarted { tests, .. } => {
+                self.main.set_length(tests.len() as u64);
+                self.main.set_message(counts(&self.stats));
+                self.main.enable_steady_tick(Duration::from_millis(500));
+            }
+            Event::TestStarted {
+                test,
+                attempt,
+                placement,
+            } => {
+                let bar = ProgressBar::new_spinner();
+                bar.set_style(
+                    ProgressStyle::with_template("  {prefix} [{msg}] {elapsed}")
+                        .expect("valid template"),
+                );
+                bar.set_prefix(test.name.clone());
+                let mut msg = place(placement);
+                if *attempt > 1 {
+                    msg.push_str(&format!(", attempt {attempt}"));
+                }
+                bar.set_message(msg);
+                let bar = self.multi.add(bar);
+                bar.tick();
+                self.running.insert(test.id, bar);
+            }
+            Event::AttemptRetry {
+                test,
+                report,
+                reason,
+                ..
+            } => {
+                self.stop_running(test.id);
+                let _ = self.multi.println(retry_line(test, report, reason));
+            }
+            Event::TestFinished {
+                test,
+                verdict,
+                attempts,
+                ..
+            } => {
+                self.stop_running(test.id);
+                self.stats.count(verdict);
+                let _ = self.multi.println(finished_line(test, verdict, attempts));
+                self.main.inc(1);
+                self.main.set_message(counts(&self.stats));
+            }
+            Event::MachineFailed { label, message } => {
+                let _ = self
+                    .multi
+                    .println(format!("vmcheck: machine {label} failed: {message}"));
+            }
+            Event::RunCancelled { .. } | Event::RunFinished { .. } => {
+                for (_, bar) in self.running.drain() {
+                    bar.finish_and_clear();
+                }
+                self.main.finish_and_clear();
+                let _ = self.multi.clear();
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{AttemptOutcome, KnownIssues};
+
+    fn info(name: &str) -> TestInfo {
+        TestInfo {
+            id: 1,
+            name: name.into(),
+            file: "check-x".into(),
+            nondestructive: false,
+            ram_mib: 0,
+        }
+    }
+
+    fn attempt(outcome: AttemptOutcome) -> AttemptReport {
+        AttemptReport {
+            attempt: 1,
+            outcome,
+            output: String::new(),
+            duration: Duration::from_millis(1250),
+            machines: vec![],
+            artifacts: None,
+            known: KnownIssues::default(),
+        }
+    }
+
+    #[test]
+    fn plain_lines_for_ci() {
+        let mut out = Vec::new();
+        let mut r = LinesReporter::new(&mut out);
+        r.report(&Event::RunStarted {
+            test_os: "busybox".into(),
+            jobs: 1,
+            tests: vec![info("TestA.a"), info("TestA.b")],
+        })
+        .unwrap();
+        let failed = attempt(AttemptOutcome::Failed {
+            status: "exit code 1".into(),
+        });
+        r.report(&Event::AttemptRetry {
+            test: info("TestA.a"),
+            placement: Placement::Own,
+            report: failed.clone(),
+            retry: 1,
+            reason: "retry after failure".into(),
+        })
+        .unwrap();
+        r.report(&Event::TestFinished {
+            test: info("TestA.a"),
+            placement: Placement::Own,
+            verdict: Verdict::Failed,
+            attempts: vec![failed],
+        })
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "  RETRY [   1.2s] TestA.a (attempt 1: retry after failure)\n   \
+             FAIL [   1.2s] TestA.a (failed (exit code 1)) [1/2]\n"
+        );
+    }
+
+    #[test]
+    fn bar_reporter_survives_a_whole_run_hidden() {
+        let mut r = BarReporter::with_target(ProgressDrawTarget::hidden());
+        let t = info("TestA.a");
+        for e in [
+            Event::RunStarted {
+                test_os: "busybox".into(),
+                jobs: 1,
+                tests: vec![t.clone()],
+            },
+            Event::TestStarted {
+                test: t.clone(),
+                attempt: 1,
+                placement: Placement::Global(1),
+            },
+            Event::TestFinished {
+                test: t.clone(),
+                placement: Placement::Global(1),
+                verdict: Verdict::Passed,
+                attempts: vec![attempt(AttemptOutcome::Passed)],
+            },
+        ] {
+            r.report(&e).unwrap();
+        }
+        assert!(r.running.is_empty());
+        assert_eq!(r.stats.passed, 1);
+        assert_eq!(r.main.position(), 1);
+    }
+}

@@ -1,0 +1,355 @@
+//! The end-of-run summary on stderr: counts by outcome, wall time, the slowest tests, how
+//! busy each machine was, each failure with its artifact directory, and the exact command
+//! line that re-runs only the failed tests.
+
+use super::Reporter;
+use crate::events::{Event, Placement, RunStats, TestInfo, Verdict};
+use crate::shell::quote;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Slowest tests listed.
+const SLOWEST: usize = 5;
+
+/// One machine's use during the run.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct MachineUse {
+    image: String,
+    boot: Duration,
+    busy: Duration,
+    attempts: usize,
+}
+
+#[derive(Debug)]
+struct Failure {
+    name: String,
+    what: String,
+    artifacts: Option<PathBuf>,
+}
+
+pub struct SummaryReporter<W: Write> {
+    out: W,
+    /// The command line that re-runs tests: the failed tests' names are appended.
+    rerun: Vec<String>,
+    /// Per test: total time of all its attempts.
+    durations: Vec<(Duration, String)>,
+    /// Global machines by label (`ND@n` placements), and fresh machines summed up.
+    globals: BTreeMap<String, MachineUse>,
+    fresh: MachineUse,
+    fresh_count: usize,
+    boots: BTreeMap<String, (String, Duration)>,
+    failures: Vec<Failure>,
+}
+
+impl<W: Write> SummaryReporter<W> {
+    /// `rerun`: the words of the command that re-runs the named tests, e.g.
+    /// `["vmcheck", "run", "--exact"]`.
+    pub fn new(out: W, rerun: Vec<String>) -> SummaryReporter<W> {
+        SummaryReporter {
+            out,
+            rerun,
+            durations: Vec::new(),
+            globals: BTreeMap::new(),
+            fresh: MachineUse::default(),
+            fresh_count: 0,
+            boots: BTreeMap::new(),
+            failures: Vec::new(),
+        }
+    }
+
+    fn attempts(&mut self, placement: &Placement, attempts: &[crate::events::AttemptReport]) {
+        for a in attempts {
+            for label in &a.machines {
+                let (image, boot) = self.boots.get(label).cloned().unwrap_or_default();
+                let u = if matches!(placement, Placement::Global(_)) {
+                    let u = self.globals.entry(label.clone()).or_default();
+                    (u.image, u.boot) = (image, boot);
+                    u
+                } else {
+                    self.fresh_count += 1;
+                    &mut self.fresh
+                };
+                u.busy += a.duration;
+                u.attempts += 1;
+            }
+        }
+    }
+
+    fn render(&mut self, stats: &RunStats, wall: Duration) -> std::io::Result<()> {
+        let o = &mut self.out;
+        writeln!(o)?;
+        writeln!(
+            o,
+            "vmcheck: {} tests in {}: {}",
+            stats.finished(),
+            secs(wall),
+            stats.nonzero_counts().join(", ")
+        )?;
+        self.durations
+            .sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        let slow: Vec<_> = self
+            .durations
+            .iter()
+            .filter(|(d, _)| !d.is_zero())
+            .take(SLOWEST)
+            .collect();
+        if !slow.is_empty() {
+            writeln!(o, "slowest tests:")?;
+            for (d, name) in slow {
+                writeln!(o, "  {:>8}  {name}", secs(*d))?;
+            }
+        }
+        if !self.globals.is_empty() || self.fresh_count > 0 {
+            writeln!(o, "machines (time running tests / of the run):")?;
+            let lw = self.globals.keys().map(String::len).max().unwrap_or(0);
+            let iw = self
+                .globals
+                .values()
+                .map(|u| u.image.len())
+                .max()
+                .unwrap_or(0);
+            for (label, u) in &self.globals {
+                writeln!(
+                    o,
+                    "  {label:<lw$} {:<iw$} busy {:>8} ({:>3}%), {} attempts, booted in {}",
+                    u.image,
+                    secs(u.busy),
+                    percent(u.busy, wall),
+                    u.attempts,
+                    secs(u.boot)
+                )?;
+            }
+            if self.fresh_count > 0 {
+                writeln!(
+                    o,
+                    "  {:<21} busy {:>8} (boot included), {} machines",
+                    "fresh machines",
+                    secs(self.fresh.busy),
+                    self.fresh_count,
+                )?;
+            }
+        }
+        if !self.failures.is_empty() {
+            writeln!(o, "failed:")?;
+            for f in &self.failures {
+                writeln!(o, "  {}: {}", f.name, f.what)?;
+                if let Some(dir) = &f.artifacts {
+                    writeln!(o, "    artifacts: {}", dir.display())?;
+                }
+            }
+            let mut words: Vec<String> = self.rerun.iter().map(|w| quote(w)).collect();
+            words.extend(self.failures.iter().map(|f| quote(&f.name)));
+            writeln!(o, "re-run the failed tests with:\n  {}", words.join(" "))?;
+        }
+        o.flush()
+    }
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}
+
+fn percent(part: Duration, whole: Duration) -> u32 {
+    if whole.is_zero() {
+        0
+    } else {
+        ((part.as_secs_f64() / whole.as_secs_f64()) * 100.0).round() as u32
+    }
+}
+
+impl<W: Write> Reporter for SummaryReporter<W> {
+    fn report(&mut self, event: &Event) -> std::io::Result<()> {
+        match event {
+            Event::MachineReady { label, image, boot } => {
+                self.boots.insert(label.clone(), (image.clone(), *boot));
+            }
+            Event::AttemptRetry {
+                placement, report, ..
+            } => self.attempts(placement, std::slice::from_ref(report)),
+            Event::TestFinished {
+                test,
+                placement,
+                verdict,
+                attempts,
+            } => {
+                // Retried attempts were counted when they were retried.
+                if let Some(last) = attempts.last() {
+                    self.attempts(placement, std::slice::from_ref(last));
+                }
+                let total = attempts.iter().map(|a| a.duration).sum();
+                self.durations.push((total, test.name.clone()));
+                if !verdict.is_success() {
+                    self.failures.push(failure(test, verdict, attempts));
+                }
+            }
+            Event::RunFinished { stats, wall, .. } => self.render(stats, *wall)?,
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+fn failure(
+    test: &TestInfo,
+    verdict: &Verdict,
+    attempts: &[crate::events::AttemptReport],
+) -> Failure {
+    Failure {
+        name: test.name.clone(),
+        what: verdict.describe_failure(attempts.last()),
+        artifacts: attempts.last().and_then(|a| a.artifacts.clone()),
+    }
+}
+
+/// The command that re-runs tests by name: `argv` without its positional `filters` (and
+/// without `--shard`), with `--exact` so names match whole tests only; prefixed with
+/// `TEST_OS=…` when it was set.
+pub fn rerun_words(argv: &[String], filters: &[String], test_os: Option<&str>) -> Vec<String> {
+    let mut words = Vec::new();
+    if let Some(os) = test_os {
+        words.push(format!("TEST_OS={os}"));
+    }
+    let mut drop: Vec<&String> = filters.iter().collect();
+    let mut skip_next = false;
+    for (i, w) in argv.iter().enumerate() {
+        if skip_next {
+            skip_next = false;
+            continue;
+        }
+        if w == "--shard" {
+            skip_next = true;
+            continue;
+        }
+        if w.starts_with("--shard=") || w == "--exact" {
+            continue;
+        }
+        // Positional filters come after the subcommand: drop their last occurrences.
+        if i > 1
+            && let Some(p) = drop.iter().rposition(|f| *f == w)
+        {
+            drop.remove(p);
+            continue;
+        }
+        words.push(w.clone());
+    }
+    words.push("--exact".into());
+    words
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{AttemptOutcome, AttemptReport, KnownIssues};
+
+    fn argv(s: &str) -> Vec<String> {
+        s.split(' ').map(String::from).collect()
+    }
+
+    #[test]
+    fn rerun_drops_filters_and_shard() {
+        let w = rerun_words(
+            &argv("vmcheck run -j2 --shard 1/3 TestA --test-dir t TestB"),
+            &["TestA".into(), "TestB".into()],
+            Some("debian-12"),
+        );
+        assert_eq!(
+            w.join(" "),
+            "TEST_OS=debian-12 vmcheck run -j2 --test-dir t --exact"
+        );
+        let w = rerun_words(
+            &argv("vmcheck exec ./check-foo --exact TestFoo"),
+            &["TestFoo".into()],
+            None,
+        );
+        assert_eq!(w.join(" "), "vmcheck exec ./check-foo --exact");
+    }
+
+    fn info(id: usize, name: &str) -> TestInfo {
+        TestInfo {
+            id,
+            name: name.into(),
+            file: "check-x".into(),
+            nondestructive: true,
+            ram_mib: 0,
+        }
+    }
+
+    fn attempt(outcome: AttemptOutcome, secs: u64, machine: &str) -> AttemptReport {
+        AttemptReport {
+            attempt: 1,
+            outcome,
+            output: String::new(),
+            duration: Duration::from_secs(secs),
+            machines: vec![machine.into()],
+            artifacts: Some("res/TestB.b/attempt-1".into()),
+            known: KnownIssues::default(),
+        }
+    }
+
+    #[test]
+    fn summary_lists_counts_slowest_machines_failures_and_rerun() {
+        let mut out = Vec::new();
+        let mut r = SummaryReporter::new(&mut out, argv("vmcheck run --exact"));
+        let events = [
+            Event::MachineReady {
+                label: "ND@1".into(),
+                image: "busybox".into(),
+                boot: Duration::from_secs(2),
+            },
+            Event::TestFinished {
+                test: info(1, "TestA.a"),
+                placement: Placement::Global(1),
+                verdict: Verdict::Passed,
+                attempts: vec![attempt(AttemptOutcome::Passed, 3, "ND@1")],
+            },
+            Event::TestFinished {
+                test: info(2, "TestB.b"),
+                placement: Placement::Own,
+                verdict: Verdict::Failed,
+                attempts: vec![attempt(
+                    AttemptOutcome::Failed {
+                        status: "exit code 1".into(),
+                    },
+                    7,
+                    "t2-machine1",
+                )],
+            },
+            Event::RunFinished {
+                stats: RunStats {
+                    passed: 1,
+                    failed: 1,
+                    ..Default::default()
+                },
+                wall: Duration::from_secs(10),
+                unmatched_known: vec![],
+            },
+        ];
+        for e in &events {
+            r.report(e).unwrap();
+        }
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("vmcheck: 2 tests in 10.0s: 1 passed, 1 failed"),
+            "{text}"
+        );
+        let slow = text.find("7.0s  TestB.b").unwrap();
+        assert!(
+            slow < text.find("3.0s  TestA.a").unwrap(),
+            "slowest first:\n{text}"
+        );
+        assert!(
+            text.contains("ND@1 busybox busy     3.0s ( 30%), 1 attempts, booted in 2.0s"),
+            "{text}"
+        );
+        assert!(text.contains("fresh machines"), "{text}");
+        assert!(
+            text.contains("TestB.b: failed (exit code 1)\n    artifacts: res/TestB.b/attempt-1")
+        );
+        assert!(
+            text.ends_with("re-run the failed tests with:\n  vmcheck run --exact TestB.b\n"),
+            "{text}"
+        );
+    }
+}
