@@ -49,6 +49,11 @@ pub struct TestInfo {
     pub ram_mib: u64,
 }
 
+/// The label of shared machine `k` (`Placement::Global(k)`, `[ND@k]` in TAP).
+pub fn global_label(k: usize) -> String {
+    format!("nd{k}")
+}
+
 /// Where an attempt ran.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "machine", rename_all = "kebab-case")]

@@ -152,7 +152,10 @@ fn the_own_suite_passes_with_every_reporter_on() {
     let events = dir.path().join("events.jsonl");
     let junit = dir.path().join("junit.xml");
     let artifacts = dir.path().join("artifacts");
+    let status_file = dir.path().join("status.json");
     let (status, tap, terminal) = run_with_terminal_stderr(&[
+        "--status-file",
+        status_file.to_str().unwrap(),
         "-j",
         "2",
         "--events",
@@ -176,6 +179,15 @@ fn the_own_suite_passes_with_every_reporter_on() {
         terminal.contains(&format!("vmcheck: {} tests in ", rs.len())),
         "{terminal}"
     );
+
+    // The status file ends with every test finished.
+    let snapshot: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&status_file).unwrap()).unwrap();
+    assert_eq!(snapshot["finished"], true);
+    let tests = snapshot["tests"].as_array().unwrap();
+    assert_eq!(tests.len(), rs.len());
+    assert!(tests.iter().all(|t| t["state"] == "finished"), "{snapshot}");
+    assert_eq!(snapshot["counts"]["flaky"], 1, "{snapshot}");
 
     // JUnit: valid against the schema, and the same tests with the same outcomes.
     let xmllint = std::process::Command::new("xmllint")

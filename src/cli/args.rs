@@ -149,6 +149,10 @@ pub struct RunArgs {
     /// Write a JUnit XML report to FILE (one testsuite per check file).
     #[arg(long, value_name = "FILE")]
     pub junit: Option<PathBuf>,
+    /// Keep a JSON snapshot of the run in FILE: every test's state and every shared
+    /// machine's, rewritten on each change.
+    #[arg(long, value_name = "FILE")]
+    pub status_file: Option<PathBuf>,
     /// Where each failed attempt's output, console and guest logs and collected files go
     /// [default: <project>/vmcheck-results/artifacts].
     #[arg(long, value_name = "DIR")]

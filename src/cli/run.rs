@@ -23,6 +23,7 @@ use vmcheck::reporter::json::JsonReporter;
 use vmcheck::reporter::junit::JunitReporter;
 use vmcheck::reporter::live::LiveReporter;
 use vmcheck::reporter::progress::{BarReporter, LinesReporter};
+use vmcheck::reporter::status::StatusReporter;
 use vmcheck::reporter::summary::{self, SummaryReporter};
 use vmcheck::reporter::tap::TapReporter;
 use vmcheck::runner::attempt::AttemptContext;
@@ -258,6 +259,7 @@ pub async fn run(
     let outputs = Outputs {
         events: args.events.as_deref(),
         junit: args.junit.as_deref(),
+        status: args.status_file.as_deref(),
         live: live.then_some(plan.tests.len() > 1),
         progress: args.progress,
     };
@@ -275,6 +277,7 @@ struct Outputs<'a> {
     /// JSON lines (`-`: on stdout, instead of TAP).
     events: Option<&'a Path>,
     junit: Option<&'a Path>,
+    status: Option<&'a Path>,
     /// Live test output on stderr; `Some(true)`: prefixed with the test's name.
     live: Option<bool>,
     progress: ProgressMode,
@@ -305,6 +308,10 @@ fn reporters(
     }
     if let Some(p) = outputs.junit {
         reporters.push(Box::new(JunitReporter::new(create(p)?)));
+    }
+    if let Some(p) = outputs.status {
+        create(p)?;
+        reporters.push(Box::new(StatusReporter::new(p.to_path_buf())));
     }
     if let Some(prefix) = outputs.live {
         reporters.push(Box::new(LiveReporter::new(std::io::stderr(), prefix)));
@@ -353,6 +360,7 @@ pub fn merge(args: &MergeArgs) -> Result<i32, CliError> {
     let outputs = Outputs {
         events: args.events.as_deref(),
         junit: args.junit.as_deref(),
+        status: None,
         live: None,
         progress: ProgressMode::None,
     };

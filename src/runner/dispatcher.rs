@@ -313,7 +313,7 @@ impl<'r> Dispatcher<'r> {
             }
             self.ledger.reserve(cost);
             self.slots.push(Slot {
-                label: format!("nd{}", k + 1),
+                label: crate::events::global_label(k + 1),
                 state: SlotState::Booting,
                 failures: 0,
                 cost,
