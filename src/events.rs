@@ -278,10 +278,17 @@ pub enum Event {
         label: String,
         reason: String,
     },
+    /// An attempt is being prepared: its machines are handed over or booting.
     TestStarted {
         test: TestInfo,
         attempt: u32,
         placement: Placement,
+    },
+    /// The attempt's machines are ready (labels) and its body starts.
+    TestRunning {
+        id: usize,
+        attempt: u32,
+        machines: Vec<String>,
     },
     /// Output of a running attempt, as it arrives.
     TestOutput {

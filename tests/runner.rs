@@ -269,6 +269,12 @@ fn the_own_suite_passes_with_every_reporter_on() {
         .filter(|l| l["event"] == "test-finished")
         .collect();
     assert_eq!(finished.len(), rs.len());
+    let count = |kind: &str| lines.iter().filter(|l| l["event"] == kind).count();
+    assert_eq!(
+        count("test-running"),
+        count("test-started"),
+        "every attempt's machines came up"
+    );
     for f in finished {
         let name = f["test"]["name"].as_str().unwrap();
         let tap_ok = result(&rs, name).0;

@@ -77,7 +77,8 @@ impl<W: Write> Reporter for LiveReporter<W> {
             Event::MachineReset { label, reason } => {
                 writeln!(self.out, "vmcheck: replacing machine {label}: {reason}")?;
             }
-            Event::RunCancelled { .. }
+            Event::TestRunning { .. }
+            | Event::RunCancelled { .. }
             | Event::RunFinished { .. }
             | Event::KnownIssuePassed { .. } => {}
         }

@@ -33,7 +33,7 @@ fn total_time(attempts: &[AttemptReport]) -> Duration {
 fn place(placement: &Placement) -> String {
     match placement {
         Placement::Global(n) => format!("ND@{n}"),
-        Placement::Own => "own machines".into(),
+        Placement::Own => "booting".into(),
         Placement::None => "-".into(),
     }
 }
@@ -202,6 +202,19 @@ impl Reporter for BarReporter {
                 let bar = self.multi.add(bar);
                 bar.tick();
                 self.running.insert(test.id, bar);
+            }
+            Event::TestRunning {
+                id,
+                attempt,
+                machines,
+            } => {
+                if let Some(bar) = self.running.get(id) {
+                    let mut msg = machines.join(", ");
+                    if *attempt > 1 {
+                        msg.push_str(&format!(", attempt {attempt}"));
+                    }
+                    bar.set_message(msg);
+                }
             }
             Event::AttemptRetry {
                 test,

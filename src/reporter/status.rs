@@ -19,13 +19,16 @@ struct TestStatus {
     id: usize,
     name: String,
     file: PathBuf,
-    /// `queued`, `running`, `retrying` (an attempt failed, the next one is waiting) or
-    /// `finished`.
+    /// `queued`, `preparing` (machines are handed over or booting), `running`, `retrying`
+    /// (an attempt failed, the next one is waiting) or `finished`.
     state: &'static str,
     attempt: u32,
     /// Where it runs: `nd1` (a shared machine) or `own`.
     #[serde(skip_serializing_if = "Option::is_none")]
     machine: Option<String>,
+    /// The labels of the machines the current attempt runs on, once they are ready.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    machines: Vec<String>,
     /// When the current attempt started (seconds since the epoch).
     #[serde(skip_serializing_if = "Option::is_none")]
     since: Option<f64>,
@@ -145,6 +148,7 @@ impl Reporter for StatusReporter {
                         state: "queued",
                         attempt: 0,
                         machine: None,
+                        machines: Vec::new(),
                         since: None,
                         verdict: None,
                     })
@@ -173,7 +177,7 @@ impl Reporter for StatusReporter {
                     self.machine(&global_label(*k), "busy", Some(test.name.clone()));
                 }
                 if let Some(t) = self.test(test) {
-                    t.state = "running";
+                    t.state = "preparing";
                     t.attempt = *attempt;
                     t.machine = machine;
                     t.since = Some(now());
@@ -203,6 +207,12 @@ impl Reporter for StatusReporter {
                     };
                     t.since = None;
                     t.verdict = verdict;
+                }
+            }
+            Event::TestRunning { id, machines, .. } => {
+                if let Some(t) = self.status.tests.iter_mut().find(|t| t.id == *id) {
+                    t.state = "running";
+                    t.machines = machines.clone();
                 }
             }
             Event::RunFinished { .. } => self.status.finished = true,
@@ -258,7 +268,16 @@ mod tests {
         })
         .unwrap();
         let s = read(&path);
+        assert_eq!(s["counts"]["preparing"], 1);
+        r.report(&Event::TestRunning {
+            id: 1,
+            attempt: 1,
+            machines: vec!["nd1".into()],
+        })
+        .unwrap();
+        let s = read(&path);
         assert_eq!(s["counts"]["running"], 1);
+        assert_eq!(s["tests"][0]["machines"][0], "nd1");
         assert_eq!(s["counts"]["queued"], 1);
         assert_eq!(s["tests"][0]["machine"], "nd1");
         assert_eq!(s["machines"]["nd1"]["state"], "busy");

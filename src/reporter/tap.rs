@@ -231,7 +231,8 @@ impl<W: Write> Reporter for TapReporter<W> {
             | Event::MachineFailed { .. }
             | Event::MachineReset { .. }
             | Event::TestStarted { .. }
-            | Event::TestOutput { .. } => {}
+            | Event::TestOutput { .. }
+            | Event::TestRunning { .. } => {}
         }
         self.out.flush()
     }

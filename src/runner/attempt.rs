@@ -30,8 +30,16 @@ use std::time::{Duration, Instant};
 /// Standard input, line by line.
 pub type SitInput = tokio::io::Lines<tokio::io::BufReader<tokio::io::Stdin>>;
 
-/// A callback that sees an attempt's output as it arrives.
-pub type LiveOutput = Arc<dyn Fn(&[u8]) + Send + Sync>;
+/// What a running attempt tells the dispatcher while it runs.
+pub enum Progress<'a> {
+    /// Output, as it arrives.
+    Output(&'a [u8]),
+    /// The machines (labels) are ready and the test's body starts.
+    Running(&'a [String]),
+}
+
+/// A callback that sees an attempt's progress as it happens.
+pub type LiveOutput = Arc<dyn Fn(Progress<'_>) + Send + Sync>;
 
 /// What every attempt of a run shares.
 pub struct AttemptContext {
@@ -95,7 +103,7 @@ struct Log {
 impl Log {
     fn write(&self, data: &[u8]) {
         self.buf.lock().expect("poisoned").extend_from_slice(data);
-        (self.live)(data);
+        (self.live)(Progress::Output(data));
     }
     fn note(&self, line: &str) {
         self.write(format!("{line}\n").as_bytes());
@@ -171,6 +179,7 @@ pub async fn run_attempt(
         .iter()
         .map(|m| m.machine.label().to_string())
         .collect();
+    (log.live)(Progress::Running(&labels));
     // Where this attempt's part of each console log starts: from boot for fresh machines.
     let consoles: Vec<u64> = machines
         .iter()

@@ -9,7 +9,8 @@
 //! configuration. Destructive tests get fresh machines, admitted against the ledger.
 
 use super::attempt::{
-    AttemptContext, AttemptDone, AttemptRequest, Health, LiveOutput, Machines, run_attempt,
+    AttemptContext, AttemptDone, AttemptRequest, Health, LiveOutput, Machines, Progress,
+    run_attempt,
 };
 use super::ledger::{Cost, Ledger};
 use crate::checkfile::TestDef;
@@ -85,6 +86,11 @@ enum Msg {
         id: usize,
         attempt: u32,
         data: Vec<u8>,
+    },
+    Running {
+        id: usize,
+        attempt: u32,
+        machines: Vec<String>,
     },
     Done {
         test: usize,
@@ -433,11 +439,18 @@ impl<'r> Dispatcher<'r> {
         let (ctx, tx) = (self.ctx.clone(), self.tx.clone());
         let id = req.id;
         let out = tx.clone();
-        let live: LiveOutput = Arc::new(move |data: &[u8]| {
-            let _ = out.send(Msg::Output {
-                id,
-                attempt,
-                data: data.to_vec(),
+        let live: LiveOutput = Arc::new(move |progress: Progress<'_>| {
+            let _ = out.send(match progress {
+                Progress::Output(data) => Msg::Output {
+                    id,
+                    attempt,
+                    data: data.to_vec(),
+                },
+                Progress::Running(machines) => Msg::Running {
+                    id,
+                    attempt,
+                    machines: machines.to_vec(),
+                },
             });
         });
         self.in_flight += 1;
@@ -456,6 +469,15 @@ impl<'r> Dispatcher<'r> {
     fn handle(&mut self, msg: Msg) {
         match msg {
             Msg::Output { id, attempt, data } => self.emit(Event::TestOutput { id, attempt, data }),
+            Msg::Running {
+                id,
+                attempt,
+                machines,
+            } => self.emit(Event::TestRunning {
+                id,
+                attempt,
+                machines,
+            }),
             Msg::Booted { slot, result, took } => {
                 self.in_flight -= 1;
                 self.booted(slot, result, took)
