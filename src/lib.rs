@@ -7,6 +7,7 @@ pub mod affected;
 pub mod checkfile;
 pub mod events;
 pub mod exit_codes;
+pub mod history;
 pub mod image;
 pub mod machine;
 pub mod naughty;

@@ -143,6 +143,10 @@ pub struct RunArgs {
     /// Where guest files that tests collect go [default: <project>/vmcheck-results/artifacts].
     #[arg(long, value_name = "DIR")]
     pub artifacts: Option<PathBuf>,
+    /// The duration history to order tests by and to update after the run
+    /// [default: $XDG_CACHE_HOME/vmcheck/history/<project>-<hash>.json].
+    #[arg(long, env = "VMCHECK_HISTORY", value_name = "FILE")]
+    pub history: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -9,6 +9,7 @@ use std::time::Duration;
 use vmcheck::checkfile::{self, TestDef};
 use vmcheck::events::RunStats;
 use vmcheck::exit_codes;
+use vmcheck::history::{self, History, HistoryFile, Samples};
 use vmcheck::image::Catalog;
 use vmcheck::machine::qemu::{QEMU_OVERHEAD_MIB, mem_available_mib};
 use vmcheck::machine::remote::parse_address;
@@ -103,6 +104,7 @@ pub async fn run(
             .map_err(CliError::Naughty)?
     };
     let plan = vmcheck::plan::plan(tests, &opts);
+    let (history_file, _history) = load_history(args.history.as_deref(), &root)?;
     if !plan.unknown_excludes.is_empty() {
         return Err(CliError::Usage(format!(
             "--exclude names no test: {} (it takes exact TestClass.testMethod names)",
@@ -241,6 +243,7 @@ pub async fn run(
         ))),
     };
     let tap_on_stdout = args.events.as_deref() != Some(std::path::Path::new("-"));
+    let mut samples = Samples::default();
     let stats = execute(
         plan,
         cfg,
@@ -248,9 +251,38 @@ pub async fn run(
         verbose || single_file,
         tap_on_stdout,
         events,
+        &mut samples,
     )
     .await;
+    if !samples.is_empty()
+        && let Err(e) = history_file.update(&test_os, &samples, history::now())
+    {
+        eprintln!("vmcheck: warning: the duration history was not saved: {e}");
+    }
     Ok(final_code(&stats, cancel))
+}
+
+/// The duration history (`--history`, else the project's default file). A file that cannot
+/// be read is an input error when it was named, else a warning and an empty history.
+fn load_history(
+    named: Option<&std::path::Path>,
+    root: &std::path::Path,
+) -> Result<(HistoryFile, History), CliError> {
+    let file = match named {
+        Some(path) => HistoryFile {
+            path: path.to_path_buf(),
+            explicit: true,
+        },
+        None => HistoryFile::default_for(root),
+    };
+    match file.load() {
+        Ok(h) => Ok((file, h)),
+        Err(e) if file.explicit => Err(CliError::Usage(format!("--history {e}"))),
+        Err(e) => {
+            eprintln!("vmcheck: warning: {e}; starting with an empty duration history");
+            Ok((file, History::default()))
+        }
+    }
 }
 
 async fn execute(
@@ -260,6 +292,7 @@ async fn execute(
     live: bool,
     tap: bool,
     events: Option<Box<dyn std::io::Write + Send>>,
+    samples: &mut Samples,
 ) -> RunStats {
     let mut reporters: Vec<Box<dyn Reporter + Send>> = Vec::new();
     if tap {
@@ -276,6 +309,7 @@ async fn execute(
     }
     let mut failed_reporters = vec![false; reporters.len()];
     let mut report = |event: &vmcheck::events::Event| {
+        samples.observe(event);
         for (r, failed) in reporters.iter_mut().zip(failed_reporters.iter_mut()) {
             if !*failed && r.report(event).is_err() {
                 // stdout closed (e.g. `| head`): stop writing there, keep running.

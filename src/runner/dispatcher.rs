@@ -472,7 +472,7 @@ impl<'r> Dispatcher<'r> {
             Ok(machine) => {
                 let image = match &machine {
                     Machine::Virtual(vm) => vm.image.short_id(),
-                    Machine::Remote(_) => "existing host".into(),
+                    Machine::Remote(_) => super::EXISTING_HOST.into(),
                 };
                 self.emit(Event::MachineReady {
                     label: self.slots[slot].label.clone(),

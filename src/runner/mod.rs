@@ -7,3 +7,7 @@ pub mod control;
 pub mod dispatcher;
 pub mod journal;
 pub mod ledger;
+
+/// The `image` of a [`MachineReady`](crate::events::Event::MachineReady) event for an
+/// existing host (`--machine`), which was not booted.
+pub const EXISTING_HOST: &str = "existing host";
