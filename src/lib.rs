@@ -5,6 +5,7 @@
 
 pub mod affected;
 pub mod checkfile;
+pub mod estimate;
 pub mod events;
 pub mod exit_codes;
 pub mod history;

@@ -127,6 +127,9 @@ pub struct RunArgs {
     /// Seconds a machine may take to boot.
     #[arg(long, default_value_t = 120, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub boot_timeout: u64,
+    /// Virtual CPUs that may boot at once; more boots wait [default: one per host CPU].
+    #[arg(long, env = "VMCHECK_MAX_BOOTS", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_boots: Option<u32>,
     /// Detect tests affected by the changes since the merge-base with REF (plus uncommitted
     /// and untracked files): they must pass 3 times, and are not retried when they fail.
     #[arg(long, env = "BASE_BRANCH", value_name = "REF", hide_env_values = true)]

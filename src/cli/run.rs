@@ -21,6 +21,7 @@ use vmcheck::reporter::Reporter;
 use vmcheck::reporter::live::LiveReporter;
 use vmcheck::reporter::tap::TapReporter;
 use vmcheck::runner::attempt::AttemptContext;
+use vmcheck::runner::boots::BootGate;
 use vmcheck::runner::dispatcher::{Dispatcher, RunConfig};
 use vmcheck::runner::ledger::{Cost, default_jobs};
 use vmcheck::signal::Cancel;
@@ -104,7 +105,8 @@ pub async fn run(
             .map_err(CliError::Naughty)?
     };
     let plan = vmcheck::plan::plan(tests, &opts);
-    let (history_file, _history) = load_history(args.history.as_deref(), &root)?;
+    let (history_file, history) = load_history(args.history.as_deref(), &root)?;
+    let estimates = vmcheck::estimate::estimate(&plan, &history.for_os(&test_os));
     if !plan.unknown_excludes.is_empty() {
         return Err(CliError::Usage(format!(
             "--exclude names no test: {} (it takes exact TestClass.testMethod names)",
@@ -132,8 +134,9 @@ pub async fn run(
     if args.list {
         for t in &plan.tests {
             if verbose {
+                let estimate = estimates.of(&t.def.name());
                 println!(
-                    "{} {} {} timeout={}s",
+                    "{} {} {} timeout={}s estimate={:.1}s{}",
                     t.def.file.display(),
                     t.def.name(),
                     if t.def.nondestructive {
@@ -141,7 +144,9 @@ pub async fn run(
                     } else {
                         "destructive"
                     },
-                    t.def.timeout.as_secs()
+                    t.def.timeout.as_secs(),
+                    estimate.duration.as_secs_f64(),
+                    if estimate.recorded { "" } else { " (guess)" }
                 );
             } else {
                 println!("{}", t.def.name());
@@ -222,6 +227,7 @@ pub async fn run(
         sit_input: tokio::sync::Mutex::new(None),
         cancel: cancel.clone(),
         naughty,
+        boots: BootGate::new(args.max_boots.unwrap_or(cpus as u32)),
     });
     let cfg = RunConfig {
         jobs,
@@ -233,6 +239,7 @@ pub async fn run(
             no_retry_fail: args.no_retry_fail,
         },
         affected,
+        estimates,
     };
     let events: Option<Box<dyn std::io::Write + Send>> = match &args.events {
         None => None,
