@@ -18,5 +18,6 @@ pub mod project;
 pub mod reporter;
 pub mod runner;
 pub mod scenario;
+pub mod shard;
 pub mod shell;
 pub mod signal;

@@ -1,5 +1,5 @@
 //! End-to-end: the duration history a run leaves behind, and how it is read back (a corrupt
-//! file, a named file).
+//! file, a named file); `--shard K/N` splitting the suite.
 
 mod common;
 
@@ -112,4 +112,95 @@ fn a_corrupt_history_is_a_warning_unless_it_was_named() {
         .unwrap(),
         "listing writes nothing"
     );
+}
+
+/// `vmcheck run --list --shard SPEC` (and more arguments): its exit code, the listed names,
+/// and stderr.
+fn list_shard(spec: &str, more: &[&str]) -> (Option<i32>, Vec<String>, String) {
+    let out = common::vmcheck()
+        .args(["run", "--list", "--shard", spec])
+        .args(more)
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    let names = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
+    (
+        out.status.code(),
+        names,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn shards_cover_the_suite_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let history = dir.path().join("h.json");
+    let history = history.to_str().unwrap();
+    let all = |more: &[&str]| {
+        let out = common::vmcheck()
+            .args(["run", "--list", "--history", history])
+            .args(more)
+            .output()
+            .unwrap();
+        let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(String::from)
+            .collect();
+        v.sort();
+        v
+    };
+    for (dir_args, shards) in [(&[][..], 2), (&["--test-dir", "test/example"][..], 3)] {
+        let mut union = Vec::new();
+        let mut splits = Vec::new();
+        for k in 1..=shards {
+            let mut more = vec!["--history", history];
+            more.extend(dir_args);
+            let (code, names, err) = list_shard(&format!("{k}/{shards}"), &more);
+            assert_eq!(code, Some(exit_codes::OK), "{err}");
+            assert!(
+                !names.is_empty(),
+                "a shard of a suite bigger than N has tests"
+            );
+            assert!(
+                err.starts_with(&format!("vmcheck: shard {k}/{shards}: ")),
+                "{err}"
+            );
+            splits.push(err.rsplit_once("split ").unwrap().1.trim().to_string());
+            union.extend(names);
+        }
+        union.sort();
+        assert_eq!(union, all(dir_args), "every test in exactly one shard");
+        assert!(splits.iter().all(|s| *s == splits[0]), "{splits:?}");
+    }
+    // Filters apply before the split: two shards of two tests get one each.
+    let (_, a, _) = list_shard("1/2", &["TestShared.testA", "TestShared.testB"]);
+    let (_, b, _) = list_shard("2/2", &["TestShared.testA", "TestShared.testB"]);
+    assert_eq!((a.len(), b.len()), (1, 1), "{a:?} {b:?}");
+    // More shards than tests: an empty shard is not an error.
+    let (code, names, _) = list_shard("3/3", &["TestShared.testA", "TestShared.testB"]);
+    assert_eq!((code, names.len()), (Some(exit_codes::OK), 0));
+    // The environment variable works as the option.
+    let out = common::vmcheck()
+        .args(["run", "--list"])
+        .env("VMCHECK_SHARD", "2/2")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("vmcheck: shard 2/2: "));
+}
+
+#[test]
+fn bad_shard_specs_are_one_line_usage_errors() {
+    for spec in ["0/3", "4/3", "x", "1/0", "/3"] {
+        let (code, names, err) = list_shard(spec, &[]);
+        assert_eq!(code, Some(exit_codes::INPUT_ERROR), "{spec}: {err}");
+        assert!(names.is_empty());
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.starts_with(&format!("vmcheck: error: --shard {spec}: ")),
+            "{err}"
+        );
+    }
 }

@@ -146,6 +146,10 @@ pub struct RunArgs {
     /// Where guest files that tests collect go [default: <project>/vmcheck-results/artifacts].
     #[arg(long, value_name = "DIR")]
     pub artifacts: Option<PathBuf>,
+    /// Run only shard K of N: the selected tests split into N parts of about equal estimated
+    /// duration (e.g. `--shard "$CI_NODE_INDEX/$CI_NODE_TOTAL"`).
+    #[arg(long, env = "VMCHECK_SHARD", value_name = "K/N")]
+    pub shard: Option<String>,
     /// The duration history to order tests by and to update after the run
     /// [default: $XDG_CACHE_HOME/vmcheck/history/<project>-<hash>.json].
     #[arg(long, env = "VMCHECK_HISTORY", value_name = "FILE")]

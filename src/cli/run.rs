@@ -24,6 +24,7 @@ use vmcheck::runner::attempt::AttemptContext;
 use vmcheck::runner::boots::BootGate;
 use vmcheck::runner::dispatcher::{Dispatcher, RunConfig};
 use vmcheck::runner::ledger::{Cost, default_jobs};
+use vmcheck::shard::Shard;
 use vmcheck::signal::Cancel;
 
 /// The default image when `TEST_OS` is not set: the fast one.
@@ -48,6 +49,12 @@ pub async fn run(
     if !args.machine.is_empty() {
         args.nondestructive = true;
     }
+    let shard = args
+        .shard
+        .as_deref()
+        .map(str::parse::<Shard>)
+        .transpose()
+        .map_err(CliError::Usage)?;
     let test_os = std::env::var("TEST_OS")
         .ok()
         .filter(|s| !s.is_empty())
@@ -104,7 +111,7 @@ pub async fn run(
         vmcheck::naughty::NaughtyDb::load(&root.join(vmcheck::naughty::NAUGHTY_DIR))
             .map_err(CliError::Naughty)?
     };
-    let plan = vmcheck::plan::plan(tests, &opts);
+    let mut plan = vmcheck::plan::plan(tests, &opts);
     let (history_file, history) = load_history(args.history.as_deref(), &root)?;
     let estimates = vmcheck::estimate::estimate(&plan, &history.for_os(&test_os));
     if !plan.unknown_excludes.is_empty() {
@@ -112,6 +119,24 @@ pub async fn run(
             "--exclude names no test: {} (it takes exact TestClass.testMethod names)",
             plan.unknown_excludes.join(", ")
         )));
+    }
+    if let Some(shard) = shard {
+        let selection = vmcheck::shard::select(plan, &estimates, shard);
+        eprintln!(
+            "vmcheck: shard {shard}: {} of {} tests, estimated {:.0}s (largest shard {:.0}s, \
+             {} of the estimates guessed; split {})",
+            selection.plan.tests.len(),
+            selection.selected,
+            selection.estimate.as_secs_f64(),
+            selection.largest.as_secs_f64(),
+            selection.selected - estimates.recorded(),
+            selection.fingerprint,
+        );
+        if selection.plan.tests.is_empty() && selection.selected > 0 {
+            // More shards than tests: this one has nothing to do, which is not an error.
+            return Ok(exit_codes::OK);
+        }
+        plan = selection.plan;
     }
     for f in &plan.unmatched_filters {
         eprintln!("vmcheck: warning: filter '{f}' matches no test");
