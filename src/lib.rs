@@ -5,8 +5,10 @@
 
 pub mod affected;
 pub mod checkfile;
+pub mod estimate;
 pub mod events;
 pub mod exit_codes;
+pub mod history;
 pub mod image;
 pub mod machine;
 pub mod merge;
@@ -17,5 +19,6 @@ pub mod project;
 pub mod reporter;
 pub mod runner;
 pub mod scenario;
+pub mod shard;
 pub mod shell;
 pub mod signal;

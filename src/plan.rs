@@ -70,6 +70,8 @@ pub enum ExcludeReason {
     Excluded,
     /// It is destructive and only nondestructive tests were asked for.
     Destructive,
+    /// `--shard K/N` put it in another shard.
+    OtherShard,
 }
 
 impl fmt::Display for ExcludeReason {
@@ -80,6 +82,7 @@ impl fmt::Display for ExcludeReason {
             ExcludeReason::Destructive => {
                 "destructive, and only nondestructive tests were asked for"
             }
+            ExcludeReason::OtherShard => "in another shard",
         })
     }
 }

@@ -133,6 +133,9 @@ pub struct RunArgs {
     /// Seconds a machine may take to boot.
     #[arg(long, default_value_t = 120, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub boot_timeout: u64,
+    /// Virtual CPUs that may boot at once; more boots wait [default: one per host CPU].
+    #[arg(long, env = "VMCHECK_MAX_BOOTS", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_boots: Option<u32>,
     /// Detect tests affected by the changes since the merge-base with REF (plus uncommitted
     /// and untracked files): they must pass 3 times, and are not retried when they fail.
     #[arg(long, env = "BASE_BRANCH", value_name = "REF", hide_env_values = true)]
@@ -163,6 +166,14 @@ pub struct RunArgs {
     /// Progress on stderr: a live display on a terminal (auto), plain lines, or nothing.
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto, env = "VMCHECK_PROGRESS")]
     pub progress: ProgressMode,
+    /// Run only shard K of N: the selected tests split into N parts of about equal estimated
+    /// duration (e.g. `--shard "$CI_NODE_INDEX/$CI_NODE_TOTAL"`).
+    #[arg(long, env = "VMCHECK_SHARD", value_name = "K/N")]
+    pub shard: Option<String>,
+    /// The duration history to order tests by and to update after the run
+    /// [default: $XDG_CACHE_HOME/vmcheck/history/<project>-<hash>.json].
+    #[arg(long, env = "VMCHECK_HISTORY", value_name = "FILE")]
+    pub history: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

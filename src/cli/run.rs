@@ -11,6 +11,7 @@ use std::time::Duration;
 use vmcheck::checkfile::{self, TestDef};
 use vmcheck::events::RunStats;
 use vmcheck::exit_codes;
+use vmcheck::history::{self, History, HistoryFile, Samples};
 use vmcheck::image::Catalog;
 use vmcheck::machine::qemu::{QEMU_OVERHEAD_MIB, mem_available_mib};
 use vmcheck::machine::remote::parse_address;
@@ -27,8 +28,10 @@ use vmcheck::reporter::status::StatusReporter;
 use vmcheck::reporter::summary::{self, SummaryReporter};
 use vmcheck::reporter::tap::TapReporter;
 use vmcheck::runner::attempt::AttemptContext;
+use vmcheck::runner::boots::BootGate;
 use vmcheck::runner::dispatcher::{Dispatcher, RunConfig};
 use vmcheck::runner::ledger::{Cost, default_jobs};
+use vmcheck::shard::Shard;
 use vmcheck::signal::Cancel;
 
 /// The default image when `TEST_OS` is not set: the fast one.
@@ -53,6 +56,12 @@ pub async fn run(
     if !args.machine.is_empty() {
         args.nondestructive = true;
     }
+    let shard = args
+        .shard
+        .as_deref()
+        .map(str::parse::<Shard>)
+        .transpose()
+        .map_err(CliError::Usage)?;
     let test_os = std::env::var("TEST_OS")
         .ok()
         .filter(|s| !s.is_empty())
@@ -110,12 +119,32 @@ pub async fn run(
         vmcheck::naughty::NaughtyDb::load(&root.join(vmcheck::naughty::NAUGHTY_DIR))
             .map_err(CliError::Naughty)?
     };
-    let plan = vmcheck::plan::plan(tests, &opts);
+    let mut plan = vmcheck::plan::plan(tests, &opts);
+    let (history_file, history) = load_history(args.history.as_deref(), &root)?;
+    let estimates = vmcheck::estimate::estimate(&plan, &history.for_os(&test_os));
     if !plan.unknown_excludes.is_empty() {
         return Err(CliError::Usage(format!(
             "--exclude names no test: {} (it takes exact TestClass.testMethod names)",
             plan.unknown_excludes.join(", ")
         )));
+    }
+    if let Some(shard) = shard {
+        let selection = vmcheck::shard::select(plan, &estimates, shard);
+        eprintln!(
+            "vmcheck: shard {shard}: {} of {} tests, estimated {:.0}s (largest shard {:.0}s, \
+             {} of the estimates guessed; split {})",
+            selection.plan.tests.len(),
+            selection.selected,
+            selection.estimate.as_secs_f64(),
+            selection.largest.as_secs_f64(),
+            selection.selected - estimates.recorded(),
+            selection.fingerprint,
+        );
+        if selection.plan.tests.is_empty() && selection.selected > 0 {
+            // More shards than tests: this one has nothing to do, which is not an error.
+            return Ok(exit_codes::OK);
+        }
+        plan = selection.plan;
     }
     for f in &plan.unmatched_filters {
         eprintln!("vmcheck: warning: filter '{f}' matches no test");
@@ -138,8 +167,9 @@ pub async fn run(
     if args.list {
         for t in &plan.tests {
             if verbose {
+                let estimate = estimates.of(&t.def.name());
                 println!(
-                    "{} {} {} timeout={}s",
+                    "{} {} {} timeout={}s estimate={:.1}s{}",
                     t.def.file.display(),
                     t.def.name(),
                     if t.def.nondestructive {
@@ -147,7 +177,9 @@ pub async fn run(
                     } else {
                         "destructive"
                     },
-                    t.def.timeout.as_secs()
+                    t.def.timeout.as_secs(),
+                    estimate.duration.as_secs_f64(),
+                    if estimate.recorded { "" } else { " (guess)" }
                 );
             } else {
                 println!("{}", t.def.name());
@@ -230,6 +262,7 @@ pub async fn run(
         sit_input: tokio::sync::Mutex::new(None),
         cancel: cancel.clone(),
         naughty,
+        boots: BootGate::new(args.max_boots.unwrap_or(cpus as u32)),
     });
     let cfg = RunConfig {
         jobs,
@@ -241,6 +274,7 @@ pub async fn run(
             no_retry_fail: args.no_retry_fail,
         },
         affected,
+        estimates,
     };
     let live = verbose || single_file;
     let argv: Vec<String> = std::env::args().collect();
@@ -268,7 +302,13 @@ pub async fn run(
     for t in &plan.tests {
         let _ = std::fs::remove_dir_all(artifacts_dir.join(t.def.name()));
     }
-    let stats = execute(plan, cfg, ctx, reporters).await;
+    let mut samples = Samples::default();
+    let stats = execute(plan, cfg, ctx, reporters, &mut samples).await;
+    if !samples.is_empty()
+        && let Err(e) = history_file.update(&test_os, &samples, history::now())
+    {
+        eprintln!("vmcheck: warning: the duration history was not saved: {e}");
+    }
     Ok(final_code(&stats, cancel))
 }
 
@@ -344,6 +384,29 @@ fn fan_out(mut reporters: Vec<Box<dyn Reporter + Send>>) -> impl FnMut(&vmcheck:
     }
 }
 
+/// The duration history (`--history`, else the project's default file). A file that cannot
+/// be read is an input error when it was named, else a warning and an empty history.
+fn load_history(
+    named: Option<&std::path::Path>,
+    root: &std::path::Path,
+) -> Result<(HistoryFile, History), CliError> {
+    let file = match named {
+        Some(path) => HistoryFile {
+            path: path.to_path_buf(),
+            explicit: true,
+        },
+        None => HistoryFile::default_for(root),
+    };
+    match file.load() {
+        Ok(h) => Ok((file, h)),
+        Err(e) if file.explicit => Err(CliError::Usage(format!("--history {e}"))),
+        Err(e) => {
+            eprintln!("vmcheck: warning: {e}; starting with an empty duration history");
+            Ok((file, History::default()))
+        }
+    }
+}
+
 /// `vmcheck merge`: replay the combined events of several runs through the reporters.
 pub fn merge(args: &MergeArgs) -> Result<i32, CliError> {
     let mut streams = Vec::new();
@@ -385,8 +448,13 @@ async fn execute(
     cfg: RunConfig,
     ctx: Arc<AttemptContext>,
     reporters: Vec<Box<dyn Reporter + Send>>,
+    samples: &mut Samples,
 ) -> RunStats {
-    let mut report = fan_out(reporters);
+    let mut fan = fan_out(reporters);
+    let mut report = |event: &vmcheck::events::Event| {
+        samples.observe(event);
+        fan(event);
+    };
     Dispatcher::new(plan, cfg, ctx, &mut report).run().await
 }
 

@@ -10,7 +10,7 @@ mod store;
 
 pub use catalog::{Catalog, ImageStatus, ImageSummary};
 pub use manifest::{BootConfig, GuestLog, Manifest};
-pub use store::{Image, ImageStore};
+pub use store::{Image, ImageStore, cache_home};
 
 use std::path::PathBuf;
 

@@ -167,7 +167,8 @@ pub fn split_image_dir_name(base: &str) -> Option<(&str, &str)> {
     .then_some((name, sha))
 }
 
-fn cache_home() -> PathBuf {
+/// `$XDG_CACHE_HOME`, else `~/.cache` (else `/tmp/.cache`).
+pub fn cache_home() -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
         return PathBuf::from(x);
     }

@@ -63,6 +63,8 @@ pub struct AttemptContext {
     pub cancel: Cancel,
     /// Known-issue patterns (empty with `--thorough`).
     pub naughty: crate::naughty::NaughtyDb,
+    /// Paces cold boots (shared with the dispatcher's boots of shared machines).
+    pub boots: super::boots::BootGate,
 }
 
 /// The machines an attempt runs on.
@@ -443,7 +445,9 @@ async fn boot_machines(
             }),
         };
         let (host, timeout, cancel) = (host.clone(), ctx.boot_timeout, ctx.cancel.clone());
+        let (gate, vcpus) = (ctx.boots.clone(), mreq.cpus);
         boots.spawn(async move {
+            let _booting = gate.enter(vcpus).await;
             let t0 = Instant::now();
             let mut vm = VirtualMachine::start(&host, spec).await?;
             let booted = vm.wait_boot(timeout, &cancel).await.map(|_| ());

@@ -6,14 +6,20 @@
 //! Nondestructive tests run one at a time on each long-lived global machine, in name order
 //! (ascending or descending by a hash of TEST_OS, as Cockpit does, to expose order
 //! dependence). A global machine that timed out or failed is replaced with the same
-//! configuration. Destructive tests get fresh machines, admitted against the ledger.
+//! configuration. Destructive tests get fresh machines, admitted against the ledger,
+//! longest first by estimated duration. Nondestructive and destructive work run side by
+//! side: the global machines get the share of the job slots that the waiting
+//! nondestructive work is of all waiting work ([`order`](super::order)); they are booted
+//! as that share asks and retired when no nondestructive test waits.
 
 use super::attempt::{
     AttemptContext, AttemptDone, AttemptRequest, Health, LiveOutput, Machines, Progress,
     run_attempt,
 };
 use super::ledger::{Cost, Ledger};
+use super::order::{self, Holding, Waiting, Weight};
 use crate::checkfile::TestDef;
+use crate::estimate::Estimates;
 use crate::events::{AttemptOutcome, AttemptReport, Event, Placement, RunStats, TestInfo, Verdict};
 use crate::machine::Machine;
 use crate::machine::error::MachineError;
@@ -40,6 +46,9 @@ pub struct RunConfig {
     pub policy: PolicyOptions,
     /// Check files affected by the change under test (`--base`).
     pub affected: crate::affected::Affected,
+    /// Estimated durations (from the duration history): the order of destructive tests
+    /// and the number of global machines.
+    pub estimates: Estimates,
 }
 
 /// What a global machine slot is doing.
@@ -68,6 +77,7 @@ struct TestState {
     info: TestInfo,
     def: Arc<TestDef>,
     cost: Cost,
+    weight: Weight,
     history: Vec<AttemptOutcome>,
     reports: Vec<AttemptReport>,
     placement: Placement,
@@ -110,7 +120,12 @@ pub struct Dispatcher<'r> {
     tests: Vec<TestState>,
     nd_queue: VecDeque<usize>,
     d_queue: VecDeque<usize>,
+    /// Estimated duration of the tests in each queue.
+    nd_work: Duration,
+    d_work: Duration,
     nd_running: usize,
+    /// Destructive tests running, and when their attempt started.
+    d_running: HashMap<usize, Instant>,
     slots: Vec<Slot>,
     ledger: Ledger,
     stats: RunStats,
@@ -157,6 +172,11 @@ impl<'r> Dispatcher<'r> {
             .iter()
             .map(|t| {
                 let cost = test_cost(&t.def, &ctx);
+                let weight = Weight {
+                    estimate: cfg.estimates.duration(&t.def.name()),
+                    timeout: t.def.timeout,
+                    machines: t.def.provision.len(),
+                };
                 TestState {
                     info: TestInfo {
                         id: t.id,
@@ -167,6 +187,7 @@ impl<'r> Dispatcher<'r> {
                     },
                     def: t.def.clone(),
                     cost,
+                    weight,
                     history: Vec::new(),
                     reports: Vec::new(),
                     placement: Placement::None,
@@ -182,7 +203,10 @@ impl<'r> Dispatcher<'r> {
             tests,
             nd_queue: VecDeque::new(),
             d_queue: VecDeque::new(),
+            nd_work: Duration::ZERO,
+            d_work: Duration::ZERO,
             nd_running: 0,
+            d_running: HashMap::new(),
             slots: Vec::new(),
             ledger,
             stats: RunStats::default(),
@@ -196,7 +220,7 @@ impl<'r> Dispatcher<'r> {
             report,
         };
         d.stats.planned = plan.tests.len();
-        let mut nd: Vec<usize> = Vec::new();
+        let (mut nd, mut destructive) = (Vec::new(), Vec::new());
         for (i, t) in plan.tests.iter().enumerate() {
             if t.def.nondestructive {
                 d.stats.nondestructive += 1;
@@ -210,15 +234,52 @@ impl<'r> Dispatcher<'r> {
             if t.def.nondestructive {
                 nd.push(i);
             } else {
-                d.d_queue.push_back(i);
+                destructive.push(i);
             }
         }
         nd.sort_by(|a, b| d.tests[*a].info.name.cmp(&d.tests[*b].info.name));
         if crate::plan::nondestructive_descending(&d.ctx.test_os) {
             nd.reverse();
         }
-        d.nd_queue = nd.into();
+        let weights: Vec<Weight> = d.tests.iter().map(|t| t.weight).collect();
+        order::longest_first(&mut destructive, &weights);
+        for i in nd.into_iter().chain(destructive) {
+            d.enqueue(i, false);
+        }
         d
+    }
+
+    /// Queue test `i` for an attempt: at the back, or at the front (a retry).
+    fn enqueue(&mut self, i: usize, front: bool) {
+        let estimate = self.tests[i].weight.estimate;
+        let (queue, work) = if self.tests[i].def.nondestructive {
+            (&mut self.nd_queue, &mut self.nd_work)
+        } else {
+            (&mut self.d_queue, &mut self.d_work)
+        };
+        *work += estimate;
+        if front {
+            queue.push_front(i);
+        } else {
+            queue.push_back(i);
+        }
+    }
+
+    /// Take the next nondestructive (or destructive) test off its queue.
+    fn dequeue(&mut self, nondestructive: bool) -> Option<usize> {
+        self.dequeue_at(nondestructive, 0)
+    }
+
+    /// Take the test at position `at` off its queue.
+    fn dequeue_at(&mut self, nondestructive: bool, at: usize) -> Option<usize> {
+        let (queue, work) = if nondestructive {
+            (&mut self.nd_queue, &mut self.nd_work)
+        } else {
+            (&mut self.d_queue, &mut self.d_work)
+        };
+        let i = queue.remove(at)?;
+        *work = work.saturating_sub(self.tests[i].weight.estimate);
+        Some(i)
     }
 
     fn emit(&mut self, event: Event) {
@@ -285,48 +346,109 @@ impl<'r> Dispatcher<'r> {
         stats
     }
 
+    /// Connect to the existing hosts (`--machine`), which serve every nondestructive test.
+    /// Global machines that vmcheck boots are started by [`Self::grow_globals`] instead.
     fn start_globals(&mut self) {
         if self.nd_queue.is_empty() {
             return;
         }
-        if !self.cfg.remote.is_empty() {
-            for (k, target) in self.cfg.remote.clone().into_iter().enumerate() {
-                self.slots.push(Slot {
-                    label: format!("{}:{}", target.host, target.port),
-                    state: SlotState::Booting,
-                    failures: 0,
-                    cost: Cost::default(),
-                    remote: Some(target),
-                });
-                self.spawn_boot(k);
-            }
-            return;
+        for (k, target) in self.cfg.remote.clone().into_iter().enumerate() {
+            self.slots.push(Slot {
+                label: format!("{}:{}", target.host, target.port),
+                state: SlotState::Booting,
+                failures: 0,
+                cost: Cost::default(),
+                remote: Some(target),
+            });
+            self.spawn_boot(k);
         }
+    }
+
+    /// The ledger cost of one global machine.
+    fn global_cost(&self) -> Cost {
         let image = self.ctx.images.get(&self.ctx.test_os);
         let mem = self
             .cfg
             .nd_memory_mib
             .or(image.map(|i| i.manifest.boot.memory_mib))
             .unwrap_or(512);
-        let cost = Cost {
+        Cost {
             ram_mib: u64::from(mem) + QEMU_OVERHEAD_MIB,
             cpus: self.cfg.nd_cpus,
-        };
-        let wanted = self.nd_queue.len().min(self.cfg.jobs);
-        for k in 0..wanted {
-            if !self.ledger.admits(cost) {
-                break;
-            }
-            self.ledger.reserve(cost);
-            self.slots.push(Slot {
-                label: crate::events::global_label(k + 1),
-                state: SlotState::Booting,
-                failures: 0,
-                cost,
-                remote: None,
-            });
-            self.spawn_boot(k);
         }
+    }
+
+    fn usable(slot: &Slot) -> bool {
+        matches!(
+            slot.state,
+            SlotState::Booting | SlotState::Idle(_) | SlotState::Busy
+        )
+    }
+
+    /// Start global machines while fewer are alive than the waiting nondestructive work is
+    /// worth ([`order::wanted_globals`]) and the ledger admits them: a retired slot is
+    /// booted again, else (unless a slot died, which says the image does not boot) a new
+    /// one is added. Existing hosts are only reconnected.
+    fn grow_globals(&mut self) {
+        let want = order::wanted_globals(&Waiting {
+            slots: self.cfg.jobs,
+            nd_tests: self.nd_queue.len(),
+            nd_work: self.nd_work,
+            d_work: self.d_work,
+            boot: self.cfg.estimates.boot,
+        });
+        let mut alive = self.slots.iter().filter(|s| Self::usable(s)).count();
+        while alive < want {
+            let retired = self
+                .slots
+                .iter()
+                .position(|s| matches!(s.state, SlotState::Retired));
+            let remote = !self.cfg.remote.is_empty();
+            let dead = self
+                .slots
+                .iter()
+                .any(|s| matches!(s.state, SlotState::Dead));
+            let k = match retired {
+                Some(k) => k,
+                None if remote || dead => return,
+                None => self.slots.len(),
+            };
+            let cost = if remote {
+                Cost::default()
+            } else {
+                self.global_cost()
+            };
+            if !remote {
+                if !self.ledger.admits(cost) {
+                    return;
+                }
+                self.ledger.reserve(cost);
+            }
+            if k == self.slots.len() {
+                self.slots.push(Slot {
+                    label: crate::events::global_label(k + 1),
+                    state: SlotState::Booting,
+                    failures: 0,
+                    cost,
+                    remote: None,
+                });
+            }
+            self.spawn_boot(k);
+            alive += 1;
+        }
+    }
+
+    /// Whether a global machine can still be had for nondestructive tests.
+    fn globals_possible(&self) -> bool {
+        let (mut retired, mut dead) = (false, false);
+        for s in &self.slots {
+            match s.state {
+                SlotState::Booting | SlotState::Idle(_) | SlotState::Busy => return true,
+                SlotState::Retired => retired = true,
+                SlotState::Dead => dead = true,
+            }
+        }
+        retired || (!dead && self.cfg.remote.is_empty())
     }
 
     fn spawn_boot(&mut self, slot: usize) {
@@ -338,33 +460,38 @@ impl<'r> Dispatcher<'r> {
         self.slots[slot].state = SlotState::Booting;
         self.in_flight += 1;
         let handle = self.tasks.spawn(async move {
-            let started = Instant::now();
-            let result = match remote {
+            let (result, took) = match remote {
                 Some(target) => {
-                    RemoteMachine::connect(&label, target, ctx.boot_timeout, &ctx.cancel)
+                    let started = Instant::now();
+                    let m = RemoteMachine::connect(&label, target, ctx.boot_timeout, &ctx.cancel)
                         .await
-                        .map(|m| Machine::Remote(Box::new(m)))
+                        .map(|m| Machine::Remote(Box::new(m)));
+                    (m, started.elapsed())
                 }
-                None => boot_global(&ctx, &label, mem, cpus)
-                    .await
-                    .map(|vm| Machine::Virtual(Box::new(vm))),
+                None => {
+                    let _booting = ctx.boots.enter(cpus).await;
+                    let started = Instant::now();
+                    let m = boot_global(&ctx, &label, mem, cpus)
+                        .await
+                        .map(|vm| Machine::Virtual(Box::new(vm)));
+                    (m, started.elapsed())
+                }
             };
-            let _ = tx.send(Msg::Booted {
-                slot,
-                result,
-                took: started.elapsed(),
-            });
+            let _ = tx.send(Msg::Booted { slot, result, took });
         });
         self.task_kinds.insert(handle.id(), Task::Boot(slot));
     }
 
-    /// Start whatever can start now.
+    /// Start whatever can start now: nondestructive tests on idle global machines (idle
+    /// ones retire when none waits and the capacity can serve destructive tests, or nothing
+    /// else could come back to them), more global machines if the work asks for them, then
+    /// destructive tests, longest first, as the ledger admits them.
     fn schedule(&mut self) {
         for k in 0..self.slots.len() {
             if !matches!(self.slots[k].state, SlotState::Idle(_)) {
                 continue;
             }
-            if let Some(i) = self.nd_queue.pop_front() {
+            if let Some(i) = self.dequeue(true) {
                 let SlotState::Idle(machine) =
                     std::mem::replace(&mut self.slots[k].state, SlotState::Busy)
                 else {
@@ -372,8 +499,9 @@ impl<'r> Dispatcher<'r> {
                 };
                 self.nd_running += 1;
                 self.spawn_attempt(i, Some(k), Machines::Global { machine });
-            } else if self.nd_running == 0 {
-                // No nondestructive work left: free the machine and its capacity.
+            } else if self.nd_running == 0 || !self.d_queue.is_empty() {
+                // No nondestructive work waits: free the machine and its capacity. (A
+                // retry of a running test would boot one again.)
                 if let SlotState::Idle(m) =
                     std::mem::replace(&mut self.slots[k].state, SlotState::Retired)
                 {
@@ -384,14 +512,9 @@ impl<'r> Dispatcher<'r> {
                 }
             }
         }
-        let usable = self.slots.iter().any(|s| {
-            matches!(
-                s.state,
-                SlotState::Booting | SlotState::Idle(_) | SlotState::Busy
-            )
-        });
-        if !usable {
-            while let Some(i) = self.nd_queue.pop_front() {
+        self.grow_globals();
+        if !self.globals_possible() {
+            while let Some(i) = self.dequeue(true) {
                 self.finish(
                     i,
                     Verdict::Error {
@@ -400,15 +523,50 @@ impl<'r> Dispatcher<'r> {
                 );
             }
         }
-        while let Some(&i) = self.d_queue.front() {
-            let cost = self.tests[i].cost;
-            if !self.ledger.admits(cost) {
-                break;
-            }
-            self.d_queue.pop_front();
-            self.ledger.reserve(cost);
+        while let Some(at) = self.next_destructive() {
+            let i = self.dequeue_at(false, at).expect("in the queue");
+            self.ledger.reserve(self.tests[i].cost);
+            self.d_running.insert(i, Instant::now());
             self.spawn_attempt(i, None, Machines::Fresh);
         }
+    }
+
+    /// The position in the destructive queue of the test to start now, if any: the first
+    /// if the ledger admits it; else the first later one that the ledger admits and that
+    /// is expected to end before the first would be admitted anyway.
+    fn next_destructive(&self) -> Option<usize> {
+        let &head = self.d_queue.front()?;
+        if self.ledger.admits(self.tests[head].cost) {
+            return Some(0);
+        }
+        let horizon = order::admitted_in(&self.ledger, &self.holdings(), self.tests[head].cost);
+        self.d_queue.iter().position(|&i| {
+            self.tests[i].weight.estimate <= horizon && self.ledger.admits(self.tests[i].cost)
+        })
+    }
+
+    /// What holds capacity in the ledger now, and for how long it is expected to: running
+    /// destructive tests until their estimated end, global machines until the waiting
+    /// nondestructive work is done.
+    fn holdings(&self) -> Vec<Holding> {
+        let globals: Vec<&Slot> = self
+            .slots
+            .iter()
+            .filter(|s| s.remote.is_none() && Self::usable(s))
+            .collect();
+        let nd_left = self.nd_work / globals.len().max(1) as u32;
+        let globals = globals.into_iter().map(|s| Holding {
+            cost: s.cost,
+            left: nd_left,
+        });
+        let tests = self.d_running.iter().map(|(&i, started)| Holding {
+            cost: self.tests[i].cost,
+            left: self.tests[i]
+                .weight
+                .estimate
+                .saturating_sub(started.elapsed()),
+        });
+        globals.chain(tests).collect()
     }
 
     fn spawn_attempt(&mut self, i: usize, slot: Option<usize>, machines: Machines) {
@@ -494,7 +652,7 @@ impl<'r> Dispatcher<'r> {
             Ok(machine) => {
                 let image = match &machine {
                     Machine::Virtual(vm) => vm.image.short_id(),
-                    Machine::Remote(_) => "existing host".into(),
+                    Machine::Remote(_) => super::EXISTING_HOST.into(),
                 };
                 self.emit(Event::MachineReady {
                     label: self.slots[slot].label.clone(),
@@ -538,7 +696,10 @@ impl<'r> Dispatcher<'r> {
                     None => self.spawn_boot(k),
                 }
             }
-            None => self.ledger.release(self.tests[test].cost),
+            None => {
+                self.d_running.remove(&test);
+                self.ledger.release(self.tests[test].cost)
+            }
         }
         self.settle(test, done.report);
     }
@@ -604,11 +765,7 @@ impl<'r> Dispatcher<'r> {
                 self.stats.retries += 1;
                 let (test, placement) = (t.info.clone(), t.placement.clone());
                 let retry = t.history.len() as u32;
-                if t.def.nondestructive {
-                    self.nd_queue.push_front(i);
-                } else {
-                    self.d_queue.push_front(i);
-                }
+                self.enqueue(i, true);
                 self.emit(Event::AttemptRetry {
                     test,
                     placement,
@@ -685,6 +842,7 @@ impl<'r> Dispatcher<'r> {
         self.emit(Event::RunCancelled { reason });
         self.nd_queue.clear();
         self.d_queue.clear();
+        (self.nd_work, self.d_work) = (Duration::ZERO, Duration::ZERO);
     }
 }
 
