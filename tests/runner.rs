@@ -890,9 +890,16 @@ fn event_streams_of_two_runs_merge_into_one_report() {
     let dir = tempfile::tempdir().unwrap();
     let a = dir.path().join("a.jsonl");
     let b = dir.path().join("b.jsonl");
-    let (out, tap_a) = run(&["--events", a.to_str().unwrap(), "TestShared"]);
+    // Two shards of one selection, as two CI runners would run them.
+    let selection = ["TestShared", "TestSkips"];
+    let shard = |k: &str, events: &std::path::Path| {
+        let mut args = vec!["--shard", k, "--events", events.to_str().unwrap()];
+        args.extend(selection);
+        run(&args)
+    };
+    let (out, tap_a) = shard("1/2", &a);
     assert_code(&out, &tap_a, exit_codes::OK);
-    let (out, tap_b) = run(&["--events", b.to_str().unwrap(), "TestSkips"]);
+    let (out, tap_b) = shard("2/2", &b);
     assert_code(&out, &tap_b, exit_codes::OK);
     let junit = dir.path().join("merged.xml");
     let out = common::vmcheck()
@@ -905,6 +912,16 @@ fn event_streams_of_two_runs_merge_into_one_report() {
     let rs = results(&tap);
     let (ra, rb) = (results(&tap_a), results(&tap_b));
     assert_eq!(rs.len(), ra.len() + rb.len(), "{tap}");
+    let listed = common::vmcheck()
+        .args(["run", "--list"])
+        .args(selection)
+        .output()
+        .unwrap();
+    assert_eq!(
+        rs.len(),
+        String::from_utf8_lossy(&listed.stdout).lines().count(),
+        "the shards together ran the whole selection"
+    );
     for (ok, desc, directive) in ra.iter().chain(&rb) {
         let name = desc.split(' ').nth(1).unwrap();
         assert_eq!(result(&rs, name), &(*ok, desc.clone(), directive.clone()));
