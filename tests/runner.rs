@@ -705,6 +705,18 @@ fn usage_errors() {
             &["run", "--machine", "127.0.0.1"],
             "--machine needs --identity FILE",
         ),
+        (
+            &["run", "--junit", "/nonexistent/junit.xml"],
+            "cannot create /nonexistent/junit.xml",
+        ),
+        (
+            &["run", "--status-file", "/nonexistent/status.json"],
+            "cannot create /nonexistent/status.json",
+        ),
+        (
+            &["merge", "/nonexistent.jsonl"],
+            "cannot read /nonexistent.jsonl",
+        ),
     ] {
         let out = common::vmcheck().args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(exit_codes::INPUT_ERROR), "{args:?}");

@@ -191,6 +191,29 @@ pub async fn run(
         return Err(CliError::NoTests);
     }
     let remote = remote_targets(&args)?;
+    // Every output is opened now, before images are built or anything boots.
+    let live = verbose || single_file;
+    let argv: Vec<String> = std::env::args().collect();
+    let rerun = summary::rerun_words(
+        if single_file && argv.get(1).map(String::as_str) == Some("exec") {
+            &argv[2..]
+        } else {
+            &argv
+        },
+        &args.filters,
+        std::env::var("TEST_OS")
+            .ok()
+            .filter(|s| !s.is_empty())
+            .as_deref(),
+    );
+    let outputs = Outputs {
+        events: args.events.as_deref(),
+        junit: args.junit.as_deref(),
+        status: args.status_file.as_deref(),
+        live: live.then_some(plan.tests.len() > 1),
+        progress: args.progress,
+    };
+    let reporters = reporters(&outputs, rerun)?;
 
     // Images and host, then run.
     let mut needed: Vec<String> = Vec::new();
@@ -276,28 +299,6 @@ pub async fn run(
         affected,
         estimates,
     };
-    let live = verbose || single_file;
-    let argv: Vec<String> = std::env::args().collect();
-    let rerun = summary::rerun_words(
-        if single_file && argv.get(1).map(String::as_str) == Some("exec") {
-            &argv[2..]
-        } else {
-            &argv
-        },
-        &args.filters,
-        std::env::var("TEST_OS")
-            .ok()
-            .filter(|s| !s.is_empty())
-            .as_deref(),
-    );
-    let outputs = Outputs {
-        events: args.events.as_deref(),
-        junit: args.junit.as_deref(),
-        status: args.status_file.as_deref(),
-        live: live.then_some(plan.tests.len() > 1),
-        progress: args.progress,
-    };
-    let reporters = reporters(&outputs, rerun)?;
     // What earlier runs left for these tests is not evidence of this one.
     for t in &plan.tests {
         let _ = std::fs::remove_dir_all(artifacts_dir.join(t.def.name()));
