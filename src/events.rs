@@ -254,6 +254,15 @@ impl RunStats {
     }
 }
 
+/// A run that is one shard of a split suite: shard `index` of `total`, and the split's
+/// fingerprint (runs that split the same way print the same one; see `shard.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardInfo {
+    pub index: usize,
+    pub total: usize,
+    pub split: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum Event {
@@ -262,6 +271,9 @@ pub enum Event {
         jobs: usize,
         /// Every planned test, in plan order.
         tests: Vec<TestInfo>,
+        /// Which shard of a split suite this run is (`--shard K/N`); absent otherwise.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        shard: Option<ShardInfo>,
     },
     MachineReady {
         label: String,

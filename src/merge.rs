@@ -69,6 +69,66 @@ pub fn parse(file: &Path, text: &str) -> Result<Stream, MergeError> {
     }
 }
 
+/// Check that the shards among `streams` belong to one split: the same number of shards and
+/// the same split fingerprint (the same selection and duration history), each shard once.
+/// Returns a warning when shards are missing; an error names the stream that does not fit.
+pub fn check_shards(streams: &[Stream]) -> Result<Option<String>, MergeError> {
+    let mut first: Option<(&Path, &crate::events::ShardInfo)> = None;
+    let mut seen: HashMap<usize, &Path> = HashMap::new();
+    for s in streams {
+        let Some(Event::RunStarted {
+            shard: Some(info), ..
+        }) = s.events.first()
+        else {
+            continue;
+        };
+        let err = |message: String| MergeError {
+            file: s.file.clone(),
+            line: 1,
+            message,
+        };
+        match first {
+            None => first = Some((&s.file, info)),
+            Some((f, i)) if i.total != info.total || i.split != info.split => {
+                return Err(err(format!(
+                    "shard {}/{} of split {}, but {} is shard {}/{} of split {}: the shards \
+                     were split differently (give every shard job the same selection and the \
+                     same --history file)",
+                    info.index,
+                    info.total,
+                    info.split,
+                    f.display(),
+                    i.index,
+                    i.total,
+                    i.split
+                )));
+            }
+            Some(_) => {}
+        }
+        if let Some(other) = seen.insert(info.index, &s.file) {
+            return Err(err(format!(
+                "shard {}/{} is also in {}",
+                info.index,
+                info.total,
+                other.display()
+            )));
+        }
+    }
+    Ok(first.and_then(|(_, info)| {
+        let missing: Vec<String> = (1..=info.total)
+            .filter(|k| !seen.contains_key(k))
+            .map(|k| k.to_string())
+            .collect();
+        (!missing.is_empty()).then(|| {
+            format!(
+                "shard {} of {} missing: the merged report lacks their tests",
+                missing.join(", "),
+                info.total
+            )
+        })
+    }))
+}
+
 /// The combined events of `streams`, in order.
 pub fn merge(streams: &[Stream]) -> Vec<Event> {
     let mut out = Vec::new();
@@ -82,6 +142,7 @@ pub fn merge(streams: &[Stream]) -> Vec<Event> {
             test_os,
             jobs: j,
             tests,
+            ..
         }) = s.events.first()
         {
             if !oses.contains(test_os) {
@@ -96,6 +157,7 @@ pub fn merge(streams: &[Stream]) -> Vec<Event> {
         test_os: oses.join(","),
         jobs,
         tests: all_tests,
+        shard: None,
     });
 
     let mut stats = RunStats::default();
@@ -256,6 +318,7 @@ mod tests {
             test_os: "busybox".into(),
             jobs: 2,
             tests: infos.clone(),
+            shard: None,
         }];
         let mut stats = RunStats::default();
         for (i, t) in infos.iter().enumerate() {
@@ -366,5 +429,39 @@ mod tests {
         };
         let back: Event = serde_json::from_str(&line(&e, 1.5)).unwrap();
         assert_eq!(back, e);
+    }
+
+    fn sharded(file: &str, index: usize, total: usize, split: &str) -> Stream {
+        let mut s = parse(Path::new(file), &stream(file, &["T.x"], true)).unwrap();
+        if let Some(Event::RunStarted { shard, .. }) = s.events.first_mut() {
+            *shard = Some(crate::events::ShardInfo {
+                index,
+                total,
+                split: split.into(),
+            });
+        }
+        s
+    }
+
+    #[test]
+    fn shards_must_come_from_one_split() {
+        let ok = [sharded("a", 1, 2, "f00"), sharded("b", 2, 2, "f00")];
+        assert_eq!(check_shards(&ok), Ok(None));
+        let missing = check_shards(&[sharded("a", 1, 3, "f00")]).unwrap().unwrap();
+        assert_eq!(
+            missing,
+            "shard 2, 3 of 3 missing: the merged report lacks their tests"
+        );
+        let e = check_shards(&[sharded("a", 1, 2, "f00"), sharded("b", 2, 2, "bad")]).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("b:1: shard 2/2 of split bad, but a is shard 1/2 of split f00"),
+            "{e}"
+        );
+        let e = check_shards(&[sharded("a", 1, 2, "f00"), sharded("b", 1, 2, "f00")]).unwrap_err();
+        assert_eq!(e.to_string(), "b:1: shard 1/2 is also in a");
+        // Streams of unsharded runs are not shards of anything.
+        let plain = parse(Path::new("c"), &stream("c", &["T.c"], true)).unwrap();
+        assert_eq!(check_shards(&[plain]), Ok(None));
     }
 }

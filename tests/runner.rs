@@ -902,10 +902,19 @@ fn event_streams_of_two_runs_merge_into_one_report() {
     let dir = tempfile::tempdir().unwrap();
     let a = dir.path().join("a.jsonl");
     let b = dir.path().join("b.jsonl");
-    // Two shards of one selection, as two CI runners would run them.
+    // Two shards of one selection, as two CI runners would run them: both read the same
+    // duration history (other tests of this suite must not change it under them).
+    let history = dir.path().join("history.json");
     let selection = ["TestShared", "TestSkips"];
     let shard = |k: &str, events: &std::path::Path| {
-        let mut args = vec!["--shard", k, "--events", events.to_str().unwrap()];
+        let mut args = vec![
+            "--shard",
+            k,
+            "--events",
+            events.to_str().unwrap(),
+            "--history",
+            history.to_str().unwrap(),
+        ];
         args.extend(selection);
         run(&args)
     };
@@ -913,12 +922,20 @@ fn event_streams_of_two_runs_merge_into_one_report() {
     assert_code(&out, &tap_a, exit_codes::OK);
     let (out, tap_b) = shard("2/2", &b);
     assert_code(&out, &tap_b, exit_codes::OK);
+    assert!(
+        !history.exists(),
+        "a shard does not change the history it split by"
+    );
     let junit = dir.path().join("merged.xml");
     let out = common::vmcheck()
         .args(["merge", "--junit", junit.to_str().unwrap()])
+        .arg("--history")
+        .arg(&history)
         .args([&a, &b])
         .output()
         .unwrap();
+    let recorded = std::fs::read_to_string(&history).expect("the merge records durations");
+    assert!(recorded.contains("TestShared."), "{recorded}");
     let tap = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_code(&out, &tap, exit_codes::OK);
     let rs = results(&tap);
@@ -951,6 +968,21 @@ fn event_streams_of_two_runs_merge_into_one_report() {
         r#"<testsuites name="vmcheck" tests="{}""#,
         rs.len()
     )));
+
+    // Shards split from another history (now the merge recorded one) do not fit together:
+    // merging them would report some tests twice and others not at all.
+    let c = dir.path().join("c.jsonl");
+    let (out, tap_c) = shard("2/2", &c);
+    assert_code(&out, &tap_c, exit_codes::OK);
+    let out = common::vmcheck()
+        .arg("merge")
+        .args([&a, &c])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(exit_codes::INPUT_ERROR), "{err}");
+    assert!(err.contains("the shards were split differently"), "{err}");
+    assert!(out.stdout.is_empty());
 
     // A stream cut off mid-run (its runner died) still merges: what it did not finish is an
     // error, so the merged run is not green.

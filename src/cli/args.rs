@@ -187,6 +187,10 @@ pub struct MergeArgs {
     /// Also write the combined events as JSON lines.
     #[arg(long, value_name = "FILE")]
     pub events: Option<PathBuf>,
+    /// Record the combined run's durations in this duration history (shard runs only read
+    /// theirs, so that every shard splits the same way).
+    #[arg(long, env = "VMCHECK_HISTORY", value_name = "FILE")]
+    pub history: Option<PathBuf>,
 }
 
 /// How progress is shown on stderr.

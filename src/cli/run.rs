@@ -128,8 +128,14 @@ pub async fn run(
             plan.unknown_excludes.join(", ")
         )));
     }
+    let mut shard_info = None;
     if let Some(shard) = shard {
         let selection = vmcheck::shard::select(plan, &estimates, shard);
+        shard_info = Some(vmcheck::events::ShardInfo {
+            index: shard.index,
+            total: shard.total,
+            split: selection.fingerprint.clone(),
+        });
         eprintln!(
             "vmcheck: shard {shard}: {} of {} tests, estimated {:.0}s (largest shard {:.0}s, \
              {} of the estimates guessed; split {})",
@@ -298,6 +304,7 @@ pub async fn run(
         },
         affected,
         estimates,
+        shard: shard_info.clone(),
     };
     // What earlier runs left for these tests is not evidence of this one.
     for t in &plan.tests {
@@ -305,10 +312,10 @@ pub async fn run(
     }
     let mut samples = Samples::default();
     let stats = execute(plan, cfg, ctx, reporters, &mut samples).await;
-    if !samples.is_empty()
-        && let Err(e) = history_file.update(&test_os, &samples, history::now())
-    {
-        eprintln!("vmcheck: warning: the duration history was not saved: {e}");
+    // Every shard must split from the same history, so a shard only reads it; `vmcheck
+    // merge --history` records the whole suite's durations once the shards are done.
+    if shard_info.is_none() {
+        save_history(&history_file, &test_os, &samples);
     }
     Ok(final_code(&stats, cancel))
 }
@@ -408,6 +415,15 @@ fn load_history(
     }
 }
 
+/// Add a run's durations to the history file; a failure is a warning, not the run's.
+fn save_history(file: &HistoryFile, test_os: &str, samples: &Samples) {
+    if !samples.is_empty()
+        && let Err(e) = file.update(test_os, samples, history::now())
+    {
+        eprintln!("vmcheck: warning: the duration history was not saved: {e}");
+    }
+}
+
 /// `vmcheck merge`: replay the combined events of several runs through the reporters.
 pub fn merge(args: &MergeArgs) -> Result<i32, CliError> {
     let mut streams = Vec::new();
@@ -415,6 +431,19 @@ pub fn merge(args: &MergeArgs) -> Result<i32, CliError> {
         let text = std::fs::read_to_string(f)
             .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", f.display())))?;
         streams.push(vmcheck::merge::parse(f, &text).map_err(|e| CliError::Usage(e.to_string()))?);
+    }
+    if let Some(warning) =
+        vmcheck::merge::check_shards(&streams).map_err(|e| CliError::Usage(e.to_string()))?
+    {
+        eprintln!("vmcheck: warning: {warning}");
+    }
+    let history_file = args.history.as_ref().map(|path| HistoryFile {
+        path: path.clone(),
+        explicit: true,
+    });
+    if let Some(file) = &history_file {
+        file.load()
+            .map_err(|e| CliError::Usage(format!("--history {e}")))?;
     }
     let events = vmcheck::merge::merge(&streams);
     let test_os = match events.first() {
@@ -435,10 +464,22 @@ pub fn merge(args: &MergeArgs) -> Result<i32, CliError> {
     );
     let mut report = fan_out(reporters(&outputs, rerun)?);
     let mut stats = RunStats::default();
+    let mut samples = Samples::default();
     for e in &events {
         report(e);
+        samples.observe(e);
         if let vmcheck::events::Event::RunFinished { stats: s, .. } = e {
             stats = s.clone();
+        }
+    }
+    // One history per TEST_OS: a merge of several systems' runs records none.
+    if let Some(file) = &history_file {
+        if test_os.is_empty() || test_os.contains(',') {
+            eprintln!(
+                "vmcheck: warning: the runs are of several TEST_OS ({test_os}); no durations recorded"
+            );
+        } else {
+            save_history(file, &test_os, &samples);
         }
     }
     Ok(final_code(&stats, &Cancel::new()))

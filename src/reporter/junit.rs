@@ -238,6 +238,7 @@ mod tests {
             test_os: "busybox".into(),
             jobs: 1,
             tests: vec![t.clone()],
+            shard: None,
         })
         .unwrap();
         r.report(&Event::TestFinished {

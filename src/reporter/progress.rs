@@ -290,6 +290,7 @@ mod tests {
             test_os: "busybox".into(),
             jobs: 1,
             tests: vec![info("TestA.a"), info("TestA.b")],
+            shard: None,
         })
         .unwrap();
         let failed = attempt(AttemptOutcome::Failed {
@@ -326,6 +327,7 @@ mod tests {
                 test_os: "busybox".into(),
                 jobs: 1,
                 tests: vec![t.clone()],
+                shard: None,
             },
             Event::TestStarted {
                 test: t.clone(),

@@ -253,6 +253,7 @@ mod tests {
             test_os: "busybox".into(),
             jobs: 1,
             tests: vec![info(1), info(2)],
+            shard: None,
         })
         .unwrap();
         r.report(&Event::MachineReady {

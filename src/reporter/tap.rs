@@ -287,6 +287,7 @@ mod tests {
                 test_os: "busybox".into(),
                 jobs: 2,
                 tests: vec![a.clone(), b.clone()],
+                shard: None,
             },
             Event::AttemptRetry {
                 test: b.clone(),

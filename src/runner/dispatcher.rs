@@ -49,6 +49,8 @@ pub struct RunConfig {
     /// Estimated durations (from the duration history): the order of destructive tests
     /// and the number of global machines.
     pub estimates: Estimates,
+    /// The shard this run is of a split suite (`--shard`), for the run-started event.
+    pub shard: Option<crate::events::ShardInfo>,
 }
 
 /// What a global machine slot is doing.
@@ -294,6 +296,7 @@ impl<'r> Dispatcher<'r> {
             test_os: self.ctx.test_os.clone(),
             jobs: self.cfg.jobs,
             tests,
+            shard: self.cfg.shard.clone(),
         });
         for (i, reason) in std::mem::take(&mut self.skips) {
             self.finish(i, Verdict::Skipped { reason });
