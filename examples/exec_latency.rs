@@ -3,31 +3,17 @@
 //! runs `true` N times (default 50) and prints the median and quartiles in milliseconds.
 
 use std::time::{Duration, Instant};
-use vmcheck::image::{Catalog, ImageStore};
-use vmcheck::machine::vm::{Host, MachineSpec, VirtualMachine};
-use vmcheck::project::Project;
+mod common;
+
+use vmcheck::machine::vm::VirtualMachine;
 use vmcheck::signal::Cancel;
 
 #[tokio::main]
 async fn main() {
-    let mut args = std::env::args().skip(1);
-    let name = args.next().unwrap_or_else(|| "busybox".into());
-    let n: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(50);
-    let project =
-        Project::discover(&std::env::current_dir().unwrap()).expect("run inside the project");
-    let catalog = Catalog::new(project, ImageStore::from_env());
+    let (name, n) = common::image_and_count(50);
+    let (image, host) = common::image_and_host(&name).await;
     let cancel = Cancel::new();
-    let image = catalog.resolve(&name, &cancel, false).expect("image");
-    let host = Host::detect(&image.kernel(), &catalog.store.dir.join(".cache"))
-        .await
-        .expect("host");
-    let spec = MachineSpec {
-        label: "bench".into(),
-        image,
-        memory_mib: None,
-        cpus: 1,
-        private_net: None,
-    };
+    let spec = common::spec(&image, false);
     let mut vm = VirtualMachine::start(&host, spec).await.expect("start");
     vm.wait_boot(Duration::from_secs(180), &cancel)
         .await
@@ -35,12 +21,7 @@ async fn main() {
     let mut times = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
-        let done = vm
-            .shell()
-            .execute("true", Duration::from_secs(30))
-            .await
-            .expect("exec");
-        assert!(done.status.success());
+        common::run_true(&vm).await;
         times.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     vm.kill().await;

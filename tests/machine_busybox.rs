@@ -12,15 +12,7 @@ use vmcheck::signal::Cancel;
 const BOOT: Duration = Duration::from_secs(120);
 const CMD: Duration = Duration::from_secs(30);
 
-fn spec(label: &str, image: &vmcheck::image::Image) -> MachineSpec {
-    MachineSpec {
-        label: label.into(),
-        image: image.clone(),
-        memory_mib: None,
-        cpus: 1,
-        private_net: None,
-    }
-}
+use common::spec;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifecycle_execute_files_timeout_reboot_kill() {
@@ -195,9 +187,12 @@ async fn a_guest_that_panics_ends_qemu_with_the_console_tail() {
 async fn a_boot_timeout_reports_the_console_and_cleans_up() {
     let image = common::image("busybox");
     let host = common::host(&image).await;
-    let mut m = VirtualMachine::start(&host, spec("e2e-slow", &image))
-        .await
-        .unwrap();
+    // A restore could beat the deadline: this is about booting.
+    let slow = MachineSpec {
+        cold_boot: true,
+        ..spec("e2e-slow", &image)
+    };
+    let mut m = VirtualMachine::start(&host, slow).await.unwrap();
     let pid = m.pid().unwrap();
     let err = m
         .wait_boot(Duration::from_millis(500), &Cancel::new())
@@ -207,4 +202,101 @@ async fn a_boot_timeout_reports_the_console_and_cleans_up() {
     assert!(err.to_string().contains("console tail"), "{err}");
     m.kill().await;
     assert!(!common::process_alive(pid));
+}
+
+async fn run(m: &VirtualMachine, cmd: &str) -> String {
+    let done = m.shell().execute(cmd, CMD).await.unwrap();
+    assert!(done.status.success(), "{cmd}: {:?}", done.output);
+    done.stdout_text().trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn machines_start_from_a_booted_snapshot_with_their_own_clock_and_identity() {
+    let (store, image) = common::in_own_store(&common::image("busybox"));
+    let host = common::host(&image).await;
+    let cancel = Cancel::new();
+    let snapshots = store.path().join("snapshots");
+
+    // The first machine boots, and saves the snapshot once it is ready.
+    let mut first = VirtualMachine::start(&host, spec("e2e-snap-1", &image))
+        .await
+        .unwrap();
+    let first_id = first.wait_boot(BOOT, &cancel).await.unwrap();
+    assert!(!first.restored());
+    let saved: Vec<String> = std::fs::read_dir(&snapshots)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    assert_eq!(saved.len(), 1, "{saved:?}");
+    assert!(saved[0].starts_with("busybox-256m1c-"), "{saved:?}");
+    let snapshot = snapshots.join(&saved[0]);
+    assert!(snapshot.join("state.mig").is_file());
+    // The machine that was saved goes on working.
+    assert_eq!(run(&first, "echo still here").await, "still here");
+
+    // Later machines are restored: already booted, each with its own boot id and random
+    // numbers, and the clock of now rather than of the snapshot.
+    let mut restored = Vec::new();
+    for label in ["e2e-snap-2", "e2e-snap-3"] {
+        let mut m = VirtualMachine::start(&host, spec(label, &image))
+            .await
+            .unwrap();
+        let id = m.wait_boot(BOOT, &cancel).await.unwrap();
+        assert!(m.restored(), "{label} was restored");
+        assert_ne!(id, first_id);
+        restored.push((m, id));
+    }
+    assert_ne!(restored[0].1, restored[1].1, "boot ids of their own");
+    let random = "head -c 16 /dev/urandom | od -An -tx1";
+    assert_ne!(
+        run(&restored[0].0, random).await,
+        run(&restored[1].0, random).await
+    );
+    for (m, _) in &restored {
+        common::assert_clock_is_now(&run(m, "date +%s").await);
+    }
+
+    // A restored machine reboots for real: a cold boot on its own overlay, a new boot id.
+    let (mut m, id) = restored.remove(0);
+    let rebooted = m.reboot(BOOT, &cancel).await.unwrap();
+    assert_ne!(rebooted, id);
+    assert!(!m.restored());
+    assert_eq!(run(&m, "echo back").await, "back");
+    m.kill().await;
+
+    // --cold-boot boots even though there is a snapshot.
+    let cold = MachineSpec {
+        cold_boot: true,
+        ..spec("e2e-snap-cold", &image)
+    };
+    let mut c = VirtualMachine::start(&host, cold).await.unwrap();
+    c.wait_boot(BOOT, &cancel).await.unwrap();
+    assert!(!c.restored());
+    c.kill().await;
+
+    // A snapshot that cannot be restored is removed, and the machine boots instead.
+    let state = snapshot.join("state.mig");
+    std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    std::fs::write(&state, b"not a migration stream").unwrap();
+    let mut broken = VirtualMachine::start(&host, spec("e2e-snap-broken", &image))
+        .await
+        .unwrap();
+    broken.wait_boot(BOOT, &cancel).await.unwrap();
+    assert!(!broken.restored());
+    assert!(!snapshot.exists(), "the broken snapshot was discarded");
+    assert_eq!(run(&broken, "echo booted").await, "booted");
+
+    let pids: Vec<u32> = [&first, &broken]
+        .into_iter()
+        .chain(restored.iter().map(|(m, _)| m))
+        .filter_map(|m| m.pid())
+        .collect();
+    first.kill().await;
+    broken.kill().await;
+    for (m, _) in restored {
+        m.kill().await;
+    }
+    assert!(pids.iter().all(|p| !common::process_alive(*p)));
 }

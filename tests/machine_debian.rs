@@ -18,6 +18,7 @@ async fn debian_boots_runs_commands_keeps_its_disk_across_reboot() {
         memory_mib: None,
         cpus: 1,
         private_net: None,
+        cold_boot: false,
     };
     let mut m = VirtualMachine::start(&host, spec).await.unwrap();
     let overlay = m.run_dir().join("overlay.qcow2");
@@ -73,4 +74,65 @@ async fn debian_boots_runs_commands_keeps_its_disk_across_reboot() {
     assert!(!common::process_alive(pid));
     assert!(!run_dir.exists(), "overlay left behind");
     image.dir.join("root.qcow2").metadata().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restored_debian_machines_have_their_own_machine_id_journal_clock_and_disk() {
+    let (_store, image) = common::in_own_store(&common::image("debian-12"));
+    let host = common::host(&image).await;
+    let cancel = Cancel::new();
+    let boot = Duration::from_secs(180);
+    let cmd = Duration::from_secs(60);
+    let spec = |label: &str| common::spec(label, &image);
+    let mut first = VirtualMachine::start(&host, spec("e2e-deb-snap-1"))
+        .await
+        .unwrap();
+    first.wait_boot(boot, &cancel).await.unwrap();
+    assert!(
+        !first.restored(),
+        "the first machine boots and saves the snapshot"
+    );
+    let mut ids = Vec::new();
+    let mut machines = Vec::new();
+    for (i, label) in ["e2e-deb-snap-2", "e2e-deb-snap-3"].into_iter().enumerate() {
+        let mut m = VirtualMachine::start(&host, spec(label)).await.unwrap();
+        m.wait_boot(boot, &cancel).await.unwrap();
+        assert!(m.restored(), "{label}");
+        let done = m
+            .shell()
+            .execute(
+                &format!(
+                    "cat /etc/machine-id; date +%s; echo only-in-{i} > /root/mine; ls /root; \
+                     echo vmcheck-e2e-mark-{i} >/dev/kmsg; journalctl --sync; \
+                     journalctl -b -q --no-pager -o cat | grep -c vmcheck-e2e-mark-{i}"
+                ),
+                cmd,
+            )
+            .await
+            .unwrap();
+        let out = done.stdout_text();
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(done.status.success(), "{out} {:?}", done.output);
+        ids.push(lines[0].to_string());
+        common::assert_clock_is_now(lines[1]);
+        assert_eq!(lines[2], "mine", "a disk of its own: {out}");
+        assert_eq!(
+            lines[3], "1",
+            "the journal is read under the new machine id: {out}"
+        );
+        machines.push(m);
+    }
+    let original = first
+        .shell()
+        .execute("cat /etc/machine-id", cmd)
+        .await
+        .unwrap()
+        .stdout_text();
+    assert_eq!(ids[0].len(), 32);
+    assert_ne!(ids[0], ids[1]);
+    assert_ne!(ids[0], original.trim());
+    first.kill().await;
+    for m in machines {
+        m.kill().await;
+    }
 }

@@ -612,6 +612,8 @@ fn sit_also_holds_a_machine_that_did_not_boot() {
         "--sit",
         "--boot-timeout",
         "1",
+        // A restore could be ready within the second: this is about a boot that is not.
+        "--cold-boot",
     ]);
     let (mut child, mut err) = spawn_reading_stderr(&mut cmd);
     let console = sit_prompt(&mut err)

@@ -133,6 +133,9 @@ pub struct RunArgs {
     /// Seconds a machine may take to boot.
     #[arg(long, default_value_t = 120, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub boot_timeout: u64,
+    /// Boot machines from their images instead of restoring booted snapshots.
+    #[arg(long, env = "VMCHECK_COLD_BOOT", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
+    pub cold_boot: bool,
     /// Virtual CPUs that may boot at once; more boots wait [default: one per host CPU].
     #[arg(long, env = "VMCHECK_MAX_BOOTS", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub max_boots: Option<u32>,
@@ -254,6 +257,9 @@ pub struct VmRunArgs {
     /// Seconds to wait for the machine to boot.
     #[arg(long, default_value_t = 120, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub boot_timeout: u64,
+    /// Boot machines from their images instead of restoring booted snapshots.
+    #[arg(long, env = "VMCHECK_COLD_BOOT", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
+    pub cold_boot: bool,
     /// Seconds the command given with -e may run.
     #[arg(long, default_value_t = 600, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: u64,

@@ -219,6 +219,7 @@ async fn vm_run(
         memory_mib: args.memory,
         cpus: args.cpus,
         private_net: None,
+        cold_boot: args.cold_boot,
     };
     if verbose {
         eprintln!(

@@ -282,6 +282,7 @@ pub async fn run(
         host,
         images,
         boot_timeout: Duration::from_secs(args.boot_timeout),
+        cold_boot: args.cold_boot,
         artifacts_dir: artifacts_dir.clone(),
         keep_artifacts: args.keep_artifacts,
         vmcheck_exe: std::env::current_exe()

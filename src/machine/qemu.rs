@@ -36,6 +36,10 @@ pub struct QemuConfig {
     /// Host port on 127.0.0.1 forwarded to the guest's port 22.
     pub ssh_port: u16,
     pub private_net: Option<PrivateNet>,
+    /// A QMP socket to listen on (to save the machine, or to resume a restored one).
+    pub qmp: Option<PathBuf>,
+    /// Start from this saved state (`-incoming`) instead of booting: see `snapshot.rs`.
+    pub incoming: Option<PathBuf>,
 }
 
 impl QemuConfig {
@@ -61,6 +65,10 @@ impl QemuConfig {
             "chardev:con0",
         ]);
         push(&["-device", "virtio-rng-pci"]);
+        // A new generation id on every start, restores included: the guest kernel reseeds
+        // its random number generator when it changes, so restored machines do not share
+        // random numbers (or boot ids, which are drawn on first read).
+        push(&["-device", "vmgenid,guid=auto"]);
         push(&["-device", "pvpanic-pci", "-action", "panic=exit-failure"]);
         push(&[
             "-netdev",
@@ -90,8 +98,22 @@ impl QemuConfig {
         if let Some(disk) = &self.disk {
             let mut spec = OsString::from("file=");
             spec.push(disk);
-            spec.push(",if=virtio,format=qcow2,cache=unsafe,discard=unmap");
+            spec.push(",if=virtio,id=disk0,format=qcow2,cache=unsafe,discard=unmap");
             a.push("-drive".into());
+            a.push(spec);
+        }
+        if let Some(qmp) = &self.qmp {
+            let mut spec = OsString::from("unix:");
+            spec.push(qmp);
+            spec.push(",server=on,wait=off");
+            a.push("-qmp".into());
+            a.push(spec);
+        }
+        if let Some(state) = &self.incoming {
+            // QEMU 7.2 has no `file:` migration; `exec:` runs this through /bin/sh.
+            let mut spec = OsString::from("exec:cat ");
+            spec.push(crate::shell::quote(&state.to_string_lossy()));
+            a.push("-incoming".into());
             a.push(spec);
         }
         a
@@ -146,6 +168,8 @@ mod tests {
             disk: Some("/run/x/overlay.qcow2".into()),
             ssh_port: 22022,
             private_net: None,
+            qmp: None,
+            incoming: None,
         }
     }
 
@@ -165,9 +189,29 @@ mod tests {
         assert!(s.contains("-m 256 -smp 1"));
         assert!(s.contains("hostfwd=tcp:127.0.0.1:22022-:22"), "{s}");
         assert!(s.contains("-append console=ttyS0 quiet panic=-1 root=/dev/vda rw"));
-        assert!(s.contains("-drive file=/run/x/overlay.qcow2,if=virtio,format=qcow2,cache=unsafe"));
+        assert!(s.contains(
+            "-drive file=/run/x/overlay.qcow2,if=virtio,id=disk0,format=qcow2,cache=unsafe"
+        ));
         assert!(s.contains("-action panic=exit-failure"));
         assert!(!s.contains("mcast"));
+        assert!(s.contains("-device vmgenid,guid=auto"));
+        assert!(!s.contains("-incoming") && !s.contains("-qmp"));
+    }
+
+    #[test]
+    fn restore_from_saved_state() {
+        let mut c = config();
+        c.qmp = Some("/run/x/qmp.sock".into());
+        c.incoming = Some("/snap/it's/state.mig".into());
+        let s = joined(&c);
+        assert!(
+            s.contains("-qmp unix:/run/x/qmp.sock,server=on,wait=off"),
+            "{s}"
+        );
+        assert!(
+            s.ends_with(r#"-incoming exec:cat '/snap/it'\''s/state.mig'"#),
+            "{s}"
+        );
     }
 
     #[test]

@@ -7,17 +7,27 @@
 //!
 //! qemu runs with `-no-reboot`, so a guest reset ends it. When the console shows that the
 //! guest asked for the reboot (and did not panic), [`VirtualMachine::wait_boot`] relaunches
-//! qemu on the same disk overlay: a reboot, with a new boot id, where a panic is an error. [`VirtualMachine::start`] returns as soon
-//! as qemu runs, so callers can start several machines and then wait for all of them.
+//! qemu on the same disk overlay: a reboot, with a new boot id, where a panic is an error.
+//! [`VirtualMachine::start`] returns as soon as qemu runs, so callers can start several
+//! machines and then wait for all of them.
+//!
+//! A machine starts from a booted snapshot of its image and size when there is one
+//! (`snapshot.rs`): qemu loads the saved state, vmcheck resumes it over QMP, sets the guest's
+//! clock and lets the image give it its own identity. The first machine that finds no
+//! snapshot boots cold and saves one once it is ready (paused for a moment: its disk moves to
+//! a new overlay, the old one is copied into the snapshot). A restore that fails is one line
+//! on stderr and a cold boot; `cold_boot` in the spec, or a private network, always boots.
 
 use super::accel::Accel;
 use super::console::{self, ConsoleState};
 pub use super::error::MachineError;
 use super::ports::{self, PortKind, PortLease};
 use super::qemu::{self, PrivateNet, QemuConfig};
+use super::qmp::Qmp;
 use super::rundir;
 use super::shell::{CONNECT_LIMIT, Shell};
 pub use super::shell::{Completed, Exec};
+use super::snapshot::{Maker, Snapshot, SnapshotKey};
 use super::spawn::spawn_tied;
 use super::ssh::{HostKeyCheck, SshError, SshSession, SshTarget};
 use crate::image::Image;
@@ -39,6 +49,8 @@ pub struct Host {
     pub qemu: PathBuf,
     pub qemu_img: PathBuf,
     pub accel: Accel,
+    /// `qemu-system-x86_64 --version`'s first line: saved states are only for the same qemu.
+    pub qemu_version: String,
 }
 
 impl Host {
@@ -53,10 +65,24 @@ impl Host {
             package: "qemu-utils",
         })?;
         let accel = super::accel::choose(&qemu, probe_kernel, cache_dir).await;
+        let qemu_version = tokio::process::Command::new(&qemu)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .unwrap_or_default();
         Ok(Host {
             qemu,
             qemu_img,
             accel,
+            qemu_version,
         })
     }
 }
@@ -71,11 +97,41 @@ pub struct MachineSpec {
     pub memory_mib: Option<u32>,
     pub cpus: u32,
     pub private_net: Option<PrivateNet>,
+    /// Boot the image even where a booted snapshot could be restored (`--cold-boot`).
+    pub cold_boot: bool,
 }
+
+/// How the current qemu of a machine is coming up.
+enum Origin {
+    /// Booting its kernel.
+    Cold,
+    /// Booting its kernel, and saving a snapshot once it is ready.
+    Making(Maker),
+    /// Loading a snapshot's state.
+    Restoring(Snapshot),
+}
+
+/// What the guest runs right after a restore: the clock jumps from the snapshot's time to
+/// now, and the image's hook (if it has one, see bots/images/README.md) gives the machine its
+/// own identity. Then the boot id, as after every boot.
+fn after_restore_command(now_secs: u64) -> String {
+    format!(
+        "date -u -s @{now_secs} >/dev/null && \
+         {{ [ ! -x {RESTORE_HOOK} ] || {RESTORE_HOOK}; }} && \
+         cat /proc/sys/kernel/random/boot_id"
+    )
+}
+
+/// The guest program images may have for restored machines.
+pub const RESTORE_HOOK: &str = "/usr/lib/vmcheck/restored";
 
 /// How often one wait for a boot relaunches qemu: after the guest asked for a reboot, or
 /// when qemu lost its forwarded port to another program.
 const RELAUNCHES: u32 = 3;
+/// Longest a snapshot restore may take before the machine boots cold instead.
+const RESTORE_LIMIT: Duration = Duration::from_secs(30);
+/// Longest saving a snapshot may pause a machine.
+const SAVE_LIMIT: Duration = Duration::from_secs(60);
 
 pub struct VirtualMachine {
     pub label: String,
@@ -92,6 +148,11 @@ pub struct VirtualMachine {
     markers_seen: u32,
     shell: Shell,
     boot_id: Option<String>,
+    origin: Origin,
+    /// The disk overlay qemu writes to (it moves when a snapshot is saved).
+    disk: Option<PathBuf>,
+    /// Whether the last boot was a snapshot restore.
+    restored: bool,
 }
 
 impl VirtualMachine {
@@ -122,14 +183,47 @@ impl VirtualMachine {
             }
         };
         let dir = rundir::create(&label).map_err(io("creating its run directory"))?;
-        if let Some(disk) = spec.image.disk() {
-            create_overlay(&host.qemu_img, &disk, &dir.path().join("overlay.qcow2"))
+        let origin = if spec.cold_boot || spec.private_net.is_some() {
+            // A second NIC's address is part of the saved state: such machines boot.
+            Origin::Cold
+        } else {
+            let key = SnapshotKey::new(
+                &spec.image,
+                memory_mib,
+                spec.cpus,
+                host.accel,
+                &host.qemu_version,
+            );
+            match key.find() {
+                Some(s) => Origin::Restoring(s),
+                None => key.try_make().map_or(Origin::Cold, Origin::Making),
+            }
+        };
+        let disk = spec.image.disk().map(|_| dir.path().join("overlay.qcow2"));
+        if let (Some(backing), Some(overlay)) = (spec.image.disk(), &disk) {
+            let backing = match &origin {
+                Origin::Restoring(s) => s.disk(),
+                _ => backing,
+            };
+            create_overlay(&host.qemu_img, &backing, overlay)
                 .await
                 .map_err(io("creating its disk overlay"))?;
         }
         let ssh_port = ports::lease(PortKind::Tcp).map_err(io("reserving an SSH port"))?;
-        let (child, console, qemu_stderr) =
-            launch(host, &spec, memory_mib, dir.path(), ssh_port.port).await?;
+        let incoming = match &origin {
+            Origin::Restoring(s) => Some(s.state()),
+            _ => None,
+        };
+        let (child, console, qemu_stderr) = launch(
+            host,
+            &spec,
+            memory_mib,
+            dir.path(),
+            ssh_port.port,
+            disk.as_deref(),
+            incoming.as_deref(),
+        )
+        .await?;
         let shell = Shell::new(&label, target(&spec.image, ssh_port.port));
         Ok(VirtualMachine {
             shell,
@@ -145,7 +239,19 @@ impl VirtualMachine {
             console,
             markers_seen: 0,
             boot_id: None,
+            origin,
+            disk,
+            restored: false,
         })
+    }
+
+    /// Whether the machine came up from a booted snapshot (rather than booting).
+    pub fn restored(&self) -> bool {
+        self.restored
+    }
+
+    fn qmp_socket(&self) -> PathBuf {
+        self.dir.path().join("qmp.sock")
     }
 
     pub fn ssh_port(&self) -> u16 {
@@ -212,6 +318,39 @@ impl VirtualMachine {
         cancel: &Cancel,
     ) -> Result<String, MachineError> {
         let deadline = Instant::now() + timeout;
+        self.restored = false;
+        if matches!(self.origin, Origin::Restoring(_)) {
+            let Origin::Restoring(snapshot) = std::mem::replace(&mut self.origin, Origin::Cold)
+            else {
+                unreachable!("matched above")
+            };
+            match self.resume_restored(deadline, cancel).await {
+                Ok(boot_id) => {
+                    self.restored = true;
+                    self.boot_id = Some(boot_id.clone());
+                    return Ok(boot_id);
+                }
+                Err(_) if cancel.is_cancelled() => return Err(MachineError::Cancelled),
+                Err(why) => {
+                    // A qemu that could not load the state says why on stderr.
+                    let why = match self.child.try_wait() {
+                        Ok(Some(status)) => {
+                            let stderr = self.stderr_text();
+                            let said = stderr.lines().rev().find(|l| !l.trim().is_empty());
+                            format!("qemu exited with {status}: {}", said.unwrap_or(&why))
+                        }
+                        _ => why,
+                    };
+                    eprintln!(
+                        "vmcheck: {}: restoring the snapshot {} failed ({why}); booting cold",
+                        self.label,
+                        snapshot.dir.display()
+                    );
+                    snapshot.discard();
+                    self.boot_cold_instead().await?;
+                }
+            }
+        }
         let mut relaunches = 0;
         loop {
             let seen = self.markers_seen;
@@ -270,6 +409,19 @@ impl VirtualMachine {
             return Err(self.exited(status, when));
         }
         self.markers_seen = self.console.borrow().ready;
+        if let Origin::Making(maker) = std::mem::replace(&mut self.origin, Origin::Cold) {
+            // Connect first: the snapshot is of a machine that answers over SSH. Its boot id
+            // is not read yet, so each restored machine draws its own.
+            self.connect(deadline, cancel).await?;
+            self.shell.disconnect().await;
+            if let Err(why) = self.save_snapshot(maker, deadline).await {
+                eprintln!(
+                    "vmcheck: {}: no snapshot of {} was saved ({why}); its machines boot cold",
+                    self.label,
+                    self.image.short_id()
+                );
+            }
+        }
         let boot_id = self.connect_and_read_boot_id(deadline, cancel).await?;
         self.boot_id = Some(boot_id.clone());
         Ok(boot_id)
@@ -308,6 +460,8 @@ impl VirtualMachine {
             self.memory_mib,
             self.dir.path(),
             self.ssh_port.port,
+            self.disk.as_deref(),
+            None,
         )
         .await?;
         self.child = child;
@@ -317,11 +471,134 @@ impl VirtualMachine {
         Ok(())
     }
 
-    async fn connect_and_read_boot_id(
-        &self,
+    /// Resume a machine whose qemu is loading a snapshot, and get it ready for use: its
+    /// clock set, its identity its own. Errors are reasons for a cold boot.
+    async fn resume_restored(
+        &mut self,
         deadline: Instant,
         cancel: &Cancel,
-    ) -> Result<String, MachineError> {
+    ) -> Result<String, String> {
+        // A restore takes a second; one that takes much longer is broken, not slow.
+        let limit = deadline.min(Instant::now() + RESTORE_LIMIT);
+        let mut qmp = Qmp::connect(&self.qmp_socket(), limit).await?;
+        let status = tokio::select! {
+            s = qmp.wait_incoming(limit) => s?,
+            _ = cancel.cancelled() => return Err("cancelled".into()),
+        };
+        match status.as_str() {
+            "running" => {}
+            "paused" | "postmigrate" | "prelaunch" => {
+                qmp.execute("cont", serde_json::json!({}), limit).await?;
+            }
+            other => return Err(format!("qemu is {other} after loading the state")),
+        }
+        drop(qmp);
+        self.connect(limit, cancel)
+            .await
+            .map_err(|e| e.to_string())?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let left = limit
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(5));
+        let done = self
+            .shell
+            .execute(&after_restore_command(now), left)
+            .await
+            .map_err(|e| e.to_string())?;
+        let id = done.stdout_text().trim().to_string();
+        if !done.status.success() || id.is_empty() {
+            return Err(format!(
+                "setting the clock and identity failed ({}): {}",
+                done.status,
+                String::from_utf8_lossy(&done.output.stderr).trim()
+            ));
+        }
+        Ok(id)
+    }
+
+    /// After a failed restore: a new qemu, booting the image on a fresh overlay.
+    async fn boot_cold_instead(&mut self) -> Result<(), MachineError> {
+        self.shell.disconnect().await;
+        self.kill_group();
+        let _ = self.child.wait().await;
+        if let (Some(backing), Some(overlay)) = (self.image.disk(), &self.disk) {
+            let _ = std::fs::remove_file(overlay);
+            create_overlay(&self.host.qemu_img, &backing, overlay)
+                .await
+                .map_err(|source| MachineError::Io {
+                    label: self.label.clone(),
+                    context: "creating its disk overlay".into(),
+                    source,
+                })?;
+        }
+        self.relaunch(false).await
+    }
+
+    /// Save this booted machine as the snapshot `maker` makes: pause it, move its disk to a
+    /// new overlay (the old one is the snapshot's disk), write its state, resume it.
+    async fn save_snapshot(&mut self, maker: Maker, deadline: Instant) -> Result<(), String> {
+        let started = Instant::now();
+        let limit = deadline.min(Instant::now() + SAVE_LIMIT);
+        let mut qmp = Qmp::connect(&self.qmp_socket(), limit).await?;
+        use serde_json::json;
+        qmp.execute("stop", json!({}), limit).await?;
+        let saved = async {
+            let mut frozen = None;
+            if let Some(old) = self.disk.clone() {
+                let new = self.dir.path().join("overlay-after-snapshot.qcow2");
+                qmp.execute(
+                    "blockdev-snapshot-sync",
+                    json!({
+                        "device": "disk0",
+                        "snapshot-file": new.to_string_lossy(),
+                        "format": "qcow2",
+                    }),
+                    limit,
+                )
+                .await?;
+                self.disk = Some(new);
+                frozen = Some(old);
+            }
+            // The default bandwidth limit would make this take seconds.
+            qmp.execute(
+                "migrate-set-parameters",
+                json!({ "max-bandwidth": 1u64 << 40 }),
+                limit,
+            )
+            .await?;
+            let uri = format!("exec:cat > {}", quote(&maker.state().to_string_lossy()));
+            qmp.execute("migrate", json!({ "uri": uri }), limit).await?;
+            qmp.wait_migrated(limit).await?;
+            if let Some(old) = frozen {
+                std::fs::copy(&old, maker.disk())
+                    .map_err(|e| format!("copying {}: {e}", old.display()))?;
+            }
+            Ok::<(), String>(())
+        }
+        .await;
+        // Resume whatever happened: the machine is someone's.
+        let resumed = qmp.execute("cont", json!({}), limit).await;
+        saved?;
+        resumed?;
+        let info = format!(
+            "# A booted {} machine, saved by vmcheck {} in {:.2}s.\nimage = \"{}\"\nmemory_mib = {}\ncpus = {}\n",
+            self.image.name,
+            env!("CARGO_PKG_VERSION"),
+            started.elapsed().as_secs_f64(),
+            self.image.short_id(),
+            self.memory_mib,
+            self.spec.cpus,
+        );
+        maker
+            .publish(&info)
+            .map_err(|e| format!("publishing it: {e}"))?;
+        Ok(())
+    }
+
+    /// Connect the shell, retrying while the guest's network settles.
+    async fn connect(&self, deadline: Instant, cancel: &Cancel) -> Result<(), MachineError> {
         self.shell.disconnect().await;
         // sshd listens when the marker prints; a first connection can still race the
         // guest's network settling, so retry briefly until the boot deadline.
@@ -347,6 +624,15 @@ impl VirtualMachine {
             }
         };
         self.shell.adopt(session).await;
+        Ok(())
+    }
+
+    async fn connect_and_read_boot_id(
+        &self,
+        deadline: Instant,
+        cancel: &Cancel,
+    ) -> Result<String, MachineError> {
+        self.connect(deadline, cancel).await?;
         let left = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_secs(5));
@@ -447,6 +733,8 @@ async fn launch(
     memory_mib: u32,
     dir: &Path,
     ssh_port: u16,
+    disk: Option<&Path>,
+    incoming: Option<&Path>,
 ) -> Result<Launched, MachineError> {
     let image = &spec.image;
     let config = QemuConfig {
@@ -456,9 +744,11 @@ async fn launch(
         kernel: image.kernel(),
         initrd: image.initrd(),
         cmdline: image.manifest.boot.cmdline.clone(),
-        disk: image.disk().map(|_| dir.join("overlay.qcow2")),
+        disk: disk.map(Path::to_path_buf),
         ssh_port,
         private_net: spec.private_net.clone(),
+        qmp: Some(dir.join("qmp.sock")),
+        incoming: incoming.map(Path::to_path_buf),
     };
     let mut cmd = tokio::process::Command::new(&host.qemu);
     cmd.args(config.args())

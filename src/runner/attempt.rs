@@ -48,6 +48,8 @@ pub struct AttemptContext {
     pub host: Option<Host>,
     pub images: BTreeMap<String, Image>,
     pub boot_timeout: Duration,
+    /// Boot machines even where a booted snapshot could be restored (`--cold-boot`).
+    pub cold_boot: bool,
     /// Root of per-attempt artifacts (see `artifacts.rs`).
     pub artifacts_dir: PathBuf,
     /// Keep the artifacts of passing attempts too (`--keep-artifacts`).
@@ -443,6 +445,7 @@ async fn boot_machines(
                 mcast_port: n.port,
                 mac: format!("52:54:01:00:00:{:02x}", i + 1),
             }),
+            cold_boot: ctx.cold_boot,
         };
         let (host, timeout, cancel) = (host.clone(), ctx.boot_timeout, ctx.cancel.clone());
         let (gate, vcpus) = (ctx.boots.clone(), mreq.cpus);

@@ -873,6 +873,7 @@ async fn boot_global(
         memory_mib: memory,
         cpus,
         private_net: None,
+        cold_boot: ctx.cold_boot,
     };
     let mut vm = VirtualMachine::start(host, spec).await?;
     vm.wait_boot(ctx.boot_timeout, &ctx.cancel).await?;

@@ -103,3 +103,36 @@ pub fn run_dirs_of(pid: u32) -> Vec<PathBuf> {
 pub fn exists(p: &Path) -> bool {
     p.symlink_metadata().is_ok()
 }
+
+/// The image `image` as seen from a store of its own (a link to it in a temporary directory),
+/// so that its snapshots start from nothing and other tests do not share them.
+pub fn in_own_store(image: &vmcheck::image::Image) -> (tempfile::TempDir, vmcheck::image::Image) {
+    let store = tempfile::tempdir().unwrap();
+    let dir = store.path().join(image.dir.file_name().unwrap());
+    std::os::unix::fs::symlink(&image.dir, &dir).unwrap();
+    let mut own = image.clone();
+    own.dir = dir;
+    (store, own)
+}
+
+/// A one-CPU machine of `image` with its default memory.
+pub fn spec(label: &str, image: &Image) -> vmcheck::machine::vm::MachineSpec {
+    vmcheck::machine::vm::MachineSpec {
+        label: label.into(),
+        image: image.clone(),
+        memory_mib: None,
+        cpus: 1,
+        private_net: None,
+        cold_boot: false,
+    }
+}
+
+/// Assert that a guest's `date +%s` is the host's now, give or take 5 s.
+pub fn assert_clock_is_now(guest: &str) {
+    let guest: i64 = guest.trim().parse().expect("seconds");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!((guest - now).abs() <= 5, "guest clock {guest}, host {now}");
+}

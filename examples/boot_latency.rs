@@ -1,0 +1,66 @@
+//! Benchmark: how long a fresh machine takes to answer its first command, booted cold and
+//! restored from its booted snapshot, measured in one process (no image verification, no
+//! process start in the figures).
+//! `cargo run --release --example boot_latency -- [IMAGE] [N]` starts IMAGE (default busybox)
+//! N times (default 5) each way, one machine at a time, and prints medians in seconds: from
+//! `VirtualMachine::start` until `true` has run over SSH (the restore's clock and identity
+//! steps included).
+
+use std::time::{Duration, Instant};
+mod common;
+
+use vmcheck::machine::vm::{Host, MachineSpec, VirtualMachine};
+use vmcheck::signal::Cancel;
+
+#[tokio::main]
+async fn main() {
+    let (name, n) = common::image_and_count(5);
+    let (image, host) = common::image_and_host(&name).await;
+    let cancel = Cancel::new();
+    let spec = |cold_boot| common::spec(&image, cold_boot);
+    // One start first: it makes the snapshot if there is none yet.
+    let (_, restored) = first_command(&host, spec(false), &cancel).await;
+    let mut cold = Vec::new();
+    let mut warm = Vec::new();
+    for _ in 0..n {
+        cold.push(first_command(&host, spec(true), &cancel).await.0);
+        let (t, restored) = first_command(&host, spec(false), &cancel).await;
+        assert!(restored, "a snapshot exists, so the machine is restored");
+        warm.push(t);
+    }
+    let show = |what: &str, times: &mut Vec<f64>| {
+        times.sort_by(f64::total_cmp);
+        println!(
+            "{name}: {what} to the first command, {n} runs: median {:.2} s (min {:.2}, max {:.2})",
+            times[times.len() / 2],
+            times[0],
+            times[times.len() - 1]
+        );
+        times[times.len() / 2]
+    };
+    let c = show("cold boot", &mut cold);
+    let w = show("snapshot restore", &mut warm);
+    println!(
+        "{name}: restore is {:.1}x faster than a cold boot{}",
+        c / w,
+        if restored {
+            ""
+        } else {
+            " (the first start made the snapshot)"
+        }
+    );
+}
+
+/// Seconds from start until `true` ran, and whether the machine was restored.
+async fn first_command(host: &Host, spec: MachineSpec, cancel: &Cancel) -> (f64, bool) {
+    let t = Instant::now();
+    let mut vm = VirtualMachine::start(host, spec).await.expect("start");
+    vm.wait_boot(Duration::from_secs(180), cancel)
+        .await
+        .expect("boot");
+    common::run_true(&vm).await;
+    let secs = t.elapsed().as_secs_f64();
+    let restored = vm.restored();
+    vm.kill().await;
+    (secs, restored)
+}
