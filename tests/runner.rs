@@ -654,6 +654,33 @@ fn listing_boots_nothing() {
 }
 
 #[test]
+fn a_listing_read_only_in_part_ends_quietly() {
+    // `vmcheck run -l | head -1`: the reader goes away after one line.
+    let dir = tempfile::tempdir().unwrap();
+    let tests: String = (0..20_000)
+        .map(|i| format!("[TestMany.test{i}]\nrun = \"true\"\n"))
+        .collect();
+    std::fs::write(dir.path().join("check-many"), tests).unwrap();
+    let mut child = common::vmcheck()
+        .args(["run", "--list", "--test-dir"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert_eq!(first, "TestMany.test0\n");
+    // The pipe is closed now; the rest of the listing cannot be written.
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(exit_codes::OK), "{err}");
+    assert!(err.is_empty(), "{err}");
+}
+
+#[test]
 fn bad_check_files_are_errors_with_locations_and_start_nothing() {
     let out = common::vmcheck()
         .args(["run", "--test-dir", "tests/fixtures/checkfiles/invalid"])

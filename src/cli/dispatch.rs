@@ -178,7 +178,7 @@ async fn image_build(
         let image = tokio::task::spawn_blocking(move || catalog.build(&name, &cancel, verbose))
             .await
             .expect("image build panicked")?;
-        println!("{} {}", image.name, image.dir.display());
+        out!("{} {}", image.name, image.dir.display());
     }
     Ok(exit_codes::OK)
 }
@@ -259,25 +259,25 @@ async fn vm_run(
         return Ok(command_exit_code(&done.status));
     }
 
-    println!(
+    out!(
         "vmcheck: machine {} is ready ({:.1}s to boot, {}, {} MiB)",
         machine.label,
         boot_time.as_secs_f64(),
         host.accel.as_str(),
         machine.memory_mib
     );
-    println!("  ssh:      {}", machine.ssh_command());
-    println!("  address:  127.0.0.1:{}", machine.ssh_port());
-    println!("  identity: {}", machine.image.client_key().display());
-    println!("  known hosts: {}", machine.known_hosts().display());
-    println!("  console:  {}", machine.console_log().display());
-    println!(
+    out!("  ssh:      {}", machine.ssh_command());
+    out!("  address:  127.0.0.1:{}", machine.ssh_port());
+    out!("  identity: {}", machine.image.client_key().display());
+    out!("  known hosts: {}", machine.known_hosts().display());
+    out!("  console:  {}", machine.console_log().display());
+    out!(
         "  run tests: vmcheck run --machine 127.0.0.1:{} --identity {} --known-hosts {}",
         machine.ssh_port(),
         machine.image.client_key().display(),
         machine.known_hosts().display()
     );
-    println!("Press Enter or Ctrl-C to stop the machine.");
+    out!("Press Enter or Ctrl-C to stop the machine.");
     let _ = std::io::stdout().flush();
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
     let mut line = String::new();
@@ -311,9 +311,9 @@ fn naughty(project: &Project, cmd: NaughtyCommand) -> Result<i32, CliError> {
     let dir = dir.unwrap_or_else(|| project.root.join(NAUGHTY_DIR));
     let db = NaughtyDb::load(&dir).map_err(CliError::Naughty)?;
     let Some(os) = os else {
-        println!("{}: {} patterns, all valid", dir.display(), db.len());
+        out!("{}: {} patterns, all valid", dir.display(), db.len());
         for (alias, target) in db.aliases() {
-            println!("  {alias} -> {target}");
+            out!("  {alias} -> {target}");
         }
         return Ok(exit_codes::OK);
     };
@@ -329,10 +329,10 @@ fn naughty(project: &Project, cmd: NaughtyCommand) -> Result<i32, CliError> {
             .to_string()
     };
     for n in &m.own {
-        println!("#{} {}", n.issue, shown(&n.path));
+        out!("#{} {}", n.issue, shown(&n.path));
     }
     for n in &m.other {
-        println!("#{} {} (in {})", n.issue, shown(&n.path), n.os);
+        out!("#{} {} (in {})", n.issue, shown(&n.path), n.os);
     }
     Ok(if m.own.is_empty() { 1 } else { exit_codes::OK })
 }

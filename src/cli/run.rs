@@ -166,7 +166,7 @@ pub async fn run(
                 let r: Vec<String> = reasons.iter().map(|r| r.to_string()).collect();
                 format!("affected: {}", r.join("; "))
             };
-            println!("{} {}: {why}", t.def.file.display(), t.def.name());
+            out!("{} {}: {why}", t.def.file.display(), t.def.name());
         }
         return Ok(exit_codes::OK);
     }
@@ -174,7 +174,7 @@ pub async fn run(
         for t in &plan.tests {
             if verbose {
                 let estimate = estimates.of(&t.def.name());
-                println!(
+                out!(
                     "{} {} {} timeout={}s estimate={:.1}s{}",
                     t.def.file.display(),
                     t.def.name(),
@@ -188,7 +188,7 @@ pub async fn run(
                     if estimate.recorded { "" } else { " (guess)" }
                 );
             } else {
-                println!("{}", t.def.name());
+                out!("{}", t.def.name());
             }
         }
         return Ok(exit_codes::OK);

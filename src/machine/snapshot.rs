@@ -100,6 +100,13 @@ impl SnapshotKey {
         if self.find().is_some() {
             return None;
         }
+        // With the lock held, a temporary directory of this key is a dead maker's.
+        let partial = format!(".{}.", self.name);
+        for e in std::fs::read_dir(&self.store).ok()?.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&partial) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
         let tmp = tempfile::Builder::new()
             .prefix(&format!(".{}.", self.name))
             .tempdir_in(&self.store)
@@ -226,6 +233,13 @@ mod tests {
         assert!(old.try_make().is_none(), "already made");
 
         let m = new.try_make().unwrap();
+        // A maker killed with SIGKILL leaves its directory; the next one removes it.
+        let left = m.tmp.path().to_path_buf();
+        std::mem::forget(m.tmp);
+        drop(m._lock);
+        assert!(left.exists());
+        let m = new.try_make().unwrap();
+        assert!(!left.exists(), "a dead maker's directory is removed");
         drop(m);
         assert!(new.find().is_none());
         let leftovers: Vec<_> = std::fs::read_dir(&new.store)

@@ -210,14 +210,18 @@ pub async fn run_attempt(
     let tag = format!("t{}-a{}", req.id, req.attempt);
     let mut guest_logs: Vec<String> = Vec::new();
     if outcome == AttemptOutcome::Passed {
-        for m in &machines {
+        // The first machine's start marker goes with its body: one round trip less a test.
+        let mark = journal::mark_command(&tag);
+        let marked_by_body = test.run.is_some();
+        for m in machines.iter().skip(usize::from(marked_by_body)) {
             let _ = m
                 .machine
                 .shell()
-                .execute(&journal::mark_command(&tag), Duration::from_secs(30))
+                .execute(&mark, Duration::from_secs(30))
                 .await;
         }
-        outcome = run_bodies(&ctx, &req, &mut machines, &log).await;
+        let mark = marked_by_body.then_some(mark.as_str());
+        outcome = run_bodies(&ctx, &req, &mut machines, &log, mark).await;
     }
     if matches!(
         outcome,
@@ -560,12 +564,14 @@ fn env_name(machine: &str) -> String {
         .collect()
 }
 
-/// Run `run` in the first machine, then `host` on the host, until the test's deadline.
+/// Run `run` in the first machine (after `mark`, the journal's start marker, if given), then
+/// `host` on the host, until the test's deadline.
 async fn run_bodies(
     ctx: &AttemptContext,
     req: &AttemptRequest,
     machines: &mut [Named],
     log: &Log,
+    mark: Option<&str>,
 ) -> AttemptOutcome {
     let test = &req.test;
     let deadline = Instant::now() + test.timeout;
@@ -579,7 +585,7 @@ async fn run_bodies(
             "export VMCHECK_MACHINE={}\n",
             quote(&machines[0].name)
         ));
-        let command = format!("{exports}set -e\n{script}");
+        let command = format!("{exports}{}\nset -e\n{script}", mark.unwrap_or(""));
         let mut sink = |_: Stream, data: &[u8]| log.write(data);
         let result = machines[0]
             .machine
