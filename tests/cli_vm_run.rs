@@ -235,8 +235,14 @@ fn a_corrupt_image_is_refused() {
 }
 
 #[test]
-fn image_list_shows_built_images() {
+fn image_list_shows_built_images_and_booted_snapshots() {
     common::image("busybox");
+    // A machine started means a snapshot of busybox exists (made or restored).
+    let out = common::vmcheck()
+        .args(["vm-run", "busybox", "-e", "true"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
     let out = common::vmcheck().args(["image", "list"]).output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
@@ -245,6 +251,12 @@ fn image_list_shows_built_images() {
         .find(|l| l.starts_with("busybox "))
         .expect("busybox row");
     assert!(row.contains(" built "), "{text}");
+    assert!(text.contains("\nBOOTED SNAPSHOT "), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("busybox-256m1c-") && l.contains("/snapshots/busybox-256m1c-")),
+        "{text}"
+    );
 }
 
 #[test]

@@ -147,6 +147,18 @@ fn image_list(catalog: &Catalog) -> Result<i32, CliError> {
             row.name, state, id, size, path
         );
     }
+    let snapshots = vmcheck::machine::snapshot::list(&catalog.store.dir);
+    if !snapshots.is_empty() {
+        let _ = writeln!(out, "\n{:<49} {:>9}  PATH", "BOOTED SNAPSHOT", "SIZE");
+        for (name, dir, bytes) in snapshots {
+            let _ = writeln!(
+                out,
+                "{name:<49} {:>9}  {}",
+                human_size(bytes),
+                dir.display()
+            );
+        }
+    }
     Ok(exit_codes::OK)
 }
 
@@ -158,6 +170,10 @@ fn size_of(image: &Image) -> String {
         .filter_map(|f| std::fs::metadata(image.file(f)).ok())
         .map(|m| m.len())
         .sum();
+    human_size(bytes)
+}
+
+fn human_size(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 

@@ -119,6 +119,31 @@ impl SnapshotKey {
     }
 }
 
+/// The published snapshots in the image store `store`: name, directory and bytes on disk.
+pub fn list(store: &Path) -> Vec<(String, PathBuf, u64)> {
+    let Ok(entries) = std::fs::read_dir(store.join("snapshots")) else {
+        return Vec::new();
+    };
+    let mut found: Vec<(String, PathBuf, u64)> = entries
+        .flatten()
+        .filter(|e| e.path().join(INFO).is_file())
+        .map(|e| {
+            let bytes = [STATE, DISK, INFO]
+                .iter()
+                .filter_map(|f| std::fs::metadata(e.path().join(f)).ok())
+                .map(|m| m.len())
+                .sum();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                e.path(),
+                bytes,
+            )
+        })
+        .collect();
+    found.sort();
+    found
+}
+
 /// A published snapshot.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
@@ -261,7 +286,12 @@ mod tests {
         assert!(old.find().is_none(), "the stale snapshot is gone");
         let mode = std::fs::metadata(s.state()).unwrap().permissions();
         assert!(mode.readonly());
+        let listed = list(store.path());
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].0, new.name);
+        assert_eq!(listed[0].2, 2, "state and info, one byte each");
         s.discard();
         assert!(new.find().is_none());
+        assert!(list(store.path()).is_empty());
     }
 }
