@@ -188,7 +188,9 @@ impl Reporter for BarReporter {
                 attempt,
                 placement,
             } => {
-                let bar = ProgressBar::new_spinner();
+                // Added before anything is set: a bar that drew on its own before it joined
+                // the display leaves stale lines behind (indicatif #645).
+                let bar = self.multi.add(ProgressBar::new_spinner());
                 bar.set_style(
                     ProgressStyle::with_template("  {prefix} [{msg}] {elapsed}")
                         .expect("valid template"),
@@ -199,7 +201,6 @@ impl Reporter for BarReporter {
                     msg.push_str(&format!(", attempt {attempt}"));
                 }
                 bar.set_message(msg);
-                let bar = self.multi.add(bar);
                 bar.tick();
                 self.running.insert(test.id, bar);
             }
