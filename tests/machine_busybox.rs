@@ -121,43 +121,53 @@ async fn lifecycle_execute_files_timeout_reboot_kill() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_machines_at_once_on_a_private_network() {
-    let image = common::image("busybox");
+async fn two_machines_on_a_private_network_one_booted_one_restored() {
+    // In a store of its own: the first machine boots and saves a snapshot with the second
+    // NIC, the second is restored from it and must still get its own address.
+    let (_store, image) = common::in_own_store(&common::image("busybox"));
     let host = common::host(&image).await;
     let cancel = Cancel::new();
     let net = ports::lease(PortKind::Udp).unwrap();
     let mut machines = Vec::new();
+    let mut boot_ids = Vec::new();
     for n in 1..=2 {
         let mut s = spec(&format!("e2e-pair{n}"), &image);
         s.private_net = Some(PrivateNet {
             mcast_port: net.port,
             mac: format!("52:54:01:00:00:0{n}"),
         });
-        machines.push(VirtualMachine::start(&host, s).await.unwrap());
+        let mut m = VirtualMachine::start(&host, s).await.unwrap();
+        boot_ids.push(m.wait_boot(BOOT, &cancel).await.unwrap());
+        assert_eq!(m.restored(), n == 2, "machine {n}");
+        machines.push(m);
     }
-    let [a, b] = &mut machines[..] else {
+    let [a, b] = &machines[..] else {
         unreachable!()
     };
     assert_ne!(a.ssh_port(), b.ssh_port());
-    let (ida, idb) = tokio::join!(a.wait_boot(BOOT, &cancel), b.wait_boot(BOOT, &cancel));
-    assert_ne!(ida.unwrap(), idb.unwrap());
-    for (m, ip) in [(&*a, "10.111.0.1"), (&*b, "10.111.0.2")] {
+    assert_ne!(boot_ids[0], boot_ids[1]);
+    for (n, m, ip) in [(1, a, "10.111.0.1"), (2, b, "10.111.0.2")] {
         let done = m
             .shell()
             .execute(
-                &format!("ip link set eth1 up && ip addr add {ip}/24 dev eth1"),
+                &format!(
+                    "cat /sys/class/net/eth1/address && ip link set eth1 up && ip addr add {ip}/24 dev eth1"
+                ),
                 CMD,
             )
             .await
             .unwrap();
         assert!(done.status.success(), "{:?}", done.output);
+        assert_eq!(done.stdout_text().trim(), format!("52:54:01:00:00:0{n}"));
     }
-    let done = a
-        .shell()
-        .execute("ping -c 2 -W 5 10.111.0.2", CMD)
-        .await
-        .unwrap();
-    assert!(done.status.success(), "ping failed: {}", done.stdout_text());
+    for (from, to) in [(a, "10.111.0.2"), (b, "10.111.0.1")] {
+        let done = from
+            .shell()
+            .execute(&format!("ping -c 2 -W 5 {to}"), CMD)
+            .await
+            .unwrap();
+        assert!(done.status.success(), "ping failed: {}", done.stdout_text());
+    }
     let pids: Vec<u32> = machines.iter().filter_map(|m| m.pid()).collect();
     for m in machines {
         m.kill().await;

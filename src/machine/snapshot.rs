@@ -42,6 +42,7 @@ impl SnapshotKey {
         cpus: u32,
         accel: Accel,
         qemu_version: &str,
+        private_net: bool,
     ) -> SnapshotKey {
         // The command line of such a machine with the per-boot parts (port, paths) fixed:
         // a change in the devices vmcheck gives machines changes the key.
@@ -54,7 +55,12 @@ impl SnapshotKey {
             cmdline: image.manifest.boot.cmdline.clone(),
             disk: image.disk().map(|_| PathBuf::from("D")),
             ssh_port: 1,
-            private_net: None,
+            // The second NIC is a device of the saved machine; its network (the multicast
+            // port) is the host's side and not saved, its address is set after a restore.
+            private_net: private_net.then(|| super::qemu::PrivateNet {
+                mcast_port: 1,
+                mac: "52:54:01:00:00:00".into(),
+            }),
             qmp: None,
             incoming: None,
         }
@@ -68,7 +74,8 @@ impl SnapshotKey {
             h.update(b"\0");
         }
         let key = hex::encode(h.finalize());
-        let prefix = format!("{}-{memory_mib}m{cpus}c-", image.name);
+        let net = if private_net { "-net" } else { "" };
+        let prefix = format!("{}-{memory_mib}m{cpus}c{net}-", image.name);
         SnapshotKey {
             name: format!("{prefix}{}", &key[..16]),
             prefix,
@@ -196,7 +203,11 @@ impl Maker {
         if let Ok(entries) = std::fs::read_dir(&self.key.store) {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                if name.starts_with(&self.key.prefix) && name != self.key.name {
+                // `busybox-256m1c-<key>` is stale, `busybox-256m1c-net-<key>` another kind.
+                let stale = name.strip_prefix(&self.key.prefix).is_some_and(|key| {
+                    key.len() == 16 && key.bytes().all(|b| b.is_ascii_hexdigit())
+                });
+                if stale && name != self.key.name {
                     let _ = std::fs::remove_dir_all(e.path());
                 }
             }
@@ -226,7 +237,7 @@ mod tests {
     fn keys_change_with_every_input() {
         let store = Path::new("/store");
         let a = image(store, "aa");
-        let k = |img: &Image, m, c, accel, v| SnapshotKey::new(img, m, c, accel, v).name;
+        let k = |img: &Image, m, c, accel, v| SnapshotKey::new(img, m, c, accel, v, false).name;
         let base = k(&a, 256, 1, Accel::Tcg, "QEMU 7.2");
         assert!(base.starts_with("busybox-256m1c-"), "{base}");
         assert_eq!(base, k(&a, 256, 1, Accel::Tcg, "QEMU 7.2"), "stable");
@@ -239,8 +250,11 @@ mod tests {
         ] {
             assert_ne!(base, other);
         }
+        let net = SnapshotKey::new(&a, 256, 1, Accel::Tcg, "QEMU 7.2", true).name;
+        assert!(net.starts_with("busybox-256m1c-net-"), "{net}");
+        assert_ne!(base, net);
         assert_eq!(
-            SnapshotKey::new(&a, 256, 1, Accel::Tcg, "v").store,
+            SnapshotKey::new(&a, 256, 1, Accel::Tcg, "v", false).store,
             Path::new("/store/snapshots")
         );
     }
@@ -248,7 +262,7 @@ mod tests {
     #[test]
     fn publishing_replaces_stale_snapshots_and_a_dropped_maker_leaves_nothing() {
         let store = tempfile::tempdir().unwrap();
-        let key = |v| SnapshotKey::new(&image(store.path(), "aa"), 256, 1, Accel::Tcg, v);
+        let key = |v| SnapshotKey::new(&image(store.path(), "aa"), 256, 1, Accel::Tcg, v, false);
         let (old, new) = (key("1"), key("2"));
         let m = old.try_make().unwrap();
         assert!(old.try_make().is_none(), "one maker at a time");
@@ -279,9 +293,18 @@ mod tests {
             "no temporary directory left"
         );
 
+        let with_net = SnapshotKey::new(&image(store.path(), "aa"), 256, 1, Accel::Tcg, "2", true);
+        let m = with_net.try_make().unwrap();
+        std::fs::write(m.state(), "s").unwrap();
+        m.publish("x").unwrap();
         let m = new.try_make().unwrap();
         std::fs::write(m.state(), "s").unwrap();
         let s = m.publish("x").unwrap();
+        assert!(
+            with_net.find().is_some(),
+            "not a stale one of the same kind"
+        );
+        with_net.find().unwrap().discard();
         assert!(new.find().is_some());
         assert!(old.find().is_none(), "the stale snapshot is gone");
         let mode = std::fs::metadata(s.state()).unwrap().permissions();

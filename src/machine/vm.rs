@@ -114,9 +114,14 @@ enum Origin {
 /// What the guest runs right after a restore: the clock jumps from the snapshot's time to
 /// now, and the image's hook (if it has one, see bots/images/README.md) gives the machine its
 /// own identity. Then the boot id, as after every boot.
-fn after_restore_command(now_secs: u64) -> String {
+/// A second NIC keeps the saved machine's address, so it gets its own (`eth1`, as the image
+/// contract names it; virtio-net passes the change on to qemu's receive filter).
+fn after_restore_command(now_secs: u64, private_mac: Option<&str>) -> String {
+    let mac = private_mac
+        .map(|m| format!("ip link set dev eth1 address {m} && "))
+        .unwrap_or_default();
     format!(
-        "date -u -s @{now_secs} >/dev/null && \
+        "date -u -s @{now_secs} >/dev/null && {mac}\
          {{ [ ! -x {RESTORE_HOOK} ] || {RESTORE_HOOK}; }} && \
          cat /proc/sys/kernel/random/boot_id"
     )
@@ -183,8 +188,7 @@ impl VirtualMachine {
             }
         };
         let dir = rundir::create(&label).map_err(io("creating its run directory"))?;
-        let origin = if spec.cold_boot || spec.private_net.is_some() {
-            // A second NIC's address is part of the saved state: such machines boot.
+        let origin = if spec.cold_boot {
             Origin::Cold
         } else {
             let key = SnapshotKey::new(
@@ -193,6 +197,7 @@ impl VirtualMachine {
                 spec.cpus,
                 host.accel,
                 &host.qemu_version,
+                spec.private_net.is_some(),
             );
             match key.find() {
                 Some(s) => Origin::Restoring(s),
@@ -504,7 +509,10 @@ impl VirtualMachine {
             .max(Duration::from_secs(5));
         let done = self
             .shell
-            .execute(&after_restore_command(now), left)
+            .execute(
+                &after_restore_command(now, self.spec.private_net.as_ref().map(|n| n.mac.as_str())),
+                left,
+            )
             .await
             .map_err(|e| e.to_string())?;
         let id = done.stdout_text().trim().to_string();
@@ -700,6 +708,15 @@ impl VirtualMachine {
 impl Drop for VirtualMachine {
     fn drop(&mut self) {
         self.kill_group();
+        // The run directory is removed next, and a qemu that is still starting creates files
+        // there (its QMP socket): wait until it is gone, which SIGKILL makes a matter of
+        // milliseconds.
+        for _ in 0..400 {
+            match self.child.try_wait() {
+                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+                Ok(Some(_)) | Err(_) => break,
+            }
+        }
     }
 }
 

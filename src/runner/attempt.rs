@@ -429,7 +429,9 @@ async fn boot_machines(
     } else {
         None
     };
-    let mut boots = tokio::task::JoinSet::new();
+    // Boots run concurrently inside this task, not as tasks of their own: when the attempt is
+    // aborted (Ctrl-C), dropping it drops every machine, before the run ends.
+    let boots = futures_util::stream::FuturesUnordered::new();
     for (i, mreq) in test.provision.iter().enumerate() {
         let image_name = mreq.image.clone().unwrap_or_else(|| ctx.test_os.clone());
         let image = ctx
@@ -453,7 +455,7 @@ async fn boot_machines(
         };
         let (host, timeout, cancel) = (host.clone(), ctx.boot_timeout, ctx.cancel.clone());
         let (gate, vcpus) = (ctx.boots.clone(), mreq.cpus);
-        boots.spawn(async move {
+        boots.push(async move {
             let _booting = gate.enter(vcpus).await;
             let t0 = Instant::now();
             let mut vm = VirtualMachine::start(&host, spec).await?;
@@ -462,12 +464,9 @@ async fn boot_machines(
         });
     }
     let mut first_error = None;
-    while let Some(joined) = boots.join_next().await {
-        let result = joined.map_err(|e| MachineError::Failed {
-            label: test.name(),
-            message: format!("boot task failed: {e}"),
-        });
-        let (i, vm, booted, took) = match result.and_then(|r| r) {
+    let mut boots = std::pin::pin!(boots);
+    while let Some(result) = futures_util::StreamExt::next(&mut boots).await {
+        let (i, vm, booted, took) = match result {
             Ok(x) => x,
             Err(e) => {
                 first_error.get_or_insert(e);

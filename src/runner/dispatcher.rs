@@ -327,6 +327,8 @@ impl<'r> Dispatcher<'r> {
                 m.kill().await;
             }
         }
+        // Retired machines still being killed: their files go before the run ends.
+        while self.kills.join_next().await.is_some() {}
         let stats = self.stats.clone();
         let matched: std::collections::BTreeSet<u64> = self
             .tests
