@@ -9,7 +9,7 @@
 //! a throw-away qcow2 overlay with `cache=unsafe`.
 
 use super::accel::Accel;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 
 /// The kernel command line vmcheck always uses; an image's own `cmdline` is appended.
@@ -95,26 +95,25 @@ impl QemuConfig {
         a.push(self.kernel.clone().into());
         a.push("-initrd".into());
         a.push(self.initrd.clone().into());
+        // Options whose value holds a path (kept as an OsString: paths need not be UTF-8).
+        let mut with_path = |option: &str, before: &str, path: &OsStr, after: &str| {
+            let mut value = OsString::from(before);
+            value.push(path);
+            value.push(after);
+            a.push(option.into());
+            a.push(value);
+        };
         if let Some(disk) = &self.disk {
-            let mut spec = OsString::from("file=");
-            spec.push(disk);
-            spec.push(",if=virtio,id=disk0,format=qcow2,cache=unsafe,discard=unmap");
-            a.push("-drive".into());
-            a.push(spec);
+            let opts = ",if=virtio,id=disk0,format=qcow2,cache=unsafe,discard=unmap";
+            with_path("-drive", "file=", disk.as_os_str(), opts);
         }
         if let Some(qmp) = &self.qmp {
-            let mut spec = OsString::from("unix:");
-            spec.push(qmp);
-            spec.push(",server=on,wait=off");
-            a.push("-qmp".into());
-            a.push(spec);
+            with_path("-qmp", "unix:", qmp.as_os_str(), ",server=on,wait=off");
         }
         if let Some(state) = &self.incoming {
             // QEMU 7.2 has no `file:` migration; `exec:` runs this through /bin/sh.
-            let mut spec = OsString::from("exec:cat ");
-            spec.push(crate::shell::quote(&state.to_string_lossy()));
-            a.push("-incoming".into());
-            a.push(spec);
+            let quoted = crate::shell::quote(&state.to_string_lossy());
+            with_path("-incoming", "exec:cat ", OsStr::new(&quoted), "");
         }
         a
     }

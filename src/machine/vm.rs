@@ -16,7 +16,7 @@
 //! clock and lets the image give it its own identity. The first machine that finds no
 //! snapshot boots cold and saves one once it is ready (paused for a moment: its disk moves to
 //! a new overlay, the old one is copied into the snapshot). A restore that fails is one line
-//! on stderr and a cold boot; `cold_boot` in the spec, or a private network, always boots.
+//! on stderr and a cold boot; `cold_boot` in the spec always boots.
 
 use super::accel::Accel;
 use super::console::{self, ConsoleState};
@@ -112,10 +112,10 @@ enum Origin {
 }
 
 /// What the guest runs right after a restore: the clock jumps from the snapshot's time to
-/// now, and the image's hook (if it has one, see bots/images/README.md) gives the machine its
-/// own identity. Then the boot id, as after every boot.
-/// A second NIC keeps the saved machine's address, so it gets its own (`eth1`, as the image
-/// contract names it; virtio-net passes the change on to qemu's receive filter).
+/// now, a second NIC (`eth1`, as the image contract names it) trades the saved machine's
+/// address for this one's (virtio-net passes it on to qemu's receive filter), and the image's
+/// hook (if it has one, see bots/images/README.md) gives the machine its own identity. Then
+/// the boot id, as after every boot.
 fn after_restore_command(now_secs: u64, private_mac: Option<&str>) -> String {
     let mac = private_mac
         .map(|m| format!("ip link set dev eth1 address {m} && "))
@@ -210,9 +210,7 @@ impl VirtualMachine {
                 Origin::Restoring(s) => s.disk(),
                 _ => backing,
             };
-            create_overlay(&host.qemu_img, &backing, overlay)
-                .await
-                .map_err(io("creating its disk overlay"))?;
+            create_overlay(&host.qemu_img, &backing, overlay, &label).await?;
         }
         let ssh_port = ports::lease(PortKind::Tcp).map_err(io("reserving an SSH port"))?;
         let incoming = match &origin {
@@ -256,7 +254,7 @@ impl VirtualMachine {
     }
 
     fn qmp_socket(&self) -> PathBuf {
-        self.dir.path().join("qmp.sock")
+        qmp_socket(self.dir.path())
     }
 
     pub fn ssh_port(&self) -> u16 {
@@ -324,12 +322,11 @@ impl VirtualMachine {
     ) -> Result<String, MachineError> {
         let deadline = Instant::now() + timeout;
         self.restored = false;
-        if matches!(self.origin, Origin::Restoring(_)) {
-            let Origin::Restoring(snapshot) = std::mem::replace(&mut self.origin, Origin::Cold)
-            else {
-                unreachable!("matched above")
-            };
-            match self.resume_restored(deadline, cancel).await {
+        let origin = std::mem::replace(&mut self.origin, Origin::Cold);
+        let maker = match origin {
+            Origin::Making(maker) => Some(maker),
+            Origin::Cold => None,
+            Origin::Restoring(snapshot) => match self.resume_restored(deadline, cancel).await {
                 Ok(boot_id) => {
                     self.restored = true;
                     self.boot_id = Some(boot_id.clone());
@@ -353,9 +350,10 @@ impl VirtualMachine {
                     );
                     snapshot.discard();
                     self.boot_cold_instead().await?;
+                    None
                 }
-            }
-        }
+            },
+        };
         let mut relaunches = 0;
         loop {
             let seen = self.markers_seen;
@@ -414,7 +412,7 @@ impl VirtualMachine {
             return Err(self.exited(status, when));
         }
         self.markers_seen = self.console.borrow().ready;
-        if let Origin::Making(maker) = std::mem::replace(&mut self.origin, Origin::Cold) {
+        if let Some(maker) = maker {
             // Connect first: the snapshot is of a machine that answers over SSH. Its boot id
             // is not read yet, so each restored machine draws its own.
             self.connect(deadline, cancel).await?;
@@ -533,13 +531,7 @@ impl VirtualMachine {
         let _ = self.child.wait().await;
         if let (Some(backing), Some(overlay)) = (self.image.disk(), &self.disk) {
             let _ = std::fs::remove_file(overlay);
-            create_overlay(&self.host.qemu_img, &backing, overlay)
-                .await
-                .map_err(|source| MachineError::Io {
-                    label: self.label.clone(),
-                    context: "creating its disk overlay".into(),
-                    source,
-                })?;
+            create_overlay(&self.host.qemu_img, &backing, overlay, &self.label).await?;
         }
         self.relaunch(false).await
     }
@@ -720,22 +712,38 @@ impl Drop for VirtualMachine {
     }
 }
 
-async fn create_overlay(qemu_img: &Path, backing: &Path, overlay: &Path) -> std::io::Result<()> {
+/// A qcow2 overlay of `backing` at `overlay`, for the machine `label`.
+async fn create_overlay(
+    qemu_img: &Path,
+    backing: &Path,
+    overlay: &Path,
+    label: &str,
+) -> Result<(), MachineError> {
     let out = tokio::process::Command::new(qemu_img)
         .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
         .arg(backing)
         .arg(overlay)
         .stdin(Stdio::null())
         .output()
-        .await?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(std::io::Error::other(format!(
+        .await;
+    let result = match out {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(std::io::Error::other(format!(
             "qemu-img create failed: {}",
             String::from_utf8_lossy(&out.stderr).trim()
-        )))
-    }
+        ))),
+        Err(e) => Err(e),
+    };
+    result.map_err(|source| MachineError::Io {
+        label: label.to_string(),
+        context: "creating its disk overlay".into(),
+        source,
+    })
+}
+
+/// Where the qemu of the machine with run directory `dir` listens for QMP.
+fn qmp_socket(dir: &Path) -> PathBuf {
+    dir.join("qmp.sock")
 }
 
 type Launched = (
@@ -764,7 +772,7 @@ async fn launch(
         disk: disk.map(Path::to_path_buf),
         ssh_port,
         private_net: spec.private_net.clone(),
-        qmp: Some(dir.join("qmp.sock")),
+        qmp: Some(qmp_socket(dir)),
         incoming: incoming.map(Path::to_path_buf),
     };
     let mut cmd = tokio::process::Command::new(&host.qemu);
