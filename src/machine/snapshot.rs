@@ -3,7 +3,7 @@
 //! of the image's disk, frozen), so that a machine can start already booted.
 //!
 //! Snapshots are content-addressed like images: the directory
-//! `<images>/snapshots/<image>-<MiB>m<cpus>c-<key>` is named by a hash of everything the
+//! `<images>/snapshots/<image>-<MiB>m<cpus>c[-net]-<key>` is named by a hash of everything the
 //! saved state depends on (the snapshot format, the image's own hash, memory, CPUs, the
 //! accelerator, the qemu version and the device part of its command line). Changing any of
 //! them makes a new snapshot; the one it replaces is removed when the new one is published.
@@ -24,6 +24,13 @@ pub const STATE: &str = "state.mig";
 pub const DISK: &str = "disk.qcow2";
 /// Written last: a directory without it is not a snapshot.
 pub const INFO: &str = "snapshot.toml";
+/// Hex digits of the key in a snapshot's name.
+const KEY_DIGITS: usize = 16;
+
+/// The snapshots' directory of the image store `images`.
+fn store_of(images: &Path) -> PathBuf {
+    images.join("snapshots")
+}
 
 /// What a snapshot is of.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,13 +84,9 @@ impl SnapshotKey {
         let net = if private_net { "-net" } else { "" };
         let prefix = format!("{}-{memory_mib}m{cpus}c{net}-", image.name);
         SnapshotKey {
-            name: format!("{prefix}{}", &key[..16]),
+            name: format!("{prefix}{}", &key[..KEY_DIGITS]),
             prefix,
-            store: image
-                .dir
-                .parent()
-                .unwrap_or(Path::new("."))
-                .join("snapshots"),
+            store: store_of(image.dir.parent().unwrap_or(Path::new("."))),
         }
     }
 
@@ -115,7 +118,7 @@ impl SnapshotKey {
             }
         }
         let tmp = tempfile::Builder::new()
-            .prefix(&format!(".{}.", self.name))
+            .prefix(&partial)
             .tempdir_in(&self.store)
             .ok()?;
         Some(Maker {
@@ -128,7 +131,7 @@ impl SnapshotKey {
 
 /// The published snapshots in the image store `store`: name, directory and bytes on disk.
 pub fn list(store: &Path) -> Vec<(String, PathBuf, u64)> {
-    let Ok(entries) = std::fs::read_dir(store.join("snapshots")) else {
+    let Ok(entries) = std::fs::read_dir(store_of(store)) else {
         return Vec::new();
     };
     let mut found: Vec<(String, PathBuf, u64)> = entries
@@ -205,7 +208,7 @@ impl Maker {
                 let name = e.file_name().to_string_lossy().into_owned();
                 // `busybox-256m1c-<key>` is stale, `busybox-256m1c-net-<key>` another kind.
                 let stale = name.strip_prefix(&self.key.prefix).is_some_and(|key| {
-                    key.len() == 16 && key.bytes().all(|b| b.is_ascii_hexdigit())
+                    key.len() == KEY_DIGITS && key.bytes().all(|b| b.is_ascii_hexdigit())
                 });
                 if stale && name != self.key.name {
                     let _ = std::fs::remove_dir_all(e.path());
