@@ -219,6 +219,14 @@ pub struct HistoryFile {
 }
 
 impl HistoryFile {
+    /// A file the user named (`--history`, `$VMCHECK_HISTORY`).
+    pub fn named(path: PathBuf) -> HistoryFile {
+        HistoryFile {
+            path,
+            explicit: true,
+        }
+    }
+
     /// The default file of the project at `root`:
     /// `$XDG_CACHE_HOME/vmcheck/history/<name>-<hash of the root path>.json`.
     pub fn default_for(root: &Path) -> HistoryFile {

@@ -120,7 +120,9 @@ pub async fn run(
             .map_err(CliError::Naughty)?
     };
     let mut plan = vmcheck::plan::plan(tests, &opts);
-    let (history_file, history) = load_history(args.history.as_deref(), &root)?;
+    let named = args.history.clone().map(HistoryFile::named);
+    let (history_file, history) =
+        load_history(named.unwrap_or_else(|| HistoryFile::default_for(&root)))?;
     let estimates = vmcheck::estimate::estimate(&plan, &history.for_os(&test_os));
     if !plan.unknown_excludes.is_empty() {
         return Err(CliError::Usage(format!(
@@ -393,19 +395,9 @@ fn fan_out(mut reporters: Vec<Box<dyn Reporter + Send>>) -> impl FnMut(&vmcheck:
     }
 }
 
-/// The duration history (`--history`, else the project's default file). A file that cannot
-/// be read is an input error when it was named, else a warning and an empty history.
-fn load_history(
-    named: Option<&std::path::Path>,
-    root: &std::path::Path,
-) -> Result<(HistoryFile, History), CliError> {
-    let file = match named {
-        Some(path) => HistoryFile {
-            path: path.to_path_buf(),
-            explicit: true,
-        },
-        None => HistoryFile::default_for(root),
-    };
+/// The duration history in `file`. A file that cannot be read is an input error when it was
+/// named, else a warning and an empty history.
+fn load_history(file: HistoryFile) -> Result<(HistoryFile, History), CliError> {
     match file.load() {
         Ok(h) => Ok((file, h)),
         Err(e) if file.explicit => Err(CliError::Usage(format!("--history {e}"))),
@@ -438,14 +430,11 @@ pub fn merge(args: &MergeArgs) -> Result<i32, CliError> {
     {
         eprintln!("vmcheck: warning: {warning}");
     }
-    let history_file = args.history.as_ref().map(|path| HistoryFile {
-        path: path.clone(),
-        explicit: true,
-    });
-    if let Some(file) = &history_file {
-        file.load()
-            .map_err(|e| CliError::Usage(format!("--history {e}")))?;
-    }
+    // Checked before anything is reported: a file that is not a history is an input error.
+    let history_file = match args.history.clone() {
+        Some(path) => Some(load_history(HistoryFile::named(path))?.0),
+        None => None,
+    };
     let events = vmcheck::merge::merge(&streams);
     let test_os = match events.first() {
         Some(vmcheck::events::Event::RunStarted { test_os, .. }) => test_os.clone(),
