@@ -453,13 +453,15 @@ async fn boot_machines(
             }),
             cold_boot: ctx.cold_boot,
         };
-        let (host, timeout, cancel) = (host.clone(), ctx.boot_timeout, ctx.cancel.clone());
-        let (gate, vcpus) = (ctx.boots.clone(), mreq.cpus);
+        let vcpus = mreq.cpus;
         boots.push(async move {
-            let _booting = gate.enter(vcpus).await;
+            let _booting = ctx.boots.enter(vcpus).await;
             let t0 = Instant::now();
-            let mut vm = VirtualMachine::start(&host, spec).await?;
-            let booted = vm.wait_boot(timeout, &cancel).await.map(|_| ());
+            let mut vm = VirtualMachine::start(host, spec).await?;
+            let booted = vm
+                .wait_boot(ctx.boot_timeout, &ctx.cancel)
+                .await
+                .map(|_| ());
             Ok::<_, MachineError>((i, vm, booted, t0.elapsed()))
         });
     }
