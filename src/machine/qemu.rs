@@ -9,11 +9,14 @@
 //! a throw-away qcow2 overlay with `cache=unsafe`.
 
 use super::accel::Accel;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 /// The kernel command line vmcheck always uses; an image's own `cmdline` is appended.
-pub const BASE_CMDLINE: &str = "console=ttyS0 quiet panic=-1";
+/// `no_timer_check`: the kernel's boot-time check that the timer interrupt arrives assumes
+/// a CPU that runs; a TCG guest on a loaded host fails it and panics ("IO-APIC + timer
+/// doesn't work!"), as virtualized guests commonly do (cloud images set it too).
+pub const BASE_CMDLINE: &str = "console=ttyS0 quiet panic=-1 no_timer_check";
 
 /// A second NIC on a multicast socket network shared by the machines of one test.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,7 +99,9 @@ impl QemuConfig {
         a.push("-initrd".into());
         a.push(self.initrd.clone().into());
         // Options whose value holds a path (kept as an OsString: paths need not be UTF-8).
-        let mut with_path = |option: &str, before: &str, path: &OsStr, after: &str| {
+        // `-kernel` and `-initrd` take a bare file name; a path inside a `key=value,…`
+        // option has its commas doubled, as qemu's option syntax requires.
+        let mut with_path = |option: &str, before: &str, path: OsString, after: &str| {
             let mut value = OsString::from(before);
             value.push(path);
             value.push(after);
@@ -105,18 +110,45 @@ impl QemuConfig {
         };
         if let Some(disk) = &self.disk {
             let opts = ",if=virtio,id=disk0,format=qcow2,cache=unsafe,discard=unmap";
-            with_path("-drive", "file=", disk.as_os_str(), opts);
+            with_path("-drive", "file=", escape_commas(disk), opts);
         }
         if let Some(qmp) = &self.qmp {
-            with_path("-qmp", "unix:", qmp.as_os_str(), ",server=on,wait=off");
+            with_path("-qmp", "unix:", escape_commas(qmp), ",server=on,wait=off");
         }
         if let Some(state) = &self.incoming {
-            // QEMU 7.2 has no `file:` migration; `exec:` runs this through /bin/sh.
-            let quoted = crate::shell::quote(&state.to_string_lossy());
-            with_path("-incoming", "exec:cat ", OsStr::new(&quoted), "");
+            // QEMU 7.2 has no `file:` migration; `exec:` runs this through /bin/sh, so the
+            // path is shell-quoted (the URI itself is not option-parsed).
+            with_path("-incoming", "", exec_cat_from(state).into(), "");
         }
         a
     }
+}
+
+/// A path as a value inside a qemu `key=value,…` option: every `,` doubled.
+pub fn escape_commas(path: &Path) -> OsString {
+    let bytes = path.as_os_str().as_encoded_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    for &b in bytes {
+        out.push(b);
+        if b == b',' {
+            out.push(b',');
+        }
+    }
+    // SAFETY: only ASCII commas were inserted after ASCII commas of a valid OsStr.
+    unsafe { OsString::from_encoded_bytes_unchecked(out) }
+}
+
+/// The `exec:` migration URI that reads a saved state from `path` (incoming).
+pub fn exec_cat_from(path: &Path) -> String {
+    format!("exec:cat {}", crate::shell::quote(&path.to_string_lossy()))
+}
+
+/// The `exec:` migration URI that writes the state to `path` (outgoing).
+pub fn exec_cat_to(path: &Path) -> String {
+    format!(
+        "exec:cat > {}",
+        crate::shell::quote(&path.to_string_lossy())
+    )
 }
 
 /// Find `qemu-system-x86_64` on `PATH`.
@@ -187,7 +219,7 @@ mod tests {
         assert!(!s.contains("-cpu host"));
         assert!(s.contains("-m 256 -smp 1"));
         assert!(s.contains("hostfwd=tcp:127.0.0.1:22022-:22"), "{s}");
-        assert!(s.contains("-append console=ttyS0 quiet panic=-1 root=/dev/vda rw"));
+        assert!(s.contains("-append console=ttyS0 quiet panic=-1 no_timer_check root=/dev/vda rw"));
         assert!(s.contains(
             "-drive file=/run/x/overlay.qcow2,if=virtio,id=disk0,format=qcow2,cache=unsafe"
         ));
@@ -210,6 +242,58 @@ mod tests {
         assert!(
             s.ends_with(r#"-incoming exec:cat '/snap/it'\''s/state.mig'"#),
             "{s}"
+        );
+    }
+
+    #[test]
+    fn paths_with_commas_quotes_and_spaces_stay_one_value() {
+        let mut c = config();
+        let dir = "/tmp/a,b 'c\"d,,e";
+        c.disk = Some(format!("{dir}/overlay.qcow2").into());
+        c.qmp = Some(format!("{dir}/qmp.sock").into());
+        c.incoming = Some(format!("{dir}/state.mig").into());
+        c.kernel = format!("{dir}/vmlinux").into();
+        let args: Vec<String> = c
+            .args()
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let value = |option: &str| {
+            let i = args.iter().position(|a| a == option).unwrap();
+            args[i + 1].clone()
+        };
+        let escaped = "/tmp/a,,b 'c\"d,,,,e";
+        assert_eq!(
+            value("-drive"),
+            format!(
+                "file={escaped}/overlay.qcow2,if=virtio,id=disk0,format=qcow2,cache=unsafe,discard=unmap"
+            )
+        );
+        assert_eq!(
+            value("-qmp"),
+            format!("unix:{escaped}/qmp.sock,server=on,wait=off")
+        );
+        assert_eq!(
+            value("-kernel"),
+            format!("{dir}/vmlinux"),
+            "a bare file name"
+        );
+        // The exec: command line is run by /bin/sh: it must give cat exactly the path.
+        let uri = value("-incoming");
+        let command = uri.strip_prefix("exec:").unwrap();
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(command.replacen("cat", "printf %s", 1))
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("{dir}/state.mig")
+        );
+        let to = exec_cat_to(Path::new(&format!("{dir}/x")));
+        assert_eq!(
+            to,
+            format!("exec:cat > {}", crate::shell::quote(&format!("{dir}/x")))
         );
     }
 
