@@ -15,6 +15,7 @@ pub mod merge;
 pub mod naughty;
 pub mod plan;
 pub mod policy;
+pub mod private;
 pub mod project;
 pub mod reporter;
 pub mod runner;

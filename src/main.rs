@@ -3,5 +3,7 @@
 mod cli;
 
 fn main() {
+    // Run directories, sockets, logs, reports: private to the user whatever the umask.
+    vmcheck::private::restrict_umask();
     std::process::exit(cli::main());
 }

@@ -199,6 +199,7 @@ fn run_recipe(
         )
         .stderr(writer)
         .process_group(0);
+    crate::private::give_caller_umask(&mut cmd);
     set_env(&mut cmd);
     let mut child = cmd.spawn().map_err(ImageError::io(format!(
         "running recipe {}",

@@ -5,6 +5,9 @@
 //! the sweep can tell a live owner from a dead one (or a recycled pid) without any lock.
 //! vmcheck removes a machine's directory when the machine is killed; the sweep catches the
 //! rest (a vmcheck killed by SIGKILL), the next time any vmcheck starts a machine.
+//!
+//! The parent and every run directory are 0700 and this user's (`private.rs`): they hold
+//! the QMP socket, which drives qemu (and `migrate exec:` runs host commands).
 
 use std::path::{Path, PathBuf};
 
@@ -16,12 +19,14 @@ pub fn base_dir() -> PathBuf {
 /// Create a fresh run directory for a machine labelled `label`; removed when dropped.
 pub fn create(label: &str) -> std::io::Result<tempfile::TempDir> {
     let base = base_dir();
-    std::fs::create_dir_all(&base)?;
+    crate::private::create_dir(&base)?;
     sweep_once(&base);
     let me = std::process::id();
     let start = start_time(me).unwrap_or(0);
+    use std::os::unix::fs::PermissionsExt;
     tempfile::Builder::new()
         .prefix(&format!("{me}.{start}-{label}-"))
+        .permissions(std::fs::Permissions::from_mode(0o700))
         .tempdir_in(&base)
 }
 

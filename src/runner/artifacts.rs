@@ -114,6 +114,8 @@ async fn untar(data: &[u8], dest: &Path) -> std::io::Result<()> {
     let mut child = tokio::process::Command::new("tar")
         .arg("-xf")
         .arg("-")
+        // Modes from vmcheck's umask (private), not the guest's.
+        .arg("--no-same-permissions")
         .arg("-C")
         .arg(dest)
         .stdin(std::process::Stdio::piped())
