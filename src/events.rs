@@ -88,9 +88,14 @@ pub enum AttemptOutcome {
     UnexpectedMessages {
         lines: Vec<String>,
     },
-    /// The machine or the harness failed (boot timeout, SSH lost, qemu died).
+    /// The machine or the harness failed (boot timeout, qemu died, guest kernel panic);
+    /// `message` names the cause.
     Harness {
         message: String,
+        /// The host itself failed the attempt (its disk is full): another attempt on it
+        /// would fail the same way, so it is not retried.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        host_fault: bool,
     },
 }
 
@@ -133,7 +138,7 @@ impl AttemptReport {
                 "unexpected journal messages: {}",
                 lines.first().map(String::as_str).unwrap_or("")
             ),
-            AttemptOutcome::Harness { message } => message.clone(),
+            AttemptOutcome::Harness { message, .. } => message.clone(),
         }
     }
 }

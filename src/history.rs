@@ -486,6 +486,7 @@ mod tests {
                 vec![report(
                     AttemptOutcome::Harness {
                         message: "x".into(),
+                        host_fault: false,
                     },
                     1.0,
                 )],

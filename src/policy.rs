@@ -9,7 +9,8 @@
 //! 5. a failure whose output matches a known issue of this OS is final as that known issue;
 //!    one matching only another OS's is a final failure with a note;
 //! 6. a harness failure (machine, SSH) is retried on a fresh machine up to
-//!    [`HARNESS_RETRIES`] times, then final as an error;
+//!    [`HARNESS_RETRIES`] times, then final as an error; one the host caused (its disk is
+//!    full) is final at once, as a retry on the same host would fail the same way;
 //! 7. unexpected journal messages and failures of affected tests are final;
 //! 8. any other failure or timeout is retried up to [`FAILURE_RETRIES`] times unless retries
 //!    are off (`--no-retry-fail`, `--sit`), then final.
@@ -97,8 +98,13 @@ pub fn decide(
                 });
             }
             match failure {
-                AttemptOutcome::Harness { message } => {
-                    if count(|o| matches!(o, AttemptOutcome::Harness { .. })) <= HARNESS_RETRIES {
+                AttemptOutcome::Harness {
+                    message,
+                    host_fault,
+                } => {
+                    if !host_fault
+                        && count(|o| matches!(o, AttemptOutcome::Harness { .. })) <= HARNESS_RETRIES
+                    {
                         retry(REASON_HARNESS)
                     } else {
                         Decision::Final(Verdict::Error {
@@ -139,6 +145,7 @@ mod tests {
     fn harness() -> AttemptOutcome {
         AttemptOutcome::Harness {
             message: "ssh lost".into(),
+            host_fault: false,
         }
     }
     fn facts(todo: Option<&str>, affected: bool) -> TestFacts {
@@ -221,6 +228,26 @@ mod tests {
             run(&[harness(), harness(), harness()], None, false),
             Decision::Final(Verdict::Error { .. })
         ));
+    }
+
+    #[test]
+    fn a_host_fault_is_not_retried_onto_the_same_host() {
+        let full = AttemptOutcome::Harness {
+            message: "machine m: the host's disk is full: no space left for /tmp/x".into(),
+            host_fault: true,
+        };
+        assert_eq!(
+            run(std::slice::from_ref(&full), None, false),
+            Decision::Final(Verdict::Error {
+                message: "machine m: the host's disk is full: no space left for /tmp/x".into()
+            })
+        );
+        assert_eq!(
+            run(&[harness(), full.clone()], None, false),
+            Decision::Final(Verdict::Error {
+                message: "machine m: the host's disk is full: no space left for /tmp/x".into()
+            })
+        );
     }
 
     #[test]

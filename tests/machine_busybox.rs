@@ -265,7 +265,9 @@ async fn machines_start_from_a_booted_snapshot_with_their_own_clock_and_identity
         run(&restored[1].0, random).await
     );
     for (m, _) in &restored {
-        common::assert_clock_is_now(&run(m, "date +%s").await);
+        let before = common::host_secs();
+        let guest = run(m, "date +%s").await;
+        common::assert_clock_within(&guest, before, common::host_secs());
     }
 
     // A restored machine reboots for real: a cold boot on its own overlay, a new boot id.

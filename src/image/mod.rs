@@ -4,7 +4,7 @@
 mod build;
 pub use build::READY_MARKER;
 mod catalog;
-mod hash;
+pub(crate) mod hash;
 mod manifest;
 mod store;
 

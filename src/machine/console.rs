@@ -1,14 +1,14 @@
 //! A machine's serial console: qemu writes it to its stdout; a task appends it to the
 //! console log file and counts the lines vmcheck reacts to: the image's ready marker (sshd
 //! is up, so no network polling), the kernel's "reboot: Restarting system" (the guest asked
-//! for a reboot) and "Kernel panic" (it died).
+//! for a reboot) and "Kernel panic" (it died; its first line is kept, to say why).
 
 use std::path::{Path, PathBuf};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 /// What one qemu process printed on the console so far.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConsoleState {
     /// Lines equal to the ready marker.
     pub ready: u32,
@@ -16,6 +16,8 @@ pub struct ConsoleState {
     pub restarts: u32,
     /// Kernel panics.
     pub panics: u32,
+    /// The first panic's line, from `Kernel panic` on (`Kernel panic - not syncing: …`).
+    pub panic_line: Option<String>,
 }
 
 /// Append `source` to `log` until EOF, counting ready markers (lines equal to `marker`,
@@ -30,6 +32,7 @@ pub fn spawn_reader(
         let mut file = tokio::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(&log)
             .await
             .ok();
@@ -50,8 +53,12 @@ pub fn spawn_reader(
                         tx.send_modify(|c| c.ready += 1);
                     } else if contains(l, b"reboot: Restarting system") {
                         tx.send_modify(|c| c.restarts += 1);
-                    } else if contains(l, b"Kernel panic - not syncing") {
-                        tx.send_modify(|c| c.panics += 1);
+                    } else if let Some(at) = find(l, b"Kernel panic - not syncing") {
+                        let text = String::from_utf8_lossy(&l[at..]).trim_end().to_string();
+                        tx.send_modify(|c| {
+                            c.panics += 1;
+                            c.panic_line.get_or_insert(text);
+                        });
                     }
                     line.clear();
                 } else if line.len() < 4096 {
@@ -67,7 +74,11 @@ pub fn spawn_reader(
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+    find(haystack, needle).is_some()
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 fn trim_cr(line: &[u8]) -> &[u8] {
@@ -104,27 +115,36 @@ mod tests {
         w.write_all(b"DY\r\nnot READY\n[ 1.0] reboot: Restarting system\nREADY\n")
             .await
             .unwrap();
+        w.write_all(b"[ 2.0] Kernel panic - not syncing: sysrq triggered crash\r\n")
+            .await
+            .unwrap();
+        w.write_all(b"[ 2.1] Kernel panic - not syncing: again\n")
+            .await
+            .unwrap();
         drop(w);
-        while rx.borrow().ready < 2 {
+        while rx.borrow().panics < 2 {
             rx.changed().await.unwrap();
         }
         // The reader may still be flushing the file after the last marker.
         for _ in 0..100 {
-            if tail(&log, 10).ends_with("READY") {
+            if tail(&log, 10).ends_with("again") {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         assert_eq!(
-            tail(&log, 3),
-            "not READY\n[ 1.0] reboot: Restarting system\nREADY"
+            tail(&log, 5),
+            "not READY\n[ 1.0] reboot: Restarting system\nREADY\n\
+             [ 2.0] Kernel panic - not syncing: sysrq triggered crash\n\
+             [ 2.1] Kernel panic - not syncing: again"
         );
         assert_eq!(
             *rx.borrow(),
             ConsoleState {
                 ready: 2,
                 restarts: 1,
-                panics: 0
+                panics: 2,
+                panic_line: Some("Kernel panic - not syncing: sysrq triggered crash".into()),
             }
         );
     }

@@ -1,6 +1,7 @@
 //! The errors of the machine layer: one type for booting, connecting and running commands,
 //! each carrying the machine's label so messages say which machine failed.
 
+use super::fault::Fault;
 use super::ssh::{Output, SshError};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -61,6 +62,9 @@ pub enum MachineError {
     },
     #[error("machine {label}: {message}")]
     Failed { label: String, message: String },
+    /// The machine went away (or its host failed it): the cause, not the lost connection.
+    #[error("machine {label}: {fault}")]
+    Died { label: String, fault: Fault },
     #[error("interrupted")]
     Cancelled,
 }
@@ -73,5 +77,14 @@ impl MachineError {
             self,
             MachineError::Cancelled | MachineError::CommandTimeout { .. }
         )
+    }
+
+    /// False when another attempt on this host would fail the same way (its disk is full).
+    pub fn retryable(&self) -> bool {
+        match self {
+            MachineError::Died { fault, .. } => fault.retryable(),
+            MachineError::Io { source, .. } => source.raw_os_error() != Some(libc::ENOSPC),
+            _ => true,
+        }
     }
 }

@@ -2,7 +2,9 @@
 
 pub mod accel;
 pub mod console;
+pub mod deadline;
 pub mod error;
+pub mod fault;
 pub mod ports;
 pub mod qemu;
 pub mod qmp;

@@ -6,6 +6,7 @@
 //! nothing running on a machine that later tests share.
 
 use super::error::MachineError;
+use super::fault::{Probe, diagnose};
 use super::ssh::{ExitStatus, Output, OutputSink, SshSession, SshTarget};
 use crate::shell::quote;
 use std::path::Path;
@@ -54,6 +55,8 @@ pub struct Shell {
     target: SshTarget,
     ssh: tokio::sync::Mutex<Option<Arc<SshSession>>>,
     exec_counter: AtomicU64,
+    /// For machines vmcheck runs: what to look at when a command fails for want of a machine.
+    probe: Option<Arc<std::sync::Mutex<Probe>>>,
 }
 
 impl Shell {
@@ -63,6 +66,35 @@ impl Shell {
             target,
             ssh: tokio::sync::Mutex::new(None),
             exec_counter: AtomicU64::new(0),
+            probe: None,
+        }
+    }
+
+    /// A shell whose lost connections and timeouts are explained by `probe` (see
+    /// `fault.rs`): the error then names the cause (kernel panic, qemu killed, disk full).
+    pub fn with_probe(mut self, probe: Arc<std::sync::Mutex<Probe>>) -> Shell {
+        self.probe = Some(probe);
+        self
+    }
+
+    /// `error`, or the machine's fault that explains it. A lost connection waits a moment
+    /// for a dying qemu; a timeout only looks.
+    async fn explain(&self, error: MachineError) -> MachineError {
+        let patience = match &error {
+            MachineError::Ssh { .. } => Duration::from_secs(3),
+            MachineError::CommandTimeout { .. } => Duration::ZERO,
+            _ => return error,
+        };
+        let Some(probe) = &self.probe else {
+            return error;
+        };
+        let probe = probe.lock().expect("poisoned").clone();
+        match diagnose(&probe, patience).await {
+            Some(fault) => MachineError::Died {
+                label: self.label.clone(),
+                fault,
+            },
+            None => error,
         }
     }
 
@@ -78,7 +110,10 @@ impl Shell {
     /// Ask the machine to reboot. The connection may drop before `reboot` reports back, so
     /// the result says nothing; wait for the new boot id instead.
     pub async fn request_reboot(&self) {
-        let _ = self.execute("reboot", Duration::from_secs(10)).await;
+        // Not explained: qemu ending is what a reboot looks like from here.
+        let _ = self
+            .run_once(Exec::new("reboot", Duration::from_secs(10)))
+            .await;
     }
 
     /// Close the connection (the next command opens a new one).
@@ -121,6 +156,13 @@ impl Shell {
     /// Run a command as described by `req`. On timeout every process that inherited the
     /// command's `VMCHECK_EXEC_ID` is killed, so nothing it started keeps running.
     pub async fn run(&self, req: Exec<'_>) -> Result<Completed, MachineError> {
+        match self.run_once(req).await {
+            Err(e) => Err(self.explain(e).await),
+            ok => ok,
+        }
+    }
+
+    async fn run_once(&self, req: Exec<'_>) -> Result<Completed, MachineError> {
         let session = self.session().await?;
         let id = format!(
             "{}-{}",

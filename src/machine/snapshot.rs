@@ -9,16 +9,34 @@
 //! them makes a new snapshot; the one it replaces is removed when the new one is published.
 //! A snapshot is made by the first machine that needs it (see `vm.rs`), under a lock that
 //! nobody waits for: a machine that finds the lock taken boots cold instead.
+//!
+//! A snapshot in use is never removed: a machine restored from one holds a shared `flock`
+//! on its directory for its whole life (its overlay is backed by the snapshot's disk, and a
+//! reboot opens that again), possibly in another vmcheck process sharing the store. Removal
+//! (a corrupt or failed snapshot, a stale one replaced) takes the exclusive lock without
+//! waiting; when it cannot, the snapshot is marked stale (`.<name>.stale`), is no longer
+//! found, and the next remover that gets the lock deletes it.
+//!
+//! Integrity: publishing records the SHA-256 of `state.mig` and `disk.qcow2` in
+//! `snapshot.toml`; the first use in a process checks them, and a snapshot that does not
+//! match is discarded (one line on stderr) and the machine boots cold.
+//!
+//! Everything here is private to the user: the snapshots directory is 0700, snapshots are
+//! read-only to their owner only.
 
 use super::accel::Accel;
 use super::qemu::QemuConfig;
 use crate::image::Image;
+use nix::fcntl::{Flock, FlockArg};
 use sha2::{Digest, Sha256};
+use std::collections::HashSet;
 use std::fs::File;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 /// Bumped whenever what a snapshot holds or how it is restored changes.
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
 
 pub const STATE: &str = "state.mig";
 pub const DISK: &str = "disk.qcow2";
@@ -94,31 +112,77 @@ impl SnapshotKey {
         self.store.join(&self.name)
     }
 
-    /// The published snapshot, if there is one.
-    pub fn find(&self) -> Option<Snapshot> {
+    /// The published snapshot, if there is one, taken for use (shared lock held while the
+    /// returned [`Snapshot`] lives) and checked against its recorded hashes on first use in
+    /// this process. Blocking (hashing); `Corrupt` says what did not match.
+    pub fn find(&self) -> Found {
         let dir = self.dir();
-        dir.join(INFO).is_file().then_some(Snapshot { dir })
+        if !dir.join(INFO).is_file() {
+            return Found::None;
+        }
+        if self.stale_marker().exists() {
+            // Marked while in use: remove it if that use is over.
+            remove_unused(&dir, &self.stale_marker());
+            return Found::None;
+        }
+        let Some(lock) = lock_dir(&dir, FlockArg::LockSharedNonblock) else {
+            return Found::None;
+        };
+        // It may have been removed or marked between the checks and the lock.
+        if !dir.join(INFO).is_file() || self.stale_marker().exists() {
+            return Found::None;
+        }
+        let snapshot = Snapshot {
+            dir,
+            stale_marker: self.stale_marker(),
+            _in_use: lock,
+        };
+        match snapshot.verify() {
+            Ok(()) => Found::Some(snapshot),
+            Err(why) => Found::Corrupt(snapshot, why),
+        }
+    }
+
+    /// The file that marks this key's snapshot stale while it is still in use.
+    fn stale_marker(&self) -> PathBuf {
+        self.store.join(format!(".{}.stale", self.name))
     }
 
     /// Take the right to make this snapshot, without waiting: `None` if it exists meanwhile
     /// or another machine is making it (or the store cannot be written).
     pub fn try_make(&self) -> Option<Maker> {
-        std::fs::create_dir_all(&self.store).ok()?;
-        let lock = File::create(self.store.join(format!(".{}.lock", self.name))).ok()?;
-        let lock =
-            nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock).ok()?;
-        if self.find().is_some() {
-            return None;
+        crate::private::create_dir(&self.store).ok()?;
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(self.store.join(format!(".{}.lock", self.name)))
+            .ok()?;
+        let lock = Flock::lock(lock, FlockArg::LockExclusiveNonblock).ok()?;
+        let dir = self.dir();
+        if dir.exists() {
+            // Published (then there is nothing to make), or stale and maybe still in use.
+            if !self.stale_marker().exists() {
+                return None;
+            }
+            remove_unused(&dir, &self.stale_marker());
+            if dir.exists() {
+                return None;
+            }
         }
         // With the lock held, a temporary directory of this key is a dead maker's.
         let partial = format!(".{}.", self.name);
         for e in std::fs::read_dir(&self.store).ok()?.flatten() {
-            if e.file_name().to_string_lossy().starts_with(&partial) {
+            if e.file_name().to_string_lossy().starts_with(&partial)
+                && e.file_type().is_ok_and(|t| t.is_dir())
+            {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
         let tmp = tempfile::Builder::new()
             .prefix(&partial)
+            .permissions(std::fs::Permissions::from_mode(0o700))
             .tempdir_in(&self.store)
             .ok()?;
         Some(Maker {
@@ -154,10 +218,20 @@ pub fn list(store: &Path) -> Vec<(String, PathBuf, u64)> {
     found
 }
 
-/// A published snapshot.
-#[derive(Debug, Clone)]
+/// What [`SnapshotKey::find`] found.
+pub enum Found {
+    None,
+    Some(Snapshot),
+    /// Published, but its files do not match the hashes recorded when it was made.
+    Corrupt(Snapshot, String),
+}
+
+/// A published snapshot, in use while this value lives (a shared lock on its directory).
+#[derive(Debug)]
 pub struct Snapshot {
     pub dir: PathBuf,
+    stale_marker: PathBuf,
+    _in_use: Flock<File>,
 }
 
 impl Snapshot {
@@ -167,9 +241,87 @@ impl Snapshot {
     pub fn disk(&self) -> PathBuf {
         self.dir.join(DISK)
     }
-    /// Remove a snapshot that could not be restored, so the next machine makes it anew.
-    pub fn discard(&self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+
+    /// Stop using a snapshot that could not be restored or is corrupt: it is removed, so
+    /// the next machine makes it anew, unless other machines still use it; then it is
+    /// marked stale (no longer found) and removed by a later remover.
+    pub fn discard(self) {
+        let Snapshot {
+            dir,
+            stale_marker,
+            _in_use,
+        } = self;
+        drop(_in_use);
+        remove_unused(&dir, &stale_marker);
+    }
+
+    /// Check the files against the hashes in `snapshot.toml`, once per process and file.
+    fn verify(&self) -> Result<(), String> {
+        static VERIFIED: Mutex<Option<HashSet<(PathBuf, u64, u64)>>> = Mutex::new(None);
+        let identity =
+            |f: &str| std::fs::metadata(self.dir.join(f)).map(|m| (m.ino(), m.mtime() as u64));
+        let id = (
+            self.dir.clone(),
+            identity(STATE).map_or(0, |(ino, _)| ino),
+            identity(DISK).map_or(0, |(ino, _)| ino),
+        );
+        if VERIFIED
+            .lock()
+            .expect("poisoned")
+            .get_or_insert_default()
+            .contains(&id)
+        {
+            return Ok(());
+        }
+        let info = std::fs::read_to_string(self.dir.join(INFO))
+            .map_err(|e| format!("reading {INFO}: {e}"))?;
+        let recorded: toml::Table =
+            toml::from_str(&info).map_err(|e| format!("{INFO} is not valid: {e}"))?;
+        for (file, field) in HASHED {
+            let path = self.dir.join(file);
+            let want = recorded.get(field).and_then(|v| v.as_str());
+            let have = path
+                .exists()
+                .then(|| crate::image::hash::sha256_file(&path).map_err(|e| e.to_string()))
+                .transpose()?;
+            match (want, have) {
+                (None, None) => {}
+                (Some(w), Some(h)) if w == h => {}
+                (None, Some(_)) => return Err(format!("{INFO} records no {field}")),
+                (Some(_), None) => return Err(format!("{file} is missing")),
+                (Some(_), Some(_)) => {
+                    return Err(format!("{file} does not match its recorded SHA-256"));
+                }
+            }
+        }
+        VERIFIED
+            .lock()
+            .expect("poisoned")
+            .get_or_insert_default()
+            .insert(id);
+        Ok(())
+    }
+}
+
+/// The files of a snapshot whose hashes `snapshot.toml` records, and the fields.
+const HASHED: [(&str, &str); 2] = [(STATE, "state_sha256"), (DISK, "disk_sha256")];
+
+/// An exclusive or shared lock on the directory `dir`, without waiting.
+fn lock_dir(dir: &Path, how: FlockArg) -> Option<Flock<File>> {
+    Flock::lock(File::open(dir).ok()?, how).ok()
+}
+
+/// Remove the snapshot directory `dir` if no machine uses it; else mark it stale.
+fn remove_unused(dir: &Path, stale_marker: &Path) {
+    match lock_dir(dir, FlockArg::LockExclusiveNonblock) {
+        Some(_unused) => {
+            let _ = std::fs::remove_dir_all(dir);
+            let _ = std::fs::remove_file(stale_marker);
+        }
+        None if dir.exists() => {
+            let _ = std::fs::write(stale_marker, "");
+        }
+        None => {}
     }
 }
 
@@ -191,18 +343,22 @@ impl Maker {
 
     /// Make the snapshot visible (read-only), and remove stale ones of the same image and
     /// machine size.
-    pub fn publish(self, info: &str) -> std::io::Result<Snapshot> {
-        use std::os::unix::fs::PermissionsExt;
-        for f in [STATE, DISK] {
+    /// Blocking: hashes the files.
+    pub fn publish(self, info: &str) -> std::io::Result<PathBuf> {
+        let mut info = info.to_string();
+        for (f, field) in HASHED {
             let p = self.tmp.path().join(f);
             if p.exists() {
-                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o444))?;
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o400))?;
+                let sum = crate::image::hash::sha256_file(&p)?;
+                info.push_str(&format!("{field} = \"{sum}\"\n"));
             }
         }
         std::fs::write(self.tmp.path().join(INFO), info)?;
-        std::fs::set_permissions(self.tmp.path(), std::fs::Permissions::from_mode(0o755))?;
+        std::fs::set_permissions(self.tmp.path(), std::fs::Permissions::from_mode(0o700))?;
         let dir = self.key.dir();
         std::fs::rename(self.tmp.keep(), &dir)?;
+        let _ = std::fs::remove_file(self.key.stale_marker());
         if let Ok(entries) = std::fs::read_dir(&self.key.store) {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
@@ -211,11 +367,11 @@ impl Maker {
                     key.len() == KEY_DIGITS && key.bytes().all(|b| b.is_ascii_hexdigit())
                 });
                 if stale && name != self.key.name {
-                    let _ = std::fs::remove_dir_all(e.path());
+                    remove_unused(&e.path(), &self.key.store.join(format!(".{name}.stale")));
                 }
             }
         }
-        Ok(Snapshot { dir })
+        Ok(dir)
     }
 }
 
@@ -262,6 +418,21 @@ mod tests {
         );
     }
 
+    fn found(key: &SnapshotKey) -> Option<Snapshot> {
+        match key.find() {
+            Found::Some(s) => Some(s),
+            Found::None => None,
+            Found::Corrupt(_, why) => panic!("corrupt: {why}"),
+        }
+    }
+
+    /// Make and publish `key`'s snapshot with a state of `state`.
+    fn publish(key: &SnapshotKey, state: &str) -> PathBuf {
+        let m = key.try_make().unwrap();
+        std::fs::write(m.state(), state).unwrap();
+        m.publish("x = 1\n").unwrap()
+    }
+
     #[test]
     fn publishing_replaces_stale_snapshots_and_a_dropped_maker_leaves_nothing() {
         let store = tempfile::tempdir().unwrap();
@@ -270,8 +441,8 @@ mod tests {
         let m = old.try_make().unwrap();
         assert!(old.try_make().is_none(), "one maker at a time");
         std::fs::write(m.state(), "s").unwrap();
-        m.publish("x").unwrap();
-        assert!(old.find().is_some());
+        m.publish("x = 1\n").unwrap();
+        assert!(found(&old).is_some());
         assert!(old.try_make().is_none(), "already made");
 
         let m = new.try_make().unwrap();
@@ -283,7 +454,7 @@ mod tests {
         let m = new.try_make().unwrap();
         assert!(!left.exists(), "a dead maker's directory is removed");
         drop(m);
-        assert!(new.find().is_none());
+        assert!(found(&new).is_none());
         let leftovers: Vec<_> = std::fs::read_dir(&new.store)
             .unwrap()
             .flatten()
@@ -297,27 +468,70 @@ mod tests {
         );
 
         let with_net = SnapshotKey::new(&image(store.path(), "aa"), 256, 1, Accel::Tcg, "2", true);
-        let m = with_net.try_make().unwrap();
-        std::fs::write(m.state(), "s").unwrap();
-        m.publish("x").unwrap();
-        let m = new.try_make().unwrap();
-        std::fs::write(m.state(), "s").unwrap();
-        let s = m.publish("x").unwrap();
+        publish(&with_net, "s");
+        let dir = publish(&new, "s");
         assert!(
-            with_net.find().is_some(),
+            found(&with_net).is_some(),
             "not a stale one of the same kind"
         );
-        with_net.find().unwrap().discard();
-        assert!(new.find().is_some());
-        assert!(old.find().is_none(), "the stale snapshot is gone");
-        let mode = std::fs::metadata(s.state()).unwrap().permissions();
-        assert!(mode.readonly());
+        found(&with_net).unwrap().discard();
+        assert!(found(&new).is_some());
+        assert!(found(&old).is_none(), "the stale snapshot is gone");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o777;
+        assert_eq!(mode(&dir.join(STATE)), 0o400, "read-only, private");
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&new.store), 0o700);
         let listed = list(store.path());
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].0, new.name);
-        assert_eq!(listed[0].2, 2, "state and info, one byte each");
-        s.discard();
-        assert!(new.find().is_none());
+        let info = std::fs::read_to_string(dir.join(INFO)).unwrap();
+        assert!(info.contains("state_sha256 = "), "{info}");
+        assert_eq!(listed[0].2, 1 + info.len() as u64, "state and info");
+        found(&new).unwrap().discard();
+        assert!(found(&new).is_none());
         assert!(list(store.path()).is_empty());
+    }
+
+    #[test]
+    fn snapshots_in_use_are_not_removed() {
+        let store = tempfile::tempdir().unwrap();
+        let key = |v| SnapshotKey::new(&image(store.path(), "aa"), 256, 1, Accel::Tcg, v, false);
+        let (old, new) = (key("1"), key("2"));
+        let old_dir = publish(&old, "s");
+        let user = found(&old).unwrap();
+        let other = found(&old).unwrap();
+        // A failed restore discards it while another machine uses it: kept, no longer found.
+        other.discard();
+        assert!(old_dir.join(STATE).exists(), "kept while in use");
+        assert!(found(&old).is_none(), "marked stale");
+        assert!(old.try_make().is_none(), "cannot be remade while in use");
+        // Publishing a newer snapshot does not remove it either.
+        publish(&new, "t");
+        assert!(old_dir.join(STATE).exists(), "kept while in use");
+        drop(user);
+        // Unused now: the next look removes it, and it can be made again.
+        assert!(found(&old).is_none());
+        assert!(!old_dir.exists(), "removed once unused");
+        assert!(!old.stale_marker().exists());
+        publish(&old, "s");
+        assert!(found(&old).is_some());
+    }
+
+    #[test]
+    fn a_changed_byte_in_the_saved_state_is_detected() {
+        let store = tempfile::tempdir().unwrap();
+        let key = SnapshotKey::new(&image(store.path(), "aa"), 256, 1, Accel::Tcg, "1", false);
+        let dir = publish(&key, "saved state");
+        let state = dir.join(STATE);
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(&state, "saved stave").unwrap();
+        match key.find() {
+            Found::Corrupt(s, why) => {
+                assert!(why.contains("state.mig does not match"), "{why}");
+                s.discard();
+            }
+            _ => panic!("not detected"),
+        }
+        assert!(!dir.exists(), "discarded");
     }
 }

@@ -20,14 +20,16 @@
 
 use super::accel::Accel;
 use super::console::{self, ConsoleState};
+use super::deadline::BootClock;
 pub use super::error::MachineError;
+use super::fault::{self, Probe};
 use super::ports::{self, PortKind, PortLease};
 use super::qemu::{self, PrivateNet, QemuConfig};
 use super::qmp::Qmp;
 use super::rundir;
 use super::shell::{CONNECT_LIMIT, Shell};
 pub use super::shell::{Completed, Exec};
-use super::snapshot::{Maker, Snapshot, SnapshotKey};
+use super::snapshot::{Found, Maker, Snapshot, SnapshotKey};
 use super::spawn::spawn_tied;
 use super::ssh::{HostKeyCheck, SshError, SshSession, SshTarget};
 use crate::image::Image;
@@ -116,14 +118,17 @@ enum Origin {
 /// address for this one's (virtio-net passes it on to qemu's receive filter), and the image's
 /// hook (if it has one, see bots/images/README.md) gives the machine its own identity. Then
 /// the boot id, as after every boot.
-fn after_restore_command(now_secs: u64, private_mac: Option<&str>) -> String {
+fn after_restore_command(now: Duration, private_mac: Option<&str>) -> String {
     let mac = private_mac
         .map(|m| format!("ip link set dev eth1 address {m} && "))
         .unwrap_or_default();
     format!(
-        "date -u -s @{now_secs} >/dev/null && {mac}\
+        "{{ date -u -s @{}.{:03} || date -u -s @{}; }} >/dev/null 2>&1 && {mac}\
          {{ [ ! -x {RESTORE_HOOK} ] || {RESTORE_HOOK}; }} && \
-         cat /proc/sys/kernel/random/boot_id"
+         cat /proc/sys/kernel/random/boot_id",
+        now.as_secs(),
+        now.subsec_millis(),
+        (now + Duration::from_millis(500)).as_secs(),
     )
 }
 
@@ -158,6 +163,10 @@ pub struct VirtualMachine {
     disk: Option<PathBuf>,
     /// Whether the last boot was a snapshot restore.
     restored: bool,
+    /// What its shell looks at to explain a failed command (the current qemu).
+    probe: Arc<Mutex<Probe>>,
+    /// The snapshot this machine's disk is backed by, in use (not removed) while it lives.
+    _snapshot: Option<Snapshot>,
 }
 
 impl VirtualMachine {
@@ -187,7 +196,17 @@ impl VirtualMachine {
                 source,
             }
         };
-        let dir = rundir::create(&label).map_err(io("creating its run directory"))?;
+        // Blocking: the first start in a process sweeps dead owners' directories.
+        let dir = {
+            let label = label.clone();
+            tokio::task::spawn_blocking(move || rundir::create(&label))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        }
+        .map_err(io(&format!(
+            "creating its run directory in {}",
+            rundir::base_dir().display()
+        )))?;
         let origin = if spec.cold_boot {
             Origin::Cold
         } else {
@@ -199,10 +218,23 @@ impl VirtualMachine {
                 &host.qemu_version,
                 spec.private_net.is_some(),
             );
-            match key.find() {
-                Some(s) => Origin::Restoring(s),
-                None => key.try_make().map_or(Origin::Cold, Origin::Making),
-            }
+            // Blocking: the first use of a snapshot in a process hashes it.
+            let found = tokio::task::spawn_blocking(move || {
+                let found = match key.find() {
+                    Found::Some(s) => return Origin::Restoring(s),
+                    Found::None => None,
+                    Found::Corrupt(s, why) => Some((s, why)),
+                };
+                if let Some((s, why)) = found {
+                    eprintln!(
+                        "vmcheck: the snapshot {} is corrupt ({why}); discarded, booting cold",
+                        s.dir.display()
+                    );
+                    s.discard();
+                }
+                key.try_make().map_or(Origin::Cold, Origin::Making)
+            });
+            found.await.unwrap_or(Origin::Cold)
         };
         let disk = spec.image.disk().map(|_| dir.path().join("overlay.qcow2"));
         if let (Some(backing), Some(overlay)) = (spec.image.disk(), &disk) {
@@ -227,8 +259,17 @@ impl VirtualMachine {
             incoming.as_deref(),
         )
         .await?;
-        let shell = Shell::new(&label, target(&spec.image, ssh_port.port));
+        let probe = Arc::new(Mutex::new(Probe {
+            pid: child.id().unwrap_or(0),
+            console: console.clone(),
+            stderr: qemu_stderr.clone(),
+            run_dir: dir.path().to_path_buf(),
+            qmp: qmp_socket(dir.path()),
+        }));
+        let shell =
+            Shell::new(&label, target(&spec.image, ssh_port.port)).with_probe(probe.clone());
         Ok(VirtualMachine {
+            probe,
             shell,
             label,
             image: spec.image.clone(),
@@ -245,6 +286,7 @@ impl VirtualMachine {
             origin,
             disk,
             restored: false,
+            _snapshot: None,
         })
     }
 
@@ -320,7 +362,9 @@ impl VirtualMachine {
         timeout: Duration,
         cancel: &Cancel,
     ) -> Result<String, MachineError> {
-        let deadline = Instant::now() + timeout;
+        // The timeout counts the time qemu could run: a loaded host pushes it back.
+        let mut clock = BootClock::new(timeout, self.child.id().unwrap_or(0));
+        let deadline = clock.deadline();
         self.restored = false;
         let origin = std::mem::replace(&mut self.origin, Origin::Cold);
         let maker = match origin {
@@ -329,6 +373,7 @@ impl VirtualMachine {
             Origin::Restoring(snapshot) => match self.resume_restored(deadline, cancel).await {
                 Ok(boot_id) => {
                     self.restored = true;
+                    self._snapshot = Some(snapshot);
                     self.boot_id = Some(boot_id.clone());
                     return Ok(boot_id);
                 }
@@ -348,8 +393,9 @@ impl VirtualMachine {
                         self.label,
                         snapshot.dir.display()
                     );
-                    snapshot.discard();
                     self.boot_cold_instead().await?;
+                    // Its qemu is gone: the snapshot is no longer used by this machine.
+                    let _ = tokio::task::spawn_blocking(move || snapshot.discard()).await;
                     None
                 }
             },
@@ -357,6 +403,7 @@ impl VirtualMachine {
         let mut relaunches = 0;
         loop {
             let seen = self.markers_seen;
+            let pid = self.child.id().unwrap_or(0);
             enum Woke {
                 Ready,
                 ConsoleClosed,
@@ -368,7 +415,7 @@ impl VirtualMachine {
                     if r.is_ok() { Woke::Ready } else { Woke::ConsoleClosed }
                 }
                 status = self.child.wait() => Woke::Exited(status),
-                _ = tokio::time::sleep_until(deadline.into()) => Woke::Deadline,
+                _ = clock.expired(pid) => Woke::Deadline,
                 _ = cancel.cancelled() => return Err(MachineError::Cancelled),
             };
             let status = match woke {
@@ -384,9 +431,15 @@ impl VirtualMachine {
                     }
                 }
                 Woke::Deadline => {
+                    if let Some(fault) = fault::disk_full(self.dir.path()) {
+                        return Err(MachineError::Died {
+                            label: self.label.clone(),
+                            fault,
+                        });
+                    }
                     return Err(MachineError::BootTimeout {
                         label: self.label.clone(),
-                        after: timeout,
+                        after: timeout + clock.starved(),
                         console_log: self.console_log(),
                         console: self.console_tail(),
                     });
@@ -395,7 +448,7 @@ impl VirtualMachine {
             let lost_port = self
                 .stderr_text()
                 .contains("Could not set up host forwarding rule");
-            let state = *self.console.borrow();
+            let state = self.console.borrow().clone();
             let rebooted = status.as_ref().is_ok_and(|s| s.success())
                 && state.restarts > 0
                 && state.panics == 0;
@@ -404,14 +457,17 @@ impl VirtualMachine {
                 self.relaunch(lost_port).await?;
                 continue;
             }
-            let when = if state.panics > 0 {
-                "the guest kernel panicked"
-            } else {
-                "while booting"
-            };
-            return Err(self.exited(status, when));
+            if let Some(line) = state.panic_line {
+                return Err(MachineError::Died {
+                    label: self.label.clone(),
+                    fault: fault::Fault::KernelPanic { line },
+                });
+            }
+            return Err(self.exited(status, "while booting"));
         }
         self.markers_seen = self.console.borrow().ready;
+        clock.observe(self.child.id().unwrap_or(0));
+        let deadline = clock.deadline();
         if let Some(maker) = maker {
             // Connect first: the snapshot is of a machine that answers over SSH. Its boot id
             // is not read yet, so each restored machine draws its own.
@@ -455,7 +511,8 @@ impl VirtualMachine {
                 context: "reserving an SSH port".into(),
                 source,
             })?;
-            self.shell = Shell::new(&self.label, target(&self.image, self.ssh_port.port));
+            self.shell = Shell::new(&self.label, target(&self.image, self.ssh_port.port))
+                .with_probe(self.probe.clone());
         }
         let (child, console, stderr) = launch(
             &self.host,
@@ -467,6 +524,12 @@ impl VirtualMachine {
             None,
         )
         .await?;
+        {
+            let mut probe = self.probe.lock().expect("poisoned");
+            probe.pid = child.id().unwrap_or(0);
+            probe.console = console.clone();
+            probe.stderr = stderr.clone();
+        }
         self.child = child;
         self.console = console;
         self.qemu_stderr = stderr;
@@ -499,18 +562,18 @@ impl VirtualMachine {
         self.connect(limit, cancel)
             .await
             .map_err(|e| e.to_string())?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
         let left = limit
             .saturating_duration_since(Instant::now())
             .max(Duration::from_secs(5));
+        // The host's time at the moment the command leaves (to the millisecond where the
+        // guest's date takes it, else rounded to the second).
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let private_mac = self.spec.private_net.as_ref().map(|n| n.mac.as_str());
         let done = self
             .shell
-            .execute(
-                &after_restore_command(now, self.spec.private_net.as_ref().map(|n| n.mac.as_str())),
-                left,
-            )
+            .execute(&after_restore_command(now, private_mac), left)
             .await
             .map_err(|e| e.to_string())?;
         let id = done.stdout_text().trim().to_string();
@@ -568,11 +631,12 @@ impl VirtualMachine {
                 limit,
             )
             .await?;
-            let uri = format!("exec:cat > {}", quote(&maker.state().to_string_lossy()));
+            let uri = qemu::exec_cat_to(&maker.state());
             qmp.execute("migrate", json!({ "uri": uri }), limit).await?;
             qmp.wait_migrated(limit).await?;
             if let Some(old) = frozen {
-                std::fs::copy(&old, maker.disk())
+                tokio::fs::copy(&old, maker.disk())
+                    .await
                     .map_err(|e| format!("copying {}: {e}", old.display()))?;
             }
             Ok::<(), String>(())
@@ -591,8 +655,10 @@ impl VirtualMachine {
             self.memory_mib,
             self.spec.cpus,
         );
-        maker
-            .publish(&info)
+        // Blocking: hashes the files.
+        tokio::task::spawn_blocking(move || maker.publish(&info))
+            .await
+            .map_err(|e| format!("publishing it: {e}"))?
             .map_err(|e| format!("publishing it: {e}"))?;
         Ok(())
     }
@@ -702,12 +768,24 @@ impl Drop for VirtualMachine {
         self.kill_group();
         // The run directory is removed next, and a qemu that is still starting creates files
         // there (its QMP socket): wait until it is gone, which SIGKILL makes a matter of
-        // milliseconds.
-        for _ in 0..400 {
-            match self.child.try_wait() {
-                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-                Ok(Some(_)) | Err(_) => break,
+        // milliseconds. Off the async worker (block_in_place), so other tasks keep running.
+        // Removing the run directory (a disk overlay of many MB) is blocking too.
+        let (child, dir) = (&mut self.child, self.dir.path());
+        let mut wait_and_remove = || {
+            for _ in 0..400 {
+                match child.try_wait() {
+                    Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+                    Ok(Some(_)) | Err(_) => break,
+                }
             }
+            let _ = std::fs::remove_dir_all(dir);
+        };
+        let on_worker = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if on_worker {
+            tokio::task::block_in_place(wait_and_remove);
+        } else {
+            wait_and_remove();
         }
     }
 }
@@ -734,10 +812,16 @@ async fn create_overlay(
         ))),
         Err(e) => Err(e),
     };
-    result.map_err(|source| MachineError::Io {
-        label: label.to_string(),
-        context: "creating its disk overlay".into(),
-        source,
+    result.map_err(|source| match overlay.parent().and_then(fault::disk_full) {
+        Some(fault) => MachineError::Died {
+            label: label.to_string(),
+            fault,
+        },
+        None => MachineError::Io {
+            label: label.to_string(),
+            context: "creating its disk overlay".into(),
+            source,
+        },
     })
 }
 

@@ -301,6 +301,7 @@ mod tests {
                 1,
                 AttemptOutcome::Harness {
                     message: "boot timed out".into(),
+                    host_fault: false,
                 },
             )],
         );

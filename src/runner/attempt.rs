@@ -170,7 +170,7 @@ pub async fn run_attempt(
                 for m in machines {
                     m.machine.kill().await;
                 }
-                let mut report = report(&req, &log, started, &[], saved, harness(message));
+                let mut report = report(&req, &log, started, &[], saved, machine_failed(&e));
                 finish_output(&dir, &mut report);
                 return AttemptDone {
                     report,
@@ -296,7 +296,7 @@ pub async fn run_attempt(
         AttemptOutcome::TimedOut { after } => {
             Health::Broken(format!("the test timed out after {}s", after.as_secs()))
         }
-        AttemptOutcome::Harness { message } => Health::Broken(message.clone()),
+        AttemptOutcome::Harness { message, .. } => Health::Broken(message.clone()),
         _ => Health::Good,
     };
     if health == Health::Good {
@@ -351,7 +351,19 @@ async fn unexpected_messages(
 }
 
 fn harness(message: String) -> AttemptOutcome {
-    AttemptOutcome::Harness { message }
+    AttemptOutcome::Harness {
+        message,
+        host_fault: false,
+    }
+}
+
+/// A machine's failure as the attempt's outcome: its message names the cause, and a host
+/// fault (a full disk) is marked so that policy does not retry it.
+fn machine_failed(e: &MachineError) -> AttemptOutcome {
+    AttemptOutcome::Harness {
+        message: e.to_string(),
+        host_fault: !e.retryable(),
+    }
 }
 
 fn report(
@@ -619,7 +631,10 @@ async fn run_bodies(
                     after: test.timeout,
                 };
             }
-            Err(e) => return harness(e.to_string()),
+            Err(e) => {
+                log.note(&format!("vmcheck: {e}"));
+                return machine_failed(&e);
+            }
         }
     }
     if let Some(script) = &test.host {
@@ -670,7 +685,7 @@ async fn run_host(
             ),
         )?;
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755))?;
+        std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o700))?;
         let listener = tokio::net::UnixListener::bind(dir.path().join("control.sock"))?;
         Ok((dir, listener))
     };
@@ -693,6 +708,7 @@ async fn run_host(
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
+    crate::private::give_caller_umask(cmd.as_std_mut());
     let mut child = match crate::machine::spawn::spawn_tied(cmd).await {
         Ok(c) => c,
         Err(e) => return harness(format!("starting the host script: {e}")),

@@ -736,6 +736,7 @@ impl<'r> Dispatcher<'r> {
                     attempt,
                     outcome: AttemptOutcome::Harness {
                         message: format!("vmcheck panicked while running the test: {e}"),
+                        host_fault: false,
                     },
                     output: String::new(),
                     duration: Duration::ZERO,

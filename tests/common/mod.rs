@@ -127,12 +127,21 @@ pub fn spec(label: &str, image: &Image) -> vmcheck::machine::vm::MachineSpec {
     }
 }
 
-/// Assert that a guest's `date +%s` is the host's now, give or take 5 s.
-pub fn assert_clock_is_now(guest: &str) {
-    let guest: i64 = guest.trim().parse().expect("seconds");
-    let now = std::time::SystemTime::now()
+/// The host's clock in seconds since the epoch.
+pub fn host_secs() -> i64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .as_secs() as i64;
-    assert!((guest - now).abs() <= 5, "guest clock {guest}, host {now}");
+        .as_secs() as i64
+}
+
+/// Assert that a guest's `date +%s`, read by a command that ran between the host times
+/// `before` and `after` (from [`host_secs`]), is the host's time then, give or take 1 s.
+/// The window is measured, not assumed: on a loaded host a command can take seconds.
+pub fn assert_clock_within(guest: &str, before: i64, after: i64) {
+    let guest: i64 = guest.trim().parse().expect("seconds");
+    assert!(
+        before - 1 <= guest && guest <= after + 1,
+        "guest clock {guest}, host {before}..{after}"
+    );
 }
