@@ -187,7 +187,10 @@ async fn a_guest_that_panics_ends_qemu_with_the_console_tail() {
     let err = m.wait_boot(BOOT, &Cancel::new()).await.unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, MachineError::QemuExited { .. }), "{text}");
-    assert!(text.contains("Kernel panic"), "{text}");
+    assert!(
+        text.contains("the guest kernel panicked: Kernel panic - not syncing: "),
+        "{text}"
+    );
     let dir = m.run_dir().to_path_buf();
     m.kill().await;
     assert!(!dir.exists());
@@ -288,16 +291,21 @@ async fn machines_start_from_a_booted_snapshot_with_their_own_clock_and_identity
     assert!(!c.restored());
     c.kill().await;
 
-    // A snapshot that cannot be restored is removed, and the machine boots instead.
+    // A snapshot whose saved state changed by one byte is caught before use: one line, a
+    // cold boot. A restored machine still uses it, so it is kept (no longer found) ...
     let state = snapshot.join("state.mig");
-    std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
-    std::fs::write(&state, b"not a migration stream").unwrap();
+    std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let mut bytes = std::fs::read(&state).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 1;
+    std::fs::write(&state, &bytes).unwrap();
     let mut broken = VirtualMachine::start(&host, spec("e2e-snap-broken", &image))
         .await
         .unwrap();
     broken.wait_boot(BOOT, &cancel).await.unwrap();
     assert!(!broken.restored());
-    assert!(!snapshot.exists(), "the broken snapshot was discarded");
+    assert!(state.exists(), "kept while a restored machine uses it");
+    assert_eq!(run(&restored[0].0, "echo in use").await, "in use");
     assert_eq!(run(&broken, "echo booted").await, "booted");
 
     let pids: Vec<u32> = [&first, &broken]
@@ -311,4 +319,16 @@ async fn machines_start_from_a_booted_snapshot_with_their_own_clock_and_identity
         m.kill().await;
     }
     assert!(pids.iter().all(|p| !common::process_alive(*p)));
+    // ... and removed by the next machine once nothing uses it; that machine saves a new one.
+    let mut again = VirtualMachine::start(&host, spec("e2e-snap-again", &image))
+        .await
+        .unwrap();
+    again.wait_boot(BOOT, &cancel).await.unwrap();
+    assert!(!again.restored());
+    let fresh = std::fs::read(&state).unwrap_or_default();
+    assert_ne!(
+        fresh, bytes,
+        "the corrupt snapshot was removed and made anew"
+    );
+    again.kill().await;
 }

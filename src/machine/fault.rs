@@ -161,6 +161,9 @@ async fn of_exit(probe: &Probe, status: nix::sys::wait::WaitStatus) -> Fault {
                 .unwrap_or("")
                 .to_string();
             let status = match other {
+                WaitStatus::Exited(_, 0) if console.borrow().restarts > 0 => {
+                    "exit status 0: the guest rebooted (qemu runs with -no-reboot)".to_string()
+                }
                 WaitStatus::Exited(_, code) => format!("exit status {code}"),
                 _ => "gone".to_string(),
             };

@@ -257,13 +257,16 @@ impl Snapshot {
 
     /// Check the files against the hashes in `snapshot.toml`, once per process and file.
     fn verify(&self) -> Result<(), String> {
-        static VERIFIED: Mutex<Option<HashSet<(PathBuf, u64, u64)>>> = Mutex::new(None);
-        let identity =
-            |f: &str| std::fs::metadata(self.dir.join(f)).map(|m| (m.ino(), m.mtime() as u64));
-        let id = (
+        // Files as they are now: a rewrite changes the modification time.
+        type Seen = (PathBuf, Vec<(u64, i64, i64, u64)>);
+        static VERIFIED: Mutex<Option<HashSet<Seen>>> = Mutex::new(None);
+        let id: Seen = (
             self.dir.clone(),
-            identity(STATE).map_or(0, |(ino, _)| ino),
-            identity(DISK).map_or(0, |(ino, _)| ino),
+            [STATE, DISK, INFO]
+                .iter()
+                .filter_map(|f| std::fs::metadata(self.dir.join(f)).ok())
+                .map(|m| (m.ino(), m.mtime(), m.mtime_nsec(), m.len()))
+                .collect(),
         );
         if VERIFIED
             .lock()

@@ -457,13 +457,11 @@ impl VirtualMachine {
                 self.relaunch(lost_port).await?;
                 continue;
             }
-            if let Some(line) = state.panic_line {
-                return Err(MachineError::Died {
-                    label: self.label.clone(),
-                    fault: fault::Fault::KernelPanic { line },
-                });
-            }
-            return Err(self.exited(status, "while booting"));
+            let when = match state.panic_line {
+                Some(line) => format!("the guest kernel panicked: {line}"),
+                None => "while booting".into(),
+            };
+            return Err(self.exited(status, &when));
         }
         self.markers_seen = self.console.borrow().ready;
         clock.observe(self.child.id().unwrap_or(0));
@@ -489,7 +487,7 @@ impl VirtualMachine {
     fn exited(
         &self,
         status: std::io::Result<std::process::ExitStatus>,
-        when: &'static str,
+        when: &str,
     ) -> MachineError {
         MachineError::QemuExited {
             label: self.label.clone(),
