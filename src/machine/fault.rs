@@ -164,6 +164,7 @@ async fn of_exit(probe: &Probe, status: nix::sys::wait::WaitStatus) -> Fault {
                 WaitStatus::Exited(_, 0) if console.borrow().restarts > 0 => {
                     "exit status 0: the guest rebooted (qemu runs with -no-reboot)".to_string()
                 }
+                WaitStatus::Exited(_, 0) => "exit status 0: the guest powered off".to_string(),
                 WaitStatus::Exited(_, code) => format!("exit status {code}"),
                 _ => "gone".to_string(),
             };
