@@ -118,18 +118,33 @@ enum Origin {
 /// address for this one's (virtio-net passes it on to qemu's receive filter), and the image's
 /// hook (if it has one, see bots/images/README.md) gives the machine its own identity. Then
 /// the boot id, as after every boot.
-fn after_restore_command(now: Duration, private_mac: Option<&str>) -> String {
+fn after_restore_command(anchor: ClockAnchor, private_mac: Option<&str>) -> String {
     let mac = private_mac
         .map(|m| format!("ip link set dev eth1 address {m} && "))
         .unwrap_or_default();
+    // The host's time now = its time at the anchor + the guest's uptime since, in ms.
     format!(
-        "{{ date -u -s @{}.{:03} || date -u -s @{}; }} >/dev/null 2>&1 && {mac}\
-         {{ [ ! -x {RESTORE_HOOK} ] || {RESTORE_HOOK}; }} && \
+        "read u _ < /proc/uptime && c=${{u%.*}}${{u#*.}} && \
+         ms=$(( {} + (${{c#0}} - {}) * 10 )) && s=$((ms / 1000)) && f=$((ms % 1000 + 1000)) && \
+         {{ date -u -s @$s.${{f#1}} || date -u -s @$(( (ms + 500) / 1000 )); }} >/dev/null 2>&1 && \
+         {mac}{{ [ ! -x {RESTORE_HOOK} ] || {RESTORE_HOOK}; }} && \
          cat /proc/sys/kernel/random/boot_id",
-        now.as_secs(),
-        now.subsec_millis(),
-        (now + Duration::from_millis(500)).as_secs(),
+        anchor.host.as_millis(),
+        anchor.uptime_cs,
     )
+}
+
+/// The host's time (since the epoch) at the moment the guest's uptime was `uptime_cs`.
+#[derive(Debug, Clone, Copy)]
+struct ClockAnchor {
+    host: Duration,
+    uptime_cs: u64,
+}
+
+/// `/proc/uptime`'s first field (`123.45`) in centiseconds.
+fn parse_uptime_cs(text: &str) -> Option<u64> {
+    let (whole, frac) = text.split_whitespace().next()?.split_once('.')?;
+    Some(whole.parse::<u64>().ok()? * 100 + frac.get(..2)?.parse::<u64>().ok()?)
 }
 
 /// The guest program images may have for restored machines.
@@ -563,15 +578,11 @@ impl VirtualMachine {
         let left = limit
             .saturating_duration_since(Instant::now())
             .max(Duration::from_secs(5));
-        // The host's time at the moment the command leaves (to the millisecond where the
-        // guest's date takes it, else rounded to the second).
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
+        let anchor = self.clock_anchor(left).await?;
         let private_mac = self.spec.private_net.as_ref().map(|n| n.mac.as_str());
         let done = self
             .shell
-            .execute(&after_restore_command(now, private_mac), left)
+            .execute(&after_restore_command(anchor, private_mac), left)
             .await
             .map_err(|e| e.to_string())?;
         let id = done.stdout_text().trim().to_string();
@@ -583,6 +594,35 @@ impl VirtualMachine {
             ));
         }
         Ok(id)
+    }
+
+    /// The guest's uptime and the host's time at one instant, NTP-style: the host's time at
+    /// the middle of the fastest of a few `cat /proc/uptime` round trips (off by at most
+    /// half of it, however loaded the host).
+    async fn clock_anchor(&self, limit: Duration) -> Result<ClockAnchor, String> {
+        let mut best: Option<(Duration, ClockAnchor)> = None;
+        for _ in 0..3 {
+            let sent = std::time::SystemTime::now();
+            let done = self
+                .shell
+                .execute("cat /proc/uptime", limit)
+                .await
+                .map_err(|e| e.to_string())?;
+            let rtt = sent.elapsed().unwrap_or_default();
+            let uptime_cs = parse_uptime_cs(&done.stdout_text())
+                .ok_or_else(|| format!("reading /proc/uptime: {:?}", done.stdout_text()))?;
+            let host = (sent + rtt / 2)
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            let anchor = ClockAnchor { host, uptime_cs };
+            if best.as_ref().is_none_or(|(b, _)| rtt < *b) {
+                best = Some((rtt, anchor));
+            }
+            if rtt < Duration::from_millis(50) {
+                break;
+            }
+        }
+        Ok(best.expect("at least one sample").1)
     }
 
     /// After a failed restore: a new qemu, booting the image on a fresh overlay.
@@ -900,5 +940,40 @@ fn target(image: &Image, port: u16) -> SshTarget {
             // will match, which is the safe failure.
             Err(_) => HostKeyCheck::KnownHosts(PathBuf::from("/dev/null")),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_restore_command_sets_the_host_time_of_the_moment_it_runs() {
+        assert_eq!(parse_uptime_cs("123.45 67.89\n"), Some(12345));
+        assert_eq!(parse_uptime_cs("junk"), None);
+        // An anchor taken now, and the command run 1.2 s later, with `date` printing its
+        // argument: it is the host time of the moment the command runs, not of the anchor.
+        let uptime = std::fs::read_to_string("/proc/uptime").unwrap();
+        let now = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+        };
+        let anchor = ClockAnchor {
+            host: now(),
+            uptime_cs: parse_uptime_cs(&uptime).unwrap(),
+        };
+        std::thread::sleep(Duration::from_millis(1200));
+        let command = after_restore_command(anchor, None)
+            .replace(">/dev/null 2>&1", "")
+            .replace("date -u -s @", "echo ");
+        let out = std::process::Command::new("sh")
+            .args(["-c", &command])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let set: f64 = text.lines().next().unwrap().parse().unwrap();
+        let host = now().as_secs_f64();
+        assert!((set - host).abs() < 0.2, "set {set}, host {host}: {text}");
     }
 }
