@@ -217,7 +217,15 @@ fn qemus_of(p: &Project) -> Vec<u32> {
 fn wait_for_console(p: &Project, marker: &str, child: &mut std::process::Child) -> u32 {
     let until = std::time::Instant::now() + std::time::Duration::from_secs(600);
     while std::time::Instant::now() < until {
-        assert!(child.try_wait().unwrap().is_none(), "vmcheck ended early");
+        if child.try_wait().unwrap().is_some() {
+            let out = String::from_utf8_lossy(
+                &std::io::Read::bytes(child.stdout.take().unwrap())
+                    .map_while(Result::ok)
+                    .collect::<Vec<u8>>(),
+            )
+            .into_owned();
+            panic!("vmcheck ended before {marker}:\n{out}");
+        }
         for dir in p.run_dirs() {
             let log = std::fs::read(dir.join("console.log")).unwrap_or_default();
             if String::from_utf8_lossy(&log).contains(marker)
@@ -228,6 +236,8 @@ fn wait_for_console(p: &Project, marker: &str, child: &mut std::process::Child) 
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("no machine printed {marker}");
 }
 
