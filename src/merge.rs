@@ -14,13 +14,22 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// A line that is not an event of this format, with its place.
+/// A line that is not an event of this format, with its place (`line` 0: the file could not
+/// be read, and `message` says so with its name).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}:{line}: {message}", file.display())]
 pub struct MergeError {
     pub file: PathBuf,
     pub line: usize,
     pub message: String,
+}
+
+impl std::fmt::Display for MergeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.line {
+            0 => write!(f, "{}", self.message),
+            n => write!(f, "{}:{n}: {}", self.file.display(), self.message),
+        }
+    }
 }
 
 /// One stream's events, parsed.
@@ -30,7 +39,40 @@ pub struct Stream {
     pub events: Vec<Event>,
 }
 
-/// Parse a JSON-lines event stream (`text` read from `file`).
+/// Read and parse the event stream in `file`. Any prefix of a stream is one: a file cut in
+/// the middle of a line or of a UTF-8 character (its runner was killed) loses only that
+/// last, unfinished line.
+pub fn read(file: &Path) -> Result<Stream, MergeError> {
+    let bytes = std::fs::read(file).map_err(|e| MergeError {
+        file: file.to_path_buf(),
+        line: 0,
+        message: format!("cannot read {}: {e}", file.display()),
+    })?;
+    let text = match std::str::from_utf8(&bytes) {
+        Ok(text) => text,
+        // A character cut at the very end: the unfinished line is dropped by `parse`.
+        Err(e) if e.error_len().is_none() => {
+            std::str::from_utf8(&bytes[..e.valid_up_to()]).expect("valid up to here")
+        }
+        Err(e) => {
+            let line = bytes[..e.valid_up_to()]
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count()
+                + 1;
+            return Err(MergeError {
+                file: file.to_path_buf(),
+                line,
+                message: "not UTF-8 text".into(),
+            });
+        }
+    };
+    parse(file, text)
+}
+
+/// Parse a JSON-lines event stream (`text` read from `file`). The last line, when it lacks
+/// its newline and is not a whole event, is a cut and is dropped; an empty text is the
+/// stream of a runner that died before it started (no events).
 pub fn parse(file: &Path, text: &str) -> Result<Stream, MergeError> {
     let err = |line: usize, message: String| MergeError {
         file: file.to_path_buf(),
@@ -38,12 +80,24 @@ pub fn parse(file: &Path, text: &str) -> Result<Stream, MergeError> {
         message,
     };
     let mut events = Vec::new();
-    for (i, l) in text.lines().enumerate() {
+    let mut lines: Vec<&str> = text.split('\n').collect();
+    // What follows the last newline: empty for a whole stream, else an unfinished line.
+    let unfinished = lines.pop().filter(|l| !l.trim().is_empty());
+    let whole = lines.len();
+    for (i, (l, finished)) in lines
+        .into_iter()
+        .map(|l| (l, true))
+        .chain(unfinished.map(|l| (l, false)))
+        .enumerate()
+    {
         if l.trim().is_empty() {
             continue;
         }
-        let value: serde_json::Value =
-            serde_json::from_str(l).map_err(|e| err(i + 1, format!("not JSON: {e}")))?;
+        let value: serde_json::Value = match serde_json::from_str(l) {
+            Ok(v) => v,
+            Err(_) if !finished && i == whole => break,
+            Err(e) => return Err(err(i + 1, format!("not JSON: {e}"))),
+        };
         match value.get("v").and_then(|v| v.as_u64()) {
             Some(v) if v == u64::from(FORMAT_VERSION) => {}
             Some(v) => {
@@ -61,7 +115,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Stream, MergeError> {
         events.push(event);
     }
     match events.first() {
-        Some(Event::RunStarted { .. }) => Ok(Stream {
+        Some(Event::RunStarted { .. }) | None => Ok(Stream {
             file: file.to_path_buf(),
             events,
         }),
@@ -167,7 +221,13 @@ pub fn merge(streams: &[Stream]) -> Vec<Event> {
     for (s, base) in streams.iter().zip(offsets) {
         let planned: Vec<TestInfo> = match s.events.first() {
             Some(Event::RunStarted { tests, .. }) => tests.clone(),
-            _ => Vec::new(),
+            _ => {
+                cancelled.push(format!(
+                    "{}: empty, its runner ended before the run started",
+                    s.file.display()
+                ));
+                continue;
+            }
         };
         let mut finished_ids = HashSet::new();
         let mut finished_run = false;
@@ -210,7 +270,17 @@ pub fn merge(streams: &[Stream]) -> Vec<Event> {
             }
         }
         if !finished_run {
-            // The stream was cut off: what it did not finish is an error of the merged run.
+            // The stream was cut off: what it did not finish is an error of the merged run,
+            // and its counts are made from its events as its runner would have.
+            stats.planned += planned.len();
+            let nondestructive = planned.iter().filter(|t| t.nondestructive).count();
+            stats.nondestructive += nondestructive;
+            stats.destructive += planned.len() - nondestructive;
+            stats.retries += s
+                .events
+                .iter()
+                .filter(|e| matches!(e, Event::AttemptRetry { .. }))
+                .count();
             for t in planned.iter().map(|t| renumber(t, base)) {
                 if finished_ids.contains(&t.id) {
                     continue;
@@ -320,7 +390,11 @@ mod tests {
             tests: infos.clone(),
             shard: None,
         }];
-        let mut stats = RunStats::default();
+        let mut stats = RunStats {
+            planned: infos.len(),
+            destructive: infos.len(),
+            ..RunStats::default()
+        };
         for (i, t) in infos.iter().enumerate() {
             if !finish && i > 0 {
                 break;
@@ -398,6 +472,82 @@ mod tests {
             panic!()
         };
         assert_eq!((stats.passed, stats.errors), (1, 1));
+    }
+
+    /// Every prefix of a stream, cut at any byte, merges: each planned test is reported
+    /// exactly once, and the counts add up to the plan.
+    #[test]
+    fn every_prefix_of_a_stream_merges() {
+        let mut whole = stream("a", &["T.a1", "T.a2", "T.a3"], true);
+        // Output with multi-byte characters, so that cuts fall inside them too.
+        whole = whole.replacen(
+            "\n",
+            &format!(
+                "\n{}\n",
+                line(
+                    &Event::TestOutput {
+                        id: 1,
+                        attempt: 1,
+                        data: "grüße → 🚀\n".as_bytes().to_vec()
+                    },
+                    0.0
+                )
+            ),
+            1,
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cut.jsonl");
+        for cut in 0..=whole.len() {
+            std::fs::write(&path, &whole.as_bytes()[..cut]).unwrap();
+            let s = read(&path).unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
+            let merged = merge(&[s]);
+            let Some(Event::RunStarted { tests, .. }) = merged.first() else {
+                panic!("cut at {cut}: no run-started")
+            };
+            let mut finished: Vec<usize> = merged
+                .iter()
+                .filter_map(|e| match e {
+                    Event::TestFinished { test, .. } => Some(test.id),
+                    _ => None,
+                })
+                .collect();
+            finished.sort();
+            let planned: Vec<usize> = tests.iter().map(|t| t.id).collect();
+            assert_eq!(finished, planned, "cut at {cut}");
+            let Some(Event::RunFinished { stats, .. }) = merged.last() else {
+                panic!("cut at {cut}: no run-finished")
+            };
+            assert_eq!(stats.finished(), planned.len(), "cut at {cut}");
+            assert_eq!(stats.planned, planned.len(), "cut at {cut}");
+            assert_eq!(stats.destructive, planned.len(), "cut at {cut}");
+            // Only the final newline missing: the run-finished line is whole.
+            let complete = cut >= whole.len() - 1;
+            assert_eq!(
+                merged
+                    .iter()
+                    .any(|e| matches!(e, Event::RunCancelled { .. })),
+                !complete,
+                "cut at {cut}: a cut stream is said to be cut"
+            );
+        }
+    }
+
+    #[test]
+    fn a_bad_line_in_the_middle_is_still_an_error() {
+        let whole = stream("a", &["T.a1", "T.a2"], true);
+        let broken = whole.replacen("\n{", "\n{{", 1);
+        let e = parse(Path::new("x.jsonl"), &broken).unwrap_err();
+        assert!(e.to_string().starts_with("x.jsonl:2: not JSON"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bin.jsonl");
+        std::fs::write(&path, b"{\"v\":1}\n\xff\xfe\n").unwrap();
+        let e = read(&path).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("{}:2: not UTF-8 text", path.display())
+        );
+        let e = read(&dir.path().join("missing")).unwrap_err();
+        assert!(e.to_string().starts_with("cannot read /"), "{e}");
     }
 
     #[test]

@@ -40,14 +40,10 @@ impl<W: Write> Reporter for JsonReporter<W> {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
+        // Each event reaches the file whole and at once: a run killed at any moment (a CI
+        // timeout) leaves every event so far, which `vmcheck merge` reads.
         writeln!(self.out, "{}", line(event, ts))?;
-        if matches!(
-            event,
-            Event::RunFinished { .. } | Event::TestFinished { .. }
-        ) {
-            self.out.flush()?;
-        }
-        Ok(())
+        self.out.flush()
     }
 }
 

@@ -821,15 +821,7 @@ impl<'r> Dispatcher<'r> {
     }
 
     async fn cancel(&mut self) {
-        let reason = match self.ctx.cancel.signal() {
-            Some(s) => format!(
-                "interrupted by {}",
-                nix::sys::signal::Signal::try_from(s)
-                    .map(|s| s.as_str())
-                    .unwrap_or("a signal")
-            ),
-            None => "cancelled".into(),
-        };
+        let reason = self.ctx.cancel.describe();
         // Dropping the tasks' machines kills qemu and removes their files.
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}

@@ -136,3 +136,25 @@ pub fn assert_clock_is_now(guest: &str) {
         .as_secs() as i64;
     assert!((guest - now).abs() <= 5, "guest clock {guest}, host {now}");
 }
+
+/// Run prove on a TAP stream; return its output (asserting it found no parse errors).
+pub fn prove(tap: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("run.tap");
+    std::fs::write(&file, tap).unwrap();
+    let out = std::process::Command::new("prove")
+        .args(["-e", "cat"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !text.contains("Parse errors"),
+        "prove found parse errors:\n{text}\n{tap}"
+    );
+    (out.status.success(), text)
+}
