@@ -158,3 +158,126 @@ pub fn prove(tap: &str) -> (bool, String) {
     );
     (out.status.success(), text)
 }
+
+/// A private `TMPDIR` for one vmcheck run of the fault suite: everything the run puts there
+/// (run directories, sockets, host-script directories) must be gone when it ends, which
+/// [`assert_nothing_left`] checks.
+pub fn private_tmp() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("vmcheck-fault-")
+        .tempdir()
+        .unwrap()
+}
+
+/// After a run with `TMPDIR=tmp`: no file is left below `tmp` (an empty per-user base
+/// directory may stay), and no process (qemu, a host script, a child of one) still has
+/// `tmp` in its command line or environment.
+pub fn assert_nothing_left(tmp: &Path) {
+    let needle = tmp.to_string_lossy().into_owned();
+    let clean = eventually(10, || {
+        let files: Vec<PathBuf> = walk(tmp)
+            .into_iter()
+            .filter(|p| !p.is_dir() || std::fs::read_dir(p).is_ok_and(|mut d| d.next().is_some()))
+            .filter(|p| p.parent() != Some(tmp) || !p.is_dir())
+            .collect();
+        files.is_empty() && processes_mentioning(&needle).is_empty()
+    });
+    assert!(
+        clean,
+        "left behind below {needle}: files {:?}, processes {:?}",
+        walk(tmp),
+        processes_mentioning(&needle)
+    );
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() && !p.is_symlink() {
+                out.extend(walk(&p));
+            }
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// `pid (comm)` of every process whose command line or environment contains `needle`.
+pub fn processes_mentioning(needle: &str) -> Vec<String> {
+    let me = std::process::id();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| *p != me)
+        .filter(|p| {
+            ["cmdline", "environ"].iter().any(|f| {
+                std::fs::read(format!("/proc/{p}/{f}"))
+                    .is_ok_and(|b| String::from_utf8_lossy(&b).contains(needle))
+            })
+        })
+        // Zombies have no command line: they are already gone.
+        .filter(|p| {
+            !std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| s.contains(") Z "))
+        })
+        .map(|p| {
+            let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+            format!("{p} ({})", comm.trim())
+        })
+        .collect()
+}
+
+/// Every test in `names` has exactly one result in each report given: one TAP line, one
+/// JUnit `<testcase>`, one `test-finished` event; and nothing else has one.
+pub fn assert_each_test_once(
+    tap: &str,
+    junit: Option<&Path>,
+    events: Option<&Path>,
+    names: &[&str],
+) {
+    let mut in_tap: Vec<String> = tap
+        .lines()
+        .filter(|l| l.starts_with("ok ") || l.starts_with("not ok "))
+        .filter_map(|l| {
+            let rest = l.trim_start_matches("not ").trim_start_matches("ok ");
+            rest.split(' ').nth(2).map(String::from)
+        })
+        .collect();
+    in_tap.sort();
+    let mut want: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    assert_eq!(in_tap, want, "TAP results:\n{tap}");
+    if let Some(junit) = junit {
+        let xml = std::fs::read_to_string(junit).unwrap();
+        let mut cases: Vec<String> = xml
+            .split("<testcase ")
+            .skip(1)
+            .map(|c| {
+                let attr = |a: &str| {
+                    c.split(&format!("{a}=\""))
+                        .nth(1)
+                        .and_then(|v| v.split('"').next())
+                        .unwrap_or("")
+                        .to_string()
+                };
+                format!("{}.{}", attr("classname"), attr("name"))
+            })
+            .collect();
+        cases.sort();
+        assert_eq!(cases, want, "JUnit test cases:\n{xml}");
+    }
+    if let Some(events) = events {
+        let stream = vmcheck::merge::read(events).unwrap();
+        let mut finished: Vec<String> = stream
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                vmcheck::events::Event::TestFinished { test, .. } => Some(test.name.clone()),
+                _ => None,
+            })
+            .collect();
+        finished.sort();
+        assert_eq!(finished, want, "test-finished events");
+    }
+}
