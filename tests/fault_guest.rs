@@ -7,14 +7,8 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Output, Stdio};
+use std::process::Output;
 use vmcheck::exit_codes;
-
-fn suite(text: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("check-faults"), text).unwrap();
-    dir
-}
 
 /// The reports of one run.
 struct Reports {
@@ -65,7 +59,6 @@ impl Reports {
 /// empty.
 fn run(checks: &Path, args: &[&str]) -> Reports {
     let dir = tempfile::tempdir().unwrap();
-    let tmp = common::private_tmp();
     let mut cmd = common::vmcheck();
     cmd.args(["run", "--test-dir"])
         .arg(checks)
@@ -76,15 +69,8 @@ fn run(checks: &Path, args: &[&str]) -> Reports {
     if !args.contains(&"--artifacts") {
         cmd.arg("--artifacts").arg(dir.path().join("artifacts"));
     }
-    let out = cmd
-        .args(args)
-        .env("VMCHECK_PROGRESS", "none")
-        .env("TMPDIR", tmp.path())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = common::output_leaving_nothing(cmd.args(args));
     let tap = String::from_utf8_lossy(&out.stdout).into_owned();
-    common::assert_nothing_left(tmp.path());
     Reports { out, tap, dir }
 }
 
@@ -94,7 +80,7 @@ fn run(checks: &Path, args: &[&str]) -> Reports {
 #[test]
 fn a_guest_that_loses_sshd_or_its_link_is_retried_on_a_new_machine() {
     common::image("busybox");
-    let checks = suite(
+    let checks = common::check_dir(
         r#"
 timeout = "20s"
 [TestFresh.testSshdKilled]
@@ -138,7 +124,7 @@ run = 'true'
 #[test]
 fn hung_and_term_ignoring_bodies_end_at_their_timeout() {
     common::image("busybox");
-    let checks = suite(
+    let checks = common::check_dir(
         r#"
 timeout = "3s"
 [TestFresh.testHangs]
@@ -183,37 +169,24 @@ run = '! pgrep -f "while :" && ! pgrep -x "sleep"'
 #[test]
 fn vmcheck_killed_with_machines_up() {
     common::image("busybox");
-    let checks = suite(
+    let checks = common::check_dir(
         "[TestSlow.testA]\nrun = 'sleep 600'\n[TestSlow.testB]\nrun = 'sleep 600'\n\
          [TestShared]\nnondestructive = true\n[TestShared.testC]\nrun = 'sleep 600'\n",
     );
     for signal in [nix::sys::signal::SIGTERM, nix::sys::signal::SIGKILL] {
         let dir = tempfile::tempdir().unwrap();
         let tmp = common::private_tmp();
-        let mut child = common::vmcheck()
-            .args(["run", "-j", "3", "--test-dir"])
-            .arg(checks.path())
-            .arg("--junit")
-            .arg(dir.path().join("junit.xml"))
-            .arg("--events")
-            .arg(dir.path().join("events.jsonl"))
-            .env("VMCHECK_PROGRESS", "none")
-            .env("TMPDIR", tmp.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let qemus = || {
-            common::processes_mentioning(&tmp.path().to_string_lossy())
-                .into_iter()
-                .filter(|p| p.contains("(qemu"))
-                .count()
-        };
-        let up = common::eventually(300, || qemus() >= 3 || child.try_wait().unwrap().is_some());
-        assert!(
-            up && child.try_wait().unwrap().is_none(),
-            "three machines start"
+        let child = common::spawn_with_machines_up(
+            common::vmcheck()
+                .args(["run", "-j", "3", "--test-dir"])
+                .arg(checks.path())
+                .arg("--junit")
+                .arg(dir.path().join("junit.xml"))
+                .arg("--events")
+                .arg(dir.path().join("events.jsonl"))
+                .env("VMCHECK_PROGRESS", "none"),
+            tmp.path(),
+            3,
         );
         // The bodies are running.
         std::thread::sleep(std::time::Duration::from_secs(2));
@@ -234,6 +207,7 @@ fn vmcheck_killed_with_machines_up() {
                 "{tap}"
             );
             common::prove(&tap);
+            common::assert_nothing_left(tmp.path());
         } else {
             // Killed: no reports closed, but the events so far merge, with every test.
             let merged = common::vmcheck()
@@ -244,20 +218,8 @@ fn vmcheck_killed_with_machines_up() {
             let merged_tap = String::from_utf8_lossy(&merged.stdout);
             common::assert_each_test_once(&merged_tap, None, None, &names);
             common::prove(&merged_tap);
-            assert!(
-                common::eventually(10, || qemus() == 0),
-                "qemu dies with vmcheck"
-            );
-            let quick = suite("[TestQuick.testA]\nnondestructive = true\nrun = 'true'\n");
-            let next = common::vmcheck()
-                .args(["run", "--test-dir"])
-                .arg(quick.path())
-                .env("TMPDIR", tmp.path())
-                .output()
-                .unwrap();
-            assert_eq!(next.status.code(), Some(exit_codes::OK));
+            common::assert_next_run_sweeps(tmp.path());
         }
-        common::assert_nothing_left(tmp.path());
     }
 }
 
@@ -266,7 +228,7 @@ fn vmcheck_killed_with_machines_up() {
 #[test]
 fn a_read_only_artifact_disk_does_not_hide_the_failure() {
     common::image("busybox");
-    let checks = suite("[TestFails.testA]\nrun = 'echo failing; exit 3'\n");
+    let checks = common::check_dir("[TestFails.testA]\nrun = 'echo failing; exit 3'\n");
     let ro = tempfile::tempdir().unwrap();
     nix::mount::mount(
         Some("tmpfs"),

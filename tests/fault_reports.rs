@@ -5,32 +5,19 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::Output;
 use vmcheck::exit_codes;
-
-/// A check-file directory with `text` as `check-faults`.
-fn suite(text: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("check-faults");
-    std::fs::write(&file, text).unwrap();
-    dir
-}
 
 /// `vmcheck run --test-dir DIR ARGS` in a private TMPDIR, checked to leave nothing behind.
 fn run(dir: &Path, args: &[&str]) -> (Output, String) {
-    let tmp = common::private_tmp();
-    let out = common::vmcheck()
-        .arg("run")
-        .arg("--test-dir")
-        .arg(dir)
-        .args(args)
-        .env("VMCHECK_PROGRESS", "none")
-        .env("TMPDIR", tmp.path())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = common::output_leaving_nothing(
+        common::vmcheck()
+            .arg("run")
+            .arg("--test-dir")
+            .arg(dir)
+            .args(args),
+    );
     let tap = String::from_utf8_lossy(&out.stdout).into_owned();
-    common::assert_nothing_left(tmp.path());
     (out, tap)
 }
 
@@ -96,7 +83,7 @@ const ONE_TEST: &str = "[TestOne.testPass]\nnondestructive = true\nrun = 'true'\
 #[test]
 fn a_report_that_cannot_be_written_fails_the_run() {
     common::image("busybox");
-    let dir = suite(ONE_TEST);
+    let dir = common::check_dir(ONE_TEST);
     let disk = SmallDisk::new(64);
     let junit = disk.path().join("junit.xml");
     std::fs::write(&junit, "<earlier/>").unwrap();
@@ -133,7 +120,7 @@ fn a_report_that_cannot_be_written_fails_the_run() {
 /// reports as they were and creates none.
 #[test]
 fn an_input_error_leaves_earlier_reports_alone() {
-    let dir = suite(ONE_TEST);
+    let dir = common::check_dir(ONE_TEST);
     let out_dir = tempfile::tempdir().unwrap();
     let events = out_dir.path().join("events.jsonl");
     let junit = out_dir.path().join("junit.xml");
@@ -181,7 +168,7 @@ fn an_input_error_leaves_earlier_reports_alone() {
 #[test]
 fn hostile_output_stays_inside_comments() {
     common::image("busybox");
-    let dir = suite(
+    let dir = common::check_dir(
         r#"
 [TestHostile.testForge]
 run = '''
@@ -248,33 +235,20 @@ exit 1
 #[test]
 fn a_second_signal_still_ends_tap_validly() {
     common::image("busybox");
-    let dir = suite(
+    let dir = common::check_dir(
         "[TestSlow.testA]\nrun = 'sleep 600'\n[TestSlow.testB]\nrun = 'sleep 600'\n\
          [TestSlow.testC]\nrun = 'sleep 600'\n",
     );
     let tmp = common::private_tmp();
-    let mut child = common::vmcheck()
-        .args(["run", "-j", "2", "--test-dir"])
-        .arg(dir.path())
-        .env("VMCHECK_PROGRESS", "lines")
-        .env("TMPDIR", tmp.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    let started = common::eventually(120, || {
-        let qemus = common::processes_mentioning(&tmp.path().to_string_lossy())
-            .iter()
-            .filter(|p| p.contains("(qemu"))
-            .count();
-        qemus >= 2 || child.try_wait().unwrap().is_some()
-    });
-    assert!(
-        started && child.try_wait().unwrap().is_none(),
-        "two machines start"
+    let child = common::spawn_with_machines_up(
+        common::vmcheck()
+            .args(["run", "-j", "2", "--test-dir"])
+            .arg(dir.path())
+            .env("VMCHECK_PROGRESS", "lines"),
+        tmp.path(),
+        2,
     );
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     std::thread::sleep(std::time::Duration::from_millis(500));
     // Both signals arrive at once (held while stopped): the second comes before the first
     // could close the reports the normal way.
@@ -300,20 +274,5 @@ fn a_second_signal_still_ends_tap_validly() {
     );
     assert!(tap.contains("\nBail out! "), "{tap}");
     common::prove(&tap);
-    // Its qemus died with it; the next vmcheck sweeps the run directories it had no time
-    // to remove.
-    let quick = suite(ONE_TEST);
-    let next = common::vmcheck()
-        .args(["run", "--test-dir"])
-        .arg(quick.path())
-        .env("TMPDIR", tmp.path())
-        .output()
-        .unwrap();
-    assert_eq!(
-        next.status.code(),
-        Some(exit_codes::OK),
-        "{}",
-        stderr(&next)
-    );
-    common::assert_nothing_left(tmp.path());
+    common::assert_next_run_sweeps(tmp.path());
 }

@@ -281,3 +281,81 @@ pub fn assert_each_test_once(
         assert_eq!(finished, want, "test-finished events");
     }
 }
+
+/// A directory of check files holding `text` as `check-faults`.
+pub fn check_dir(text: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("check-faults"), text).unwrap();
+    dir
+}
+
+/// Run `cmd` (a vmcheck command) to its end in a private TMPDIR, without progress display
+/// or input, and check that it leaves nothing behind ([`assert_nothing_left`]).
+pub fn output_leaving_nothing(cmd: &mut std::process::Command) -> std::process::Output {
+    let tmp = private_tmp();
+    let out = cmd
+        .env("VMCHECK_PROGRESS", "none")
+        .env("TMPDIR", tmp.path())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_nothing_left(tmp.path());
+    out
+}
+
+/// qemu processes of runs in the private TMPDIR `tmp`.
+pub fn qemus_in(tmp: &Path) -> usize {
+    processes_mentioning(&tmp.to_string_lossy())
+        .iter()
+        .filter(|p| p.contains("(qemu"))
+        .count()
+}
+
+/// Start `cmd` (a vmcheck run) in the private TMPDIR `tmp` with its output piped, and wait
+/// until `machines` of its qemus are up (panics if it ends first). Waits long: booting is
+/// slow on a loaded host, and this is a precondition, not a timing.
+pub fn spawn_with_machines_up(
+    cmd: &mut std::process::Command,
+    tmp: &Path,
+    machines: usize,
+) -> std::process::Child {
+    use std::process::Stdio;
+    let mut child = cmd
+        .env("TMPDIR", tmp)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let up = eventually(300, || {
+        qemus_in(tmp) >= machines || child.try_wait().unwrap().is_some()
+    });
+    assert!(
+        up && child.try_wait().unwrap().is_none(),
+        "{machines} machines start"
+    );
+    child
+}
+
+/// After a vmcheck in the private TMPDIR `tmp` was killed: its qemus are gone, and the next
+/// vmcheck there (one quick test) sweeps the run directories it could not remove.
+pub fn assert_next_run_sweeps(tmp: &Path) {
+    assert!(
+        eventually(10, || qemus_in(tmp) == 0),
+        "qemu dies with vmcheck"
+    );
+    let quick = check_dir("[TestQuick.testA]\nnondestructive = true\nrun = 'true'\n");
+    let next = vmcheck()
+        .args(["run", "--test-dir"])
+        .arg(quick.path())
+        .env("TMPDIR", tmp)
+        .output()
+        .unwrap();
+    assert_eq!(
+        next.status.code(),
+        Some(vmcheck::exit_codes::OK),
+        "{}",
+        String::from_utf8_lossy(&next.stderr)
+    );
+    assert_nothing_left(tmp);
+}
