@@ -499,11 +499,13 @@ mod tests {
                 label: "nd1".into(),
                 image: "busybox-1234".into(),
                 boot: secs(2.5),
+                origin: None,
             },
             Event::MachineReady {
                 label: "host:22".into(),
                 image: crate::runner::EXISTING_HOST.into(),
                 boot: secs(0.1),
+                origin: None,
             },
         ] {
             s.observe(&e);

@@ -260,6 +260,7 @@ mod tests {
             label: global_label(1),
             image: "busybox".into(),
             boot: Default::default(),
+            origin: None,
         })
         .unwrap();
         r.report(&Event::TestStarted {
