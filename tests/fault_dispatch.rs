@@ -4,8 +4,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::Stdio;
+use std::io::Write;
+use std::process::Output;
 use std::time::{Duration, Instant};
 use vmcheck::exit_codes;
 
@@ -51,36 +51,52 @@ fn results(tap: &str) -> Vec<&str> {
         .collect()
 }
 
+/// `vmcheck run` of the nondestructive scenario against `hosts` with `--boot-timeout
+/// SECS`: its output, TAP, stderr, and how long it took.
+fn run_on(hosts: &[&str], boot_timeout: &str, more: &[&str]) -> (Output, String, String, Duration) {
+    let mut cmd = common::vmcheck();
+    cmd.args([
+        "run",
+        "--scenario",
+        "nondestructive",
+        "--boot-timeout",
+        boot_timeout,
+    ]);
+    for h in hosts {
+        cmd.args(["--machine", h]);
+    }
+    cmd.args(more);
+    let started = Instant::now();
+    let out = cmd.output().unwrap();
+    let took = started.elapsed();
+    let tap = String::from_utf8_lossy(&out.stdout).into_owned();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out, tap, err, took)
+}
+
+/// Run against `host` alone, logging in with a key nobody will check.
+fn run_on_alone(host: &str, boot_timeout: &str) -> (Output, String, String, Duration) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = identity(dir.path());
+    let key = key.to_str().unwrap();
+    run_on(
+        &[host],
+        boot_timeout,
+        &["--insecure-host-key", "--identity", key],
+    )
+}
+
 #[test]
 fn dead_and_silent_hosts_do_not_hold_a_run_on_a_good_one() {
     common::image("busybox");
-    let mut vm = common::vmcheck()
-        .args(["vm-run", "busybox"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(vm.stdout.take().unwrap()).lines();
-    let run_line = loop {
-        let line = lines.next().expect("vm-run banner").unwrap();
-        if let Some(cmd) = line.strip_prefix("  run tests: vmcheck run ") {
-            break cmd.to_string();
-        }
-    };
+    let (mut vm, good) = common::vm_run("busybox");
+    let good: Vec<&str> = good.iter().map(String::as_str).collect();
     let (dead, silent) = (closed_port(), silent_port());
     let (dead, silent) = (format!("127.0.0.1:{dead}"), format!("127.0.0.1:{silent}"));
     // The good host last: it is [ND@3]. A boot timeout far longer than the run may take.
-    let mut args: Vec<&str> = vec!["run", "--machine", &dead, "--machine", &silent];
-    args.extend(run_line.split(' '));
-    args.extend(["--scenario", "nondestructive", "--boot-timeout", "600"]);
-    let started = Instant::now();
-    let out = common::vmcheck().args(&args).output().unwrap();
-    let took = started.elapsed();
+    let (out, tap, err, took) = run_on(&[&dead, &silent], "600", &good);
     vm.stdin.as_mut().unwrap().write_all(b"\n").unwrap();
     assert_eq!(vm.wait().unwrap().code(), Some(exit_codes::OK));
-    let tap = String::from_utf8_lossy(&out.stdout);
-    let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(exit_codes::OK), "{tap}\n{err}");
     let rs = results(&tap);
     assert_eq!(rs.len(), 4, "{tap}");
@@ -101,19 +117,8 @@ fn dead_and_silent_hosts_do_not_hold_a_run_on_a_good_one() {
 
 #[test]
 fn a_silent_host_is_waited_for_as_long_as_a_boot_and_said_so() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = identity(dir.path());
     let silent = format!("127.0.0.1:{}", silent_port());
-    let started = Instant::now();
-    let out = common::vmcheck()
-        .args(["run", "--scenario", "nondestructive", "--insecure-host-key"])
-        .args(["--boot-timeout", "10", "--machine", &silent, "--identity"])
-        .arg(&key)
-        .output()
-        .unwrap();
-    let took = started.elapsed();
-    let tap = String::from_utf8_lossy(&out.stdout);
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (out, tap, err, took) = run_on_alone(&silent, "10");
     assert_eq!(
         out.status.code(),
         Some(exit_codes::INFRASTRUCTURE),
@@ -129,19 +134,8 @@ fn a_silent_host_is_waited_for_as_long_as_a_boot_and_said_so() {
 
 #[test]
 fn a_refused_host_fails_its_tests_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = identity(dir.path());
     let dead = format!("127.0.0.1:{}", closed_port());
-    let started = Instant::now();
-    let out = common::vmcheck()
-        .args(["run", "--scenario", "nondestructive", "--insecure-host-key"])
-        .args(["--boot-timeout", "600", "--machine", &dead, "--identity"])
-        .arg(&key)
-        .output()
-        .unwrap();
-    let took = started.elapsed();
-    let tap = String::from_utf8_lossy(&out.stdout);
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (out, tap, err, took) = run_on_alone(&dead, "600");
     assert_eq!(
         out.status.code(),
         Some(exit_codes::INFRASTRUCTURE),
