@@ -206,13 +206,17 @@ impl StatusReporter {
         }
     }
 
-    /// Stop the writer thread and write the final snapshot now.
-    fn finish(&mut self) -> std::io::Result<()> {
+    fn stop_writer(&mut self) {
         lock(&self.shared).done = true;
         self.shared.1.notify_all();
         if let Some(w) = self.writer.take() {
             let _ = w.join();
         }
+    }
+
+    /// Stop the writer thread and write the final snapshot now.
+    fn finish(&mut self) -> std::io::Result<()> {
+        self.stop_writer();
         let mut g = lock(&self.shared);
         if let Some(e) = g.error.take() {
             return Err(e);
@@ -337,9 +341,18 @@ impl StatusReporter {
 
 impl Drop for StatusReporter {
     fn drop(&mut self) {
-        if !lock(&self.shared).done {
+        let g = lock(&self.shared);
+        let (done, started) = (g.done, !g.status.tests.is_empty());
+        drop(g);
+        if done {
+            return;
+        }
+        if started {
             // A run that ended without run-finished: the last state it had.
             let _ = self.finish();
+        } else {
+            // Nothing started: the file is left as it was.
+            self.stop_writer();
         }
     }
 }
@@ -502,6 +515,15 @@ mod tests {
         let s = read_when(&path, |_| true);
         assert_eq!(s["counts"]["passed"], 2000);
         assert_eq!(s["finished"], true);
+    }
+
+    #[test]
+    fn a_run_that_never_started_leaves_the_file_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("status.json");
+        std::fs::write(&path, "earlier").unwrap();
+        drop(StatusReporter::new(path.clone()));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "earlier");
     }
 
     #[test]
