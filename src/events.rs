@@ -254,6 +254,19 @@ impl RunStats {
     }
 }
 
+/// How a shared machine came up: its boot time depends on it (a restore takes about a
+/// second, a cold boot of the same image ten or more).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BootOrigin {
+    /// Booted its kernel.
+    Cold,
+    /// Restored from a booted snapshot.
+    Restored,
+    /// An existing host (`--machine`): connected to, not booted.
+    Existing,
+}
+
 /// A run that is one shard of a split suite: shard `index` of `total`, and the split's
 /// fingerprint (runs that split the same way print the same one; see `shard.rs`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -280,6 +293,9 @@ pub enum Event {
         image: String,
         #[serde(with = "secs")]
         boot: Duration,
+        /// How it came up; absent in streams written before it was recorded.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        origin: Option<BootOrigin>,
     },
     MachineFailed {
         label: String,

@@ -66,8 +66,13 @@ impl Cancel {
                     .unwrap_or("a signal")
             );
         }
+        self.stop_reason().unwrap_or_else(|| "cancelled".into())
+    }
+
+    /// The reason given to [`Cancel::stop`], if code stopped the run.
+    pub fn stop_reason(&self) -> Option<String> {
         let message = self.inner.message.lock().unwrap_or_else(|e| e.into_inner());
-        message.clone().unwrap_or_else(|| "cancelled".into())
+        message.clone()
     }
 
     pub fn is_cancelled(&self) -> bool {

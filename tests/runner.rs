@@ -449,21 +449,8 @@ fn no_retry_fail_runs_each_failure_once() {
 #[test]
 fn nondestructive_tests_run_on_an_existing_machine() {
     common::image("busybox");
-    let mut vm = common::vmcheck()
-        .args(["vm-run", "busybox"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(vm.stdout.take().unwrap()).lines();
-    let run_line = loop {
-        let line = lines.next().expect("vm-run banner").unwrap();
-        if let Some(cmd) = line.strip_prefix("  run tests: vmcheck run ") {
-            break cmd.to_string();
-        }
-    };
-    let mut args: Vec<&str> = run_line.split(' ').collect();
+    let (mut vm, run_args) = common::vm_run("busybox");
+    let mut args: Vec<&str> = run_args.iter().map(String::as_str).collect();
     args.extend(["--scenario", "nondestructive"]);
     let (out, tap) = run(&args);
     vm.stdin.as_mut().unwrap().write_all(b"\n").unwrap();

@@ -32,7 +32,7 @@ use vmcheck::reporter::tap::TapReporter;
 use vmcheck::runner::attempt::AttemptContext;
 use vmcheck::runner::boots::BootGate;
 use vmcheck::runner::dispatcher::{Dispatcher, RunConfig};
-use vmcheck::runner::ledger::{Cost, default_jobs};
+use vmcheck::runner::ledger::{default_jobs, host_capacity};
 use vmcheck::shard::Shard;
 use vmcheck::signal::Cancel;
 
@@ -125,7 +125,7 @@ pub async fn run(
     let named = args.history.clone().map(HistoryFile::named);
     let (history_file, history) =
         load_history(named.unwrap_or_else(|| HistoryFile::default_for(&root)))?;
-    let estimates = vmcheck::estimate::estimate(&plan, &history.for_os(&test_os));
+    let estimates = vmcheck::estimate::estimate(&plan, &history.for_os(&test_os), args.cold_boot);
     if !plan.unknown_excludes.is_empty() {
         return Err(CliError::Usage(format!(
             "--exclude names no test: {} (it takes exact TestClass.testMethod names)",
@@ -274,10 +274,7 @@ pub async fn run(
         None if !remote.is_empty() => remote.len(),
         None => default_jobs(cpus, available, u64::from(nd_mem) + QEMU_OVERHEAD_MIB),
     };
-    let capacity = Cost {
-        ram_mib: available.saturating_sub(1024),
-        cpus: jobs as u32,
-    };
+    let capacity = host_capacity(cpus, available);
     let artifacts_dir = args
         .artifacts
         .clone()

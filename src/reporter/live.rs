@@ -66,7 +66,9 @@ impl<W: Write> Reporter for LiveReporter<W> {
                     self.line(test.id, &rest)?;
                 }
             }
-            Event::MachineReady { label, image, boot } => {
+            Event::MachineReady {
+                label, image, boot, ..
+            } => {
                 writeln!(
                     self.out,
                     "vmcheck: machine {label} ({image}) ready in {:.1}s",

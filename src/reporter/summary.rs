@@ -163,7 +163,9 @@ fn percent(part: Duration, whole: Duration) -> u32 {
 impl<W: Write> Reporter for SummaryReporter<W> {
     fn report(&mut self, event: &Event) -> std::io::Result<()> {
         match event {
-            Event::MachineReady { label, image, boot } => {
+            Event::MachineReady {
+                label, image, boot, ..
+            } => {
                 self.boots.insert(label.clone(), (image.clone(), *boot));
             }
             Event::AttemptRetry {
@@ -313,6 +315,7 @@ mod tests {
                 label: "ND@1".into(),
                 image: "busybox".into(),
                 boot: Duration::from_secs(2),
+                origin: None,
             },
             Event::TestFinished {
                 test: info(1, "TestA.a"),

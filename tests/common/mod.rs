@@ -359,3 +359,33 @@ pub fn assert_next_run_sweeps(tmp: &Path) {
     );
     assert_nothing_left(tmp);
 }
+
+/// `vmcheck vm-run IMAGE`, up and waiting for Enter on its stdin (write a line to it, then
+/// wait), and the arguments of the `vmcheck run` line it printed for its machine.
+pub fn vm_run(image: &str) -> (std::process::Child, Vec<String>) {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let mut vm = vmcheck()
+        .args(["vm-run", image])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(vm.stdout.take().unwrap()).lines();
+    let args = lines.find_map(|line| {
+        let cmd = line.ok()?;
+        let cmd = cmd.strip_prefix("  run tests: vmcheck run ")?;
+        Some(cmd.split(' ').map(String::from).collect())
+    });
+    // What it prints later is read too, so that it never writes into a closed pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    match args {
+        Some(args) => (vm, args),
+        None => {
+            let _ = vm.kill();
+            let _ = vm.wait();
+            panic!("vm-run {image} printed no run line");
+        }
+    }
+}
