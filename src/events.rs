@@ -287,6 +287,10 @@ pub enum Event {
         /// Which shard of a split suite this run is (`--shard K/N`); absent otherwise.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         shard: Option<ShardInfo>,
+        /// The command that re-runs tests of this run by name, before the names
+        /// (`vmcheck run --test-dir t --exact`), so that `vmcheck merge` can say it too.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        rerun: Vec<String>,
     },
     MachineReady {
         label: String,

@@ -188,6 +188,7 @@ pub fn merge(streams: &[Stream]) -> Vec<Event> {
     let mut out = Vec::new();
     let mut all_tests = Vec::new();
     let mut oses: Vec<String> = Vec::new();
+    let mut rerun_words = Vec::new();
     let mut jobs = 0;
     let mut offsets = Vec::new();
     for s in streams {
@@ -196,9 +197,13 @@ pub fn merge(streams: &[Stream]) -> Vec<Event> {
             test_os,
             jobs: j,
             tests,
+            rerun,
             ..
         }) = s.events.first()
         {
+            if rerun_words.is_empty() {
+                rerun_words = rerun.clone();
+            }
             if !oses.contains(test_os) {
                 oses.push(test_os.clone());
             }
@@ -212,6 +217,7 @@ pub fn merge(streams: &[Stream]) -> Vec<Event> {
         jobs,
         tests: all_tests,
         shard: None,
+        rerun: rerun_words,
     });
 
     let mut stats = RunStats::default();
@@ -389,6 +395,7 @@ mod tests {
             jobs: 2,
             tests: infos.clone(),
             shard: None,
+            rerun: vec![],
         }];
         let mut stats = RunStats {
             planned: infos.len(),
@@ -447,6 +454,27 @@ mod tests {
         assert_eq!(stats.passed, 3);
         assert_eq!(*wall, Duration::from_secs(12), "the longest shard");
         assert_eq!(unmatched_known, &["#2 both"], "unmatched in every shard");
+    }
+
+    /// The merged run re-runs tests the way its runs would (their --test-dir, their
+    /// machines), not with a bare `vmcheck run`.
+    #[test]
+    fn the_runs_rerun_command_is_kept() {
+        let mut a = parse(Path::new("a.jsonl"), &stream("a", &["T.a1"], true)).unwrap();
+        if let Some(Event::RunStarted { rerun, .. }) = a.events.first_mut() {
+            *rerun = vec![
+                "vmcheck".into(),
+                "run".into(),
+                "--test-dir".into(),
+                "t".into(),
+            ];
+        }
+        let b = parse(Path::new("b.jsonl"), &stream("b", &["T.b1"], true)).unwrap();
+        let merged = merge(&[a, b]);
+        let Event::RunStarted { rerun, .. } = &merged[0] else {
+            panic!()
+        };
+        assert_eq!(rerun.join(" "), "vmcheck run --test-dir t");
     }
 
     #[test]

@@ -122,6 +122,12 @@ pub async fn run(
             .map_err(CliError::Naughty)?
     };
     let mut plan = vmcheck::plan::plan(tests, &opts);
+    // Nothing left out: every known issue that matched nothing is worth listing.
+    let whole_suite = !single_file
+        && shard.is_none()
+        && opts.filters.is_empty()
+        && opts.exclude.is_empty()
+        && !opts.nondestructive_only;
     let named = args.history.clone().map(HistoryFile::named);
     let (history_file, history) =
         load_history(named.unwrap_or_else(|| HistoryFile::default_for(&root)))?;
@@ -223,7 +229,7 @@ pub async fn run(
         live: live.then_some(plan.tests.len() > 1),
         progress: args.progress,
     };
-    let reporters = reporters(&outputs, rerun)?;
+    let reporters = reporters(&outputs, rerun.clone())?;
     let report_failed = ReportFailed::default();
 
     // Images and host, then run.
@@ -308,6 +314,8 @@ pub async fn run(
         affected,
         estimates,
         shard: shard_info.clone(),
+        whole_suite,
+        rerun,
     };
     // What earlier runs left for these tests is not evidence of this one.
     for t in &plan.tests {
@@ -533,11 +541,17 @@ pub fn merge(args: &MergeArgs) -> Result<i32, CliError> {
         live: None,
         progress: ProgressMode::None,
     };
-    let rerun = summary::rerun_words(
-        &["vmcheck".into(), "run".into()],
-        &[],
-        Some(test_os.as_str()).filter(|os| !os.is_empty() && !os.contains(',')),
-    );
+    // The runs' own re-run command (their --test-dir, their machines), else a plain one.
+    let rerun = match events.first() {
+        Some(vmcheck::events::Event::RunStarted { rerun, .. }) if !rerun.is_empty() => {
+            rerun.clone()
+        }
+        _ => summary::rerun_words(
+            &["vmcheck".into(), "run".into()],
+            &[],
+            Some(test_os.as_str()).filter(|os| !os.is_empty() && !os.contains(',')),
+        ),
+    };
     let report_failed = ReportFailed::default();
     let mut report = fan_out(
         reporters(&outputs, rerun)?,

@@ -292,6 +292,7 @@ mod tests {
             jobs: 1,
             tests: vec![info("TestA.a"), info("TestA.b")],
             shard: None,
+            rerun: vec![],
         })
         .unwrap();
         let failed = attempt(AttemptOutcome::Failed {
@@ -371,6 +372,7 @@ mod tests {
                 jobs: 1,
                 tests: vec![t.clone()],
                 shard: None,
+                rerun: vec![],
             },
             Event::TestStarted {
                 test: t.clone(),

@@ -413,6 +413,7 @@ mod tests {
             jobs: 1,
             tests: vec![info(1), info(2)],
             shard: None,
+            rerun: vec![],
         })
         .unwrap();
         r.report(&Event::MachineReady {
@@ -480,6 +481,7 @@ mod tests {
             jobs: 1,
             tests: tests.clone(),
             shard: None,
+            rerun: vec![],
         })
         .unwrap();
         for t in &tests {
@@ -536,6 +538,7 @@ mod tests {
             jobs: 1,
             tests: vec![info(1)],
             shard: None,
+            rerun: vec![],
         };
         // The writer thread's failure comes with a later event, run-finished's at once.
         let first = r.report(&started);

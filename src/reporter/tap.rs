@@ -349,6 +349,7 @@ mod tests {
                 jobs: 2,
                 tests: vec![a.clone(), b.clone()],
                 shard: None,
+                rerun: vec![],
             },
             Event::AttemptRetry {
                 test: b.clone(),
@@ -534,6 +535,7 @@ mod tests {
             jobs: 1,
             tests: vec![a.clone(), b],
             shard: None,
+            rerun: vec![],
         })
         .unwrap();
         tap.report(&Event::TestFinished {

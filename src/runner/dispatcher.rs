@@ -53,6 +53,10 @@ pub struct RunConfig {
     pub estimates: Estimates,
     /// The shard this run is of a split suite (`--shard`), for the run-started event.
     pub shard: Option<crate::events::ShardInfo>,
+    /// The plan is the whole suite (see [`StateConfig::whole_suite`]).
+    pub whole_suite: bool,
+    /// The command that re-runs tests by name, for the run-started event.
+    pub rerun: Vec<String>,
 }
 
 pub struct Dispatcher<'r> {
@@ -164,6 +168,8 @@ impl<'r> Dispatcher<'r> {
                 descending: crate::plan::nondestructive_descending(&ctx.test_os),
                 known,
                 shard: cfg.shard,
+                whole_suite: cfg.whole_suite,
+                rerun: cfg.rerun,
             },
         );
         let (tx, rx) = mpsc::unbounded_channel();

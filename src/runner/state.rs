@@ -90,6 +90,15 @@ pub struct KnownIssue {
     pub pattern: String,
 }
 
+impl KnownIssue {
+    /// Whether the pattern names the test (its `TestClass.testMethod`, or `in testMethod`
+    /// as a traceback does).
+    fn names(&self, spec: &TestSpec) -> bool {
+        self.pattern.contains(&spec.info.name)
+            || self.pattern.contains(&format!("in {}", spec.method))
+    }
+}
+
 /// How to run a plan, as plain data.
 #[derive(Debug, Clone)]
 pub struct StateConfig {
@@ -107,6 +116,11 @@ pub struct StateConfig {
     pub descending: bool,
     pub known: Vec<KnownIssue>,
     pub shard: Option<ShardInfo>,
+    /// The plan is the whole suite (no filter, exclusion, shard or -n): every known issue
+    /// that matched nothing is worth listing, not only those naming a test that ran.
+    pub whole_suite: bool,
+    /// For `run-started`: the command that re-runs tests by name.
+    pub rerun: Vec<String>,
 }
 
 /// A machine that is up.
@@ -318,6 +332,7 @@ impl<M> DispatcherState<M> {
             jobs: self.cfg.jobs,
             tests: self.tests.iter().map(|t| t.spec.info.clone()).collect(),
             shard: self.cfg.shard.clone(),
+            rerun: self.cfg.rerun.clone(),
         }));
         let (mut nd, mut destructive) = (Vec::new(), Vec::new());
         for i in 0..self.tests.len() {
@@ -611,11 +626,20 @@ impl<M> DispatcherState<M> {
             .iter()
             .flat_map(|t| t.reports.iter().flat_map(|r| r.known.own.iter().copied()))
             .collect();
+        // A run of part of the suite lists only the known issues that name one of its tests:
+        // the others could not have matched.
+        let relevant = |n: &KnownIssue| {
+            self.cfg.whole_suite
+                || self
+                    .tests
+                    .iter()
+                    .any(|t| t.spec.skip.is_none() && n.names(&t.spec))
+        };
         let unmatched_known = self
             .cfg
             .known
             .iter()
-            .filter(|n| !matched.contains(&n.issue))
+            .filter(|n| !matched.contains(&n.issue) && relevant(n))
             .map(|n| format!("#{} {}", n.issue, n.path.display()))
             .collect();
         let wall = self.started.map(|s| now - s).unwrap_or_default();
@@ -955,9 +979,8 @@ impl<M> DispatcherState<M> {
         self.stats.count(&verdict);
         if matches!(verdict, Verdict::Passed | Verdict::Flaky) {
             // A pattern that names a passing test (as tracebacks do) may be stale.
-            let in_method = format!("in {}", t.spec.method);
             for n in &self.cfg.known {
-                if n.pattern.contains(&t.spec.info.name) || n.pattern.contains(&in_method) {
+                if n.names(&t.spec) {
                     out.push(Action::Emit(Event::KnownIssuePassed {
                         test: t.spec.info.clone(),
                         issue: n.issue,

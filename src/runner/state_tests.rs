@@ -53,6 +53,8 @@ fn config(jobs: usize, remote: &[&str]) -> StateConfig {
         descending: false,
         known: Vec::new(),
         shard: None,
+        whole_suite: true,
+        rerun: vec![],
     }
 }
 
@@ -370,6 +372,48 @@ fn a_repeated_result_is_ignored() {
     sim.done(second, passed());
     sim.check_end(2);
     assert_eq!(sim.attempts.len(), 2);
+}
+
+/// A run of part of the suite lists, of the known issues that matched nothing, only those
+/// that name one of the tests it ran; a whole-suite run lists them all.
+#[test]
+fn unmatched_known_issues_are_those_the_run_could_have_matched() {
+    let known = |issue: u64, pattern: &str| KnownIssue {
+        issue,
+        path: format!("bots/naughty/busybox/{issue}-x").into(),
+        pattern: pattern.into(),
+    };
+    for whole_suite in [false, true] {
+        let mut cfg = config(1, &[]);
+        cfg.whole_suite = whole_suite;
+        cfg.known = vec![
+            known(1, "*Traceback*in test1*"),
+            known(2, "*TestA.test2 failed*"),
+            known(3, "*TestOther.testX*"),
+        ];
+        let mut skipped = spec(2, false);
+        skipped.skip = Some("not here".into());
+        let mut sim = Sim::new(vec![spec(1, false), skipped], cfg);
+        let unit = sim.units(false)[0];
+        sim.done(unit, passed());
+        sim.check_end(2);
+        let Some(Event::RunFinished {
+            unmatched_known, ..
+        }) = sim.events.last()
+        else {
+            panic!("{:?}", sim.events.last())
+        };
+        let expected: &[&str] = if whole_suite {
+            &[
+                "#1 bots/naughty/busybox/1-x",
+                "#2 bots/naughty/busybox/2-x",
+                "#3 bots/naughty/busybox/3-x",
+            ]
+        } else {
+            &["#1 bots/naughty/busybox/1-x"]
+        };
+        assert_eq!(unmatched_known, expected, "whole suite: {whole_suite}");
+    }
 }
 
 #[test]
