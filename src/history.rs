@@ -266,6 +266,20 @@ impl HistoryFile {
 
     /// Read the file; a missing file is an empty history.
     pub fn load(&self) -> Result<History, HistoryError> {
+        // The file is replaced by a rename: anything but a regular file (`/dev/null`, a
+        // pipe) would be replaced too.
+        if let Ok(m) = std::fs::metadata(&self.path)
+            && !m.is_file()
+        {
+            return Err(HistoryError::Io {
+                path: self.path.clone(),
+                context: "reading",
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "not a regular file (the history is replaced whole after each run)",
+                ),
+            });
+        }
         let text = match std::fs::read_to_string(&self.path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(History::default()),
@@ -309,13 +323,15 @@ impl HistoryFile {
             Err(HistoryError::Corrupt { .. }) => History::default(),
             other => other?,
         };
+        // A link is followed: its target is the file replaced, the link stays.
+        let path = crate::reporter::file::rename_target(&self.path);
         history.record(test_os, samples, now);
         let mut text = serde_json::to_string(&history).expect("history serializes");
         text.push('\n');
-        let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io("writing"))?;
+        let mut tmp = tempfile::NamedTempFile::new_in(path.parent().unwrap_or(&dir))
+            .map_err(io("writing"))?;
         tmp.write_all(text.as_bytes()).map_err(io("writing"))?;
-        tmp.persist(&self.path)
-            .map_err(|e| io("replacing")(e.error))?;
+        tmp.persist(&path).map_err(|e| io("replacing")(e.error))?;
         Ok(())
     }
 }
@@ -354,6 +370,7 @@ pub fn now() -> u64 {
 mod tests {
     use super::*;
     use crate::events::{AttemptReport, Placement, TestInfo, Verdict};
+    use std::os::unix::fs::FileTypeExt;
 
     fn secs(s: f64) -> Duration {
         Duration::from_secs_f64(s)
@@ -424,6 +441,30 @@ mod tests {
         let text = std::fs::read_to_string(&file.path).unwrap();
         assert_eq!(History::parse(&text).unwrap(), h);
         assert!(text.starts_with("{\"version\":1,"), "{text}");
+    }
+
+    /// `--history /dev/null` is refused rather than renamed over; a link's target is
+    /// replaced and the link stays.
+    #[test]
+    fn only_regular_files_are_replaced() {
+        let null = HistoryFile::named("/dev/null".into());
+        let e = null.load().unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        assert!(null.update("busybox", &Samples::default(), 1).is_err());
+        assert!(
+            std::fs::metadata("/dev/null")
+                .unwrap()
+                .file_type()
+                .is_char_device()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let (target, link) = (dir.path().join("h.json"), dir.path().join("link.json"));
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        HistoryFile::named(link.clone())
+            .update("busybox", &Samples::default(), 1)
+            .unwrap();
+        assert!(link.symlink_metadata().unwrap().file_type().is_symlink());
+        assert!(target.is_file());
     }
 
     #[test]

@@ -75,8 +75,7 @@ impl ReportFile {
                     },
                 });
             }
-            Ok(_) => std::fs::canonicalize(path)?,
-            Err(_) => path.to_path_buf(),
+            _ => rename_target(path),
         };
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
@@ -100,6 +99,24 @@ impl ReportFile {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// The file that replacing `path` by a rename must rename onto: `path`, or the file its
+/// symbolic links lead to (which may not exist yet), so that a link stays a link.
+pub fn rename_target(path: &Path) -> PathBuf {
+    let mut path = path.to_path_buf();
+    for _ in 0..40 {
+        match std::fs::read_link(&path) {
+            Ok(target) => {
+                path = match path.parent() {
+                    Some(dir) => dir.join(target),
+                    None => target,
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    path
 }
 
 impl Write for ReportFile {

@@ -129,19 +129,13 @@ fn render(s: &mut Status) -> std::io::Result<Vec<u8>> {
     serde_json::to_vec_pretty(s).map_err(std::io::Error::other)
 }
 
-/// Replace `path` with `json` atomically: a private temporary file beside it, renamed over.
+/// Replace `path` with `json` atomically (a private temporary file beside it, renamed over;
+/// written in place if `path` is a device or a pipe, never renamed over).
 fn replace(path: &Path, json: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".vmcheck-status")
-        .tempfile_in(dir)?;
-    tmp.write_all(json)?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    let mut file = super::file::ReportFile::replaced(path)?;
+    file.write_all(json)?;
+    file.flush()
 }
 
 /// The writer thread: waits for a change, writes, rests [`INTERVAL`], until done.
@@ -374,6 +368,7 @@ impl Reporter for StatusReporter {
 mod tests {
     use super::*;
     use crate::events::TestInfo;
+    use std::os::unix::fs::FileTypeExt;
 
     fn info(id: usize) -> TestInfo {
         TestInfo {
@@ -526,6 +521,26 @@ mod tests {
         std::fs::write(&path, "earlier").unwrap();
         drop(StatusReporter::new(path.clone()));
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "earlier");
+    }
+
+    /// `--status-file /dev/null` (or a link) is written, never renamed over.
+    #[test]
+    fn a_device_or_a_link_is_written_not_replaced() {
+        replace(Path::new("/dev/null"), b"{}").unwrap();
+        assert!(
+            std::fs::metadata("/dev/null")
+                .unwrap()
+                .file_type()
+                .is_char_device()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("status.json");
+        let link = dir.path().join("link.json");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        std::fs::write(&target, "old").unwrap();
+        replace(&link, b"{}").unwrap();
+        assert!(link.symlink_metadata().unwrap().file_type().is_symlink());
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "{}");
     }
 
     #[test]
