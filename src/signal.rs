@@ -49,6 +49,19 @@ impl Cancel {
         Some(self.inner.reason.load(Ordering::SeqCst)).filter(|s| *s > 0)
     }
 
+    /// Why, for reports: `interrupted by SIGINT`, or `cancelled` (by code).
+    pub fn reason(&self) -> String {
+        match self.signal() {
+            Some(s) => format!(
+                "interrupted by {}",
+                nix::sys::signal::Signal::try_from(s)
+                    .map(|s| s.as_str())
+                    .unwrap_or("a signal")
+            ),
+            None => "cancelled".into(),
+        }
+    }
+
     /// Resolves once cancelled.
     pub async fn cancelled(&self) {
         loop {
@@ -105,6 +118,7 @@ mod tests {
         c.cancel(libc::SIGINT);
         waiter.await.unwrap();
         assert_eq!(c.signal(), Some(libc::SIGTERM));
+        assert_eq!(c.reason(), "interrupted by SIGTERM");
         c.cancelled().await; // already cancelled: returns at once
     }
 }

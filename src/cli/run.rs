@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use vmcheck::checkfile::{self, TestDef};
-use vmcheck::events::RunStats;
+use vmcheck::events::{Event, Placement, RunStats, TestInfo, Verdict};
 use vmcheck::exit_codes;
 use vmcheck::history::{self, History, HistoryFile, Samples};
-use vmcheck::image::Catalog;
+use vmcheck::image::{Catalog, ImageError};
 use vmcheck::machine::qemu::{QEMU_OVERHEAD_MIB, mem_available_mib};
 use vmcheck::machine::remote::parse_address;
 use vmcheck::machine::ssh::{HostKeyCheck, SshTarget};
@@ -29,7 +29,7 @@ use vmcheck::reporter::summary::{self, SummaryReporter};
 use vmcheck::reporter::tap::TapReporter;
 use vmcheck::runner::attempt::AttemptContext;
 use vmcheck::runner::boots::BootGate;
-use vmcheck::runner::dispatcher::{Dispatcher, RunConfig};
+use vmcheck::runner::dispatcher::{Dispatcher, RunConfig, test_cost};
 use vmcheck::runner::ledger::{Cost, default_jobs};
 use vmcheck::shard::Shard;
 use vmcheck::signal::Cancel;
@@ -246,17 +246,19 @@ pub async fn run(
         let (c, n, cancel2) = (catalog.clone(), name.clone(), cancel.clone());
         let image = tokio::task::spawn_blocking(move || c.resolve(&n, &cancel2, verbose))
             .await
-            .expect("image resolution panicked")?;
-        images.insert(name.clone(), image);
-    }
-    if cancel.is_cancelled() {
-        return Err(CliError::Interrupted);
+            .expect("image resolution panicked");
+        match image {
+            Ok(image) => images.insert(name.clone(), image),
+            // Reported below, as every test of an interrupted run is.
+            Err(ImageError::Interrupted { .. }) => break,
+            Err(e) => return Err(e.into()),
+        };
     }
     let host = match images.values().next() {
-        Some(image) => {
+        Some(image) if !cancel.is_cancelled() => {
             Some(Host::detect(&image.kernel(), &catalog.store.dir.join(".cache")).await?)
         }
-        None => None,
+        _ => None,
     };
     let nd_mem = args
         .nondestructive_memory
@@ -309,6 +311,10 @@ pub async fn run(
         estimates,
         shard: shard_info.clone(),
     };
+    if cancel.is_cancelled() {
+        let stats = report_interrupted(&plan, &cfg, &ctx, reporters);
+        return Ok(final_code(&stats, cancel));
+    }
     // What earlier runs left for these tests is not evidence of this one.
     for t in &plan.tests {
         let _ = std::fs::remove_dir_all(artifacts_dir.join(t.def.name()));
@@ -488,6 +494,73 @@ async fn execute(
         fan(event);
     };
     Dispatcher::new(plan, cfg, ctx, &mut report).run().await
+}
+
+/// A run interrupted before its tests started (while images were built): the events the
+/// dispatcher's cancel path gives, so that TAP still has its plan, a `not ok … # ERROR
+/// interrupted by SIGINT` per test that is not skipped, and `Bail out!`.
+fn report_interrupted(
+    plan: &TestPlan,
+    cfg: &RunConfig,
+    ctx: &AttemptContext,
+    reporters: Vec<Box<dyn Reporter + Send>>,
+) -> RunStats {
+    let started = std::time::Instant::now();
+    let mut report = fan_out(reporters);
+    let reason = ctx.cancel.reason();
+    let infos: Vec<TestInfo> = plan
+        .tests
+        .iter()
+        .map(|t| TestInfo {
+            id: t.id,
+            name: t.def.name(),
+            file: t.def.file.clone(),
+            nondestructive: t.def.nondestructive,
+            ram_mib: test_cost(&t.def, ctx).ram_mib,
+        })
+        .collect();
+    report(&Event::RunStarted {
+        test_os: ctx.test_os.clone(),
+        jobs: cfg.jobs,
+        tests: infos.clone(),
+        shard: cfg.shard.clone(),
+    });
+    let mut stats = RunStats {
+        planned: plan.tests.len(),
+        nondestructive: infos.iter().filter(|t| t.nondestructive).count(),
+        destructive: infos.iter().filter(|t| !t.nondestructive).count(),
+        ..RunStats::default()
+    };
+    // Skips first, as the dispatcher reports them at the start.
+    let (skipped, unfinished): (Vec<_>, Vec<_>) = plan
+        .tests
+        .iter()
+        .zip(infos)
+        .partition(|(t, _)| t.skip_reason.is_some());
+    for (t, test) in skipped.into_iter().chain(unfinished) {
+        let verdict = match &t.skip_reason {
+            Some(reason) => Verdict::Skipped {
+                reason: reason.clone(),
+            },
+            None => Verdict::Error {
+                message: reason.clone(),
+            },
+        };
+        stats.count(&verdict);
+        report(&Event::TestFinished {
+            test,
+            placement: Placement::None,
+            verdict,
+            attempts: Vec::new(),
+        });
+    }
+    report(&Event::RunCancelled { reason });
+    report(&Event::RunFinished {
+        stats: stats.clone(),
+        wall: started.elapsed(),
+        unmatched_known: Vec::new(),
+    });
+    stats
 }
 
 /// The exit code of a run: interrupted, else failed tests, else infrastructure errors.
