@@ -68,8 +68,11 @@ pub async fn run(
         .unwrap_or_else(|| DEFAULT_TEST_OS.to_string());
 
     // Check files, scenario, plan: all input errors before anything starts.
-    let files = match &file {
-        Some(f) => vec![f.clone()],
+    let found = match &file {
+        Some(f) => checkfile::Discovered {
+            files: vec![f.clone()],
+            ..Default::default()
+        },
         None => {
             let dir = args
                 .test_dir
@@ -80,7 +83,19 @@ pub async fn run(
             })?
         }
     };
-    let mut tests = checkfile::load(&files, &root).map_err(CliError::CheckFiles)?;
+    for f in &found.ignored {
+        eprintln!(
+            "vmcheck: warning: ignoring {}: an editor backup, not a check file",
+            f.strip_prefix(&root).unwrap_or(f).display()
+        );
+    }
+    let mut tests = match (checkfile::load(&found.files, &root), found.unusable) {
+        (Ok(tests), unusable) if unusable.is_empty() => tests,
+        (loaded, mut unusable) => {
+            unusable.extend(loaded.err().unwrap_or_default());
+            return Err(CliError::CheckFiles(unusable));
+        }
+    };
     let mut opts = PlanOptions {
         test_os: test_os.clone(),
         filters: args.filters.clone(),
@@ -157,6 +172,9 @@ pub async fn run(
     for f in &plan.unmatched_filters {
         eprintln!("vmcheck: warning: filter '{f}' matches no test");
     }
+    if plan.tests.is_empty() {
+        return Err(CliError::NoTests);
+    }
     if args.explain {
         for t in &plan.tests {
             let reasons = affected.reasons(&t.def.file);
@@ -195,10 +213,12 @@ pub async fn run(
         }
         return Ok(exit_codes::OK);
     }
-    if plan.tests.is_empty() {
-        return Err(CliError::NoTests);
-    }
     let remote = remote_targets(&args)?;
+    let needed = if remote.is_empty() {
+        needed_images(&plan, &test_os, &catalog.names())?
+    } else {
+        Vec::new()
+    };
     // Every output is opened now, before images are built or anything boots.
     let live = verbose || single_file;
     let argv: Vec<String> = std::env::args().collect();
@@ -224,23 +244,6 @@ pub async fn run(
     let reporters = reporters(&outputs, rerun)?;
 
     // Images and host, then run.
-    let mut needed: Vec<String> = Vec::new();
-    if remote.is_empty() {
-        for t in plan.tests.iter().filter(|t| t.skip_reason.is_none()) {
-            if t.def.nondestructive {
-                needed.push(test_os.clone());
-            } else {
-                needed.extend(
-                    t.def
-                        .provision
-                        .iter()
-                        .map(|m| m.image.clone().unwrap_or_else(|| test_os.clone())),
-                );
-            }
-        }
-    }
-    needed.sort();
-    needed.dedup();
     let mut images = std::collections::BTreeMap::new();
     for name in &needed {
         let (c, n, cancel2) = (catalog.clone(), name.clone(), cancel.clone());
@@ -327,6 +330,52 @@ pub async fn run(
         save_history(&history_file, &test_os, &samples);
     }
     Ok(final_code(&stats, cancel))
+}
+
+/// The images the tests that will run boot, sorted. One that is neither built nor has a
+/// recipe is an input error, at the `image = …` that names it (or TEST_OS's name).
+fn needed_images(
+    plan: &TestPlan,
+    test_os: &str,
+    known: &[String],
+) -> Result<Vec<String>, CliError> {
+    let unknown = |name: &str| ImageError::Unknown {
+        name: name.to_string(),
+        known: known.to_vec(),
+    };
+    let mut needed = std::collections::BTreeSet::new();
+    let mut errors = Vec::new();
+    for t in plan.tests.iter().filter(|t| t.skip_reason.is_none()) {
+        if t.def.nondestructive {
+            needed.insert(test_os.to_string());
+            continue;
+        }
+        for m in &t.def.provision {
+            let name = m.image_or(test_os);
+            match m.image_at {
+                Some((line, col)) if !known.iter().any(|k| k == name) => {
+                    errors.push(checkfile::CheckFileError {
+                        path: t.def.file.clone(),
+                        line,
+                        col,
+                        message: unknown(name).to_string(),
+                    });
+                }
+                _ => {
+                    needed.insert(name.to_string());
+                }
+            }
+        }
+    }
+    if !errors.is_empty() {
+        errors.sort_by(|a, b| (&a.path, a.line, a.col).cmp(&(&b.path, b.line, b.col)));
+        errors.dedup();
+        return Err(CliError::CheckFiles(errors));
+    }
+    match needed.iter().find(|n| !known.contains(n)) {
+        Some(name) => Err(unknown(name).into()),
+        None => Ok(needed.into_iter().collect()),
+    }
 }
 
 /// The outputs a run or a merge writes besides TAP.
