@@ -226,19 +226,10 @@ fn run_recipe(
         .stderr(writer)
         .process_group(0);
     set_env(&mut cmd);
-    let parent = std::process::id() as i32;
-    // SAFETY: the closure only makes async-signal-safe system calls (prctl, getppid, _exit).
-    // The death signal fires when this thread ends, which is after the recipe's end.
+    // SAFETY: see `die_with_parent`. The death signal fires when this thread ends, which is
+    // after the recipe's end.
     unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::getppid() != parent {
-                libc::_exit(1);
-            }
-            Ok(())
-        });
+        cmd.pre_exec(crate::machine::spawn::die_with_parent());
     }
     let mut child = cmd.spawn().map_err(ImageError::io(format!(
         "running recipe {}",
