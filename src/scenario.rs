@@ -98,6 +98,12 @@ mod tests {
     }
 
     #[test]
+    fn error_columns_count_characters() {
+        let e = parse(Path::new("s.toml"), "[nd]\ndescription = \"\u{e9}\" x\n").unwrap_err();
+        assert!(e.starts_with("s.toml:2:19: "), "{e}");
+    }
+
+    #[test]
     fn unknown_names_and_keys_are_errors() {
         let f = file("[nd]\nnondestructive = true\n[b]\n");
         let e = load(f.path(), "x").unwrap_err();
