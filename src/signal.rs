@@ -164,6 +164,7 @@ mod tests {
         c.cancel(libc::SIGINT);
         waiter.await.unwrap();
         assert_eq!(c.signal(), Some(libc::SIGTERM));
+        assert_eq!(c.describe(), "interrupted by SIGTERM");
         c.cancelled().await; // already cancelled: returns at once
         assert_eq!(c.describe(), "interrupted by SIGTERM");
     }

@@ -13,7 +13,7 @@ fn root() -> &'static Path {
 
 fn fixtures(kind: &str) -> Vec<PathBuf> {
     let dir = root().join("tests/fixtures/checkfiles").join(kind);
-    let files = checkfile::discover(&dir, "check-*").unwrap();
+    let files = checkfile::discover(&dir, "check-*").unwrap().files;
     assert!(!files.is_empty(), "no fixtures in {}", dir.display());
     files
 }

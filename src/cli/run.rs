@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use vmcheck::checkfile::{self, TestDef};
-use vmcheck::events::RunStats;
+use vmcheck::events::{Event, Placement, RunStats, TestInfo, Verdict};
 use vmcheck::exit_codes;
 use vmcheck::history::{self, History, HistoryFile, Samples};
-use vmcheck::image::Catalog;
+use vmcheck::image::{Catalog, ImageError};
 use vmcheck::machine::qemu::{QEMU_OVERHEAD_MIB, mem_available_mib};
 use vmcheck::machine::remote::parse_address;
 use vmcheck::machine::ssh::{HostKeyCheck, SshTarget};
@@ -31,7 +31,7 @@ use vmcheck::reporter::summary::{self, SummaryReporter};
 use vmcheck::reporter::tap::TapReporter;
 use vmcheck::runner::attempt::AttemptContext;
 use vmcheck::runner::boots::BootGate;
-use vmcheck::runner::dispatcher::{Dispatcher, RunConfig};
+use vmcheck::runner::dispatcher::{Dispatcher, RunConfig, test_cost};
 use vmcheck::runner::ledger::{default_jobs, host_capacity};
 use vmcheck::shard::Shard;
 use vmcheck::signal::Cancel;
@@ -70,8 +70,11 @@ pub async fn run(
         .unwrap_or_else(|| DEFAULT_TEST_OS.to_string());
 
     // Check files, scenario, plan: all input errors before anything starts.
-    let files = match &file {
-        Some(f) => vec![f.clone()],
+    let found = match &file {
+        Some(f) => checkfile::Discovered {
+            files: vec![f.clone()],
+            ..Default::default()
+        },
         None => {
             let dir = args
                 .test_dir
@@ -82,7 +85,19 @@ pub async fn run(
             })?
         }
     };
-    let mut tests = checkfile::load(&files, &root).map_err(CliError::CheckFiles)?;
+    for f in &found.ignored {
+        eprintln!(
+            "vmcheck: warning: ignoring {}: an editor backup, not a check file",
+            f.strip_prefix(&root).unwrap_or(f).display()
+        );
+    }
+    let mut tests = match (checkfile::load(&found.files, &root), found.unusable) {
+        (Ok(tests), unusable) if unusable.is_empty() => tests,
+        (loaded, mut unusable) => {
+            unusable.extend(loaded.err().unwrap_or_default());
+            return Err(CliError::CheckFiles(unusable));
+        }
+    };
     let mut opts = PlanOptions {
         test_os: test_os.clone(),
         filters: args.filters.clone(),
@@ -165,6 +180,9 @@ pub async fn run(
     for f in &plan.unmatched_filters {
         eprintln!("vmcheck: warning: filter '{f}' matches no test");
     }
+    if plan.tests.is_empty() {
+        return Err(CliError::NoTests);
+    }
     if args.explain {
         for t in &plan.tests {
             let reasons = affected.reasons(&t.def.file);
@@ -203,10 +221,12 @@ pub async fn run(
         }
         return Ok(exit_codes::OK);
     }
-    if plan.tests.is_empty() {
-        return Err(CliError::NoTests);
-    }
     let remote = remote_targets(&args)?;
+    let needed = if remote.is_empty() {
+        needed_images(&plan, &test_os, &catalog.names())?
+    } else {
+        Vec::new()
+    };
     // Every output is opened now, before images are built or anything boots.
     let live = verbose || single_file;
     let argv: Vec<String> = std::env::args().collect();
@@ -233,39 +253,24 @@ pub async fn run(
     let report_failed = ReportFailed::default();
 
     // Images and host, then run.
-    let mut needed: Vec<String> = Vec::new();
-    if remote.is_empty() {
-        for t in plan.tests.iter().filter(|t| t.skip_reason.is_none()) {
-            if t.def.nondestructive {
-                needed.push(test_os.clone());
-            } else {
-                needed.extend(
-                    t.def
-                        .provision
-                        .iter()
-                        .map(|m| m.image.clone().unwrap_or_else(|| test_os.clone())),
-                );
-            }
-        }
-    }
-    needed.sort();
-    needed.dedup();
     let mut images = std::collections::BTreeMap::new();
     for name in &needed {
         let (c, n, cancel2) = (catalog.clone(), name.clone(), cancel.clone());
         let image = tokio::task::spawn_blocking(move || c.resolve(&n, &cancel2, verbose))
             .await
-            .expect("image resolution panicked")?;
-        images.insert(name.clone(), image);
-    }
-    if cancel.is_cancelled() {
-        return Err(CliError::Interrupted);
+            .expect("image resolution panicked");
+        match image {
+            Ok(image) => images.insert(name.clone(), image),
+            // Reported below, as every test of an interrupted run is.
+            Err(ImageError::Interrupted { .. }) => break,
+            Err(e) => return Err(e.into()),
+        };
     }
     let host = match images.values().next() {
-        Some(image) => {
+        Some(image) if !cancel.is_cancelled() => {
             Some(Host::detect(&image.kernel(), &catalog.store.dir.join(".cache")).await?)
         }
-        None => None,
+        _ => None,
     };
     let nd_mem = args
         .nondestructive_memory
@@ -317,6 +322,10 @@ pub async fn run(
         whole_suite,
         rerun,
     };
+    if cancel.is_cancelled() {
+        let stats = report_interrupted(&plan, &cfg, &ctx, reporters, report_failed.clone());
+        return Ok(final_code(&stats, cancel, &report_failed));
+    }
     // What earlier runs left for these tests is not evidence of this one.
     for t in &plan.tests {
         let _ = std::fs::remove_dir_all(artifacts_dir.join(t.def.name()));
@@ -358,6 +367,52 @@ impl Output {
             what: what.into(),
             reporter: Box::new(reporter),
         }
+    }
+}
+
+/// The images the tests that will run boot, sorted. One that is neither built nor has a
+/// recipe is an input error, at the `image = …` that names it (or TEST_OS's name).
+fn needed_images(
+    plan: &TestPlan,
+    test_os: &str,
+    known: &[String],
+) -> Result<Vec<String>, CliError> {
+    let unknown = |name: &str| ImageError::Unknown {
+        name: name.to_string(),
+        known: known.to_vec(),
+    };
+    let mut needed = std::collections::BTreeSet::new();
+    let mut errors = Vec::new();
+    for t in plan.tests.iter().filter(|t| t.skip_reason.is_none()) {
+        if t.def.nondestructive {
+            needed.insert(test_os.to_string());
+            continue;
+        }
+        for m in &t.def.provision {
+            let name = m.image_or(test_os);
+            match m.image_at {
+                Some((line, col)) if !known.iter().any(|k| k == name) => {
+                    errors.push(checkfile::CheckFileError {
+                        path: t.def.file.clone(),
+                        line,
+                        col,
+                        message: unknown(name).to_string(),
+                    });
+                }
+                _ => {
+                    needed.insert(name.to_string());
+                }
+            }
+        }
+    }
+    if !errors.is_empty() {
+        errors.sort_by(|a, b| (&a.path, a.line, a.col).cmp(&(&b.path, b.line, b.col)));
+        errors.dedup();
+        return Err(CliError::CheckFiles(errors));
+    }
+    match needed.iter().find(|n| !known.contains(n)) {
+        Some(name) => Err(unknown(name).into()),
+        None => Ok(needed.into_iter().collect()),
     }
 }
 
@@ -592,6 +647,75 @@ async fn execute(
         fan(event);
     };
     Dispatcher::new(plan, cfg, ctx, &mut report).run().await
+}
+
+/// A run interrupted before its tests started (while images were built): the events the
+/// dispatcher's cancel path gives, so that TAP still has its plan, a `not ok … # ERROR
+/// interrupted by SIGINT` per test that is not skipped, and `Bail out!`.
+fn report_interrupted(
+    plan: &TestPlan,
+    cfg: &RunConfig,
+    ctx: &AttemptContext,
+    reporters: Vec<Output>,
+    report_failed: ReportFailed,
+) -> RunStats {
+    let started = std::time::Instant::now();
+    let mut report = fan_out(reporters, ctx.cancel.clone(), report_failed);
+    let reason = ctx.cancel.describe();
+    let infos: Vec<TestInfo> = plan
+        .tests
+        .iter()
+        .map(|t| TestInfo {
+            id: t.id,
+            name: t.def.name(),
+            file: t.def.file.clone(),
+            nondestructive: t.def.nondestructive,
+            ram_mib: test_cost(&t.def, ctx).ram_mib,
+        })
+        .collect();
+    report(&Event::RunStarted {
+        test_os: ctx.test_os.clone(),
+        jobs: cfg.jobs,
+        tests: infos.clone(),
+        shard: cfg.shard.clone(),
+        rerun: cfg.rerun.clone(),
+    });
+    let mut stats = RunStats {
+        planned: plan.tests.len(),
+        nondestructive: infos.iter().filter(|t| t.nondestructive).count(),
+        destructive: infos.iter().filter(|t| !t.nondestructive).count(),
+        ..RunStats::default()
+    };
+    // Skips first, as the dispatcher reports them at the start.
+    let (skipped, unfinished): (Vec<_>, Vec<_>) = plan
+        .tests
+        .iter()
+        .zip(infos)
+        .partition(|(t, _)| t.skip_reason.is_some());
+    for (t, test) in skipped.into_iter().chain(unfinished) {
+        let verdict = match &t.skip_reason {
+            Some(reason) => Verdict::Skipped {
+                reason: reason.clone(),
+            },
+            None => Verdict::Error {
+                message: reason.clone(),
+            },
+        };
+        stats.count(&verdict);
+        report(&Event::TestFinished {
+            test,
+            placement: Placement::None,
+            verdict,
+            attempts: Vec::new(),
+        });
+    }
+    report(&Event::RunCancelled { reason });
+    report(&Event::RunFinished {
+        stats: stats.clone(),
+        wall: started.elapsed(),
+        unmatched_known: Vec::new(),
+    });
+    stats
 }
 
 /// The exit code of a run: interrupted, else a report that failed, else failed tests, else

@@ -18,11 +18,15 @@ pub fn create(label: &str) -> std::io::Result<tempfile::TempDir> {
     let base = base_dir();
     std::fs::create_dir_all(&base)?;
     sweep_once(&base);
-    let me = std::process::id();
-    let start = start_time(me).unwrap_or(0);
     tempfile::Builder::new()
-        .prefix(&format!("{me}.{start}-{label}-"))
+        .prefix(&format!("{}{label}-", owner_prefix()))
         .tempdir_in(&base)
+}
+
+/// The name prefix that marks a directory as this process's: `<pid>.<start>-`.
+pub fn owner_prefix() -> String {
+    let me = std::process::id();
+    format!("{me}.{}-", start_time(me).unwrap_or(0))
 }
 
 fn sweep_once(base: &Path) {
@@ -32,6 +36,12 @@ fn sweep_once(base: &Path) {
 
 /// Remove run directories whose owning process is gone.
 pub fn sweep(base: &Path) {
+    sweep_where(base, |_| true);
+}
+
+/// Remove the directories in `base` named with an [`owner_prefix`] whose owner is gone and
+/// for which `ready` (called first, e.g. to unmount what is below) says yes.
+pub fn sweep_where(base: &Path, ready: impl Fn(&Path) -> bool) {
     let Ok(entries) = std::fs::read_dir(base) else {
         return;
     };
@@ -40,7 +50,7 @@ pub fn sweep(base: &Path) {
         let Some((pid, start)) = name.to_str().and_then(owner) else {
             continue;
         };
-        if start_time(pid) != Some(start) {
+        if start_time(pid) != Some(start) && ready(&entry.path()) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
