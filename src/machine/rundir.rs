@@ -4,9 +4,15 @@
 //! A directory's name starts with its owner's pid and start time (`<pid>.<start>-…`), so
 //! the sweep can tell a live owner from a dead one (or a recycled pid) without any lock.
 //! vmcheck removes a machine's directory when the machine is killed; the sweep catches the
-//! rest (a vmcheck killed by SIGKILL), the next time any vmcheck starts a machine.
+//! rest (a vmcheck killed by SIGKILL), the next time any vmcheck starts a machine or a host
+//! script. Processes started with [`OWNER_ENV`] naming a directory (host scripts and all
+//! they start) are killed by the sweep that removes it.
 
 use std::path::{Path, PathBuf};
+
+/// The environment variable that ties a process (and its descendants) to a run directory:
+/// when the directory's owner is dead, the sweep kills them.
+pub const OWNER_ENV: &str = "VMCHECK_RUN_DIR";
 
 /// The parent of all run directories of this user.
 pub fn base_dir() -> PathBuf {
@@ -30,18 +36,54 @@ fn sweep_once(base: &Path) {
     SWEPT.call_once(|| sweep(base));
 }
 
-/// Remove run directories whose owning process is gone.
+/// Remove run directories whose owning process is gone, after killing the processes tied
+/// to them (see [`OWNER_ENV`]).
 pub fn sweep(base: &Path) {
     let Ok(entries) = std::fs::read_dir(base) else {
         return;
     };
-    for entry in entries.filter_map(Result::ok) {
-        let name = entry.file_name();
-        let Some((pid, start)) = name.to_str().and_then(owner) else {
+    let dead: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            let name = entry.file_name();
+            name.to_str()
+                .and_then(owner)
+                .is_some_and(|(pid, start)| start_time(pid) != Some(start))
+        })
+        .map(|entry| entry.path())
+        .collect();
+    if dead.is_empty() {
+        return;
+    }
+    kill_tied(&dead);
+    for dir in dead {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// SIGKILL every process whose environment ties it to one of `dirs`.
+fn kill_tied(dirs: &[PathBuf]) {
+    use std::os::unix::ffi::OsStrExt;
+    let marks: Vec<Vec<u8>> = dirs
+        .iter()
+        .map(|d| [OWNER_ENV.as_bytes(), b"=", d.as_os_str().as_bytes()].concat())
+        .collect();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for pid in procs
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+    {
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
             continue;
         };
-        if start_time(pid) != Some(start) {
-            let _ = std::fs::remove_dir_all(entry.path());
+        if environ
+            .split(|&b| b == 0)
+            .any(|v| marks.iter().any(|m| v == m.as_slice()))
+        {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
         }
     }
 }
@@ -83,9 +125,26 @@ mod tests {
         for d in [&live, &dead, &other] {
             std::fs::create_dir(d).unwrap();
         }
+        // A process tied to the dead owner's directory, and one tied to the live one's.
+        let tied = |dir: &Path| {
+            std::process::Command::new("sleep")
+                .arg("1000")
+                .env(OWNER_ENV, dir)
+                .spawn()
+                .unwrap()
+        };
+        let (mut orphan, mut kept) = (tied(&dead), tied(&live));
         sweep(base.path());
         assert!(live.exists());
         assert!(!dead.exists());
         assert!(other.exists());
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(orphan.wait().unwrap().signal(), Some(libc::SIGKILL));
+        assert!(
+            kept.try_wait().unwrap().is_none(),
+            "a live owner's process runs on"
+        );
+        kept.kill().unwrap();
+        kept.wait().unwrap();
     }
 }
