@@ -172,7 +172,7 @@ pub(super) async fn run_host(
         }
     };
     clients.abort_all();
-    let outcome = match status {
+    let (outcome, note) = match status {
         None => {
             // SIGTERM to the script's group, a grace period, then SIGKILL (by the guard).
             if let Some(pid) = child.id() {
@@ -182,29 +182,35 @@ pub(super) async fn run_host(
                 );
             }
             let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
-            log.note(&format!(
-                "vmcheck: timed out after {}s",
-                req.test.timeout.as_secs()
-            ));
-            AttemptOutcome::TimedOut {
-                after: req.test.timeout,
-            }
+            (
+                AttemptOutcome::TimedOut {
+                    after: req.test.timeout,
+                },
+                Some(format!(
+                    "vmcheck: timed out after {}s",
+                    req.test.timeout.as_secs()
+                )),
+            )
         }
-        Some(Err(e)) => harness(format!("waiting for the host script: {e}")),
+        Some(Err(e)) => (harness(format!("waiting for the host script: {e}")), None),
         Some(Ok(s)) => match s.code() {
-            Some(0) => AttemptOutcome::Passed,
-            Some(77) => AttemptOutcome::Skipped {
-                reason: String::new(),
-            },
-            _ => {
-                log.note(&format!("vmcheck: the host script failed ({s})"));
+            Some(0) => (AttemptOutcome::Passed, None),
+            Some(77) => (
+                AttemptOutcome::Skipped {
+                    reason: String::new(),
+                },
+                None,
+            ),
+            _ => (
                 AttemptOutcome::Failed {
                     status: format!("host script: {s}"),
-                }
-            }
+                },
+                Some(format!("vmcheck: the host script failed ({s})")),
+            ),
         },
     };
-    // Leftover background processes of the script die with its group; then drain output.
+    // Leftover background processes of the script die with its group; then the rest of
+    // its output comes, before vmcheck's note on how it ended.
     drop(guard);
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         while let Some(data) = rx.recv().await {
@@ -213,6 +219,9 @@ pub(super) async fn run_host(
     })
     .await;
     readers.abort_all();
+    if let Some(note) = note {
+        log.note(&note);
+    }
     match outcome {
         AttemptOutcome::Skipped { .. } => skipped(log),
         other => other,

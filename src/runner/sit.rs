@@ -5,6 +5,11 @@
 use super::attempt::{AttemptContext, Named};
 use crate::events::AttemptOutcome;
 use crate::machine::Machine;
+use std::time::Duration;
+
+/// How long, after a machine failure, qemu may take to exit before the machine counts as
+/// alive.
+const EXIT_GRACE: Duration = Duration::from_secs(5);
 
 /// Sit on `machines` of the failed attempt of `test`, which ended with `outcome`.
 pub(super) async fn sit(
@@ -14,6 +19,13 @@ pub(super) async fn sit(
     machines: &[Named],
 ) {
     let mut input = ctx.sit_input.lock().await;
+    if matches!(outcome, AttemptOutcome::Harness { .. }) {
+        // The connection can be lost a moment before qemu exits (a guest powering off).
+        let end = tokio::time::Instant::now() + EXIT_GRACE;
+        while machines.iter().any(|m| alive(&m.machine)) && tokio::time::Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     let gone: Vec<&Named> = machines.iter().filter(|m| !alive(&m.machine)).collect();
     let cause = match outcome {
         AttemptOutcome::Harness { message } => format!(" ({message})"),
