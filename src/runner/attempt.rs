@@ -126,7 +126,7 @@ pub async fn run_attempt(
                     sit(&ctx, &test.name(), &outcome, &machines).await;
                 }
                 let consoles: Vec<u64> = vec![0; machines.len()];
-                let saved = save_artifacts(&req, &dir, &machines, &consoles, &[], &log).await;
+                let saved = save_artifacts(&req, &dir, &machines, &consoles, &log).await;
                 for m in machines {
                     m.machine.kill().await;
                 }
@@ -167,7 +167,6 @@ pub async fn run_attempt(
         }
     }
     let tag = format!("t{}-a{}", req.id, req.attempt);
-    let mut guest_logs: Vec<String> = Vec::new();
     if outcome == AttemptOutcome::Passed {
         // The first machine's start marker goes with its body: one round trip less a test.
         let mark = journal::mark_command(&tag);
@@ -186,8 +185,7 @@ pub async fn run_attempt(
         outcome,
         AttemptOutcome::Passed | AttemptOutcome::Failed { .. }
     ) {
-        let (lines, logs) = unexpected_messages(&req, &machines, &tag).await;
-        guest_logs = logs;
+        let lines = unexpected_messages(&req, &machines, &tag, &dir, &log).await;
         if !lines.is_empty() {
             log.note("vmcheck: FAIL: test completed, but found unexpected journal messages:");
             for l in &lines {
@@ -212,7 +210,7 @@ pub async fn run_attempt(
         dir.remove();
         None
     } else {
-        save_artifacts(&req, &dir, &machines, &consoles, &guest_logs, &log).await
+        save_artifacts(&req, &dir, &machines, &consoles, &log).await
     };
     if ctx.sit
         && !matches!(
@@ -276,36 +274,59 @@ pub async fn run_attempt(
 }
 
 /// Always-bad guest log lines since the test started, on any of its machines, that the test
-/// does not allow (prefixed with the machine's name when there are several); and each
-/// machine's whole guest log since the start, for the artifacts.
+/// does not allow (prefixed with the machine's name when there are several). Each machine's
+/// guest log since the start goes to `<machine>/journal.txt` as it is read (it is removed
+/// with the directory of a passing attempt), never whole into memory.
 async fn unexpected_messages(
     req: &AttemptRequest,
     machines: &[Named],
     tag: &str,
-) -> (Vec<String>, Vec<String>) {
+    dir: &AttemptDir,
+    log: &Log,
+) -> Vec<String> {
     let allowed = journal::allowed(&req.test.allow_journal);
     let mut lines = Vec::new();
-    let mut logs = Vec::new();
     for m in machines {
-        let text = match m
+        let path = dir.path.join(&m.name).join("journal.txt");
+        let mut file = super::artifacts::create_private(&path)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()));
+        let mut scan = journal::Scanner::new(&allowed);
+        let mut sink = |stream: Stream, data: &[u8]| {
+            if stream == Stream::Stdout {
+                scan.feed(data);
+                if let Ok(f) = &mut file
+                    && let Err(e) = std::io::Write::write_all(f, data)
+                {
+                    file = Err(format!("cannot write {}: {e}", path.display()));
+                }
+            }
+        };
+        let done = m
             .machine
             .shell()
-            .execute(&journal::read_command(tag), Duration::from_secs(60))
-            .await
-        {
-            Ok(done) => done.stdout_text(),
-            Err(e) => format!("vmcheck: cannot read the guest log: {e}\n"),
-        };
-        for l in journal::unexpected(&text, &allowed) {
+            .run(Exec {
+                sink: Some(&mut sink),
+                ..Exec::new(&journal::read_command(tag), Duration::from_secs(60))
+            })
+            .await;
+        if let Err(e) = done {
+            let text = format!("vmcheck: cannot read the guest log: {e}\n");
+            if let Ok(f) = &mut file {
+                let _ = std::io::Write::write_all(f, text.as_bytes());
+            }
+        }
+        if let Err(e) = file {
+            log.note(&format!("vmcheck: {e}"));
+        }
+        for l in scan.finish() {
             lines.push(if machines.len() > 1 {
                 format!("{}: {l}", m.name)
             } else {
                 l
             });
         }
-        logs.push(text);
     }
-    (lines, logs)
+    lines
 }
 
 pub(super) fn harness(message: String) -> AttemptOutcome {
@@ -618,25 +639,19 @@ fn quoted_list(paths: &[String]) -> String {
     paths.iter().map(|p| quote(p)).collect::<Vec<_>>().join(" ")
 }
 
-/// Save an attempt's evidence into `dir`: console logs, guest logs and the files the test
-/// asks for, per machine. Problems are noted in the output, never fatal. Returns the
+/// Save an attempt's evidence into `dir`: console logs and the files the test asks for, per
+/// machine (the guest logs are already there, see [`unexpected_messages`]). Problems are noted in the output, never fatal. Returns the
 /// directory if anything is in it.
 async fn save_artifacts(
     req: &AttemptRequest,
     dir: &AttemptDir,
     machines: &[Named],
     consoles: &[u64],
-    guest_logs: &[String],
     log: &Log,
 ) -> Option<PathBuf> {
     for (i, m) in machines.iter().enumerate() {
         let mut problems = Vec::new();
         if let Err(e) = dir.save_console(&m.name, &m.machine, consoles.get(i).copied().unwrap_or(0))
-        {
-            problems.push(e);
-        }
-        if let Some(text) = guest_logs.get(i)
-            && let Err(e) = dir.write(&format!("{}/journal.txt", m.name), text.as_bytes())
         {
             problems.push(e);
         }
