@@ -39,35 +39,33 @@ fn sweep_once(base: &Path) {
 /// Remove run directories whose owning process is gone, after killing the processes tied
 /// to them (see [`OWNER_ENV`]).
 pub fn sweep(base: &Path) {
+    kill_orphans(base);
     let Ok(entries) = std::fs::read_dir(base) else {
         return;
     };
-    let dead: Vec<PathBuf> = entries
-        .filter_map(Result::ok)
-        .filter(|entry| {
-            let name = entry.file_name();
-            name.to_str()
-                .and_then(owner)
-                .is_some_and(|(pid, start)| start_time(pid) != Some(start))
-        })
-        .map(|entry| entry.path())
-        .collect();
-    if dead.is_empty() {
-        return;
-    }
-    kill_tied(&dead);
-    for dir in dead {
-        let _ = std::fs::remove_dir_all(dir);
+    for entry in entries.filter_map(Result::ok) {
+        if entry.file_name().to_str().is_some_and(owner_is_gone) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 
-/// SIGKILL every process whose environment ties it to one of `dirs`.
-fn kill_tied(dirs: &[PathBuf]) {
+/// Whether the owner encoded in run directory name `name` is gone.
+fn owner_is_gone(name: &str) -> bool {
+    owner(name).is_some_and(|(pid, start)| start_time(pid) != Some(start))
+}
+
+/// SIGKILL every process tied to a run directory under `base` whose owner is gone, whether
+/// the directory is still there or not (an older vmcheck may have removed it).
+fn kill_orphans(base: &Path) {
     use std::os::unix::ffi::OsStrExt;
-    let marks: Vec<Vec<u8>> = dirs
-        .iter()
-        .map(|d| [OWNER_ENV.as_bytes(), b"=", d.as_os_str().as_bytes()].concat())
-        .collect();
+    let prefix = [
+        OWNER_ENV.as_bytes(),
+        b"=",
+        base.as_os_str().as_bytes(),
+        b"/",
+    ]
+    .concat();
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return;
     };
@@ -78,10 +76,11 @@ fn kill_tied(dirs: &[PathBuf]) {
         let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
             continue;
         };
-        if environ
+        let orphan = environ
             .split(|&b| b == 0)
-            .any(|v| marks.iter().any(|m| v == m.as_slice()))
-        {
+            .filter_map(|v| v.strip_prefix(prefix.as_slice()))
+            .any(|name| std::str::from_utf8(name).is_ok_and(owner_is_gone));
+        if orphan {
             let _ =
                 nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
         }
@@ -134,12 +133,15 @@ mod tests {
                 .unwrap()
         };
         let (mut orphan, mut kept) = (tied(&dead), tied(&live));
+        // Its directory already removed (by an older vmcheck): still killed.
+        let mut removed = tied(&base.path().join(format!("{me}.2-host-x")));
         sweep(base.path());
         assert!(live.exists());
         assert!(!dead.exists());
         assert!(other.exists());
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(orphan.wait().unwrap().signal(), Some(libc::SIGKILL));
+        assert_eq!(removed.wait().unwrap().signal(), Some(libc::SIGKILL));
         assert!(
             kept.try_wait().unwrap().is_none(),
             "a live owner's process runs on"
