@@ -6,7 +6,9 @@
 //! streams' tests. The combined run starts with every stream's tests and finishes once, with
 //! the counts added up, the longest wall time (shards run side by side), and the known issues
 //! that no stream matched. A stream that ends without `run-finished` (its runner died) still
-//! counts: every test it planned but did not finish is reported as an error.
+//! counts: every test it planned but did not finish is reported as an error. An attempt
+//! whose `output` the stream left empty (it went out as `test-output` events) gets it back
+//! from those events.
 
 use crate::events::{Event, RunStats, TestInfo, Verdict};
 use crate::reporter::json::FORMAT_VERSION;
@@ -238,6 +240,7 @@ pub fn merge(streams: &[Stream]) -> Vec<Event> {
         let mut finished_ids = HashSet::new();
         let mut finished_run = false;
         let mut started: HashMap<usize, crate::events::Placement> = HashMap::new();
+        let mut outputs: HashMap<(usize, u32), Vec<u8>> = HashMap::new();
         for e in &s.events[1..] {
             match e {
                 Event::RunStarted { .. } => {}
@@ -259,7 +262,8 @@ pub fn merge(streams: &[Stream]) -> Vec<Event> {
                     cancelled.push(format!("{}: {reason}", s.file.display()))
                 }
                 other => {
-                    let e = shift(other, base);
+                    let mut e = shift(other, base);
+                    refill_output(&mut e, &mut outputs);
                     match &e {
                         Event::TestFinished { test, .. } => {
                             finished_ids.insert(test.id);
@@ -332,6 +336,35 @@ pub fn merge(streams: &[Stream]) -> Vec<Event> {
         unmatched_known: unmatched.unwrap_or_default().into_iter().collect(),
     });
     out
+}
+
+/// Collect `test-output` data into `outputs`; give an attempt report with an empty output
+/// the data of its attempt.
+fn refill_output(e: &mut Event, outputs: &mut HashMap<(usize, u32), Vec<u8>>) {
+    let fill =
+        |id: usize, a: &mut crate::events::AttemptReport, outputs: &mut HashMap<_, Vec<u8>>| {
+            if a.output.is_empty()
+                && let Some(data) = outputs.get(&(id, a.attempt))
+            {
+                a.output = String::from_utf8_lossy(data).into_owned();
+            }
+        };
+    match e {
+        Event::TestOutput { id, attempt, data } => {
+            outputs
+                .entry((*id, *attempt))
+                .or_default()
+                .extend(data.iter());
+        }
+        Event::AttemptRetry { test, report, .. } => fill(test.id, report, outputs),
+        Event::TestFinished { test, attempts, .. } => {
+            for a in attempts.iter_mut() {
+                fill(test.id, a, outputs);
+            }
+            outputs.retain(|(id, _), _| *id != test.id);
+        }
+        _ => {}
+    }
 }
 
 fn renumber(t: &TestInfo, base: usize) -> TestInfo {
@@ -576,6 +609,59 @@ mod tests {
         );
         let e = read(&dir.path().join("missing")).unwrap_err();
         assert!(e.to_string().starts_with("cannot read /"), "{e}");
+    }
+
+    /// What the JSON reporter left out (outputs sent as `test-output`) comes back.
+    #[test]
+    fn outputs_come_back_from_test_output_events() {
+        use crate::events::{AttemptOutcome, AttemptReport};
+        let report = AttemptReport {
+            attempt: 1,
+            outcome: AttemptOutcome::Failed {
+                status: "exit code 1".into(),
+            },
+            output: "part one, part two\n".into(),
+            duration: Duration::ZERO,
+            machines: vec![],
+            artifacts: None,
+            known: Default::default(),
+        };
+        let mut json = crate::reporter::json::JsonReporter::new(Vec::new());
+        let t = info(1, "T.a");
+        for e in [
+            Event::RunStarted {
+                test_os: "busybox".into(),
+                jobs: 1,
+                tests: vec![t.clone()],
+                shard: None,
+                rerun: vec![],
+            },
+            Event::TestOutput {
+                id: 1,
+                attempt: 1,
+                data: b"part one, ".to_vec(),
+            },
+            Event::TestOutput {
+                id: 1,
+                attempt: 1,
+                data: b"part two\n".to_vec(),
+            },
+            Event::TestFinished {
+                test: t,
+                placement: Placement::Own,
+                verdict: Verdict::Failed,
+                attempts: vec![report.clone()],
+            },
+        ] {
+            crate::reporter::Reporter::report(&mut json, &e).unwrap();
+        }
+        let text = String::from_utf8(json.into_inner()).unwrap();
+        let merged = merge(&[parse(Path::new("a.jsonl"), &text).unwrap()]);
+        let finished = merged.iter().find_map(|e| match e {
+            Event::TestFinished { attempts, .. } => Some(attempts.clone()),
+            _ => None,
+        });
+        assert_eq!(finished, Some(vec![report]));
     }
 
     #[test]

@@ -215,6 +215,8 @@ exit 1
         &["TestHostile.testForge"],
     );
     common::prove(&tap);
+    // vmcheck's own lines start on lines of their own.
+    assert!(tap.contains("no final newline\n"), "{tap}");
     let xmllint = std::process::Command::new("xmllint")
         .args(["--noout", "--schema", "test/junit.xsd"])
         .arg(&junit)
