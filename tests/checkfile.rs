@@ -88,12 +88,12 @@ fn valid_fixtures_plan() {
             (
                 1,
                 "TestServices.testStart".into(),
-                Some("rhel-9: no foo there".into())
+                Some("no foo there".into())
             ),
             (
                 2,
                 "TestServices.testStop".into(),
-                Some("rhel-9: tests apt".into())
+                Some("tests apt".into())
             ),
         ]
     );
