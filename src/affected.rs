@@ -81,11 +81,15 @@ pub fn changed_files(root: &Path, base: &str) -> Result<Vec<String>, String> {
     })?;
     let merge_base = git(&["merge-base", base, "HEAD"])
         .map_err(|e| format!("--base {base}: no merge-base with HEAD: {e}"))?;
-    let mut files: Vec<String> = git(&["diff", "--name-only", "--relative", merge_base.trim()])?
-        .lines()
-        .chain(git(&["ls-files", "--others", "--exclude-standard"])?.lines())
-        .map(str::to_string)
-        .collect();
+    // NUL-terminated names: without -z, git quotes names that are not plain ASCII
+    // (`"t\303\251st"`), and they never match a `covers` glob or a check file.
+    let mut files: Vec<String> =
+        git(&["diff", "-z", "--name-only", "--relative", merge_base.trim()])?
+            .split('\0')
+            .chain(git(&["ls-files", "-z", "--others", "--exclude-standard"])?.split('\0'))
+            .filter(|f| !f.is_empty())
+            .map(str::to_string)
+            .collect();
     files.sort();
     files.dedup();
     Ok(files)
@@ -269,6 +273,24 @@ mod tests {
         std::fs::write(root.join("a"), "2").unwrap();
         std::fs::write(root.join("new"), "1").unwrap();
         assert_eq!(changed_files(root, "main").unwrap(), ["a", "b", "new"]);
+        // Names git would quote: non-ASCII, spaces, quotes, a newline.
+        for name in ["t\u{e9}st.rs", "with space", "q\"uote", "line\nbreak"] {
+            std::fs::write(root.join(name), "1").unwrap();
+        }
+        git(&["add", "t\u{e9}st.rs", "with space"]);
+        git(&["commit", "-qm", "names"]);
+        assert_eq!(
+            changed_files(root, "main").unwrap(),
+            [
+                "a",
+                "b",
+                "line\nbreak",
+                "new",
+                "q\"uote",
+                "t\u{e9}st.rs",
+                "with space"
+            ]
+        );
         let e = changed_files(root, "nope").unwrap_err();
         assert!(e.starts_with("--base nope: no such commit"), "{e}");
     }

@@ -5,7 +5,9 @@
 //! record is guessed as the median of the recorded tests of its kind (nondestructive or
 //! destructive) in this plan, at most its timeout; with no such record at all, as its
 //! timeout (the only bound known). A test that the plan skips (TEST_OS) costs nothing.
-//! The boot of a shared machine is estimated from recorded boots, else [`DEFAULT_BOOT`].
+//! The boot of a shared machine is estimated from recorded boots of the origin the run is
+//! likely to get (a restore from a snapshot, or a cold boot; see [`OsHistory::boot`]), else
+//! [`DEFAULT_BOOT`].
 
 use crate::history::OsHistory;
 use crate::plan::TestPlan;
@@ -52,8 +54,9 @@ impl Estimates {
     }
 }
 
-/// Estimate every test of `plan` from `history` (the history of the plan's TEST_OS).
-pub fn estimate(plan: &TestPlan, history: &OsHistory) -> Estimates {
+/// Estimate every test of `plan` from `history` (the history of the plan's TEST_OS);
+/// `cold_boot`: shared machines boot cold (`--cold-boot`) rather than restore a snapshot.
+pub fn estimate(plan: &TestPlan, history: &OsHistory, cold_boot: bool) -> Estimates {
     let recorded = |nd: bool| -> Vec<Duration> {
         plan.tests
             .iter()
@@ -87,7 +90,7 @@ pub fn estimate(plan: &TestPlan, history: &OsHistory) -> Estimates {
         .collect();
     Estimates {
         tests,
-        boot: history.boot().unwrap_or(DEFAULT_BOOT),
+        boot: history.boot(cold_boot).unwrap_or(DEFAULT_BOOT),
     }
 }
 
@@ -125,6 +128,7 @@ mod tests {
         let samples = Samples {
             tests: tests.iter().map(|(n, d)| (n.to_string(), s(*d))).collect(),
             boots: boots.iter().map(|d| s(*d)).collect(),
+            restores: Vec::new(),
         };
         h.record("os", &samples, 1);
         h.for_os("os")
@@ -167,7 +171,7 @@ mod tests {
             ],
             &[4],
         );
-        let e = estimate(&p, &h);
+        let e = estimate(&p, &h, false);
         let got = |n: &str| (e.of(n).duration, e.of(n).recorded);
         assert_eq!(got("T.d3"), (s(200), true));
         assert_eq!(
@@ -193,7 +197,7 @@ mod tests {
             vec![test("T.a", false, 600), test("T.b", true, 90)],
             &opts(),
         );
-        let e = estimate(&p, &OsHistory::default());
+        let e = estimate(&p, &OsHistory::default(), false);
         assert_eq!(e.duration("T.a"), s(600));
         assert_eq!(e.duration("T.b"), s(90));
         assert_eq!(e.boot, DEFAULT_BOOT);

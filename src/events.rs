@@ -259,6 +259,19 @@ impl RunStats {
     }
 }
 
+/// How a shared machine came up: its boot time depends on it (a restore takes about a
+/// second, a cold boot of the same image ten or more).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BootOrigin {
+    /// Booted its kernel.
+    Cold,
+    /// Restored from a booted snapshot.
+    Restored,
+    /// An existing host (`--machine`): connected to, not booted.
+    Existing,
+}
+
 /// A run that is one shard of a split suite: shard `index` of `total`, and the split's
 /// fingerprint (runs that split the same way print the same one; see `shard.rs`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -279,12 +292,19 @@ pub enum Event {
         /// Which shard of a split suite this run is (`--shard K/N`); absent otherwise.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         shard: Option<ShardInfo>,
+        /// The command that re-runs tests of this run by name, before the names
+        /// (`vmcheck run --test-dir t --exact`), so that `vmcheck merge` can say it too.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        rerun: Vec<String>,
     },
     MachineReady {
         label: String,
         image: String,
         #[serde(with = "secs")]
         boot: Duration,
+        /// How it came up; absent in streams written before it was recorded.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        origin: Option<BootOrigin>,
     },
     MachineFailed {
         label: String,

@@ -15,5 +15,8 @@ pub const NO_TESTS: i32 = 3;
 /// The infrastructure failed: an image could not be built, qemu is missing or died, a
 /// machine did not boot, SSH was lost, the host has too little memory.
 pub const INFRASTRUCTURE: i32 = 4;
+/// A report (TAP, JSON events, JUnit, the status file) could not be written: the run was
+/// stopped, and its results are incomplete whatever the tests did.
+pub const REPORT_FAILED: i32 = 5;
 /// Interrupted by SIGINT, SIGTERM or SIGHUP; everything started was cleaned up.
 pub const INTERRUPTED: i32 = 130;

@@ -11,7 +11,7 @@
 //! journal messages. Skipped attempts, machine or harness failures and interrupted tests
 //! measure nothing about the test and are not recorded.
 
-use crate::events::{AttemptOutcome, Event};
+use crate::events::{AttemptOutcome, BootOrigin, Event};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -51,9 +51,13 @@ impl Default for History {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OsHistory {
-    /// Boots of shared (nondestructive) machines, to SSH-ready.
+    /// Cold boots of shared (nondestructive) machines, to SSH-ready. (A file written before
+    /// restores were told apart has them here too.)
     #[serde(default, skip_serializing_if = "Entry::is_empty")]
     pub boot: Entry,
+    /// Restores of shared machines from a booted snapshot, to SSH-ready.
+    #[serde(default, skip_serializing_if = "Entry::is_empty")]
+    pub restore: Entry,
     /// By `TestClass.testMethod`: the duration of each attempt, boots of the test's own
     /// machines included.
     #[serde(default)]
@@ -112,9 +116,15 @@ impl OsHistory {
         self.tests.get(name).and_then(Entry::median)
     }
 
-    /// The median boot of a shared machine, if one was recorded.
-    pub fn boot(&self) -> Option<Duration> {
-        self.boot.median()
+    /// The median boot of a shared machine the next run is likely to get, if one was
+    /// recorded: a cold boot with `cold` (`--cold-boot`), else a restore once one was
+    /// recorded (the first run of an image makes the snapshot that later runs restore),
+    /// else a cold boot.
+    pub fn boot(&self, cold: bool) -> Option<Duration> {
+        match self.restore.median() {
+            Some(restore) if !cold => Some(restore),
+            _ => self.boot.median(),
+        }
     }
 }
 
@@ -146,16 +156,21 @@ impl History {
             for d in &samples.boots {
                 os.boot.push(*d, now);
             }
+            for d in &samples.restores {
+                os.restore.push(*d, now);
+            }
         }
         let cutoff = now.saturating_sub(STALE_AFTER.as_secs());
         for os in self.os.values_mut() {
             os.tests.retain(|_, e| e.last >= cutoff && !e.is_empty());
-            if os.boot.last < cutoff {
-                os.boot = Entry::default();
+            for boots in [&mut os.boot, &mut os.restore] {
+                if boots.last < cutoff {
+                    *boots = Entry::default();
+                }
             }
         }
         self.os
-            .retain(|_, os| !os.tests.is_empty() || !os.boot.is_empty());
+            .retain(|_, os| !os.tests.is_empty() || !os.boot.is_empty() || !os.restore.is_empty());
     }
 }
 
@@ -164,17 +179,20 @@ impl History {
 pub struct Samples {
     /// (`TestClass.testMethod`, duration of one attempt).
     pub tests: Vec<(String, Duration)>,
-    /// Boots of shared machines.
+    /// Cold boots of shared machines.
     pub boots: Vec<Duration>,
+    /// Restores of shared machines from a snapshot.
+    pub restores: Vec<Duration>,
 }
 
 impl Samples {
     pub fn is_empty(&self) -> bool {
-        self.tests.is_empty() && self.boots.is_empty()
+        self.tests.is_empty() && self.boots.is_empty() && self.restores.is_empty()
     }
 
-    /// Take what `event` measured: every real attempt of a finished test, and the boot of
-    /// a shared machine (not of an existing host, which did not boot).
+    /// Take what `event` measured: every real attempt of a finished test, and the boot or
+    /// restore of a shared machine (not of an existing host, which did not boot; a stream
+    /// written before the origin was recorded has cold boots and restores as boots).
     pub fn observe(&mut self, event: &Event) {
         match event {
             Event::TestFinished { test, attempts, .. } => {
@@ -190,9 +208,17 @@ impl Samples {
                     }
                 }
             }
-            Event::MachineReady { image, boot, .. } if image != crate::runner::EXISTING_HOST => {
-                self.boots.push(*boot)
-            }
+            Event::MachineReady {
+                image,
+                boot,
+                origin,
+                ..
+            } => match origin {
+                Some(BootOrigin::Restored) => self.restores.push(*boot),
+                Some(BootOrigin::Cold) => self.boots.push(*boot),
+                None if image != crate::runner::EXISTING_HOST => self.boots.push(*boot),
+                Some(BootOrigin::Existing) | None => {}
+            },
             _ => {}
         }
     }
@@ -240,6 +266,20 @@ impl HistoryFile {
 
     /// Read the file; a missing file is an empty history.
     pub fn load(&self) -> Result<History, HistoryError> {
+        // The file is replaced by a rename: anything but a regular file (`/dev/null`, a
+        // pipe) would be replaced too.
+        if let Ok(m) = std::fs::metadata(&self.path)
+            && !m.is_file()
+        {
+            return Err(HistoryError::Io {
+                path: self.path.clone(),
+                context: "reading",
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "not a regular file (the history is replaced whole after each run)",
+                ),
+            });
+        }
         let text = match std::fs::read_to_string(&self.path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(History::default()),
@@ -283,13 +323,15 @@ impl HistoryFile {
             Err(HistoryError::Corrupt { .. }) => History::default(),
             other => other?,
         };
+        // A link is followed: its target is the file replaced, the link stays.
+        let path = crate::reporter::file::rename_target(&self.path);
         history.record(test_os, samples, now);
         let mut text = serde_json::to_string(&history).expect("history serializes");
         text.push('\n');
-        let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io("writing"))?;
+        let mut tmp = tempfile::NamedTempFile::new_in(path.parent().unwrap_or(&dir))
+            .map_err(io("writing"))?;
         tmp.write_all(text.as_bytes()).map_err(io("writing"))?;
-        tmp.persist(&self.path)
-            .map_err(|e| io("replacing")(e.error))?;
+        tmp.persist(&path).map_err(|e| io("replacing")(e.error))?;
         Ok(())
     }
 }
@@ -328,6 +370,7 @@ pub fn now() -> u64 {
 mod tests {
     use super::*;
     use crate::events::{AttemptReport, Placement, TestInfo, Verdict};
+    use std::os::unix::fs::FileTypeExt;
 
     fn secs(s: f64) -> Duration {
         Duration::from_secs_f64(s)
@@ -368,6 +411,7 @@ mod tests {
                 .map(|(n, s)| (n.to_string(), secs(*s)))
                 .collect(),
             boots: boots.iter().map(|s| secs(*s)).collect(),
+            restores: Vec::new(),
         }
     }
 
@@ -390,13 +434,37 @@ mod tests {
         let h = file.load().unwrap();
         let busybox = h.for_os("busybox");
         assert_eq!(busybox.test("TestA.testOne"), Some(secs(2.0)));
-        assert_eq!(busybox.boot(), Some(secs(3.25)));
+        assert_eq!(busybox.boot(false), Some(secs(3.25)));
         assert_eq!(h.for_os("debian-12").test("TestA.testOne"), Some(secs(9.0)));
-        assert_eq!(h.for_os("debian-12").boot(), None);
+        assert_eq!(h.for_os("debian-12").boot(false), None);
         assert_eq!(h.for_os("fedora").test("TestA.testOne"), None);
         let text = std::fs::read_to_string(&file.path).unwrap();
         assert_eq!(History::parse(&text).unwrap(), h);
         assert!(text.starts_with("{\"version\":1,"), "{text}");
+    }
+
+    /// `--history /dev/null` is refused rather than renamed over; a link's target is
+    /// replaced and the link stays.
+    #[test]
+    fn only_regular_files_are_replaced() {
+        let null = HistoryFile::named("/dev/null".into());
+        let e = null.load().unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        assert!(null.update("busybox", &Samples::default(), 1).is_err());
+        assert!(
+            std::fs::metadata("/dev/null")
+                .unwrap()
+                .file_type()
+                .is_char_device()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let (target, link) = (dir.path().join("h.json"), dir.path().join("link.json"));
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        HistoryFile::named(link.clone())
+            .update("busybox", &Samples::default(), 1)
+            .unwrap();
+        assert!(link.symlink_metadata().unwrap().file_type().is_symlink());
+        assert!(target.is_file());
     }
 
     #[test]
@@ -441,7 +509,7 @@ mod tests {
         h.record("busybox", &samples(&[("New.t", 3.0)], &[]), later);
         let b = h.for_os("busybox");
         assert_eq!(b.tests.keys().collect::<Vec<_>>(), ["New.t"]);
-        assert_eq!(b.boot(), None);
+        assert_eq!(b.boot(false), None);
         assert!(!h.os.contains_key("fedora"));
     }
 
@@ -500,21 +568,65 @@ mod tests {
                 label: "nd1".into(),
                 image: "busybox-1234".into(),
                 boot: secs(2.5),
+                origin: None,
             },
             Event::MachineReady {
                 label: "host:22".into(),
                 image: crate::runner::EXISTING_HOST.into(),
                 boot: secs(0.1),
+                origin: None,
+            },
+            Event::MachineReady {
+                label: "nd2".into(),
+                image: "busybox-1234".into(),
+                boot: secs(14.0),
+                origin: Some(BootOrigin::Cold),
+            },
+            Event::MachineReady {
+                label: "nd3".into(),
+                image: "busybox-1234".into(),
+                boot: secs(0.5),
+                origin: Some(BootOrigin::Restored),
+            },
+            Event::MachineReady {
+                label: "host:22".into(),
+                image: crate::runner::EXISTING_HOST.into(),
+                boot: secs(0.2),
+                origin: Some(BootOrigin::Existing),
             },
         ] {
             s.observe(&e);
         }
+        let mut want = samples(
+            &[("T.flaky", 4.0), ("T.flaky", 5.0), ("T.slow", 9.5)],
+            &[2.5, 14.0],
+        );
+        want.restores = vec![secs(0.5)];
+        assert_eq!(s, want);
+    }
+
+    #[test]
+    fn restores_and_cold_boots_are_estimated_apart() {
+        let mut h = History::default();
+        let cold = samples(&[], &[15.0, 16.0, 14.0]);
+        h.record("debian-12", &cold, 1000);
+        assert_eq!(h.for_os("debian-12").boot(false), Some(secs(15.0)));
+        let restores = Samples {
+            restores: vec![secs(0.5), secs(0.7), secs(0.6)],
+            ..Samples::default()
+        };
+        h.record("debian-12", &restores, 1001);
+        let os = h.for_os("debian-12");
+        assert_eq!(os.boot(false), Some(secs(0.6)), "snapshots are restored");
+        assert_eq!(os.boot(true), Some(secs(15.0)), "--cold-boot");
+        assert_eq!(os.boot.secs.len(), 3, "not mixed");
+        // Both survive a round trip, and a file without restores still reads.
+        let text = serde_json::to_string(&h).unwrap();
+        assert_eq!(History::parse(&text).unwrap(), h);
+        let old = r#"{"version":1,"os":{"busybox":{"boot":{"secs":[3.0],"last":5},"tests":{}}}}"#;
         assert_eq!(
-            s,
-            samples(
-                &[("T.flaky", 4.0), ("T.flaky", 5.0), ("T.slow", 9.5)],
-                &[2.5]
-            )
+            History::parse(old).unwrap().for_os("busybox").boot(false),
+            Some(secs(3.0))
         );
     }
 

@@ -6,7 +6,9 @@
 //! streams' tests. The combined run starts with every stream's tests and finishes once, with
 //! the counts added up, the longest wall time (shards run side by side), and the known issues
 //! that no stream matched. A stream that ends without `run-finished` (its runner died) still
-//! counts: every test it planned but did not finish is reported as an error.
+//! counts: every test it planned but did not finish is reported as an error. An attempt
+//! whose `output` the stream left empty (it went out as `test-output` events) gets it back
+//! from those events.
 
 use crate::events::{Event, RunStats, TestInfo, Verdict};
 use crate::reporter::json::FORMAT_VERSION;
@@ -14,13 +16,22 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// A line that is not an event of this format, with its place.
+/// A line that is not an event of this format, with its place (`line` 0: the file could not
+/// be read, and `message` says so with its name).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}:{line}: {message}", file.display())]
 pub struct MergeError {
     pub file: PathBuf,
     pub line: usize,
     pub message: String,
+}
+
+impl std::fmt::Display for MergeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.line {
+            0 => write!(f, "{}", self.message),
+            n => write!(f, "{}:{n}: {}", self.file.display(), self.message),
+        }
+    }
 }
 
 /// One stream's events, parsed.
@@ -30,7 +41,40 @@ pub struct Stream {
     pub events: Vec<Event>,
 }
 
-/// Parse a JSON-lines event stream (`text` read from `file`).
+/// Read and parse the event stream in `file`. Any prefix of a stream is one: a file cut in
+/// the middle of a line or of a UTF-8 character (its runner was killed) loses only that
+/// last, unfinished line.
+pub fn read(file: &Path) -> Result<Stream, MergeError> {
+    let bytes = std::fs::read(file).map_err(|e| MergeError {
+        file: file.to_path_buf(),
+        line: 0,
+        message: format!("cannot read {}: {e}", file.display()),
+    })?;
+    let text = match std::str::from_utf8(&bytes) {
+        Ok(text) => text,
+        // A character cut at the very end: the unfinished line is dropped by `parse`.
+        Err(e) if e.error_len().is_none() => {
+            std::str::from_utf8(&bytes[..e.valid_up_to()]).expect("valid up to here")
+        }
+        Err(e) => {
+            let line = bytes[..e.valid_up_to()]
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count()
+                + 1;
+            return Err(MergeError {
+                file: file.to_path_buf(),
+                line,
+                message: "not UTF-8 text".into(),
+            });
+        }
+    };
+    parse(file, text)
+}
+
+/// Parse a JSON-lines event stream (`text` read from `file`). The last line, when it lacks
+/// its newline and is not a whole event, is a cut and is dropped; an empty text is the
+/// stream of a runner that died before it started (no events).
 pub fn parse(file: &Path, text: &str) -> Result<Stream, MergeError> {
     let err = |line: usize, message: String| MergeError {
         file: file.to_path_buf(),
@@ -38,12 +82,24 @@ pub fn parse(file: &Path, text: &str) -> Result<Stream, MergeError> {
         message,
     };
     let mut events = Vec::new();
-    for (i, l) in text.lines().enumerate() {
+    let mut lines: Vec<&str> = text.split('\n').collect();
+    // What follows the last newline: empty for a whole stream, else an unfinished line.
+    let unfinished = lines.pop().filter(|l| !l.trim().is_empty());
+    let whole = lines.len();
+    for (i, (l, finished)) in lines
+        .into_iter()
+        .map(|l| (l, true))
+        .chain(unfinished.map(|l| (l, false)))
+        .enumerate()
+    {
         if l.trim().is_empty() {
             continue;
         }
-        let value: serde_json::Value =
-            serde_json::from_str(l).map_err(|e| err(i + 1, format!("not JSON: {e}")))?;
+        let value: serde_json::Value = match serde_json::from_str(l) {
+            Ok(v) => v,
+            Err(_) if !finished && i == whole => break,
+            Err(e) => return Err(err(i + 1, format!("not JSON: {e}"))),
+        };
         match value.get("v").and_then(|v| v.as_u64()) {
             Some(v) if v == u64::from(FORMAT_VERSION) => {}
             Some(v) => {
@@ -61,7 +117,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Stream, MergeError> {
         events.push(event);
     }
     match events.first() {
-        Some(Event::RunStarted { .. }) => Ok(Stream {
+        Some(Event::RunStarted { .. }) | None => Ok(Stream {
             file: file.to_path_buf(),
             events,
         }),
@@ -134,6 +190,7 @@ pub fn merge(streams: &[Stream]) -> Vec<Event> {
     let mut out = Vec::new();
     let mut all_tests = Vec::new();
     let mut oses: Vec<String> = Vec::new();
+    let mut rerun_words = Vec::new();
     let mut jobs = 0;
     let mut offsets = Vec::new();
     for s in streams {
@@ -142,9 +199,13 @@ pub fn merge(streams: &[Stream]) -> Vec<Event> {
             test_os,
             jobs: j,
             tests,
+            rerun,
             ..
         }) = s.events.first()
         {
+            if rerun_words.is_empty() {
+                rerun_words = rerun.clone();
+            }
             if !oses.contains(test_os) {
                 oses.push(test_os.clone());
             }
@@ -158,6 +219,7 @@ pub fn merge(streams: &[Stream]) -> Vec<Event> {
         jobs,
         tests: all_tests,
         shard: None,
+        rerun: rerun_words,
     });
 
     let mut stats = RunStats::default();
@@ -167,11 +229,18 @@ pub fn merge(streams: &[Stream]) -> Vec<Event> {
     for (s, base) in streams.iter().zip(offsets) {
         let planned: Vec<TestInfo> = match s.events.first() {
             Some(Event::RunStarted { tests, .. }) => tests.clone(),
-            _ => Vec::new(),
+            _ => {
+                cancelled.push(format!(
+                    "{}: empty, its runner ended before the run started",
+                    s.file.display()
+                ));
+                continue;
+            }
         };
         let mut finished_ids = HashSet::new();
         let mut finished_run = false;
         let mut started: HashMap<usize, crate::events::Placement> = HashMap::new();
+        let mut outputs: HashMap<(usize, u32), Vec<u8>> = HashMap::new();
         for e in &s.events[1..] {
             match e {
                 Event::RunStarted { .. } => {}
@@ -193,7 +262,8 @@ pub fn merge(streams: &[Stream]) -> Vec<Event> {
                     cancelled.push(format!("{}: {reason}", s.file.display()))
                 }
                 other => {
-                    let e = shift(other, base);
+                    let mut e = shift(other, base);
+                    refill_output(&mut e, &mut outputs);
                     match &e {
                         Event::TestFinished { test, .. } => {
                             finished_ids.insert(test.id);
@@ -210,7 +280,17 @@ pub fn merge(streams: &[Stream]) -> Vec<Event> {
             }
         }
         if !finished_run {
-            // The stream was cut off: what it did not finish is an error of the merged run.
+            // The stream was cut off: what it did not finish is an error of the merged run,
+            // and its counts are made from its events as its runner would have.
+            stats.planned += planned.len();
+            let nondestructive = planned.iter().filter(|t| t.nondestructive).count();
+            stats.nondestructive += nondestructive;
+            stats.destructive += planned.len() - nondestructive;
+            stats.retries += s
+                .events
+                .iter()
+                .filter(|e| matches!(e, Event::AttemptRetry { .. }))
+                .count();
             for t in planned.iter().map(|t| renumber(t, base)) {
                 if finished_ids.contains(&t.id) {
                     continue;
@@ -256,6 +336,35 @@ pub fn merge(streams: &[Stream]) -> Vec<Event> {
         unmatched_known: unmatched.unwrap_or_default().into_iter().collect(),
     });
     out
+}
+
+/// Collect `test-output` data into `outputs`; give an attempt report with an empty output
+/// the data of its attempt.
+fn refill_output(e: &mut Event, outputs: &mut HashMap<(usize, u32), Vec<u8>>) {
+    let fill =
+        |id: usize, a: &mut crate::events::AttemptReport, outputs: &mut HashMap<_, Vec<u8>>| {
+            if a.output.is_empty()
+                && let Some(data) = outputs.get(&(id, a.attempt))
+            {
+                a.output = String::from_utf8_lossy(data).into_owned();
+            }
+        };
+    match e {
+        Event::TestOutput { id, attempt, data } => {
+            outputs
+                .entry((*id, *attempt))
+                .or_default()
+                .extend(data.iter());
+        }
+        Event::AttemptRetry { test, report, .. } => fill(test.id, report, outputs),
+        Event::TestFinished { test, attempts, .. } => {
+            for a in attempts.iter_mut() {
+                fill(test.id, a, outputs);
+            }
+            outputs.retain(|(id, _), _| *id != test.id);
+        }
+        _ => {}
+    }
 }
 
 fn renumber(t: &TestInfo, base: usize) -> TestInfo {
@@ -319,8 +428,13 @@ mod tests {
             jobs: 2,
             tests: infos.clone(),
             shard: None,
+            rerun: vec![],
         }];
-        let mut stats = RunStats::default();
+        let mut stats = RunStats {
+            planned: infos.len(),
+            destructive: infos.len(),
+            ..RunStats::default()
+        };
         for (i, t) in infos.iter().enumerate() {
             if !finish && i > 0 {
                 break;
@@ -375,6 +489,27 @@ mod tests {
         assert_eq!(unmatched_known, &["#2 both"], "unmatched in every shard");
     }
 
+    /// The merged run re-runs tests the way its runs would (their --test-dir, their
+    /// machines), not with a bare `vmcheck run`.
+    #[test]
+    fn the_runs_rerun_command_is_kept() {
+        let mut a = parse(Path::new("a.jsonl"), &stream("a", &["T.a1"], true)).unwrap();
+        if let Some(Event::RunStarted { rerun, .. }) = a.events.first_mut() {
+            *rerun = vec![
+                "vmcheck".into(),
+                "run".into(),
+                "--test-dir".into(),
+                "t".into(),
+            ];
+        }
+        let b = parse(Path::new("b.jsonl"), &stream("b", &["T.b1"], true)).unwrap();
+        let merged = merge(&[a, b]);
+        let Event::RunStarted { rerun, .. } = &merged[0] else {
+            panic!()
+        };
+        assert_eq!(rerun.join(" "), "vmcheck run --test-dir t");
+    }
+
     #[test]
     fn a_cut_off_stream_reports_its_unfinished_tests_as_errors() {
         let a = parse(Path::new("a.jsonl"), &stream("a", &["T.a1", "T.a2"], false)).unwrap();
@@ -398,6 +533,135 @@ mod tests {
             panic!()
         };
         assert_eq!((stats.passed, stats.errors), (1, 1));
+    }
+
+    /// Every prefix of a stream, cut at any byte, merges: each planned test is reported
+    /// exactly once, and the counts add up to the plan.
+    #[test]
+    fn every_prefix_of_a_stream_merges() {
+        let mut whole = stream("a", &["T.a1", "T.a2", "T.a3"], true);
+        // Output with multi-byte characters, so that cuts fall inside them too.
+        whole = whole.replacen(
+            "\n",
+            &format!(
+                "\n{}\n",
+                line(
+                    &Event::TestOutput {
+                        id: 1,
+                        attempt: 1,
+                        data: "grüße → 🚀\n".as_bytes().to_vec()
+                    },
+                    0.0
+                )
+            ),
+            1,
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cut.jsonl");
+        for cut in 0..=whole.len() {
+            std::fs::write(&path, &whole.as_bytes()[..cut]).unwrap();
+            let s = read(&path).unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
+            let merged = merge(&[s]);
+            let Some(Event::RunStarted { tests, .. }) = merged.first() else {
+                panic!("cut at {cut}: no run-started")
+            };
+            let mut finished: Vec<usize> = merged
+                .iter()
+                .filter_map(|e| match e {
+                    Event::TestFinished { test, .. } => Some(test.id),
+                    _ => None,
+                })
+                .collect();
+            finished.sort();
+            let planned: Vec<usize> = tests.iter().map(|t| t.id).collect();
+            assert_eq!(finished, planned, "cut at {cut}");
+            let Some(Event::RunFinished { stats, .. }) = merged.last() else {
+                panic!("cut at {cut}: no run-finished")
+            };
+            assert_eq!(stats.finished(), planned.len(), "cut at {cut}");
+            assert_eq!(stats.planned, planned.len(), "cut at {cut}");
+            assert_eq!(stats.destructive, planned.len(), "cut at {cut}");
+            // Only the final newline missing: the run-finished line is whole.
+            let complete = cut >= whole.len() - 1;
+            assert_eq!(
+                merged
+                    .iter()
+                    .any(|e| matches!(e, Event::RunCancelled { .. })),
+                !complete,
+                "cut at {cut}: a cut stream is said to be cut"
+            );
+        }
+    }
+
+    #[test]
+    fn a_bad_line_in_the_middle_is_still_an_error() {
+        let whole = stream("a", &["T.a1", "T.a2"], true);
+        let broken = whole.replacen("\n{", "\n{{", 1);
+        let e = parse(Path::new("x.jsonl"), &broken).unwrap_err();
+        assert!(e.to_string().starts_with("x.jsonl:2: not JSON"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bin.jsonl");
+        std::fs::write(&path, b"{\"v\":1}\n\xff\xfe\n").unwrap();
+        let e = read(&path).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("{}:2: not UTF-8 text", path.display())
+        );
+        let e = read(&dir.path().join("missing")).unwrap_err();
+        assert!(e.to_string().starts_with("cannot read /"), "{e}");
+    }
+
+    /// What the JSON reporter left out (outputs sent as `test-output`) comes back.
+    #[test]
+    fn outputs_come_back_from_test_output_events() {
+        use crate::events::{AttemptOutcome, AttemptReport};
+        let report = AttemptReport {
+            attempt: 1,
+            outcome: AttemptOutcome::Failed {
+                status: "exit code 1".into(),
+            },
+            output: "part one, part two\n".into(),
+            duration: Duration::ZERO,
+            machines: vec![],
+            artifacts: None,
+            known: Default::default(),
+        };
+        let mut json = crate::reporter::json::JsonReporter::new(Vec::new());
+        let t = info(1, "T.a");
+        for e in [
+            Event::RunStarted {
+                test_os: "busybox".into(),
+                jobs: 1,
+                tests: vec![t.clone()],
+                shard: None,
+                rerun: vec![],
+            },
+            Event::TestOutput {
+                id: 1,
+                attempt: 1,
+                data: b"part one, ".to_vec(),
+            },
+            Event::TestOutput {
+                id: 1,
+                attempt: 1,
+                data: b"part two\n".to_vec(),
+            },
+            Event::TestFinished {
+                test: t,
+                placement: Placement::Own,
+                verdict: Verdict::Failed,
+                attempts: vec![report.clone()],
+            },
+        ] {
+            crate::reporter::Reporter::report(&mut json, &e).unwrap();
+        }
+        let text = String::from_utf8(json.into_inner()).unwrap();
+        let merged = merge(&[parse(Path::new("a.jsonl"), &text).unwrap()]);
+        let finished = merged.iter().find_map(|e| match e {
+            Event::TestFinished { attempts, .. } => Some(attempts.clone()),
+            _ => None,
+        });
+        assert_eq!(finished, Some(vec![report]));
     }
 
     #[test]

@@ -45,10 +45,7 @@ pub fn load(file: &Path, name: &str) -> Result<Scenario, String> {
             file.display()
         )
     })?;
-    let all: BTreeMap<String, Scenario> = toml::from_str(&text).map_err(|e| {
-        let (line, col) = e.span().map(|s| line_col(&text, s.start)).unwrap_or((1, 1));
-        format!("{}:{line}:{col}: {}", file.display(), e.message())
-    })?;
+    let all = parse(file, &text)?;
     all.get(name).cloned().ok_or_else(|| {
         let known: Vec<&str> = all.keys().map(String::as_str).collect();
         format!(
@@ -59,11 +56,27 @@ pub fn load(file: &Path, name: &str) -> Result<Scenario, String> {
     })
 }
 
+/// Every scenario of a scenarios file (`text`, read from `file`); an error is
+/// `file:line:col: message`.
+pub fn parse(file: &Path, text: &str) -> Result<BTreeMap<String, Scenario>, String> {
+    toml::from_str(text).map_err(|e| {
+        let (line, col) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
+        format!("{}:{line}:{col}: {}", file.display(), e.message())
+    })
+}
+
+/// The 1-based line and column (in characters) of byte `offset` of `text`.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let col = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
-    (line, col)
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    (
+        before.matches('\n').count() + 1,
+        before[line_start..].chars().count() + 1,
+    )
 }
 
 #[cfg(test)]
@@ -82,6 +95,12 @@ mod tests {
         let s = load(f.path(), "other").unwrap();
         assert_eq!(s.exclude_matching, ["Multi"]);
         assert!(load(f.path(), "nd").unwrap().nondestructive);
+    }
+
+    #[test]
+    fn error_columns_count_characters() {
+        let e = parse(Path::new("s.toml"), "[nd]\ndescription = \"\u{e9}\" x\n").unwrap_err();
+        assert!(e.starts_with("s.toml:2:19: "), "{e}");
     }
 
     #[test]

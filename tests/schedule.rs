@@ -51,8 +51,38 @@ fn a_run_records_its_tests_and_the_shared_boot() {
         own > shared,
         "a destructive test includes its boot: {own:?} {shared:?}"
     );
-    assert!(busybox.boot().unwrap() > shared);
+    assert!(busybox.boot(false).unwrap() > shared);
     assert_eq!(busybox.tests["TestHist.testOwn"].secs.len(), 1);
+}
+
+#[test]
+fn cold_boots_and_restores_are_recorded_apart() {
+    common::image("busybox");
+    let dir = tempfile::tempdir().unwrap();
+    write_suite(dir.path());
+    let file = dir.path().join("h.json");
+    let events = dir.path().join("events.json");
+    let out = common::vmcheck()
+        .args(["run", "-j", "1", "--cold-boot", "--test-dir"])
+        .arg(dir.path())
+        .arg("--events")
+        .arg(&events)
+        .env("VMCHECK_HISTORY", &file)
+        .env("TEST_OS", "busybox")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(exit_codes::OK), "{out:?}");
+    let text = std::fs::read_to_string(&events).unwrap();
+    let ready: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["event"] == "machine-ready")
+        .collect();
+    assert_eq!(ready.len(), 1, "{text}");
+    assert_eq!(ready[0]["origin"], "cold", "{text}");
+    let busybox = HistoryFile::named(file).load().unwrap().for_os("busybox");
+    assert_eq!(busybox.boot.secs.len(), 1);
+    assert!(busybox.restore.secs.is_empty(), "{busybox:?}");
 }
 
 #[test]

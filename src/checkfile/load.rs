@@ -11,34 +11,67 @@ use std::collections::hash_map::Entry;
 use std::io;
 use std::path::{Path, PathBuf};
 
+/// What [`discover`] found in a directory.
+#[derive(Debug, Default)]
+pub struct Discovered {
+    /// The check files, sorted by name; each path is the directory joined with the name.
+    pub files: Vec<PathBuf>,
+    /// Editor backups (`check-foo~`) that match the glob but are not check files.
+    pub ignored: Vec<PathBuf>,
+    /// Files whose name cannot be shown in reports (not UTF-8, or with a control character,
+    /// which could forge TAP lines), each an error naming the file.
+    pub unusable: Vec<CheckFileError>,
+}
+
 /// Finds the check files in `dir`: regular files (or symlinks to them) whose name matches
-/// `glob` (usually `"check-*"`; see the `glob` rules for names) and consists only of ASCII
-/// letters, digits, `-` and `_`, so that editor backups (`check-foo~`) and helpers
-/// (`check-foo.py`) are ignored. Sorted by name; each path is `dir` joined with the name.
-pub fn discover(dir: &Path, glob: &str) -> io::Result<Vec<PathBuf>> {
+/// `glob` (usually `"check-*"`; see the `glob` rules for names), whatever other characters
+/// the name holds (`check-foo.bar`, `check-with space`). Unlike Cockpit, nothing is skipped
+/// silently: editor backups (`~` at the end) are listed as ignored, and a name that cannot
+/// be a check file's is an error.
+pub fn discover(dir: &Path, glob: &str) -> io::Result<Discovered> {
     let matcher = name_glob(glob).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let mut found = Discovered::default();
     let mut names = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
-        let Ok(name) = entry.file_name().into_string() else {
-            continue;
-        };
-        let plain = name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-        if !plain || !matcher.is_match(&name) {
+        let name = entry.file_name();
+        let shown = name.to_string_lossy();
+        if !matcher.is_match(shown.as_ref()) {
             continue;
         }
         match std::fs::metadata(entry.path()) {
-            Ok(meta) if meta.is_file() => names.push(name),
-            Ok(_) => {}
+            Ok(meta) if meta.is_file() => {}
+            Ok(_) => continue,
             // A dangling symlink is not a regular file.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
+        }
+        let problem = match name.to_str() {
+            None => Some("the file name is not UTF-8"),
+            Some(n) if n.chars().any(char::is_control) => {
+                Some("the file name has a control character, which reports cannot show")
+            }
+            Some(n) if n.ends_with('~') => {
+                found.ignored.push(entry.path());
+                continue;
+            }
+            Some(_) => None,
+        };
+        match problem {
+            Some(problem) => found.unusable.push(CheckFileError {
+                path: dir.join(shown.escape_debug().to_string()),
+                line: 0,
+                col: 0,
+                message: format!("{problem}: rename it to be run as a check file"),
+            }),
+            None => names.push(shown.into_owned()),
         }
     }
     names.sort();
-    Ok(names.into_iter().map(|name| dir.join(name)).collect())
+    found.ignored.sort();
+    found.unusable.sort_by(|a, b| a.path.cmp(&b.path));
+    found.files = names.into_iter().map(|name| dir.join(name)).collect();
+    Ok(found)
 }
 
 /// Reads and parses every file, and returns all their tests sorted by (file, class,
@@ -153,6 +186,7 @@ mod tests {
             "check-x.py",
             "check-x~",
             "check-é",
+            "check-with space",
             "other",
             "CHECK-upper",
         ] {
@@ -165,6 +199,7 @@ mod tests {
         let names = |glob: &str| -> Vec<String> {
             discover(dir.path(), glob)
                 .unwrap()
+                .files
                 .iter()
                 .map(|p| {
                     assert_eq!(p.parent(), Some(dir.path()));
@@ -174,24 +209,50 @@ mod tests {
         };
         assert_eq!(
             names("check-*"),
-            ["check-a", "check-b", "check-c_2", "check-link"]
-        );
-        assert_eq!(names("check-[ab]"), ["check-a", "check-b"]);
-        assert_eq!(
-            names("*"),
             [
-                "CHECK-upper",
                 "check-a",
                 "check-b",
                 "check-c_2",
                 "check-link",
-                "other"
+                "check-with space",
+                "check-x.py",
+                "check-é"
             ]
         );
+        assert_eq!(names("check-[ab]"), ["check-a", "check-b"]);
+        assert_eq!(names("*").len(), 9);
+        let found = discover(dir.path(), "check-*").unwrap();
+        assert_eq!(found.ignored, [dir.path().join("check-x~")]);
+        assert!(found.unusable.is_empty());
 
         let err = discover(dir.path(), "check-[").unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
         assert!(discover(&dir.path().join("missing"), "*").is_err());
+    }
+
+    #[test]
+    fn discover_names_unusable_file_names() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "check-a\nok 1 forged", VALID);
+        fs::write(
+            dir.path().join(std::ffi::OsStr::from_bytes(b"check-\xff")),
+            VALID,
+        )
+        .unwrap();
+        let found = discover(dir.path(), "check-*").unwrap();
+        assert!(found.files.is_empty(), "{:?}", found.files);
+        let errors: Vec<String> = found.unusable.iter().map(ToString::to_string).collect();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].ends_with("/check-a\\nok 1 forged: the file name has a control character, which reports cannot show: rename it to be run as a check file"), "{}", errors[0]);
+        assert!(!errors[0].contains('\n'));
+        assert!(
+            errors[1].ends_with(
+                "/check-\u{fffd}: the file name is not UTF-8: rename it to be run as a check file"
+            ),
+            "{}",
+            errors[1]
+        );
     }
 
     #[test]

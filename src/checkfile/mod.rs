@@ -76,7 +76,7 @@ pub use def::TestDef;
 pub use duration::parse_duration;
 pub use error::CheckFileError;
 pub use glob::covers_matcher;
-pub use load::{discover, load};
+pub use load::{Discovered, discover, load};
 pub use memory::{MEMORY_RANGE_MIB, parse_memory};
 pub use parse::parse_file;
 pub use provision::{DEFAULT_MACHINE, MachineReq};

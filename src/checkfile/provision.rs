@@ -26,6 +26,8 @@ pub struct MachineReq {
     /// Memory in MiB; `None` means the image's default.
     pub memory_mib: Option<u32>,
     pub cpus: u32,
+    /// Where `image` is written in the check file (line, column), for errors about it.
+    pub image_at: Option<(usize, usize)>,
 }
 
 impl MachineReq {
@@ -36,6 +38,7 @@ impl MachineReq {
             image: None,
             memory_mib: None,
             cpus: 1,
+            image_at: None,
         }
     }
 
@@ -111,7 +114,10 @@ fn machine(d: &mut Diagnostics, name: &str, value: &Value) -> Option<MachineReq>
         let field_key = format!("{path}.{}", key.get_ref());
         match key.get_ref().as_ref() {
             "image" => match string(d, &field_key, field) {
-                Some(image) if is_image_name(image) => machine.image = Some(image.to_owned()),
+                Some(image) if is_image_name(image) => {
+                    machine.image = Some(image.to_owned());
+                    machine.image_at = Some(d.position(field.span().start));
+                }
                 Some(image) => {
                     d.error(
                         field.span(),
@@ -151,7 +157,14 @@ mod tests {
         let doc = DeTable::parse(text).unwrap();
         let value = doc.get_ref().get("provision").unwrap();
         let mut d = Diagnostics::new(Path::new("f"), text);
-        let result = provision(&mut d, value);
+        let result = provision(&mut d, value).map(|machines| {
+            // Positions are checked on their own (`image_positions`).
+            let unplaced = |m: MachineReq| MachineReq {
+                image_at: None,
+                ..m
+            };
+            machines.into_iter().map(unplaced).collect()
+        });
         let errors: Vec<_> = d
             .finish()
             .into_iter()
@@ -169,6 +182,7 @@ mod tests {
             image: image.map(Into::into),
             memory_mib,
             cpus,
+            image_at: None,
         }
     }
 
@@ -276,6 +290,16 @@ mod tests {
                 assert!(message.contains(emessage), "{text}: {message}");
             }
         }
+    }
+
+    #[test]
+    fn image_positions() {
+        let text = "provision.a = {}\nprovision.b = { cpus = 2, image = \"debian-12\" }";
+        let doc = DeTable::parse(text).unwrap();
+        let mut d = Diagnostics::new(Path::new("f"), text);
+        let machines = provision(&mut d, doc.get_ref().get("provision").unwrap()).unwrap();
+        let at: Vec<_> = machines.iter().map(|m| m.image_at).collect();
+        assert_eq!(at, [None, Some((2, 35))]);
     }
 
     #[test]

@@ -111,7 +111,9 @@ fn catalog(global: &GlobalArgs, command: &Command) -> Result<Catalog, CliError> 
             .map_err(|e| CliError::Usage(format!("cannot read the current directory: {e}")))?,
     };
     let project = Project::discover(&start).ok_or(CliError::NoProject(start))?;
-    Ok(Catalog::new(project, ImageStore::from_env()))
+    let store = ImageStore::from_env();
+    store.sweep();
+    Ok(Catalog::new(project, store))
 }
 
 fn image_list(catalog: &Catalog) -> Result<i32, CliError> {
@@ -209,15 +211,8 @@ async fn resolve(
     let (catalog, cancel, name) = (catalog.clone(), cancel.clone(), name.to_string());
     let image = tokio::task::spawn_blocking(move || catalog.resolve(&name, &cancel, verbose))
         .await
-        .expect("image resolution panicked");
-    if cancel_is(&image) {
-        return Err(CliError::Interrupted);
-    }
-    Ok(image?)
-}
-
-fn cancel_is(r: &Result<Image, vmcheck::image::ImageError>) -> bool {
-    matches!(r, Err(vmcheck::image::ImageError::RecipeFailed { status, .. }) if status == "interrupted")
+        .expect("image resolution panicked")?;
+    Ok(image)
 }
 
 async fn vm_run(

@@ -37,6 +37,7 @@ impl CliError {
             | CliError::Naughty(_) => exit_codes::INPUT_ERROR,
             CliError::NoTests => exit_codes::NO_TESTS,
             CliError::Image(e) if e.is_input_error() => exit_codes::INPUT_ERROR,
+            CliError::Image(ImageError::Interrupted { .. }) => exit_codes::INTERRUPTED,
             CliError::Image(_) => exit_codes::INFRASTRUCTURE,
             CliError::Machine(MachineError::Cancelled) | CliError::Interrupted => {
                 exit_codes::INTERRUPTED
@@ -70,5 +71,9 @@ mod tests {
             CliError::Interrupted.process_exit_code(),
             exit_codes::INTERRUPTED
         );
+        let build = CliError::Image(ImageError::Interrupted {
+            name: "debian-12".into(),
+        });
+        assert_eq!(build.process_exit_code(), exit_codes::INTERRUPTED);
     }
 }

@@ -4,15 +4,16 @@
 use super::args::ProgressMode;
 use super::args::{MergeArgs, RunArgs};
 use super::errors::CliError;
+use std::io::BufWriter;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use vmcheck::checkfile::{self, TestDef};
-use vmcheck::events::RunStats;
+use vmcheck::events::{Event, Placement, RunStats, TestInfo, Verdict};
 use vmcheck::exit_codes;
 use vmcheck::history::{self, History, HistoryFile, Samples};
-use vmcheck::image::Catalog;
+use vmcheck::image::{Catalog, ImageError};
 use vmcheck::machine::qemu::{QEMU_OVERHEAD_MIB, mem_available_mib};
 use vmcheck::machine::remote::parse_address;
 use vmcheck::machine::ssh::{HostKeyCheck, SshTarget};
@@ -20,6 +21,7 @@ use vmcheck::machine::vm::Host;
 use vmcheck::plan::{PlanOptions, TestPlan};
 use vmcheck::policy::PolicyOptions;
 use vmcheck::reporter::Reporter;
+use vmcheck::reporter::file::ReportFile;
 use vmcheck::reporter::json::JsonReporter;
 use vmcheck::reporter::junit::JunitReporter;
 use vmcheck::reporter::live::LiveReporter;
@@ -29,8 +31,8 @@ use vmcheck::reporter::summary::{self, SummaryReporter};
 use vmcheck::reporter::tap::TapReporter;
 use vmcheck::runner::attempt::AttemptContext;
 use vmcheck::runner::boots::BootGate;
-use vmcheck::runner::dispatcher::{Dispatcher, RunConfig};
-use vmcheck::runner::ledger::{Cost, default_jobs};
+use vmcheck::runner::dispatcher::{Dispatcher, RunConfig, test_cost};
+use vmcheck::runner::ledger::{default_jobs, host_capacity};
 use vmcheck::shard::Shard;
 use vmcheck::signal::Cancel;
 
@@ -68,8 +70,11 @@ pub async fn run(
         .unwrap_or_else(|| DEFAULT_TEST_OS.to_string());
 
     // Check files, scenario, plan: all input errors before anything starts.
-    let files = match &file {
-        Some(f) => vec![f.clone()],
+    let found = match &file {
+        Some(f) => checkfile::Discovered {
+            files: vec![f.clone()],
+            ..Default::default()
+        },
         None => {
             let dir = args
                 .test_dir
@@ -80,7 +85,19 @@ pub async fn run(
             })?
         }
     };
-    let mut tests = checkfile::load(&files, &root).map_err(CliError::CheckFiles)?;
+    for f in &found.ignored {
+        eprintln!(
+            "vmcheck: warning: ignoring {}: an editor backup, not a check file",
+            f.strip_prefix(&root).unwrap_or(f).display()
+        );
+    }
+    let mut tests = match (checkfile::load(&found.files, &root), found.unusable) {
+        (Ok(tests), unusable) if unusable.is_empty() => tests,
+        (loaded, mut unusable) => {
+            unusable.extend(loaded.err().unwrap_or_default());
+            return Err(CliError::CheckFiles(unusable));
+        }
+    };
     let mut opts = PlanOptions {
         test_os: test_os.clone(),
         filters: args.filters.clone(),
@@ -120,10 +137,16 @@ pub async fn run(
             .map_err(CliError::Naughty)?
     };
     let mut plan = vmcheck::plan::plan(tests, &opts);
+    // Nothing left out: every known issue that matched nothing is worth listing.
+    let whole_suite = !single_file
+        && shard.is_none()
+        && opts.filters.is_empty()
+        && opts.exclude.is_empty()
+        && !opts.nondestructive_only;
     let named = args.history.clone().map(HistoryFile::named);
     let (history_file, history) =
         load_history(named.unwrap_or_else(|| HistoryFile::default_for(&root)))?;
-    let estimates = vmcheck::estimate::estimate(&plan, &history.for_os(&test_os));
+    let estimates = vmcheck::estimate::estimate(&plan, &history.for_os(&test_os), args.cold_boot);
     if !plan.unknown_excludes.is_empty() {
         return Err(CliError::Usage(format!(
             "--exclude names no test: {} (it takes exact TestClass.testMethod names)",
@@ -156,6 +179,9 @@ pub async fn run(
     }
     for f in &plan.unmatched_filters {
         eprintln!("vmcheck: warning: filter '{f}' matches no test");
+    }
+    if plan.tests.is_empty() {
+        return Err(CliError::NoTests);
     }
     if args.explain {
         for t in &plan.tests {
@@ -195,10 +221,12 @@ pub async fn run(
         }
         return Ok(exit_codes::OK);
     }
-    if plan.tests.is_empty() {
-        return Err(CliError::NoTests);
-    }
     let remote = remote_targets(&args)?;
+    let needed = if remote.is_empty() {
+        needed_images(&plan, &test_os, &catalog.names())?
+    } else {
+        Vec::new()
+    };
     // Every output is opened now, before images are built or anything boots.
     let live = verbose || single_file;
     let argv: Vec<String> = std::env::args().collect();
@@ -221,42 +249,28 @@ pub async fn run(
         live: live.then_some(plan.tests.len() > 1),
         progress: args.progress,
     };
-    let reporters = reporters(&outputs, rerun)?;
+    let reporters = reporters(&outputs, rerun.clone())?;
+    let report_failed = ReportFailed::default();
 
     // Images and host, then run.
-    let mut needed: Vec<String> = Vec::new();
-    if remote.is_empty() {
-        for t in plan.tests.iter().filter(|t| t.skip_reason.is_none()) {
-            if t.def.nondestructive {
-                needed.push(test_os.clone());
-            } else {
-                needed.extend(
-                    t.def
-                        .provision
-                        .iter()
-                        .map(|m| m.image.clone().unwrap_or_else(|| test_os.clone())),
-                );
-            }
-        }
-    }
-    needed.sort();
-    needed.dedup();
     let mut images = std::collections::BTreeMap::new();
     for name in &needed {
         let (c, n, cancel2) = (catalog.clone(), name.clone(), cancel.clone());
         let image = tokio::task::spawn_blocking(move || c.resolve(&n, &cancel2, verbose))
             .await
-            .expect("image resolution panicked")?;
-        images.insert(name.clone(), image);
-    }
-    if cancel.is_cancelled() {
-        return Err(CliError::Interrupted);
+            .expect("image resolution panicked");
+        match image {
+            Ok(image) => images.insert(name.clone(), image),
+            // Reported below, as every test of an interrupted run is.
+            Err(ImageError::Interrupted { .. }) => break,
+            Err(e) => return Err(e.into()),
+        };
     }
     let host = match images.values().next() {
-        Some(image) => {
+        Some(image) if !cancel.is_cancelled() => {
             Some(Host::detect(&image.kernel(), &catalog.store.dir.join(".cache")).await?)
         }
-        None => None,
+        _ => None,
     };
     let nd_mem = args
         .nondestructive_memory
@@ -271,10 +285,7 @@ pub async fn run(
         None if !remote.is_empty() => remote.len(),
         None => default_jobs(cpus, available, u64::from(nd_mem) + QEMU_OVERHEAD_MIB),
     };
-    let capacity = Cost {
-        ram_mib: available.saturating_sub(1024),
-        cpus: jobs as u32,
-    };
+    let capacity = host_capacity(cpus, available);
     let artifacts_dir = args
         .artifacts
         .clone()
@@ -308,19 +319,101 @@ pub async fn run(
         affected,
         estimates,
         shard: shard_info.clone(),
+        whole_suite,
+        rerun,
     };
+    if cancel.is_cancelled() {
+        let stats = report_interrupted(&plan, &cfg, &ctx, reporters, report_failed.clone());
+        return Ok(final_code(&stats, cancel, &report_failed));
+    }
     // What earlier runs left for these tests is not evidence of this one.
     for t in &plan.tests {
         let _ = std::fs::remove_dir_all(artifacts_dir.join(t.def.name()));
     }
     let mut samples = Samples::default();
-    let stats = execute(plan, cfg, ctx, reporters, &mut samples).await;
+    let fan = fan_out(reporters, cancel.clone(), report_failed.clone());
+    let stats = execute(plan, cfg, ctx, fan, &mut samples).await;
     // Every shard must split from the same history, so a shard only reads it; `vmcheck
     // merge --history` records the whole suite's durations once the shards are done.
     if shard_info.is_none() {
         save_history(&history_file, &test_os, &samples);
     }
-    Ok(final_code(&stats, cancel))
+    Ok(final_code(&stats, cancel, &report_failed))
+}
+
+/// Whether a reporter's output failed during the run (it then stopped the run).
+#[derive(Clone, Default)]
+struct ReportFailed(Arc<std::sync::atomic::AtomicBool>);
+
+impl ReportFailed {
+    fn set(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn get(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A reporter and what it writes, for the message when it fails (`the JUnit report x.xml`).
+struct Output {
+    what: String,
+    reporter: Box<dyn Reporter + Send>,
+}
+
+impl Output {
+    fn new(what: impl Into<String>, reporter: impl Reporter + Send + 'static) -> Output {
+        Output {
+            what: what.into(),
+            reporter: Box::new(reporter),
+        }
+    }
+}
+
+/// The images the tests that will run boot, sorted. One that is neither built nor has a
+/// recipe is an input error, at the `image = …` that names it (or TEST_OS's name).
+fn needed_images(
+    plan: &TestPlan,
+    test_os: &str,
+    known: &[String],
+) -> Result<Vec<String>, CliError> {
+    let unknown = |name: &str| ImageError::Unknown {
+        name: name.to_string(),
+        known: known.to_vec(),
+    };
+    let mut needed = std::collections::BTreeSet::new();
+    let mut errors = Vec::new();
+    for t in plan.tests.iter().filter(|t| t.skip_reason.is_none()) {
+        if t.def.nondestructive {
+            needed.insert(test_os.to_string());
+            continue;
+        }
+        for m in &t.def.provision {
+            let name = m.image_or(test_os);
+            match m.image_at {
+                Some((line, col)) if !known.iter().any(|k| k == name) => {
+                    errors.push(checkfile::CheckFileError {
+                        path: t.def.file.clone(),
+                        line,
+                        col,
+                        message: unknown(name).to_string(),
+                    });
+                }
+                _ => {
+                    needed.insert(name.to_string());
+                }
+            }
+        }
+    }
+    if !errors.is_empty() {
+        errors.sort_by(|a, b| (&a.path, a.line, a.col).cmp(&(&b.path, b.line, b.col)));
+        errors.dedup();
+        return Err(CliError::CheckFiles(errors));
+    }
+    match needed.iter().find(|n| !known.contains(n)) {
+        Some(name) => Err(unknown(name).into()),
+        None => Ok(needed.into_iter().collect()),
+    }
 }
 
 /// The outputs a run or a merge writes besides TAP.
@@ -334,38 +427,59 @@ struct Outputs<'a> {
     progress: ProgressMode,
 }
 
-/// Open every output (before anything boots, so a bad path is an input error): TAP on
-/// stdout unless JSON lines go there, JSON lines, JUnit, live output, progress and the
-/// summary on stderr.
-fn reporters(
-    outputs: &Outputs,
-    rerun: Vec<String>,
-) -> Result<Vec<Box<dyn Reporter + Send>>, CliError> {
-    let create = |p: &Path| {
-        std::fs::File::create(p)
-            .map(std::io::BufWriter::new)
-            .map_err(|e| CliError::Usage(format!("cannot create {}: {e}", p.display())))
+/// Open every output (before anything boots, so a bad path is an input error, and without
+/// touching an earlier report: see [`ReportFile`]): TAP on stdout unless JSON lines go
+/// there, JSON lines, JUnit, live output, progress and the summary on stderr.
+fn reporters(outputs: &Outputs, rerun: Vec<String>) -> Result<Vec<Output>, CliError> {
+    fn usage(p: &Path) -> impl FnOnce(std::io::Error) -> CliError + '_ {
+        move |e| CliError::Usage(format!("cannot create {}: {e}", p.display()))
+    }
+    let streamed = |p: &Path| {
+        ReportFile::streamed(p)
+            .map(BufWriter::new)
+            .map_err(usage(p))
     };
-    let mut reporters: Vec<Box<dyn Reporter + Send>> = Vec::new();
+    let replaced = |p: &Path| {
+        ReportFile::replaced(p)
+            .map(BufWriter::new)
+            .map_err(usage(p))
+    };
+    let mut reporters = Vec::new();
     match outputs.events {
         Some(p) if p.as_os_str() == "-" => {
-            reporters.push(Box::new(JsonReporter::new(std::io::stdout())));
+            reporters.push(Output::new(
+                "the events on stdout",
+                JsonReporter::new(std::io::stdout()),
+            ));
         }
         Some(p) => {
-            reporters.push(Box::new(TapReporter::new(std::io::stdout())));
-            reporters.push(Box::new(JsonReporter::new(create(p)?)));
+            reporters.push(tap_on_stdout());
+            reporters.push(Output::new(
+                format!("the events file {}", p.display()),
+                JsonReporter::new(streamed(p)?),
+            ));
         }
-        None => reporters.push(Box::new(TapReporter::new(std::io::stdout()))),
+        None => reporters.push(tap_on_stdout()),
     }
     if let Some(p) = outputs.junit {
-        reporters.push(Box::new(JunitReporter::new(create(p)?)));
+        reporters.push(Output::new(
+            format!("the JUnit report {}", p.display()),
+            JunitReporter::new(replaced(p)?),
+        ));
     }
     if let Some(p) = outputs.status {
-        create(p)?;
-        reporters.push(Box::new(StatusReporter::new(p.to_path_buf())));
+        // Checked like the others; the reporter replaces the file on each change.
+        drop(replaced(p)?);
+        reporters.push(Output::new(
+            format!("the status file {}", p.display()),
+            StatusReporter::new(p.to_path_buf()),
+        ));
     }
     if let Some(prefix) = outputs.live {
-        reporters.push(Box::new(LiveReporter::new(std::io::stderr(), prefix)));
+        reporters.push(Output::new(
+            "the live output on stderr",
+            LiveReporter::new(std::io::stderr(), prefix),
+        ));
     }
     let mode = match outputs.progress {
         ProgressMode::Auto if outputs.live.is_some() => ProgressMode::None,
@@ -374,22 +488,59 @@ fn reporters(
         m => m,
     };
     match mode {
-        ProgressMode::Bar => reporters.push(Box::new(BarReporter::new())),
-        ProgressMode::Lines => reporters.push(Box::new(LinesReporter::new(std::io::stderr()))),
+        ProgressMode::Bar => {
+            reporters.push(Output::new("the progress display", BarReporter::new()))
+        }
+        ProgressMode::Lines => reporters.push(Output::new(
+            "the progress lines on stderr",
+            LinesReporter::new(std::io::stderr()),
+        )),
         ProgressMode::Auto | ProgressMode::None => {}
     }
-    reporters.push(Box::new(SummaryReporter::new(std::io::stderr(), rerun)));
+    reporters.push(Output::new(
+        "the summary on stderr",
+        SummaryReporter::new(std::io::stderr(), rerun),
+    ));
     Ok(reporters)
 }
 
-/// Send every event to every reporter; a reporter whose output fails (stdout closed, e.g.
-/// `| head`) gets no more events, and the run goes on.
-fn fan_out(mut reporters: Vec<Box<dyn Reporter + Send>>) -> impl FnMut(&vmcheck::events::Event) {
+/// TAP on stdout, which a forced exit (a second Ctrl-C) closes validly.
+fn tap_on_stdout() -> Output {
+    let tap = Arc::new(Mutex::new(TapReporter::new(std::io::stdout())));
+    let last_words = tap.clone();
+    vmcheck::signal::at_forced_exit(move || {
+        // The run may be writing a line: wait a little for it, never forever.
+        for _ in 0..100 {
+            if let Ok(mut tap) = last_words.try_lock() {
+                let _ = tap.abandon("interrupted twice, exiting at once");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+    Output::new("TAP on stdout", tap)
+}
+
+/// Send every event to every reporter. A reporter whose output fails (disk full, stdout
+/// closed) gets no more events, says so, and stops the run: the others still get every
+/// event, so they close properly, and the exit code is [`exit_codes::REPORT_FAILED`].
+fn fan_out(
+    mut reporters: Vec<Output>,
+    cancel: Cancel,
+    report_failed: ReportFailed,
+) -> impl FnMut(&vmcheck::events::Event) {
     let mut failed = vec![false; reporters.len()];
     move |event| {
         for (r, failed) in reporters.iter_mut().zip(failed.iter_mut()) {
-            if !*failed && r.report(event).is_err() {
+            if *failed {
+                continue;
+            }
+            if let Err(e) = r.reporter.report(event) {
                 *failed = true;
+                report_failed.set();
+                let why = format!("cannot write {}: {e}", r.what);
+                eprintln!("vmcheck: {why}; stopping the run");
+                cancel.stop(why);
             }
         }
     }
@@ -421,9 +572,7 @@ fn save_history(file: &HistoryFile, test_os: &str, samples: &Samples) {
 pub fn merge(args: &MergeArgs) -> Result<i32, CliError> {
     let mut streams = Vec::new();
     for f in &args.files {
-        let text = std::fs::read_to_string(f)
-            .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", f.display())))?;
-        streams.push(vmcheck::merge::parse(f, &text).map_err(|e| CliError::Usage(e.to_string()))?);
+        streams.push(vmcheck::merge::read(f).map_err(|e| CliError::Usage(e.to_string()))?);
     }
     if let Some(warning) =
         vmcheck::merge::check_shards(&streams).map_err(|e| CliError::Usage(e.to_string()))?
@@ -447,12 +596,23 @@ pub fn merge(args: &MergeArgs) -> Result<i32, CliError> {
         live: None,
         progress: ProgressMode::None,
     };
-    let rerun = summary::rerun_words(
-        &["vmcheck".into(), "run".into()],
-        &[],
-        Some(test_os.as_str()).filter(|os| !os.is_empty() && !os.contains(',')),
+    // The runs' own re-run command (their --test-dir, their machines), else a plain one.
+    let rerun = match events.first() {
+        Some(vmcheck::events::Event::RunStarted { rerun, .. }) if !rerun.is_empty() => {
+            rerun.clone()
+        }
+        _ => summary::rerun_words(
+            &["vmcheck".into(), "run".into()],
+            &[],
+            Some(test_os.as_str()).filter(|os| !os.is_empty() && !os.contains(',')),
+        ),
+    };
+    let report_failed = ReportFailed::default();
+    let mut report = fan_out(
+        reporters(&outputs, rerun)?,
+        Cancel::new(),
+        report_failed.clone(),
     );
-    let mut report = fan_out(reporters(&outputs, rerun)?);
     let mut stats = RunStats::default();
     let mut samples = Samples::default();
     for e in &events {
@@ -472,17 +632,16 @@ pub fn merge(args: &MergeArgs) -> Result<i32, CliError> {
             save_history(file, &test_os, &samples);
         }
     }
-    Ok(final_code(&stats, &Cancel::new()))
+    Ok(final_code(&stats, &Cancel::new(), &report_failed))
 }
 
 async fn execute(
     plan: TestPlan,
     cfg: RunConfig,
     ctx: Arc<AttemptContext>,
-    reporters: Vec<Box<dyn Reporter + Send>>,
+    mut fan: impl FnMut(&vmcheck::events::Event),
     samples: &mut Samples,
 ) -> RunStats {
-    let mut fan = fan_out(reporters);
     let mut report = |event: &vmcheck::events::Event| {
         samples.observe(event);
         fan(event);
@@ -490,9 +649,83 @@ async fn execute(
     Dispatcher::new(plan, cfg, ctx, &mut report).run().await
 }
 
-/// The exit code of a run: interrupted, else failed tests, else infrastructure errors.
-pub fn final_code(stats: &RunStats, cancel: &Cancel) -> i32 {
-    if cancel.is_cancelled() {
+/// A run interrupted before its tests started (while images were built): the events the
+/// dispatcher's cancel path gives, so that TAP still has its plan, a `not ok … # ERROR
+/// interrupted by SIGINT` per test that is not skipped, and `Bail out!`.
+fn report_interrupted(
+    plan: &TestPlan,
+    cfg: &RunConfig,
+    ctx: &AttemptContext,
+    reporters: Vec<Output>,
+    report_failed: ReportFailed,
+) -> RunStats {
+    let started = std::time::Instant::now();
+    let mut report = fan_out(reporters, ctx.cancel.clone(), report_failed);
+    let reason = ctx.cancel.describe();
+    let infos: Vec<TestInfo> = plan
+        .tests
+        .iter()
+        .map(|t| TestInfo {
+            id: t.id,
+            name: t.def.name(),
+            file: t.def.file.clone(),
+            nondestructive: t.def.nondestructive,
+            ram_mib: test_cost(&t.def, ctx).ram_mib,
+        })
+        .collect();
+    report(&Event::RunStarted {
+        test_os: ctx.test_os.clone(),
+        jobs: cfg.jobs,
+        tests: infos.clone(),
+        shard: cfg.shard.clone(),
+        rerun: cfg.rerun.clone(),
+    });
+    let mut stats = RunStats {
+        planned: plan.tests.len(),
+        nondestructive: infos.iter().filter(|t| t.nondestructive).count(),
+        destructive: infos.iter().filter(|t| !t.nondestructive).count(),
+        ..RunStats::default()
+    };
+    // Skips first, as the dispatcher reports them at the start.
+    let (skipped, unfinished): (Vec<_>, Vec<_>) = plan
+        .tests
+        .iter()
+        .zip(infos)
+        .partition(|(t, _)| t.skip_reason.is_some());
+    for (t, test) in skipped.into_iter().chain(unfinished) {
+        let verdict = match &t.skip_reason {
+            Some(reason) => Verdict::Skipped {
+                reason: reason.clone(),
+            },
+            None => Verdict::Error {
+                message: reason.clone(),
+            },
+        };
+        stats.count(&verdict);
+        report(&Event::TestFinished {
+            test,
+            placement: Placement::None,
+            verdict,
+            attempts: Vec::new(),
+        });
+    }
+    report(&Event::RunCancelled { reason });
+    report(&Event::RunFinished {
+        stats: stats.clone(),
+        wall: started.elapsed(),
+        unmatched_known: Vec::new(),
+    });
+    stats
+}
+
+/// The exit code of a run: interrupted, else a report that failed, else failed tests, else
+/// infrastructure errors.
+fn final_code(stats: &RunStats, cancel: &Cancel, report_failed: &ReportFailed) -> i32 {
+    if cancel.signal().is_some() {
+        exit_codes::INTERRUPTED
+    } else if report_failed.get() {
+        exit_codes::REPORT_FAILED
+    } else if cancel.is_cancelled() {
         exit_codes::INTERRUPTED
     } else if stats.failed > 0 {
         exit_codes::TESTS_FAILED
@@ -552,17 +785,75 @@ mod tests {
     #[test]
     fn exit_codes_from_stats() {
         let cancel = Cancel::new();
+        let failed = ReportFailed::default();
         let mut s = RunStats::default();
-        assert_eq!(final_code(&s, &cancel), exit_codes::OK);
+        assert_eq!(final_code(&s, &cancel, &failed), exit_codes::OK);
         s.errors = 1;
-        assert_eq!(final_code(&s, &cancel), exit_codes::INFRASTRUCTURE);
+        assert_eq!(final_code(&s, &cancel, &failed), exit_codes::INFRASTRUCTURE);
         s.failed = 300;
         assert_eq!(
-            final_code(&s, &cancel),
+            final_code(&s, &cancel, &failed),
             exit_codes::TESTS_FAILED,
             "never a count"
         );
+        failed.set();
+        assert_eq!(final_code(&s, &cancel, &failed), exit_codes::REPORT_FAILED);
         cancel.cancel(libc::SIGINT);
-        assert_eq!(final_code(&s, &cancel), exit_codes::INTERRUPTED);
+        assert_eq!(final_code(&s, &cancel, &failed), exit_codes::INTERRUPTED);
+    }
+
+    /// A reporter that fails at `run-finished` (a disk that filled up): the failure is said
+    /// once, the other reporters still get every event, and the run is stopped.
+    #[test]
+    fn a_failing_reporter_stops_the_run_and_counts() {
+        struct Full;
+        impl Reporter for Full {
+            fn report(&mut self, e: &vmcheck::events::Event) -> std::io::Result<()> {
+                match e {
+                    vmcheck::events::Event::RunFinished { .. } => Err(std::io::Error::new(
+                        std::io::ErrorKind::StorageFull,
+                        "No space left on device",
+                    )),
+                    _ => Ok(()),
+                }
+            }
+        }
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        struct Log(Arc<Mutex<Vec<String>>>);
+        impl Reporter for Log {
+            fn report(&mut self, e: &vmcheck::events::Event) -> std::io::Result<()> {
+                let kind = serde_json::to_value(e).unwrap()["event"].to_string();
+                self.0.lock().unwrap().push(kind);
+                Ok(())
+            }
+        }
+        let (cancel, failed) = (Cancel::new(), ReportFailed::default());
+        let mut fan = fan_out(
+            vec![
+                Output::new("the JUnit report j.xml", Full),
+                Output::new("log", Log(seen.clone())),
+            ],
+            cancel.clone(),
+            failed.clone(),
+        );
+        let finished = vmcheck::events::Event::RunFinished {
+            stats: RunStats::default(),
+            wall: Duration::ZERO,
+            unmatched_known: vec![],
+        };
+        fan(&vmcheck::events::Event::RunCancelled { reason: "x".into() });
+        assert!(!failed.get());
+        fan(&finished);
+        fan(&finished);
+        assert!(failed.get());
+        assert_eq!(
+            cancel.describe(),
+            "cannot write the JUnit report j.xml: No space left on device"
+        );
+        assert_eq!(seen.lock().unwrap().len(), 3, "the others get every event");
+        assert_eq!(
+            final_code(&RunStats::default(), &cancel, &failed),
+            exit_codes::REPORT_FAILED
+        );
     }
 }

@@ -6,13 +6,21 @@
 //! cancellation stops the recipe (SIGTERM, then SIGKILL), unmounts anything the recipe left
 //! mounted below its scratch directory (debootstrap mounts /proc in its chroot) and only
 //! then deletes the scratch directory.
+//!
+//! The recipe's group dies with vmcheck however vmcheck ends (SIGKILL, a second Ctrl-C): the
+//! recipe has `PR_SET_PDEATHSIG`, and a small guard process kills the whole group when
+//! vmcheck is gone. The scratch directory, `<store>/.build/<pid>.<start>-NAME-…`, is named
+//! after its owner like machine run directories, so [`sweep_scratch`] (run by every vmcheck
+//! that opens a project, and before every build) removes those whose owner is dead.
 
 use super::ImageError;
 use super::hash::{sha256_bytes, sha256_file, sha256_files};
 use super::manifest::{BootConfig, MANIFEST_FORMAT, Manifest};
 use super::store::{CLIENT_KEY, INITRD, Image, ImageStore, KERNEL, MANIFEST};
+use crate::machine::rundir;
 use crate::signal::Cancel;
 use std::io::{BufRead, Write};
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -21,6 +29,9 @@ use std::time::{Duration, Instant};
 
 /// The line every image prints on its serial console when sshd accepts connections.
 pub const READY_MARKER: &str = "VMCHECK-READY-7c1e";
+
+/// The directory of the store that holds the scratch directories of builds.
+const SCRATCH_DIR: &str = ".build";
 
 pub(super) struct BuildRequest<'a> {
     pub name: &'a str,
@@ -34,16 +45,25 @@ pub(super) struct BuildRequest<'a> {
 /// Build the image and return it (already verified: we just hashed it).
 pub(super) fn build(req: &BuildRequest) -> Result<Image, ImageError> {
     let name = req.name;
-    let store = req.store;
-    std::fs::create_dir_all(&store.dir)
-        .map_err(ImageError::io(format!("creating {}", store.dir.display())))?;
+    let scratch_dir = req.store.dir.join(SCRATCH_DIR);
+    sweep_scratch(&req.store.dir);
+    std::fs::create_dir_all(&scratch_dir).map_err(ImageError::io(format!(
+        "creating {}",
+        scratch_dir.display()
+    )))?;
     let scratch = tempfile::Builder::new()
-        .prefix(&format!(".build-{name}-"))
-        .tempdir_in(&store.dir)
+        .prefix(&format!("{}{name}-", rundir::owner_prefix()))
+        .tempdir_in(&scratch_dir)
         .map_err(ImageError::io("creating a build directory"))?;
     let result = build_in(req, scratch.path());
-    unmount_below(scratch.path());
-    drop(scratch);
+    if !unmount_below(scratch.path()) {
+        // Deleting it would reach into what is still mounted there.
+        let kept = scratch.keep();
+        eprintln!(
+            "vmcheck: warning: {} still has mounts below it; not removed",
+            kept.display()
+        );
+    }
     result.map(|(image, elapsed)| {
         eprintln!(
             "vmcheck: built image {} in {:.1}s",
@@ -52,6 +72,12 @@ pub(super) fn build(req: &BuildRequest) -> Result<Image, ImageError> {
         );
         image
     })
+}
+
+/// Remove the scratch directories of builds in the store at `store_dir` whose vmcheck is
+/// gone (killed mid-build), after unmounting what its recipe left mounted there.
+pub(super) fn sweep_scratch(store_dir: &Path) {
+    rundir::sweep_where(&store_dir.join(SCRATCH_DIR), unmount_below);
 }
 
 fn build_in(req: &BuildRequest, scratch: &Path) -> Result<(Image, Duration), ImageError> {
@@ -201,11 +227,19 @@ fn run_recipe(
         .process_group(0);
     crate::private::give_caller_umask(&mut cmd);
     set_env(&mut cmd);
+    // SAFETY: see `die_with_parent`. The death signal fires when this thread ends, which is
+    // after the recipe's end.
+    unsafe {
+        cmd.pre_exec(crate::machine::spawn::die_with_parent());
+    }
     let mut child = cmd.spawn().map_err(ImageError::io(format!(
         "running recipe {}",
         req.recipe.display()
     )))?;
     drop(cmd); // closes our copies of the pipe's write end
+    let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
+    // From here on the group is killed on every way out, vmcheck's death included.
+    let _guard = GroupGuard::start(pgid);
     let verbose = req.verbose;
     let copier = std::thread::spawn(move || {
         let mut tail = std::collections::VecDeque::new();
@@ -223,7 +257,6 @@ fn run_recipe(
         }
         tail.into_iter().collect::<Vec<_>>().join("\n")
     });
-    let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
     let mut term_sent: Option<Instant> = None;
     let status = loop {
         if let Some(status) = child
@@ -250,12 +283,8 @@ fn run_recipe(
     let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::SIGKILL);
     let tail = copier.join().unwrap_or_default();
     if req.cancel.is_cancelled() {
-        return Err(ImageError::RecipeFailed {
+        return Err(ImageError::Interrupted {
             name: req.name.to_string(),
-            recipe: req.recipe.to_path_buf(),
-            status: "interrupted".into(),
-            log: log_path.to_path_buf(),
-            tail,
         });
     }
     if !status.success() {
@@ -270,21 +299,117 @@ fn run_recipe(
     Ok(())
 }
 
+/// A process that kills the recipe's process group with SIGKILL when vmcheck dies, so no
+/// part of a recipe (debootstrap, dpkg, …) outlives it. `PR_SET_PDEATHSIG` alone reaches
+/// only the recipe itself, not its children. Dropping the guard ends it quietly.
+struct GroupGuard {
+    pid: Option<nix::unistd::Pid>,
+}
+
+impl GroupGuard {
+    /// Fork the guard of group `pgid`. On failure (no process left) the group is still
+    /// killed on every ordinary way out, only not on vmcheck's SIGKILL.
+    fn start(pgid: nix::unistd::Pid) -> GroupGuard {
+        let parent = std::process::id() as i32;
+        let pgid = pgid.as_raw();
+        // SAFETY: after fork the child makes only async-signal-safe system calls (sigset
+        // handling, setpgid, prctl, getppid, sigwait, kill, _exit) and never returns.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            unsafe {
+                // Out of vmcheck's group (a terminal's Ctrl-C is vmcheck's to handle), deaf
+                // to every signal but the death signal it waits for.
+                libc::setpgid(0, 0);
+                let mut all: libc::sigset_t = std::mem::zeroed();
+                libc::sigfillset(&mut all);
+                libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+                let mut term: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut term);
+                libc::sigaddset(&mut term, libc::SIGTERM);
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) == 0
+                    && libc::getppid() == parent
+                {
+                    let mut signo = 0;
+                    while libc::sigwait(&term, &mut signo) != 0 {}
+                }
+                libc::kill(-pgid, libc::SIGKILL);
+                libc::_exit(0);
+            }
+        }
+        GroupGuard {
+            pid: (pid > 0).then(|| nix::unistd::Pid::from_raw(pid)),
+        }
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(pid, None);
+        }
+    }
+}
+
 /// Unmount (lazily) every mount point at or below `dir`, deepest first, so that deleting
-/// `dir` can never reach into a bind-mounted host directory.
-fn unmount_below(dir: &Path) {
-    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return;
-    };
-    let Ok(dir) = dir.canonicalize() else { return };
-    let mut points: Vec<PathBuf> = mountinfo
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| PathBuf::from(p.replace("\\040", " ")))
-        .filter(|p| p.starts_with(&dir))
-        .collect();
+/// `dir` can never reach into a bind-mounted host directory. True when nothing is mounted
+/// below `dir` any more.
+fn unmount_below(dir: &Path) -> bool {
+    let mut points = mounts_below(dir);
     points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     for p in points {
         let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
+    }
+    mounts_below(dir).is_empty()
+}
+
+/// The mount points at or below `dir` (none when the mount table cannot be read).
+fn mounts_below(dir: &Path) -> Vec<PathBuf> {
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let Ok(dir) = dir.canonicalize() else {
+        return Vec::new();
+    };
+    mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(std::ffi::OsString::from_vec(unescape_octal(p))))
+        .filter(|p| p.starts_with(&dir))
+        .collect()
+}
+
+/// A mountinfo path: space, tab, newline and backslash are written as `\ooo`.
+fn unescape_octal(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let digits = b.get(i + 1..i + 4);
+        match digits {
+            Some(d) if b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)) => {
+                out.push(
+                    d.iter()
+                        .fold(0u8, |acc, c| acc.wrapping_mul(8) + (c - b'0')),
+                );
+                i += 4;
+            }
+            _ => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_paths_are_unescaped() {
+        assert_eq!(unescape_octal(r"/a\040b\011c\134d\012"), b"/a b\tc\\d\n");
+        assert_eq!(unescape_octal(r"/x\9"), b"/x\\9");
     }
 }

@@ -194,24 +194,39 @@ impl Catalog {
         let lock_path = self.store.dir.join(format!(".{name}.lock"));
         let lock_file = std::fs::File::create(&lock_path)
             .map_err(ImageError::io(format!("creating {}", lock_path.display())))?;
-        let _lock =
+        let mut lock_file = lock_file;
+        let mut waited = false;
+        // Polled rather than blocking, so that Ctrl-C still works while another vmcheck builds.
+        let _lock = loop {
             match nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-                Ok(lock) => lock,
-                Err((file, _)) => {
-                    eprintln!("vmcheck: waiting for another vmcheck that is building {name} ...");
-                    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(
-                        |(_, e)| ImageError::Io {
-                            context: format!("locking {}", lock_path.display()),
-                            source: e.into(),
-                        },
-                    )?;
-                    // The other build finished; use its result if it is current.
-                    if let ImageStatus::Current(image) = self.status(name) {
-                        return Ok(image);
+                Ok(lock) => break lock,
+                Err((file, nix::errno::Errno::EWOULDBLOCK)) => {
+                    if !waited {
+                        eprintln!(
+                            "vmcheck: waiting for another vmcheck that is building {name} ..."
+                        );
+                        waited = true;
                     }
-                    return self.build(name, cancel, verbose);
+                    if cancel.is_cancelled() {
+                        return Err(ImageError::Interrupted {
+                            name: name.to_string(),
+                        });
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    lock_file = file;
                 }
-            };
+                Err((_, e)) => {
+                    return Err(ImageError::Io {
+                        context: format!("locking {}", lock_path.display()),
+                        source: e.into(),
+                    });
+                }
+            }
+        };
+        // Another vmcheck built it meanwhile: use its result if it is current.
+        if waited && let ImageStatus::Current(image) = self.status(name) {
+            return Ok(image);
+        }
         let image = build(&BuildRequest {
             name,
             recipe: &recipe,

@@ -37,6 +37,9 @@ pub enum ImageError {
     },
     #[error("building image {name}: {problem}")]
     BadRecipeOutput { name: String, problem: String },
+    /// Cancelled by a signal; the recipe was stopped and its scratch directory removed.
+    #[error("building image {name}: interrupted")]
+    Interrupted { name: String },
     #[error("{context}: {source}")]
     Io {
         context: String,

@@ -64,6 +64,12 @@ impl ImageStore {
         ImageStore { dir }
     }
 
+    /// Remove the scratch directories of builds whose vmcheck was killed; any vmcheck that
+    /// opens the store calls this, so a killed build's gigabytes do not stay forever.
+    pub fn sweep(&self) {
+        super::build::sweep_scratch(&self.dir);
+    }
+
     pub fn image_dir(&self, name: &str, sha256: &str) -> PathBuf {
         self.dir.join(format!("{name}-{sha256}"))
     }

@@ -42,7 +42,9 @@ pub fn parse_address(s: &str) -> Result<(String, u16), String> {
 }
 
 impl RemoteMachine {
-    /// Connect (retrying until `timeout`) and read the boot id.
+    /// Connect and read the boot id. A host that refuses the connection (or cannot be
+    /// routed to) fails at once; one that does not answer is retried until `timeout`, and
+    /// stderr says so after the first try.
     pub async fn connect(
         label: &str,
         target: SshTarget,
@@ -104,6 +106,14 @@ impl RemoteMachine {
         Ok(id)
     }
 
+    fn tell_waiting(&self, deadline: Instant, why: &str) {
+        eprintln!(
+            "vmcheck: waiting up to {}s more for {} to answer SSH ({why})",
+            deadline.saturating_duration_since(Instant::now()).as_secs(),
+            self.label
+        );
+    }
+
     async fn wait_for_new_boot(
         &self,
         old: Option<&str>,
@@ -111,6 +121,7 @@ impl RemoteMachine {
         cancel: &Cancel,
     ) -> Result<String, MachineError> {
         let deadline = Instant::now() + timeout;
+        let mut told = false;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let attempt = async {
@@ -130,7 +141,22 @@ impl RemoteMachine {
                     .await?;
                 Ok::<_, MachineError>(done.stdout_text().trim().to_string())
             };
-            let err = match attempt.await {
+            // A first connect that takes a while is said on stderr, with how long it may
+            // take; a wait for a reboot is expected to.
+            let mut attempt = std::pin::pin!(attempt);
+            let result = if old.is_some() || told {
+                attempt.await
+            } else {
+                tokio::select! {
+                    r = &mut attempt => r,
+                    _ = tokio::time::sleep(TELL_AFTER) => {
+                        told = true;
+                        self.tell_waiting(deadline, &format!("no answer in {}s", TELL_AFTER.as_secs()));
+                        attempt.await
+                    }
+                }
+            };
+            let err = match result {
                 Ok(id) if !id.is_empty() && Some(id.as_str()) != old => return Ok(id),
                 Ok(_) => None,
                 // Wrong key or host key: waiting will not help.
@@ -143,8 +169,15 @@ impl RemoteMachine {
                         ..
                     },
                 ) => return Err(e),
+                // Nothing listens there, or no route: a first connect fails at once (during a
+                // reboot sshd is down for a while, so a wait for a new boot goes on).
+                Err(e) if old.is_none() && unreachable(&e) => return Err(e),
                 Err(e) => Some(e),
             };
+            if let (None, Some(e), false) = (old, &err, told) {
+                told = true;
+                self.tell_waiting(deadline, &e.to_string());
+            }
             self.shell.disconnect().await;
             if cancel.is_cancelled() {
                 return Err(MachineError::Cancelled);
@@ -160,9 +193,101 @@ impl RemoteMachine {
     }
 }
 
+/// How long a first connect may take before stderr says that it is being waited for.
+const TELL_AFTER: Duration = Duration::from_secs(5);
+
+/// Whether `e` says that nothing will answer at that address: the connection was refused
+/// or there is no route to it (not: no answer yet).
+fn unreachable(e: &MachineError) -> bool {
+    use std::io::ErrorKind::{ConnectionRefused, HostUnreachable, NetworkUnreachable};
+    matches!(
+        e,
+        MachineError::Ssh {
+            source: super::ssh::SshError::Connect { source, .. },
+            ..
+        } if matches!(source.kind(), ConnectionRefused | HostUnreachable | NetworkUnreachable)
+    )
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse_address;
+    use super::*;
+
+    /// A target on this host's `port`, with a fresh key in `dir`.
+    fn target(dir: &std::path::Path, port: u16) -> SshTarget {
+        let identity = dir.join("id");
+        let made = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&identity)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        SshTarget {
+            host: "127.0.0.1".into(),
+            port,
+            user: "root".into(),
+            identity,
+            host_key: HostKeyCheck::Insecure,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_fails_at_once() {
+        // A port that was just free: nothing listens there.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let started = Instant::now();
+        let e = RemoteMachine::connect(
+            "dead",
+            target(dir.path(), port),
+            Duration::from_secs(60),
+            &Cancel::new(),
+        )
+        .await
+        .err()
+        .expect("nothing listens");
+        assert!(unreachable(&e), "{e}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_silent_host_is_waited_for_until_the_timeout() {
+        // Accepts the connection and never says a word: not refused, so retried.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let keep = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                held.push(s);
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let started = Instant::now();
+        let e = RemoteMachine::connect(
+            "mute",
+            target(dir.path(), port),
+            Duration::from_secs(3),
+            &Cancel::new(),
+        )
+        .await
+        .err()
+        .expect("no SSH banner");
+        assert!(!unreachable(&e), "{e}");
+        assert!(
+            started.elapsed() >= Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        keep.abort();
+    }
 
     #[test]
     fn addresses() {

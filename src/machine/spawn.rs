@@ -19,20 +19,10 @@ type Job = (
 
 /// Spawn `cmd` in its own process group, to be killed when vmcheck exits.
 pub async fn spawn_tied(mut cmd: Command) -> std::io::Result<Child> {
-    let parent = std::process::id() as i32;
     cmd.process_group(0).kill_on_drop(true);
-    // SAFETY: the closure only makes async-signal-safe system calls (prctl, getppid, _exit).
+    // SAFETY: see `die_with_parent`.
     unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The parent may have died before prctl took effect.
-            if libc::getppid() != parent {
-                libc::_exit(1);
-            }
-            Ok(())
-        });
+        cmd.pre_exec(die_with_parent());
     }
     let (tx, rx) = tokio::sync::oneshot::channel();
     spawner()
@@ -40,6 +30,26 @@ pub async fn spawn_tied(mut cmd: Command) -> std::io::Result<Child> {
         .map_err(|_| std::io::Error::other("the spawner thread is gone"))?;
     rx.await
         .map_err(|_| std::io::Error::other("the spawner thread dropped a request"))?
+}
+
+/// A `pre_exec` hook that makes the child get SIGKILL when the thread that forks it ends
+/// (`PR_SET_PDEATHSIG`), or exit at once if vmcheck is already gone. It only makes
+/// async-signal-safe system calls (prctl, getppid, _exit), as code between fork and exec must.
+pub fn die_with_parent() -> impl FnMut() -> std::io::Result<()> + Send + Sync + 'static {
+    let parent = std::process::id() as i32;
+    move || {
+        // SAFETY: plain system calls on this process.
+        unsafe {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before prctl took effect.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+        }
+        Ok(())
+    }
 }
 
 fn spawner() -> &'static mpsc::Sender<Job> {

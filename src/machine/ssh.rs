@@ -222,7 +222,8 @@ impl SshSession {
         self.handle.is_closed()
     }
 
-    /// Run `command`, feeding it `stdin`, streaming output to `sink`. Returns when the
+    /// Run `command`, feeding it `stdin`, streaming output to `sink` (then it is not also
+    /// kept in `output`: memory stays bounded however much a command prints). Returns when the
     /// command's channel closes. No timeout here: callers wrap this in one.
     pub async fn exec(
         &self,
@@ -243,18 +244,14 @@ impl SshSession {
         let mut status = ExitStatus::Unknown;
         while let Some(msg) = channel.wait().await {
             match msg {
-                ChannelMsg::Data { data } => {
-                    if let Some(s) = sink.as_mut() {
-                        s(Stream::Stdout, &data);
-                    }
-                    output.stdout.extend_from_slice(&data);
-                }
-                ChannelMsg::ExtendedData { data, .. } => {
-                    if let Some(s) = sink.as_mut() {
-                        s(Stream::Stderr, &data);
-                    }
-                    output.stderr.extend_from_slice(&data);
-                }
+                ChannelMsg::Data { data } => match sink.as_mut() {
+                    Some(s) => s(Stream::Stdout, &data),
+                    None => output.stdout.extend_from_slice(&data),
+                },
+                ChannelMsg::ExtendedData { data, .. } => match sink.as_mut() {
+                    Some(s) => s(Stream::Stderr, &data),
+                    None => output.stderr.extend_from_slice(&data),
+                },
                 ChannelMsg::ExitStatus { exit_status } => status = ExitStatus::Code(exit_status),
                 ChannelMsg::ExitSignal { signal_name, .. } => {
                     status = ExitStatus::Signal(signal_label(&signal_name))

@@ -239,6 +239,7 @@ mod tests {
             jobs: 1,
             tests: vec![t.clone()],
             shard: None,
+            rerun: vec![],
         })
         .unwrap();
         r.report(&Event::TestFinished {

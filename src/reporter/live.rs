@@ -2,6 +2,7 @@
 //! as it arrives, prefixed with the test's name when several tests run at once.
 
 use super::Reporter;
+use super::text::one_line;
 use crate::events::Event;
 use std::collections::HashMap;
 use std::io::Write;
@@ -30,8 +31,9 @@ impl<W: Write> LiveReporter<W> {
             let name = self.names.get(&id).map(String::as_str).unwrap_or("?");
             write!(self.out, "[{name}] ")?;
         }
-        self.out.write_all(line)?;
-        self.out.write_all(b"\n")
+        // One line of the test's output, safe for a terminal: a CR or an escape sequence
+        // from the guest can neither overwrite earlier lines nor drive the terminal.
+        writeln!(self.out, "{}", one_line(&String::from_utf8_lossy(line)))
     }
 }
 
@@ -64,7 +66,9 @@ impl<W: Write> Reporter for LiveReporter<W> {
                     self.line(test.id, &rest)?;
                 }
             }
-            Event::MachineReady { label, image, boot } => {
+            Event::MachineReady {
+                label, image, boot, ..
+            } => {
                 writeln!(
                     self.out,
                     "vmcheck: machine {label} ({image}) ready in {:.1}s",
@@ -72,10 +76,18 @@ impl<W: Write> Reporter for LiveReporter<W> {
                 )?;
             }
             Event::MachineFailed { label, message } => {
-                writeln!(self.out, "vmcheck: machine {label} failed: {message}")?;
+                writeln!(
+                    self.out,
+                    "vmcheck: machine {label} failed: {}",
+                    one_line(message)
+                )?;
             }
             Event::MachineReset { label, reason } => {
-                writeln!(self.out, "vmcheck: replacing machine {label}: {reason}")?;
+                writeln!(
+                    self.out,
+                    "vmcheck: replacing machine {label}: {}",
+                    one_line(reason)
+                )?;
             }
             Event::TestRunning { .. }
             | Event::RunCancelled { .. }

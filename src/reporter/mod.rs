@@ -4,6 +4,7 @@
 //! prints the end-of-run summary; `status.rs` keeps a JSON status file up to date. The CLI fans every event out to all active reporters; no
 //! reporter looks at scheduler internals.
 
+pub mod file;
 pub mod json;
 pub mod junit;
 pub mod live;
@@ -11,10 +12,19 @@ pub mod progress;
 pub mod status;
 pub mod summary;
 pub mod tap;
+pub mod text;
 
 use crate::events::Event;
 
 /// A consumer of run events. A write error is returned so the run can stop reporting.
 pub trait Reporter {
     fn report(&mut self, event: &Event) -> std::io::Result<()>;
+}
+
+/// A reporter that something else must also reach (the TAP reporter, which a forced exit
+/// closes from the signal task).
+impl<R: Reporter> Reporter for std::sync::Arc<std::sync::Mutex<R>> {
+    fn report(&mut self, event: &Event) -> std::io::Result<()> {
+        self.lock().unwrap_or_else(|e| e.into_inner()).report(event)
+    }
 }

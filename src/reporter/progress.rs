@@ -5,6 +5,7 @@
 //! TAP stays clean whichever mode is used.
 
 use super::Reporter;
+use super::text::one_line;
 use crate::events::{AttemptReport, Event, Placement, RunStats, TestInfo, Verdict};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::HashMap;
@@ -52,22 +53,18 @@ fn finished_line(test: &TestInfo, verdict: &Verdict, attempts: &[AttemptReport])
         }
         Verdict::KnownIssue { issue } => line.push_str(&format!(" (known issue #{issue})")),
         Verdict::Passed => {}
-        _ => {
-            if let Some(a) = attempts.last() {
-                line.push_str(&format!(" ({})", a.describe()));
-            }
-        }
+        _ => line.push_str(&format!(" ({})", verdict.describe_failure(attempts.last()))),
     }
-    line
+    one_line(&line)
 }
 
 fn retry_line(test: &TestInfo, report: &AttemptReport, reason: &str) -> String {
-    format!(
+    one_line(&format!(
         "  RETRY [{:>6.1}s] {} (attempt {}: {reason})",
         report.duration.as_secs_f64(),
         test.name,
         report.attempt
-    )
+    ))
 }
 
 fn counts(stats: &RunStats) -> String {
@@ -122,9 +119,11 @@ impl<W: Write> Reporter for LinesReporter<W> {
                 reason,
                 ..
             } => writeln!(self.out, "{}", retry_line(test, report, reason))?,
-            Event::MachineFailed { label, message } => {
-                writeln!(self.out, "vmcheck: machine {label} failed: {message}")?
-            }
+            Event::MachineFailed { label, message } => writeln!(
+                self.out,
+                "vmcheck: machine {label} failed: {}",
+                one_line(message)
+            )?,
             _ => return Ok(()),
         }
         self.out.flush()
@@ -239,9 +238,10 @@ impl Reporter for BarReporter {
                 self.main.set_message(counts(&self.stats));
             }
             Event::MachineFailed { label, message } => {
-                let _ = self
-                    .multi
-                    .println(format!("vmcheck: machine {label} failed: {message}"));
+                let _ = self.multi.println(format!(
+                    "vmcheck: machine {label} failed: {}",
+                    one_line(message)
+                ));
             }
             Event::RunCancelled { .. } | Event::RunFinished { .. } => {
                 for (_, bar) in self.running.drain() {
@@ -292,6 +292,7 @@ mod tests {
             jobs: 1,
             tests: vec![info("TestA.a"), info("TestA.b")],
             shard: None,
+            rerun: vec![],
         })
         .unwrap();
         let failed = attempt(AttemptOutcome::Failed {
@@ -319,6 +320,48 @@ mod tests {
         );
     }
 
+    /// Every line says why a test did not pass, in words: a passing todo is not
+    /// "FAIL (passed)", another OS's known issue is named, and nothing a test printed
+    /// reaches the terminal as a control sequence.
+    #[test]
+    fn failures_say_why() {
+        let t = info("TestA.a");
+        let line = |verdict: Verdict, outcome: AttemptOutcome| {
+            finished_line(&t, &verdict, &[attempt(outcome)])
+        };
+        assert_eq!(
+            line(
+                Verdict::UnexpectedPass {
+                    reason: "bug 7".into()
+                },
+                AttemptOutcome::Passed
+            ),
+            "   FAIL [   1.2s] TestA.a (a todo test passed: bug 7)"
+        );
+        let failed = AttemptOutcome::Failed {
+            status: "exit code 1".into(),
+        };
+        assert_eq!(
+            line(
+                Verdict::KnownElsewhere {
+                    issue: 9,
+                    os: "debian-12".into()
+                },
+                failed.clone()
+            ),
+            "   FAIL [   1.2s] TestA.a (failed (exit code 1) (known issue #9 in debian-12))"
+        );
+        assert_eq!(
+            line(
+                Verdict::Error {
+                    message: "machine1 died\r\x1b[2Jforged".into()
+                },
+                failed
+            ),
+            "  ERROR [   1.2s] TestA.a (machine1 died \\x1b[2Jforged)"
+        );
+    }
+
     #[test]
     fn bar_reporter_survives_a_whole_run_hidden() {
         let mut r = BarReporter::with_target(ProgressDrawTarget::hidden());
@@ -329,6 +372,7 @@ mod tests {
                 jobs: 1,
                 tests: vec![t.clone()],
                 shard: None,
+                rerun: vec![],
             },
             Event::TestStarted {
                 test: t.clone(),

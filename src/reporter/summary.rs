@@ -3,6 +3,7 @@
 //! line that re-runs only the failed tests.
 
 use super::Reporter;
+use super::text::one_line;
 use crate::events::{Event, Placement, RunStats, TestInfo, Verdict};
 use crate::shell::quote;
 use std::collections::BTreeMap;
@@ -134,7 +135,7 @@ impl<W: Write> SummaryReporter<W> {
         if !self.failures.is_empty() {
             writeln!(o, "failed:")?;
             for f in &self.failures {
-                writeln!(o, "  {}: {}", f.name, f.what)?;
+                writeln!(o, "  {}: {}", f.name, one_line(&f.what))?;
                 if let Some(dir) = &f.artifacts {
                     writeln!(o, "    artifacts: {}", dir.display())?;
                 }
@@ -162,7 +163,9 @@ fn percent(part: Duration, whole: Duration) -> u32 {
 impl<W: Write> Reporter for SummaryReporter<W> {
     fn report(&mut self, event: &Event) -> std::io::Result<()> {
         match event {
-            Event::MachineReady { label, image, boot } => {
+            Event::MachineReady {
+                label, image, boot, ..
+            } => {
                 self.boots.insert(label.clone(), (image.clone(), *boot));
             }
             Event::AttemptRetry {
@@ -203,9 +206,20 @@ fn failure(
     }
 }
 
-/// The command that re-runs tests by name: `argv` without its positional `filters` (and
-/// without `--shard`), with `--exact` so names match whole tests only; prefixed with
-/// `TEST_OS=…` when it was set.
+/// Options of `vmcheck run` that a re-run must not repeat, with a value each: the run's
+/// outputs (pasting the line would overwrite this run's reports and delete the artifacts the
+/// summary points to) and its shard.
+const NOT_REPEATED: [&str; 5] = [
+    "--shard",
+    "--events",
+    "--junit",
+    "--status-file",
+    "--artifacts",
+];
+
+/// The command that re-runs tests by name: `argv` without its positional `filters`, its
+/// outputs and its shard ([`NOT_REPEATED`]), with `--exact` so names match whole tests
+/// only; prefixed with `TEST_OS=…` when it was set.
 pub fn rerun_words(argv: &[String], filters: &[String], test_os: Option<&str>) -> Vec<String> {
     let mut words = Vec::new();
     if let Some(os) = test_os {
@@ -218,11 +232,12 @@ pub fn rerun_words(argv: &[String], filters: &[String], test_os: Option<&str>) -
             skip_next = false;
             continue;
         }
-        if w == "--shard" {
+        if NOT_REPEATED.contains(&w.as_str()) {
             skip_next = true;
             continue;
         }
-        if w.starts_with("--shard=") || w == "--exact" {
+        let with_value = |o: &&str| w.strip_prefix(o).is_some_and(|v| v.starts_with('='));
+        if NOT_REPEATED.iter().any(with_value) || w == "--exact" {
             continue;
         }
         // Positional filters come after the subcommand: drop their last occurrences.
@@ -248,15 +263,18 @@ mod tests {
     }
 
     #[test]
-    fn rerun_drops_filters_and_shard() {
+    fn rerun_drops_filters_outputs_and_shard() {
         let w = rerun_words(
-            &argv("vmcheck run -j2 --shard 1/3 TestA --test-dir t TestB"),
+            &argv(
+                "vmcheck run -j2 --shard 1/3 TestA --test-dir t --junit j.xml --events=e.jsonl \
+                 --status-file s --artifacts a --artifacts=b --keep-artifacts TestB",
+            ),
             &["TestA".into(), "TestB".into()],
             Some("debian-12"),
         );
         assert_eq!(
             w.join(" "),
-            "TEST_OS=debian-12 vmcheck run -j2 --test-dir t --exact"
+            "TEST_OS=debian-12 vmcheck run -j2 --test-dir t --keep-artifacts --exact"
         );
         let w = rerun_words(
             &argv("vmcheck exec ./check-foo --exact TestFoo"),
@@ -297,6 +315,7 @@ mod tests {
                 label: "ND@1".into(),
                 image: "busybox".into(),
                 boot: Duration::from_secs(2),
+                origin: None,
             },
             Event::TestFinished {
                 test: info(1, "TestA.a"),

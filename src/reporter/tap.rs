@@ -10,6 +10,7 @@
 //! line (Perl's TAP::Harness rejects 14); an interrupted run ends with `Bail out!`.
 
 use super::Reporter;
+use super::text::{first_line, one_line, safe_lines, tap_description};
 use crate::events::{AttemptOutcome, AttemptReport, Event, Placement, RunStats, TestInfo, Verdict};
 use std::io::Write;
 use std::time::Duration;
@@ -18,6 +19,12 @@ pub struct TapReporter<W: Write> {
     out: W,
     next: usize,
     host: String,
+    /// The plan, and which of its tests have their line: what [`TapReporter::abandon`]
+    /// still owes.
+    planned: Vec<TestInfo>,
+    finished: std::collections::HashSet<usize>,
+    /// `Bail out!` written: nothing may follow.
+    closed: bool,
 }
 
 impl<W: Write> TapReporter<W> {
@@ -26,12 +33,48 @@ impl<W: Write> TapReporter<W> {
             .ok()
             .and_then(|h| h.into_string().ok())
             .unwrap_or_else(|| "host".into());
-        TapReporter { out, next: 0, host }
+        TapReporter {
+            out,
+            next: 0,
+            host,
+            planned: Vec::new(),
+            finished: Default::default(),
+            closed: false,
+        }
     }
 
+    /// End the stream at once, validly: a `not ok … # ERROR` line for every planned test
+    /// that has none, then `Bail out!`. For a forced exit (a second Ctrl-C), when the run
+    /// cannot close its reports the normal way.
+    pub fn abandon(&mut self, reason: &str) -> std::io::Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        let owed: Vec<TestInfo> = self
+            .planned
+            .iter()
+            .filter(|t| !self.finished.contains(&t.id))
+            .cloned()
+            .collect();
+        for t in owed {
+            self.next += 1;
+            writeln!(
+                self.out,
+                "not ok {} {} # ERROR {}",
+                self.next,
+                describe(&t, &Placement::None),
+                one_line(reason)
+            )?;
+        }
+        self.closed = true;
+        writeln!(self.out, "Bail out! {}", one_line(reason))?;
+        self.out.flush()
+    }
+
+    /// `text` as comment lines: split at every line end, control characters made visible,
+    /// so nothing a test prints can leave the comment.
     fn comment_block(&mut self, text: &str) -> std::io::Result<()> {
-        for line in text.lines() {
-            let line = line.trim_end_matches('\r');
+        for line in safe_lines(text) {
             if line.is_empty() {
                 writeln!(self.out, "#")?;
             } else {
@@ -45,7 +88,11 @@ impl<W: Write> TapReporter<W> {
     fn output_block(&mut self, report: &AttemptReport) -> std::io::Result<()> {
         self.comment_block(&report.output)?;
         if let Some(dir) = &report.artifacts {
-            writeln!(self.out, "# artifacts: {}", dir.display())?;
+            writeln!(
+                self.out,
+                "# artifacts: {}",
+                one_line(&dir.to_string_lossy())
+            )?;
         }
         Ok(())
     }
@@ -56,22 +103,28 @@ impl<W: Write> TapReporter<W> {
             self.out,
             "# {} ({}) attempt {}",
             test.name,
-            test.file.display(),
+            one_line(&test.file.to_string_lossy()),
             report.attempt
         )?;
         writeln!(self.out, "#")
     }
 
-    fn duration_line(&mut self, passed: bool, report: &AttemptReport) -> std::io::Result<()> {
+    /// `# 1 TEST FAILED [3s on nd1]`: how the attempt itself ended, whatever the verdict
+    /// makes of it (a known issue's attempt failed, a passing todo's attempt passed).
+    fn duration_line(&mut self, report: &AttemptReport) -> std::io::Result<()> {
         let on = if report.machines.is_empty() {
             "host".to_string()
         } else {
-            report.machines.join(", ")
+            one_line(&report.machines.join(", "))
+        };
+        let how = match report.outcome {
+            AttemptOutcome::Passed => "PASSED",
+            AttemptOutcome::Skipped { .. } => "SKIPPED",
+            _ => "FAILED",
         };
         writeln!(
             self.out,
-            "# 1 TEST {} [{}s on {on}]",
-            if passed { "PASSED" } else { "FAILED" },
+            "# 1 TEST {how} [{}s on {on}]",
             report.duration.as_secs()
         )
     }
@@ -79,17 +132,13 @@ impl<W: Write> TapReporter<W> {
 
 /// `test/verify/check-foo TestFoo.testBar [ND@1]` — what follows the number.
 pub fn describe(test: &TestInfo, placement: &Placement) -> String {
-    let mut s = format!("{} {}", test.file.display(), test.name);
+    let mut s = tap_description(&format!("{} {}", test.file.display(), test.name));
     match placement {
         Placement::Global(k) => s.push_str(&format!(" [ND@{k}]")),
         Placement::Own => s.push_str(&format!(" ({:.1}GB)", test.ram_mib as f64 / 1024.0)),
         Placement::None => {}
     }
     s
-}
-
-fn first_line(s: &str) -> &str {
-    s.lines().next().unwrap_or("").trim()
 }
 
 /// The directive or comment after the description, if any.
@@ -110,7 +159,10 @@ fn annotation(verdict: &Verdict, last: Option<&AttemptReport>) -> Option<String>
             _ => None,
         },
         Verdict::KnownIssue { issue } => Some(format!("SKIP Known issue #{issue}")),
-        Verdict::KnownElsewhere { issue, os } => Some(format!("NOTE Known issue #{issue} in {os}")),
+        Verdict::KnownElsewhere { issue, os } => Some(format!(
+            "NOTE Known issue #{issue} in {}",
+            tap_description(os)
+        )),
         Verdict::Skipped { reason } => Some(format!("SKIP {}", first_line(reason))),
         Verdict::Todo { reason } => Some(format!("TODO {}", first_line(reason))),
         Verdict::UnexpectedPass { reason } => {
@@ -139,8 +191,15 @@ pub fn summary_line(stats: &RunStats, wall: Duration, host: &str) -> String {
 
 impl<W: Write> Reporter for TapReporter<W> {
     fn report(&mut self, event: &Event) -> std::io::Result<()> {
+        // After `Bail out!` only the closing comments.
+        if self.closed && !matches!(event, Event::RunFinished { .. }) {
+            return Ok(());
+        }
         match event {
-            Event::RunStarted { tests, .. } => writeln!(self.out, "1..{}", tests.len())?,
+            Event::RunStarted { tests, .. } => {
+                self.planned = tests.clone();
+                writeln!(self.out, "1..{}", tests.len())?
+            }
             Event::AttemptRetry {
                 test,
                 placement,
@@ -150,7 +209,7 @@ impl<W: Write> Reporter for TapReporter<W> {
             } => {
                 self.header(test, report)?;
                 self.output_block(report)?;
-                self.duration_line(report.outcome == AttemptOutcome::Passed, report)?;
+                self.duration_line(report)?;
                 // No number: the test's number is given when it finishes.
                 let status = if report.outcome == AttemptOutcome::Passed {
                     "ok"
@@ -159,8 +218,9 @@ impl<W: Write> Reporter for TapReporter<W> {
                 };
                 writeln!(
                     self.out,
-                    "# {status} {} # RETRY {retry} ({reason})",
-                    describe(test, placement)
+                    "# {status} {} # RETRY {retry} ({})",
+                    describe(test, placement),
+                    one_line(reason)
                 )?;
             }
             Event::TestFinished {
@@ -183,12 +243,10 @@ impl<W: Write> Reporter for TapReporter<W> {
                         self.header(test, report)?;
                         self.output_block(report)?;
                     }
-                    self.duration_line(
-                        verdict.is_success() && !matches!(verdict, Verdict::Todo { .. }),
-                        report,
-                    )?;
+                    self.duration_line(report)?;
                 }
                 self.next += 1;
+                self.finished.insert(test.id);
                 let ok = if matches!(verdict, Verdict::Todo { .. }) {
                     false
                 } else {
@@ -206,11 +264,14 @@ impl<W: Write> Reporter for TapReporter<W> {
                 }
                 writeln!(self.out, "{line}")?;
             }
-            Event::RunCancelled { reason } => writeln!(self.out, "Bail out! {reason}")?,
+            Event::RunCancelled { reason } => {
+                self.closed = true;
+                writeln!(self.out, "Bail out! {}", one_line(reason))?
+            }
             Event::KnownIssuePassed { test, issue, path } => writeln!(
                 self.out,
                 "# known issue #{issue} ({}) names {}, which passed: is the pattern stale?",
-                path.display(),
+                one_line(&path.to_string_lossy()),
                 test.name
             )?,
             Event::RunFinished {
@@ -222,7 +283,7 @@ impl<W: Write> Reporter for TapReporter<W> {
                 if !unmatched_known.is_empty() {
                     writeln!(self.out, "# known issues that matched nothing in this run:")?;
                     for k in unmatched_known {
-                        writeln!(self.out, "#   {k}")?;
+                        writeln!(self.out, "#   {}", one_line(k))?;
                     }
                 }
                 writeln!(self.out, "{}", summary_line(stats, *wall, &self.host))?;
@@ -288,6 +349,7 @@ mod tests {
                 jobs: 2,
                 tests: vec![a.clone(), b.clone()],
                 shard: None,
+                rerun: vec![],
             },
             Event::AttemptRetry {
                 test: b.clone(),
@@ -346,11 +408,11 @@ mod tests {
         assert_eq!(
             fin(
                 Verdict::Skipped {
-                    reason: "busybox: no systemd".into()
+                    reason: "no systemd".into()
                 },
                 AttemptOutcome::Passed
             ),
-            "ok 1 test/verify/check-foo TestA.testOne # SKIP busybox: no systemd"
+            "ok 1 test/verify/check-foo TestA.testOne # SKIP no systemd"
         );
         assert_eq!(
             fin(
@@ -387,6 +449,114 @@ mod tests {
                 failed
             ),
             "not ok 1 test/verify/check-foo TestA.testOne # ERROR boot failed"
+        );
+    }
+
+    /// Whatever a test prints stays inside comment lines, for a reader that ends lines at CR
+    /// (or VT, FF, NEL, U+2028) as much as for one that ends them at LF; a check file whose
+    /// name holds `#` cannot start a directive.
+    #[test]
+    fn test_output_cannot_forge_results() {
+        let mut t = info("TestA.testOne", false);
+        t.file = PathBuf::from("test/verify/check-a # SKIP forged");
+        let hostile =
+            "x\rok 9 forged CR\u{0b}ok 10 forged VT\u{2028}ok 11 forged LS\x1b]0;title\x07";
+        let text = render(&[
+            Event::AttemptRetry {
+                test: t.clone(),
+                placement: Placement::Own,
+                report: report(1, AttemptOutcome::Failed { status: "x".into() }, hostile),
+                retry: 1,
+                reason: "r\rok 12 forged".into(),
+            },
+            Event::TestFinished {
+                test: t.clone(),
+                placement: Placement::Own,
+                verdict: Verdict::Error {
+                    message: "boom\rok 13 forged".into(),
+                },
+                attempts: vec![report(
+                    1,
+                    AttemptOutcome::Failed { status: "x".into() },
+                    hostile,
+                )],
+            },
+        ]);
+        for line in text.split([
+            '\n', '\r', '\u{0b}', '\u{0c}', '\u{85}', '\u{2028}', '\u{2029}',
+        ]) {
+            assert!(
+                line.is_empty() || line.starts_with('#') || line.starts_with("not ok 1 "),
+                "a line outside the comments: {line:?} in\n{text}"
+            );
+            assert!(!line.contains('\x1b') && !line.contains('\x07'), "{line:?}");
+        }
+        assert!(text.contains("\nnot ok 1 test/verify/check-a \\# SKIP forged TestA.testOne (0.4GB) # ERROR boom\n"), "{text}");
+    }
+
+    /// The `# 1 TEST …` line tells how the attempt ended: a known issue's attempt failed,
+    /// although the test is `ok … # SKIP`.
+    #[test]
+    fn the_attempt_line_follows_the_attempt_not_the_verdict() {
+        let t = info("TestA.testOne", false);
+        let failed = AttemptOutcome::Failed { status: "x".into() };
+        let text = render(&[Event::TestFinished {
+            test: t.clone(),
+            placement: Placement::Own,
+            verdict: Verdict::KnownIssue { issue: 7 },
+            attempts: vec![report(1, failed, "oops")],
+        }]);
+        assert!(
+            text.contains("# 1 TEST FAILED [3s on nd1]\nok 1 test/verify/check-foo TestA.testOne (0.4GB) # SKIP Known issue #7\n"),
+            "{text}"
+        );
+        let text = render(&[Event::TestFinished {
+            test: t,
+            placement: Placement::Own,
+            verdict: Verdict::UnexpectedPass {
+                reason: "bug".into(),
+            },
+            attempts: vec![report(1, AttemptOutcome::Passed, "")],
+        }]);
+        assert!(
+            text.contains("# 1 TEST PASSED [3s on nd1]\nnot ok 1 "),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn an_abandoned_stream_still_holds_its_plan() {
+        let (a, b) = (info("TestA.one", true), info("TestB.two", true));
+        let b = TestInfo { id: 2, ..b };
+        let mut buf = Vec::new();
+        let mut tap = TapReporter::new(&mut buf);
+        tap.report(&Event::RunStarted {
+            test_os: "busybox".into(),
+            jobs: 1,
+            tests: vec![a.clone(), b],
+            shard: None,
+            rerun: vec![],
+        })
+        .unwrap();
+        tap.report(&Event::TestFinished {
+            test: a,
+            placement: Placement::Global(1),
+            verdict: Verdict::Passed,
+            attempts: vec![],
+        })
+        .unwrap();
+        tap.abandon("interrupted twice").unwrap();
+        tap.abandon("again").unwrap();
+        tap.report(&Event::RunCancelled {
+            reason: "late".into(),
+        })
+        .unwrap();
+        let text = String::from_utf8(buf).unwrap();
+        assert_eq!(
+            text,
+            "1..2\nok 1 test/verify/check-foo TestA.one [ND@1]\n\
+             not ok 2 test/verify/check-foo TestB.two # ERROR interrupted twice\n\
+             Bail out! interrupted twice\n"
         );
     }
 

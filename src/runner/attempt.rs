@@ -8,8 +8,9 @@
 //! dispatcher aborts it (Ctrl-C), dropping them kills qemu and removes their files.
 
 use super::artifacts::{AttemptDir, console_offset};
-use super::control::{self, Request, Response};
 use super::journal;
+pub use super::output::{LiveOutput, Log, Progress};
+use super::sit::sit;
 use crate::checkfile::TestDef;
 use crate::events::{AttemptOutcome, AttemptReport};
 use crate::image::Image;
@@ -24,22 +25,11 @@ use crate::shell::quote;
 use crate::signal::Cancel;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Standard input, line by line.
 pub type SitInput = tokio::io::Lines<tokio::io::BufReader<tokio::io::Stdin>>;
-
-/// What a running attempt tells the dispatcher while it runs.
-pub enum Progress<'a> {
-    /// Output, as it arrives.
-    Output(&'a [u8]),
-    /// The machines (labels) are ready and the test's body starts.
-    Running(&'a [String]),
-}
-
-/// A callback that sees an attempt's progress as it happens.
-pub type LiveOutput = Arc<dyn Fn(Progress<'_>) + Send + Sync>;
 
 /// What every attempt of a run shares.
 pub struct AttemptContext {
@@ -98,40 +88,12 @@ pub struct AttemptDone {
     pub global: Option<(Machine, Health)>,
 }
 
-/// The attempt's output: everything in order, also passed on live.
-struct Log {
-    buf: Mutex<Vec<u8>>,
-    live: LiveOutput,
-}
-
-impl Log {
-    fn write(&self, data: &[u8]) {
-        self.buf.lock().expect("poisoned").extend_from_slice(data);
-        (self.live)(Progress::Output(data));
-    }
-    fn note(&self, line: &str) {
-        self.write(format!("{line}\n").as_bytes());
-    }
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.buf.lock().expect("poisoned")).into_owned()
-    }
-    fn last_line(&self) -> String {
-        self.text()
-            .lines()
-            .rev()
-            .map(str::trim)
-            .find(|l| !l.is_empty())
-            .unwrap_or("")
-            .to_string()
-    }
-}
-
 /// A machine of this attempt, by the name the test uses.
-struct Named {
-    name: String,
-    machine: Machine,
+pub(super) struct Named {
+    pub name: String,
+    pub machine: Machine,
     /// Address on the test's private network, for multi-machine tests.
-    ip: Option<String>,
+    pub ip: Option<String>,
 }
 
 /// Run one attempt. `live` sees output as it arrives.
@@ -141,12 +103,9 @@ pub async fn run_attempt(
     live: LiveOutput,
 ) -> AttemptDone {
     let started = Instant::now();
-    let log = Log {
-        buf: Mutex::new(Vec::new()),
-        live,
-    };
     let test = req.test.clone();
     let dir = AttemptDir::fresh(&ctx.artifacts_dir, &test.name(), req.attempt);
+    let log = Log::new(&dir.path.join("output.txt"), live);
     let (mut machines, _net, global) = match std::mem::replace(&mut req.machines, Machines::Fresh) {
         Machines::Global { machine } => (
             vec![Named {
@@ -160,18 +119,17 @@ pub async fn run_attempt(
         Machines::Fresh => match boot_fresh(&ctx, &req, &log).await {
             Ok((machines, net)) => (machines, net, false),
             Err((e, machines)) => {
-                let message = e.to_string();
-                log.note(&format!("vmcheck: {message}"));
+                log.note(&format!("vmcheck: {e}"));
+                let outcome = machine_failed(&e);
                 if ctx.sit && !machines.is_empty() {
-                    sit(&ctx, &test.name(), &machines).await;
+                    sit(&ctx, &test.name(), &outcome, &machines).await;
                 }
                 let consoles: Vec<u64> = vec![0; machines.len()];
-                let saved = save_artifacts(&req, &dir, &machines, &consoles, &[], &log).await;
+                let saved = save_artifacts(&req, &dir, &machines, &consoles, &log).await;
                 for m in machines {
                     m.machine.kill().await;
                 }
-                let mut report = report(&req, &log, started, &[], saved, machine_failed(&e));
-                finish_output(&dir, &mut report);
+                let report = report(&req, &log, started, &[], saved, outcome);
                 return AttemptDone {
                     report,
                     global: None,
@@ -208,7 +166,6 @@ pub async fn run_attempt(
         }
     }
     let tag = format!("t{}-a{}", req.id, req.attempt);
-    let mut guest_logs: Vec<String> = Vec::new();
     if outcome == AttemptOutcome::Passed {
         // The first machine's start marker goes with its body: one round trip less a test.
         let mark = journal::mark_command(&tag);
@@ -227,8 +184,7 @@ pub async fn run_attempt(
         outcome,
         AttemptOutcome::Passed | AttemptOutcome::Failed { .. }
     ) {
-        let (lines, logs) = unexpected_messages(&req, &machines, &tag).await;
-        guest_logs = logs;
+        let lines = unexpected_messages(&req, &machines, &tag, &dir, &log).await;
         if !lines.is_empty() {
             log.note("vmcheck: FAIL: test completed, but found unexpected journal messages:");
             for l in &lines {
@@ -253,7 +209,7 @@ pub async fn run_attempt(
         dir.remove();
         None
     } else {
-        save_artifacts(&req, &dir, &machines, &consoles, &guest_logs, &log).await
+        save_artifacts(&req, &dir, &machines, &consoles, &log).await
     };
     if ctx.sit
         && !matches!(
@@ -261,11 +217,10 @@ pub async fn run_attempt(
             AttemptOutcome::Passed | AttemptOutcome::Skipped { .. }
         )
     {
-        sit(&ctx, &test.name(), &machines).await;
+        sit(&ctx, &test.name(), &outcome, &machines).await;
     }
 
     let mut report = report(&req, &log, started, &labels, artifacts, outcome.clone());
-    finish_output(&dir, &mut report);
     if !matches!(
         outcome,
         AttemptOutcome::Passed | AttemptOutcome::Skipped { .. }
@@ -318,39 +273,62 @@ pub async fn run_attempt(
 }
 
 /// Always-bad guest log lines since the test started, on any of its machines, that the test
-/// does not allow (prefixed with the machine's name when there are several); and each
-/// machine's whole guest log since the start, for the artifacts.
+/// does not allow (prefixed with the machine's name when there are several). Each machine's
+/// guest log since the start goes to `<machine>/journal.txt` as it is read (it is removed
+/// with the directory of a passing attempt), never whole into memory.
 async fn unexpected_messages(
     req: &AttemptRequest,
     machines: &[Named],
     tag: &str,
-) -> (Vec<String>, Vec<String>) {
+    dir: &AttemptDir,
+    log: &Log,
+) -> Vec<String> {
     let allowed = journal::allowed(&req.test.allow_journal);
     let mut lines = Vec::new();
-    let mut logs = Vec::new();
     for m in machines {
-        let text = match m
+        let path = dir.path.join(&m.name).join("journal.txt");
+        let mut file = super::artifacts::create_private(&path)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()));
+        let mut scan = journal::Scanner::new(&allowed);
+        let mut sink = |stream: Stream, data: &[u8]| {
+            if stream == Stream::Stdout {
+                scan.feed(data);
+                if let Ok(f) = &mut file
+                    && let Err(e) = std::io::Write::write_all(f, data)
+                {
+                    file = Err(format!("cannot write {}: {e}", path.display()));
+                }
+            }
+        };
+        let done = m
             .machine
             .shell()
-            .execute(&journal::read_command(tag), Duration::from_secs(60))
-            .await
-        {
-            Ok(done) => done.stdout_text(),
-            Err(e) => format!("vmcheck: cannot read the guest log: {e}\n"),
-        };
-        for l in journal::unexpected(&text, &allowed) {
+            .run(Exec {
+                sink: Some(&mut sink),
+                ..Exec::new(&journal::read_command(tag), Duration::from_secs(60))
+            })
+            .await;
+        if let Err(e) = done {
+            let text = format!("vmcheck: cannot read the guest log: {e}\n");
+            if let Ok(f) = &mut file {
+                let _ = std::io::Write::write_all(f, text.as_bytes());
+            }
+        }
+        if let Err(e) = file {
+            log.note(&format!("vmcheck: {e}"));
+        }
+        for l in scan.finish() {
             lines.push(if machines.len() > 1 {
                 format!("{}: {l}", m.name)
             } else {
                 l
             });
         }
-        logs.push(text);
     }
-    (lines, logs)
+    lines
 }
 
-fn harness(message: String) -> AttemptOutcome {
+pub(super) fn harness(message: String) -> AttemptOutcome {
     AttemptOutcome::Harness {
         message,
         host_fault: false,
@@ -359,7 +337,7 @@ fn harness(message: String) -> AttemptOutcome {
 
 /// A machine's failure as the attempt's outcome: its message names the cause, and a host
 /// fault (a full disk) is marked so that policy does not retry it.
-fn machine_failed(e: &MachineError) -> AttemptOutcome {
+pub(super) fn machine_failed(e: &MachineError) -> AttemptOutcome {
     AttemptOutcome::Harness {
         message: e.to_string(),
         host_fault: !e.retryable(),
@@ -377,7 +355,7 @@ fn report(
     AttemptReport {
         attempt: req.attempt,
         outcome,
-        output: log.text(),
+        output: log.finish(artifacts.is_some()),
         duration: started.elapsed(),
         machines: machines.to_vec(),
         artifacts,
@@ -638,230 +616,14 @@ async fn run_bodies(
         }
     }
     if let Some(script) = &test.host {
-        return run_host(ctx, req, machines, log, script, &env, deadline).await;
+        return super::host::run_host(ctx, req, machines, log, script, &env, deadline).await;
     }
     AttemptOutcome::Passed
 }
 
-fn skipped(log: &Log) -> AttemptOutcome {
+pub(super) fn skipped(log: &Log) -> AttemptOutcome {
     AttemptOutcome::Skipped {
         reason: log.last_line(),
-    }
-}
-
-/// Kills a host script's whole process group when dropped.
-struct GroupGuard(Option<u32>);
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        if let Some(pid) = self.0 {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::SIGKILL,
-            );
-        }
-    }
-}
-
-async fn run_host(
-    ctx: &AttemptContext,
-    req: &AttemptRequest,
-    machines: &mut [Named],
-    log: &Log,
-    script: &str,
-    env: &[(String, String)],
-    deadline: Instant,
-) -> AttemptOutcome {
-    let setup = || -> std::io::Result<(tempfile::TempDir, tokio::net::UnixListener)> {
-        let dir = tempfile::Builder::new().prefix("vmcheck-host-").tempdir()?;
-        let bin = dir.path().join("bin");
-        std::fs::create_dir(&bin)?;
-        let helper = bin.join("vm");
-        std::fs::write(
-            &helper,
-            format!(
-                "#!/bin/sh\nexec {} vm-ctl \"$@\"\n",
-                quote(&ctx.vmcheck_exe.to_string_lossy())
-            ),
-        )?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o700))?;
-        let listener = tokio::net::UnixListener::bind(dir.path().join("control.sock"))?;
-        Ok((dir, listener))
-    };
-    let (dir, listener) = match setup() {
-        Ok(x) => x,
-        Err(e) => return harness(format!("preparing the host script: {e}")),
-    };
-    let path = format!(
-        "{}:{}",
-        dir.path().join("bin").display(),
-        std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into())
-    );
-    let mut cmd = tokio::process::Command::new("/bin/sh");
-    cmd.arg("-ec")
-        .arg(script)
-        .current_dir(&ctx.workdir)
-        .envs(env.iter().cloned())
-        .env("PATH", path)
-        .env("VMCHECK_CONTROL", dir.path().join("control.sock"))
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    crate::private::give_caller_umask(cmd.as_std_mut());
-    let mut child = match crate::machine::spawn::spawn_tied(cmd).await {
-        Ok(c) => c,
-        Err(e) => return harness(format!("starting the host script: {e}")),
-    };
-    let guard = GroupGuard(child.id());
-    let mut readers = tokio::task::JoinSet::new();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
-    for stream in [
-        child
-            .stdout
-            .take()
-            .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
-        child
-            .stderr
-            .take()
-            .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        let tx = tx.clone();
-        readers.spawn(async move {
-            use tokio::io::AsyncReadExt;
-            let mut stream = stream;
-            let mut buf = vec![0u8; 8192];
-            while let Ok(n) = stream.read(&mut buf).await {
-                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
-                    break;
-                }
-            }
-        });
-    }
-    drop(tx);
-    let status = loop {
-        tokio::select! {
-            status = child.wait() => break Some(status),
-            Some(data) = rx.recv() => log.write(&data),
-            conn = listener.accept() => {
-                if let Ok((mut stream, _)) = conn {
-                    let response = match control::read_request(&mut stream).await {
-                        Ok(request) => serve(ctx, machines, log, request, deadline).await,
-                        Err(e) => Response::error(e),
-                    };
-                    control::write_response(&mut stream, &response).await;
-                }
-            }
-            _ = tokio::time::sleep_until(deadline.into()) => break None,
-        }
-    };
-    let outcome = match status {
-        None => {
-            // SIGTERM to the script's group, a grace period, then SIGKILL (by the guard).
-            if let Some(pid) = child.id() {
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::SIGTERM,
-                );
-            }
-            let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
-            log.note(&format!(
-                "vmcheck: timed out after {}s",
-                req.test.timeout.as_secs()
-            ));
-            AttemptOutcome::TimedOut {
-                after: req.test.timeout,
-            }
-        }
-        Some(Err(e)) => harness(format!("waiting for the host script: {e}")),
-        Some(Ok(s)) => match s.code() {
-            Some(0) => AttemptOutcome::Passed,
-            Some(77) => AttemptOutcome::Skipped {
-                reason: String::new(),
-            },
-            _ => {
-                log.note(&format!("vmcheck: the host script failed ({s})"));
-                AttemptOutcome::Failed {
-                    status: format!("host script: {s}"),
-                }
-            }
-        },
-    };
-    // Leftover background processes of the script die with its group; then drain output.
-    drop(guard);
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        while let Some(data) = rx.recv().await {
-            log.write(&data);
-        }
-    })
-    .await;
-    readers.abort_all();
-    match outcome {
-        AttemptOutcome::Skipped { .. } => skipped(log),
-        other => other,
-    }
-}
-
-/// Carry out one `vm` helper request against the attempt's machines.
-async fn serve(
-    ctx: &AttemptContext,
-    machines: &mut [Named],
-    log: &Log,
-    request: Request,
-    deadline: Instant,
-) -> Response {
-    log.note(&format!("+ {}", request.describe()));
-    let Some(m) = machines.iter_mut().find(|m| m.name == request.machine()) else {
-        let names: Vec<&str> = machines.iter().map(|m| m.name.as_str()).collect();
-        return Response::error(format!(
-            "no machine '{}' in this test (machines: {})",
-            request.machine(),
-            names.join(", ")
-        ));
-    };
-    let left = deadline.saturating_duration_since(Instant::now());
-    let shell_done = |r: Result<(), MachineError>| match r {
-        Ok(()) => Response::default(),
-        Err(e) => Response::error(e.to_string()),
-    };
-    match request {
-        Request::Exec { command, .. } => match m.machine.shell().execute(&command, left).await {
-            Ok(done) => Response {
-                exit: match done.status {
-                    ExitStatus::Code(c) => c.min(255) as i32,
-                    _ => 255,
-                },
-                stdout: String::from_utf8_lossy(&done.output.stdout).into_owned(),
-                stderr: String::from_utf8_lossy(&done.output.stderr).into_owned(),
-            },
-            Err(e) => Response::error(e.to_string()),
-        },
-        Request::Reboot { .. } => shell_done(
-            m.machine
-                .reboot(ctx.boot_timeout.min(left), &ctx.cancel)
-                .await
-                .map(|_| ()),
-        ),
-        Request::WaitReboot { .. } => shell_done(
-            m.machine
-                .wait_reboot(ctx.boot_timeout.min(left), &ctx.cancel)
-                .await
-                .map(|_| ()),
-        ),
-        Request::Upload { local, remote, .. } => {
-            shell_done(m.machine.shell().upload(&local, &remote).await)
-        }
-        Request::Download { remote, local, .. } => {
-            shell_done(m.machine.shell().download(&remote, &local).await)
-        }
-        Request::Ssh { .. } => Response {
-            exit: 0,
-            stdout: format!("{}\n", m.machine.ssh_command()),
-            stderr: String::new(),
-        },
     }
 }
 
@@ -891,25 +653,19 @@ fn quoted_list(paths: &[String]) -> String {
     paths.iter().map(|p| quote(p)).collect::<Vec<_>>().join(" ")
 }
 
-/// Save an attempt's evidence into `dir`: console logs, guest logs and the files the test
-/// asks for, per machine. Problems are noted in the output, never fatal. Returns the
+/// Save an attempt's evidence into `dir`: console logs and the files the test asks for, per
+/// machine (the guest logs are already there, see [`unexpected_messages`]). Problems are noted in the output, never fatal. Returns the
 /// directory if anything is in it.
 async fn save_artifacts(
     req: &AttemptRequest,
     dir: &AttemptDir,
     machines: &[Named],
     consoles: &[u64],
-    guest_logs: &[String],
     log: &Log,
 ) -> Option<PathBuf> {
     for (i, m) in machines.iter().enumerate() {
         let mut problems = Vec::new();
         if let Err(e) = dir.save_console(&m.name, &m.machine, consoles.get(i).copied().unwrap_or(0))
-        {
-            problems.push(e);
-        }
-        if let Some(text) = guest_logs.get(i)
-            && let Err(e) = dir.write(&format!("{}/journal.txt", m.name), text.as_bytes())
         {
             problems.push(e);
         }
@@ -925,48 +681,6 @@ async fn save_artifacts(
         }
     }
     Some(dir.path.clone())
-}
-
-/// Write the attempt's whole output to `output.txt` when its directory is kept.
-fn finish_output(dir: &AttemptDir, report: &mut AttemptReport) {
-    if report.artifacts.is_some()
-        && let Err(e) = dir.write("output.txt", report.output.as_bytes())
-    {
-        report.output.push_str(&format!("vmcheck: {e}\n"));
-    }
-}
-
-/// `--sit`: keep the failed test's machines, say how to reach them, wait for Enter.
-async fn sit(ctx: &AttemptContext, test: &str, machines: &[Named]) {
-    let mut input = ctx.sit_input.lock().await;
-    let mut text = format!("\nvmcheck: {test} failed; its machines are kept (--sit):\n");
-    for m in machines {
-        text.push_str(&format!("  {}: {}\n", m.name, m.machine.ssh_command()));
-        if let Some(console) = m.machine.console_log() {
-            text.push_str(&format!(
-                "  {}  console: {}\n",
-                " ".repeat(m.name.len()),
-                console.display()
-            ));
-        }
-    }
-    text.push_str("Press Enter to continue (the machines are then cleaned up) ...\n");
-    eprint!("{text}");
-    let lines = input.get_or_insert_with(|| {
-        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(tokio::io::stdin()))
-    });
-    // Enter (or end of input); a read interrupted by a signal is not Enter.
-    let enter = async {
-        while let Err(e) = lines.next_line().await {
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                break;
-            }
-        }
-    };
-    tokio::select! {
-        _ = enter => {}
-        _ = ctx.cancel.cancelled() => {}
-    }
 }
 
 #[cfg(test)]

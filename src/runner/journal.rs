@@ -45,13 +45,81 @@ pub fn read_command(tag: &str) -> String {
 /// The lines of `log` that are always bad and not matched by any of `allowed`. A kernel
 /// message seen in both the kernel log and the journal is reported once.
 pub fn unexpected(log: &str, allowed: &[Regex]) -> Vec<String> {
-    let mut seen = std::collections::HashSet::new();
-    log.lines()
-        .filter(|l| ALWAYS_BAD.is_match(l))
-        .filter(|l| !allowed.iter().any(|a| a.is_match(l)))
-        .map(|l| l.trim_end().to_string())
-        .filter(|l| seen.insert(without_timestamp(l).to_string()))
-        .collect()
+    let mut scan = Scanner::new(allowed);
+    scan.feed(log.as_bytes());
+    scan.finish()
+}
+
+/// Longest line looked at (longer ones are cut).
+const MAX_LINE: usize = 64 * 1024;
+
+/// Most unexpected lines kept (a test that floods the log with them gets a count of the rest).
+pub const MAX_UNEXPECTED: usize = 100;
+
+/// [`unexpected`] over a log that arrives in chunks, in bounded memory: a guest log can be
+/// far bigger than what is worth keeping.
+pub struct Scanner<'a> {
+    allowed: &'a [Regex],
+    partial: Vec<u8>,
+    seen: std::collections::HashSet<String>,
+    found: Vec<String>,
+    more: usize,
+}
+
+impl<'a> Scanner<'a> {
+    pub fn new(allowed: &'a [Regex]) -> Scanner<'a> {
+        Scanner {
+            allowed,
+            partial: Vec::new(),
+            seen: Default::default(),
+            found: Vec::new(),
+            more: 0,
+        }
+    }
+
+    pub fn feed(&mut self, mut data: &[u8]) {
+        while let Some(nl) = data.iter().position(|&b| b == b'\n') {
+            let line = if self.partial.is_empty() {
+                String::from_utf8_lossy(&data[..nl]).into_owned()
+            } else {
+                self.partial.extend_from_slice(&data[..nl]);
+                String::from_utf8_lossy(&std::mem::take(&mut self.partial)).into_owned()
+            };
+            self.line(&line);
+            data = &data[nl + 1..];
+        }
+        // A line longer than any worth matching is cut (its start is what counts).
+        let room = MAX_LINE.saturating_sub(self.partial.len());
+        self.partial
+            .extend_from_slice(&data[..data.len().min(room)]);
+    }
+
+    fn line(&mut self, l: &str) {
+        if !ALWAYS_BAD.is_match(l) || self.allowed.iter().any(|a| a.is_match(l)) {
+            return;
+        }
+        let l = l.trim_end();
+        if self.found.len() >= MAX_UNEXPECTED {
+            self.more += 1;
+        } else if self.seen.insert(without_timestamp(l).to_string()) {
+            self.found.push(l.to_string());
+        }
+    }
+
+    /// The unexpected lines, and a last line counting those not kept.
+    pub fn finish(mut self) -> Vec<String> {
+        if !self.partial.is_empty() {
+            let line = String::from_utf8_lossy(&std::mem::take(&mut self.partial)).into_owned();
+            self.line(&line);
+        }
+        if self.more > 0 {
+            self.found.push(format!(
+                "vmcheck: {} more such lines (see journal.txt)",
+                self.more
+            ));
+        }
+        self.found
+    }
 }
 
 /// `[   12.345678] BUG: x` → `BUG: x` (the journal shows kernel lines without the stamp).
@@ -104,5 +172,29 @@ mod tests {
         assert_eq!(String::from_utf8_lossy(&out.stdout), "new line\n");
         let both = "[ 3.2] BUG: one\nBUG: one\nBUG: two\n";
         assert_eq!(unexpected(both, &[]), ["[ 3.2] BUG: one", "BUG: two"]);
+    }
+
+    /// Chunks split anywhere give the same lines; a flood is kept bounded and counted.
+    #[test]
+    fn scanner_works_on_chunks_in_bounded_memory() {
+        let log = "ok\n[ 1.0] BUG: one\nsegfault at 0 here\nno final newline BUG: last";
+        for size in [1, 2, 7, 100] {
+            let mut scan = Scanner::new(&[]);
+            for chunk in log.as_bytes().chunks(size) {
+                scan.feed(chunk);
+            }
+            assert_eq!(scan.finish(), unexpected(log, &[]), "chunks of {size}");
+        }
+        assert_eq!(unexpected(log, &[]).len(), 3);
+        let mut scan = Scanner::new(&[]);
+        for i in 0..1000 {
+            scan.feed(format!("BUG: number {i}\n").as_bytes());
+        }
+        let found = scan.finish();
+        assert_eq!(found.len(), MAX_UNEXPECTED + 1);
+        assert_eq!(
+            found.last().unwrap(),
+            "vmcheck: 900 more such lines (see journal.txt)"
+        );
     }
 }

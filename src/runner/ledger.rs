@@ -66,6 +66,16 @@ impl Ledger {
     }
 }
 
+/// What the host can give to machines: its CPUs (under TCG each busy vCPU takes a core),
+/// and its available memory less a 1 GiB reserve. The job count (`-j`) limits how many
+/// units run, never how many CPUs they may take.
+pub fn host_capacity(cpus: usize, available_mib: u64) -> Cost {
+    Cost {
+        ram_mib: available_mib.saturating_sub(1024),
+        cpus: u32::try_from(cpus).unwrap_or(u32::MAX).max(1),
+    }
+}
+
 /// The default number of jobs: one per host CPU (under TCG each busy vCPU takes a core),
 /// limited by how many machines of `machine_mib` fit in `available_mib` (less a 1 GiB
 /// reserve for the host), and never 0.
@@ -137,6 +147,22 @@ mod tests {
                 l.release(held.remove(0));
             }
         }
+    }
+
+    #[test]
+    fn cpus_are_the_hosts_whatever_the_job_count() {
+        let machine = c(600, 1);
+        // -j 4 on a 2-CPU host: two 1-CPU machines, not four.
+        let mut l = Ledger::new(host_capacity(2, 24_000), 4);
+        l.reserve(machine);
+        assert!(l.admits(machine));
+        l.reserve(machine);
+        assert!(!l.admits(machine), "over the host's CPUs");
+        // -j 2 on an 8-CPU host admits a 4-CPU test beside a 1-CPU machine.
+        let mut l = Ledger::new(host_capacity(8, 24_000), 2);
+        l.reserve(machine);
+        assert!(l.admits(c(2000, 4)), "CPUs are not capped at the job count");
+        assert_eq!(host_capacity(0, 500), c(0, 1));
     }
 
     #[test]

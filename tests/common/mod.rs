@@ -145,3 +145,256 @@ pub fn assert_clock_within(guest: &str, before: i64, after: i64) {
         "guest clock {guest}, host {before}..{after}"
     );
 }
+
+/// Run prove on a TAP stream; return its output (asserting it found no parse errors).
+pub fn prove(tap: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("run.tap");
+    std::fs::write(&file, tap).unwrap();
+    let out = std::process::Command::new("prove")
+        .args(["-e", "cat"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !text.contains("Parse errors"),
+        "prove found parse errors:\n{text}\n{tap}"
+    );
+    (out.status.success(), text)
+}
+
+/// A private `TMPDIR` for one vmcheck run of the fault suite: everything the run puts there
+/// (run directories, sockets, host-script directories) must be gone when it ends, which
+/// [`assert_nothing_left`] checks.
+pub fn private_tmp() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("vmcheck-fault-")
+        .tempdir()
+        .unwrap()
+}
+
+/// After a run with `TMPDIR=tmp`: no file is left below `tmp` (an empty per-user base
+/// directory may stay), and no process (qemu, a host script, a child of one) still has
+/// `tmp` in its command line or environment.
+pub fn assert_nothing_left(tmp: &Path) {
+    let needle = tmp.to_string_lossy().into_owned();
+    let clean = eventually(10, || {
+        let files: Vec<PathBuf> = walk(tmp)
+            .into_iter()
+            .filter(|p| !p.is_dir() || std::fs::read_dir(p).is_ok_and(|mut d| d.next().is_some()))
+            .filter(|p| p.parent() != Some(tmp) || !p.is_dir())
+            .collect();
+        files.is_empty() && processes_mentioning(&needle).is_empty()
+    });
+    assert!(
+        clean,
+        "left behind below {needle}: files {:?}, processes {:?}",
+        walk(tmp),
+        processes_mentioning(&needle)
+    );
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() && !p.is_symlink() {
+                out.extend(walk(&p));
+            }
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// `pid (comm)` of every process whose command line or environment contains `needle`.
+pub fn processes_mentioning(needle: &str) -> Vec<String> {
+    let me = std::process::id();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| *p != me)
+        .filter(|p| {
+            ["cmdline", "environ"].iter().any(|f| {
+                std::fs::read(format!("/proc/{p}/{f}"))
+                    .is_ok_and(|b| String::from_utf8_lossy(&b).contains(needle))
+            })
+        })
+        // Zombies have no command line: they are already gone.
+        .filter(|p| {
+            !std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| s.contains(") Z "))
+        })
+        .map(|p| {
+            let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+            format!("{p} ({})", comm.trim())
+        })
+        .collect()
+}
+
+/// Every test in `names` has exactly one result in each report given: one TAP line, one
+/// JUnit `<testcase>`, one `test-finished` event; and nothing else has one.
+pub fn assert_each_test_once(
+    tap: &str,
+    junit: Option<&Path>,
+    events: Option<&Path>,
+    names: &[&str],
+) {
+    let mut in_tap: Vec<String> = tap
+        .lines()
+        .filter(|l| l.starts_with("ok ") || l.starts_with("not ok "))
+        .filter_map(|l| {
+            let rest = l.trim_start_matches("not ").trim_start_matches("ok ");
+            rest.split(' ').nth(2).map(String::from)
+        })
+        .collect();
+    in_tap.sort();
+    let mut want: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    assert_eq!(in_tap, want, "TAP results:\n{tap}");
+    if let Some(junit) = junit {
+        let xml = std::fs::read_to_string(junit).unwrap();
+        let mut cases: Vec<String> = xml
+            .split("<testcase ")
+            .skip(1)
+            .map(|c| {
+                let attr = |a: &str| {
+                    c.split(&format!("{a}=\""))
+                        .nth(1)
+                        .and_then(|v| v.split('"').next())
+                        .unwrap_or("")
+                        .to_string()
+                };
+                format!("{}.{}", attr("classname"), attr("name"))
+            })
+            .collect();
+        cases.sort();
+        assert_eq!(cases, want, "JUnit test cases:\n{xml}");
+    }
+    if let Some(events) = events {
+        let stream = vmcheck::merge::read(events).unwrap();
+        let mut finished: Vec<String> = stream
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                vmcheck::events::Event::TestFinished { test, .. } => Some(test.name.clone()),
+                _ => None,
+            })
+            .collect();
+        finished.sort();
+        assert_eq!(finished, want, "test-finished events");
+    }
+}
+
+/// A directory of check files holding `text` as `check-faults`.
+pub fn check_dir(text: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("check-faults"), text).unwrap();
+    dir
+}
+
+/// Run `cmd` (a vmcheck command) to its end in a private TMPDIR, without progress display
+/// or input, and check that it leaves nothing behind ([`assert_nothing_left`]).
+pub fn output_leaving_nothing(cmd: &mut std::process::Command) -> std::process::Output {
+    let tmp = private_tmp();
+    let out = cmd
+        .env("VMCHECK_PROGRESS", "none")
+        .env("TMPDIR", tmp.path())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_nothing_left(tmp.path());
+    out
+}
+
+/// qemu processes of runs in the private TMPDIR `tmp`.
+pub fn qemus_in(tmp: &Path) -> usize {
+    processes_mentioning(&tmp.to_string_lossy())
+        .iter()
+        .filter(|p| p.contains("(qemu"))
+        .count()
+}
+
+/// Start `cmd` (a vmcheck run) in the private TMPDIR `tmp` with its output piped, and wait
+/// until `machines` of its qemus are up (panics if it ends first). Waits long: booting is
+/// slow on a loaded host, and this is a precondition, not a timing.
+pub fn spawn_with_machines_up(
+    cmd: &mut std::process::Command,
+    tmp: &Path,
+    machines: usize,
+) -> std::process::Child {
+    use std::process::Stdio;
+    let mut child = cmd
+        .env("TMPDIR", tmp)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let up = eventually(300, || {
+        qemus_in(tmp) >= machines || child.try_wait().unwrap().is_some()
+    });
+    assert!(
+        up && child.try_wait().unwrap().is_none(),
+        "{machines} machines start"
+    );
+    child
+}
+
+/// After a vmcheck in the private TMPDIR `tmp` was killed: its qemus are gone, and the next
+/// vmcheck there (one quick test) sweeps the run directories it could not remove.
+pub fn assert_next_run_sweeps(tmp: &Path) {
+    assert!(
+        eventually(10, || qemus_in(tmp) == 0),
+        "qemu dies with vmcheck"
+    );
+    let quick = check_dir("[TestQuick.testA]\nnondestructive = true\nrun = 'true'\n");
+    let next = vmcheck()
+        .args(["run", "--test-dir"])
+        .arg(quick.path())
+        .env("TMPDIR", tmp)
+        .output()
+        .unwrap();
+    assert_eq!(
+        next.status.code(),
+        Some(vmcheck::exit_codes::OK),
+        "{}",
+        String::from_utf8_lossy(&next.stderr)
+    );
+    assert_nothing_left(tmp);
+}
+
+/// `vmcheck vm-run IMAGE`, up and waiting for Enter on its stdin (write a line to it, then
+/// wait), and the arguments of the `vmcheck run` line it printed for its machine.
+pub fn vm_run(image: &str) -> (std::process::Child, Vec<String>) {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let mut vm = vmcheck()
+        .args(["vm-run", image])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(vm.stdout.take().unwrap()).lines();
+    let args = lines.find_map(|line| {
+        let cmd = line.ok()?;
+        let cmd = cmd.strip_prefix("  run tests: vmcheck run ")?;
+        Some(cmd.split(' ').map(String::from).collect())
+    });
+    // What it prints later is read too, so that it never writes into a closed pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    match args {
+        Some(args) => (vm, args),
+        None => {
+            let _ = vm.kill();
+            let _ = vm.wait();
+            panic!("vm-run {image} printed no run line");
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! A test's `host` script: run on the host in its own process group, with the `vm` helper
+//! on `PATH` and the attempt's control socket served (see `control.rs`) until the script
+//! ends or the test's deadline.
+//!
+//! Nothing the script starts outlives it: its process group is killed when the attempt
+//! ends; the script itself gets `PR_SET_PDEATHSIG` (it dies with vmcheck, even by
+//! SIGKILL); and its scratch directory is a run directory (`rundir.rs`) whose environment
+//! marker every process of the script inherits, so the next vmcheck removes the directory
+//! of a killed vmcheck and kills what its script left running.
+//!
+//! The socket is served without ever blocking on a client: each connection's request is
+//! read in a task of its own, within [`REQUEST_READ_LIMIT`], and each answer is written in
+//! one too, so a client that connects and never writes (or never reads) delays neither
+//! other clients nor the deadline.
+
+use super::attempt::{AttemptContext, AttemptRequest, Log, Named, harness, skipped};
+use super::control::{self, Request, Response};
+use crate::events::AttemptOutcome;
+use crate::machine::error::MachineError;
+use crate::machine::ssh::ExitStatus;
+use crate::shell::quote;
+use std::time::{Duration, Instant};
+
+/// Longest a `vm` helper may take to send its request once connected.
+pub const REQUEST_READ_LIMIT: Duration = Duration::from_secs(10);
+/// Longest an answer may take to be written to a `vm` helper.
+const RESPONSE_WRITE_LIMIT: Duration = Duration::from_secs(60);
+
+/// Kills a host script's whole process group when dropped.
+struct GroupGuard(Option<u32>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// The script's scratch directory (`bin/vm`, `control.sock`) and the socket's listener.
+fn prepare(ctx: &AttemptContext) -> std::io::Result<(tempfile::TempDir, tokio::net::UnixListener)> {
+    let dir = crate::machine::rundir::create("host")?;
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin)?;
+    let helper = bin.join("vm");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\nexec {} vm-ctl \"$@\"\n",
+            quote(&ctx.vmcheck_exe.to_string_lossy())
+        ),
+    )?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o700))?;
+    let listener = tokio::net::UnixListener::bind(dir.path().join("control.sock"))?;
+    Ok((dir, listener))
+}
+
+pub(super) async fn run_host(
+    ctx: &AttemptContext,
+    req: &AttemptRequest,
+    machines: &mut [Named],
+    log: &Log,
+    script: &str,
+    env: &[(String, String)],
+    deadline: Instant,
+) -> AttemptOutcome {
+    let (dir, listener) = match prepare(ctx) {
+        Ok(x) => x,
+        Err(e) => return harness(format!("preparing the host script: {e}")),
+    };
+    let path = format!(
+        "{}:{}",
+        dir.path().join("bin").display(),
+        std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into())
+    );
+    let mut cmd = tokio::process::Command::new("/bin/sh");
+    cmd.arg("-ec")
+        .arg(script)
+        .current_dir(&ctx.workdir)
+        .envs(env.iter().cloned())
+        .env("PATH", path)
+        .env("VMCHECK_CONTROL", dir.path().join("control.sock"))
+        .env(crate::machine::rundir::OWNER_ENV, dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    crate::private::give_caller_umask(cmd.as_std_mut());
+    let mut child = match crate::machine::spawn::spawn_tied(cmd).await {
+        Ok(c) => c,
+        Err(e) => return harness(format!("starting the host script: {e}")),
+    };
+    let guard = GroupGuard(child.id());
+    let mut readers = tokio::task::JoinSet::new();
+    // Bounded: a script printing faster than the output is written waits for it.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
+    for stream in [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let tx = tx.clone();
+        readers.spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut stream = stream;
+            let mut buf = vec![0u8; 64 * 1024];
+            while let Ok(n) = stream.read(&mut buf).await {
+                if n == 0 || tx.send(buf[..n].to_vec()).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    drop(tx);
+    // Requests read so far, each with its connection (reading never blocks this loop).
+    let (requests_tx, mut requests) = tokio::sync::mpsc::unbounded_channel();
+    let mut clients = tokio::task::JoinSet::new();
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break Some(status),
+            Some(data) = rx.recv() => log.write(&data),
+            conn = listener.accept() => {
+                if let Ok((mut stream, _)) = conn {
+                    let requests = requests_tx.clone();
+                    clients.spawn(async move {
+                        let request = match tokio::time::timeout(
+                            REQUEST_READ_LIMIT,
+                            control::read_request(&mut stream),
+                        )
+                        .await
+                        {
+                            Ok(r) => r,
+                            Err(_) => Err(format!(
+                                "no request within {}s",
+                                REQUEST_READ_LIMIT.as_secs()
+                            )),
+                        };
+                        let _ = requests.send((stream, request));
+                    });
+                }
+            }
+            Some((mut stream, request)) = requests.recv() => {
+                let response = match request {
+                    Ok(request) => tokio::time::timeout_at(
+                        deadline.into(),
+                        serve(ctx, machines, log, request, deadline),
+                    )
+                    .await
+                    .unwrap_or_else(|_| Response::error("the test's deadline passed")),
+                    Err(e) => Response::error(e),
+                };
+                clients.spawn(async move {
+                    let _ = tokio::time::timeout(
+                        RESPONSE_WRITE_LIMIT,
+                        control::write_response(&mut stream, &response),
+                    )
+                    .await;
+                });
+            }
+            Some(_) = clients.join_next(), if !clients.is_empty() => {}
+            _ = tokio::time::sleep_until(deadline.into()) => break None,
+        }
+    };
+    clients.abort_all();
+    let (outcome, note) = match status {
+        None => {
+            // SIGTERM to the script's group, a grace period, then SIGKILL (by the guard).
+            if let Some(pid) = child.id() {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::SIGTERM,
+                );
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+            (
+                AttemptOutcome::TimedOut {
+                    after: req.test.timeout,
+                },
+                Some(format!(
+                    "vmcheck: timed out after {}s",
+                    req.test.timeout.as_secs()
+                )),
+            )
+        }
+        Some(Err(e)) => (harness(format!("waiting for the host script: {e}")), None),
+        Some(Ok(s)) => match s.code() {
+            Some(0) => (AttemptOutcome::Passed, None),
+            Some(77) => (
+                AttemptOutcome::Skipped {
+                    reason: String::new(),
+                },
+                None,
+            ),
+            _ => (
+                AttemptOutcome::Failed {
+                    status: format!("host script: {s}"),
+                },
+                Some(format!("vmcheck: the host script failed ({s})")),
+            ),
+        },
+    };
+    // Leftover background processes of the script die with its group; then the rest of
+    // its output comes, before vmcheck's note on how it ended.
+    drop(guard);
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(data) = rx.recv().await {
+            log.write(&data);
+        }
+    })
+    .await;
+    readers.abort_all();
+    if let Some(note) = note {
+        log.note(&note);
+    }
+    match outcome {
+        AttemptOutcome::Skipped { .. } => skipped(log),
+        other => other,
+    }
+}
+
+/// Carry out one `vm` helper request against the attempt's machines.
+async fn serve(
+    ctx: &AttemptContext,
+    machines: &mut [Named],
+    log: &Log,
+    request: Request,
+    deadline: Instant,
+) -> Response {
+    log.note(&format!("+ {}", request.describe()));
+    let Some(m) = machines.iter_mut().find(|m| m.name == request.machine()) else {
+        let names: Vec<&str> = machines.iter().map(|m| m.name.as_str()).collect();
+        return Response::error(format!(
+            "no machine '{}' in this test (machines: {})",
+            request.machine(),
+            names.join(", ")
+        ));
+    };
+    let left = deadline.saturating_duration_since(Instant::now());
+    let shell_done = |r: Result<(), MachineError>| match r {
+        Ok(()) => Response::default(),
+        Err(e) => Response::error(e.to_string()),
+    };
+    match request {
+        Request::Exec { command, .. } => match m.machine.shell().execute(&command, left).await {
+            Ok(done) => Response {
+                exit: match done.status {
+                    ExitStatus::Code(c) => c.min(255) as i32,
+                    _ => 255,
+                },
+                stdout: String::from_utf8_lossy(&done.output.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&done.output.stderr).into_owned(),
+            },
+            Err(e) => Response::error(e.to_string()),
+        },
+        Request::Reboot { .. } => shell_done(
+            m.machine
+                .reboot(ctx.boot_timeout.min(left), &ctx.cancel)
+                .await
+                .map(|_| ()),
+        ),
+        Request::WaitReboot { .. } => shell_done(
+            m.machine
+                .wait_reboot(ctx.boot_timeout.min(left), &ctx.cancel)
+                .await
+                .map(|_| ()),
+        ),
+        Request::Upload { local, remote, .. } => {
+            shell_done(m.machine.shell().upload(&local, &remote).await)
+        }
+        Request::Download { remote, local, .. } => {
+            shell_done(m.machine.shell().download(&remote, &local).await)
+        }
+        Request::Ssh { .. } => Response {
+            exit: 0,
+            stdout: format!("{}\n", m.machine.ssh_command()),
+            stderr: String::new(),
+        },
+    }
+}
