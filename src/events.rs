@@ -143,6 +143,24 @@ impl AttemptReport {
     }
 }
 
+/// For a test that passed after its machine failed (a harness failure is retried and says
+/// nothing about the test, so the verdict stays `passed`): `machine failed on attempt 1:
+/// <cause>`, the last such attempt, so that reports never pass it silently.
+pub fn machine_failure_note(attempts: &[AttemptReport]) -> Option<String> {
+    let (last, earlier) = attempts.split_last()?;
+    if last.outcome != AttemptOutcome::Passed {
+        return None;
+    }
+    earlier.iter().rev().find_map(|a| match &a.outcome {
+        AttemptOutcome::Harness { message, .. } => Some(format!(
+            "machine failed on attempt {}: {}",
+            a.attempt,
+            message.lines().next().unwrap_or("").trim()
+        )),
+        _ => None,
+    })
+}
+
 /// The final result of a test, after policy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "verdict", rename_all = "kebab-case")]

@@ -323,6 +323,14 @@ if [ "$VMCHECK_ATTEMPT" = 1 ]; then echo body-started > /dev/console; sleep 120;
         "qemu was killed by signal 9 (SIGKILL)",
     );
     assert!(!tap.contains("SSH connection"), "{tap}");
+    // Passed, but not silently: its result line says the machine failed, and why.
+    let line = tap.lines().find(|l| l.starts_with("ok 1 ")).unwrap();
+    assert!(
+        line.contains("TestKilled.testKilled")
+            && line.contains("# machine failed on attempt 1: ")
+            && line.contains("signal 9"),
+        "{tap}"
+    );
     assert_nothing_left(&p);
 }
 

@@ -52,7 +52,11 @@ fn finished_line(test: &TestInfo, verdict: &Verdict, attempts: &[AttemptReport])
             line.push_str(&format!(" ({reason})"))
         }
         Verdict::KnownIssue { issue } => line.push_str(&format!(" (known issue #{issue})")),
-        Verdict::Passed => {}
+        Verdict::Passed => {
+            if let Some(note) = crate::events::machine_failure_note(attempts) {
+                line.push_str(&format!(" ({note})"));
+            }
+        }
         _ => line.push_str(&format!(" ({})", verdict.describe_failure(attempts.last()))),
     }
     one_line(&line)

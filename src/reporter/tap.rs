@@ -11,7 +11,10 @@
 
 use super::Reporter;
 use super::text::{first_line, one_line, safe_lines, tap_description};
-use crate::events::{AttemptOutcome, AttemptReport, Event, Placement, RunStats, TestInfo, Verdict};
+use crate::events::{
+    AttemptOutcome, AttemptReport, Event, Placement, RunStats, TestInfo, Verdict,
+    machine_failure_note,
+};
 use std::io::Write;
 use std::time::Duration;
 
@@ -142,9 +145,10 @@ pub fn describe(test: &TestInfo, placement: &Placement) -> String {
 }
 
 /// The directive or comment after the description, if any.
-fn annotation(verdict: &Verdict, last: Option<&AttemptReport>) -> Option<String> {
+fn annotation(verdict: &Verdict, attempts: &[AttemptReport]) -> Option<String> {
+    let last = attempts.last();
     match verdict {
-        Verdict::Passed => None,
+        Verdict::Passed => machine_failure_note(attempts).map(|n| one_line(&n)),
         Verdict::Flaky => Some(format!(
             "flaky: passed on attempt {}",
             last.map(|r| r.attempt).unwrap_or(0)
@@ -258,7 +262,7 @@ impl<W: Write> Reporter for TapReporter<W> {
                     self.next,
                     describe(test, placement)
                 );
-                if let Some(a) = annotation(verdict, last) {
+                if let Some(a) = annotation(verdict, attempts) {
                     line.push_str(" # ");
                     line.push_str(&a);
                 }
@@ -557,6 +561,29 @@ mod tests {
             "1..2\nok 1 test/verify/check-foo TestA.one [ND@1]\n\
              not ok 2 test/verify/check-foo TestB.two # ERROR interrupted twice\n\
              Bail out! interrupted twice\n"
+        );
+    }
+
+    /// A test that passed after its machine failed is marked as such, with the cause.
+    #[test]
+    fn a_pass_after_a_machine_failure_says_so() {
+        let t = info("TestA.testOne", false);
+        let died = AttemptOutcome::Harness {
+            message: "machine1 died: kernel panic: Kernel panic - not syncing: sysrq\nmore".into(),
+            host_fault: false,
+        };
+        let text = render(&[Event::TestFinished {
+            test: t,
+            placement: Placement::Own,
+            verdict: Verdict::Passed,
+            attempts: vec![report(1, died, ""), report(2, AttemptOutcome::Passed, "")],
+        }]);
+        assert!(
+            text.ends_with(
+                "ok 1 test/verify/check-foo TestA.testOne (0.4GB) # machine failed on attempt 1: \
+                 machine1 died: kernel panic: Kernel panic - not syncing: sysrq\n"
+            ),
+            "{text}"
         );
     }
 
