@@ -14,14 +14,8 @@ use vmcheck::exit_codes;
 
 /// A throw-away project with the real busybox image and one check file.
 fn project(check: &str) -> tempfile::TempDir {
-    let image = common::image("busybox");
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    std::fs::create_dir_all(root.join("bots/images")).unwrap();
-    std::fs::create_dir_all(root.join("images")).unwrap();
-    std::fs::create_dir_all(root.join("test/verify")).unwrap();
-    std::os::unix::fs::symlink(&image.dir, root.join("images/busybox")).unwrap();
-    std::fs::write(root.join("test/verify/check-fault"), check).unwrap();
+    let dir = common::busybox_project();
+    std::fs::write(dir.path().join("test/verify/check-fault"), check).unwrap();
     dir
 }
 
@@ -278,12 +272,7 @@ exit 1
         merged_tap.contains("# last words, no final newline"),
         "merge rebuilds the output: {merged_tap}"
     );
-    let xml = Command::new("xmllint")
-        .arg("--noout")
-        .arg(&junit)
-        .output()
-        .unwrap();
-    assert!(xml.status.success(), "JUnit is well-formed XML: {xml:?}");
+    common::assert_valid_junit(&junit);
 }
 
 /// Pids listed (one a line) in `file`.

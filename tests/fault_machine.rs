@@ -296,17 +296,7 @@ if [ "$VMCHECK_ATTEMPT" = 1 ]; then echo body-started > /dev/console; sleep 120;
 '''
 "#;
     let p = Project::new("killed", check);
-    let mut child = {
-        let mut cmd = common::vmcheck();
-        cmd.arg("--project-dir")
-            .arg(&p.root)
-            .arg("run")
-            .env("TMPDIR", &p.tmp)
-            .env("TEST_OS", "busybox")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        cmd.spawn().unwrap()
-    };
+    let mut child = spawn_run(&p);
     let qemu = wait_for_console(&p, "body-started", &mut child);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(qemu as i32),
@@ -332,6 +322,20 @@ if [ "$VMCHECK_ATTEMPT" = 1 ]; then echo body-started > /dev/console; sleep 120;
         "{tap}"
     );
     assert_nothing_left(&p);
+}
+
+/// `vmcheck run` of project `p` on busybox, in its TMPDIR, with its output piped.
+fn spawn_run(p: &Project) -> std::process::Child {
+    common::vmcheck()
+        .arg("--project-dir")
+        .arg(&p.root)
+        .arg("run")
+        .env("TMPDIR", &p.tmp)
+        .env("TEST_OS", "busybox")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
 }
 
 /// A small tmpfs mounted on `dir` while it lives.
@@ -388,17 +392,7 @@ echo the write went through
 "#;
     let p = Project::with_images("full", check, &["busybox", "debian-12"]);
     let tmpfs = Tmpfs::mount(&p.tmp, "64m");
-    let mut child = {
-        let mut cmd = common::vmcheck();
-        cmd.arg("--project-dir")
-            .arg(&p.root)
-            .arg("run")
-            .env("TMPDIR", &p.tmp)
-            .env("TEST_OS", "busybox")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        cmd.spawn().unwrap()
-    };
+    let mut child = spawn_run(&p);
     wait_for_console(&p, "body-started", &mut child);
     tmpfs.fill("filler");
     let full = std::time::Instant::now();

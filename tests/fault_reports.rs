@@ -217,17 +217,7 @@ exit 1
     common::prove(&tap);
     // vmcheck's own lines start on lines of their own.
     assert!(tap.contains("no final newline\n"), "{tap}");
-    let xmllint = std::process::Command::new("xmllint")
-        .args(["--noout", "--schema", "test/junit.xsd"])
-        .arg(&junit)
-        .current_dir(common::project_root())
-        .output()
-        .unwrap();
-    assert!(
-        xmllint.status.success(),
-        "{}",
-        String::from_utf8_lossy(&xmllint.stderr)
-    );
+    common::assert_valid_junit(&junit);
     let stream = vmcheck::merge::read(&events).unwrap();
     assert!(stream.events.len() > 2);
 }

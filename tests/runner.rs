@@ -168,16 +168,7 @@ fn the_own_suite_passes_with_every_reporter_on() {
     assert_eq!(snapshot["counts"]["flaky"], 1, "{snapshot}");
 
     // JUnit: valid against the schema, and the same tests with the same outcomes.
-    let xmllint = std::process::Command::new("xmllint")
-        .args(["--noout", "--schema", "test/junit.xsd"])
-        .arg(&junit)
-        .output()
-        .unwrap();
-    assert!(
-        xmllint.status.success(),
-        "{}",
-        String::from_utf8_lossy(&xmllint.stderr)
-    );
+    common::assert_valid_junit(&junit);
     let report =
         quick_junit::Report::deserialize_from_str(&std::fs::read_to_string(&junit).unwrap())
             .unwrap();
@@ -728,13 +719,8 @@ fn usage_errors() {
 
 /// A throw-away project in a git repository, using the real busybox image.
 fn git_project() -> tempfile::TempDir {
-    let image = common::image("busybox");
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::busybox_project();
     let root = dir.path();
-    std::fs::create_dir_all(root.join("bots/images")).unwrap();
-    std::fs::create_dir_all(root.join("images")).unwrap();
-    std::fs::create_dir_all(root.join("test/verify")).unwrap();
-    std::os::unix::fs::symlink(&image.dir, root.join("images/busybox")).unwrap();
     for name in ["a", "b"] {
         std::fs::write(
             root.join(format!("test/verify/check-{name}")),
@@ -953,12 +939,7 @@ fn event_streams_of_two_runs_merge_into_one_report() {
     }
     let (ok, text) = common::prove(&tap);
     assert!(ok, "{text}");
-    let xmllint = std::process::Command::new("xmllint")
-        .args(["--noout", "--schema", "test/junit.xsd"])
-        .arg(&junit)
-        .output()
-        .unwrap();
-    assert!(xmllint.status.success(), "{xmllint:?}");
+    common::assert_valid_junit(&junit);
     let xml = std::fs::read_to_string(&junit).unwrap();
     assert!(xml.contains(&format!(
         r#"<testsuites name="vmcheck" tests="{}""#,

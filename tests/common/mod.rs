@@ -398,3 +398,31 @@ pub fn vm_run(image: &str) -> (std::process::Child, Vec<String>) {
         }
     }
 }
+
+/// JUnit XML that the project's schema (`test/junit.xsd`) accepts.
+pub fn assert_valid_junit(junit: &Path) {
+    let out = std::process::Command::new("xmllint")
+        .args(["--noout", "--schema"])
+        .arg(project_root().join("test/junit.xsd"))
+        .arg(junit)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{} is not valid JUnit: {}",
+        junit.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A throw-away project (`bots/images/`, `test/verify/`) using the real busybox image.
+pub fn busybox_project() -> tempfile::TempDir {
+    let image = image("busybox");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("bots/images")).unwrap();
+    std::fs::create_dir_all(root.join("images")).unwrap();
+    std::fs::create_dir_all(root.join("test/verify")).unwrap();
+    std::os::unix::fs::symlink(&image.dir, root.join("images/busybox")).unwrap();
+    dir
+}
