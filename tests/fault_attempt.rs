@@ -332,19 +332,19 @@ run = "true"
     )
     .unwrap();
     child.wait().unwrap();
-    let leftover = pids(&listed);
-    // The next vmcheck that starts a machine sweeps what the killed one left.
-    let out = vmcheck_in(root)
-        .args(["--exact", "TestHost.testQuick"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(exit_codes::OK), "{out:?}");
-    for pid in leftover {
+    // Everything the script started dies with vmcheck, at once.
+    for pid in pids(&listed) {
         assert!(
             common::eventually(5, || !common::process_alive(pid)),
             "host script process {pid} left running"
         );
     }
+    // The next vmcheck that starts a machine sweeps the directory the killed one left.
+    let out = vmcheck_in(root)
+        .args(["--exact", "TestHost.testQuick"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(exit_codes::OK), "{out:?}");
     assert!(!script_dir.exists(), "{} left", script_dir.display());
     assert!(common::run_dirs_of(child.id()).is_empty());
 }

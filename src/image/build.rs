@@ -239,7 +239,7 @@ fn run_recipe(
     drop(cmd); // closes our copies of the pipe's write end
     let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
     // From here on the group is killed on every way out, vmcheck's death included.
-    let _guard = GroupGuard::start(pgid);
+    let _guard = crate::machine::spawn::GroupGuard::start(pgid);
     let verbose = req.verbose;
     let copier = std::thread::spawn(move || {
         let mut tail = std::collections::VecDeque::new();
@@ -297,58 +297,6 @@ fn run_recipe(
         });
     }
     Ok(())
-}
-
-/// A process that kills the recipe's process group with SIGKILL when vmcheck dies, so no
-/// part of a recipe (debootstrap, dpkg, …) outlives it. `PR_SET_PDEATHSIG` alone reaches
-/// only the recipe itself, not its children. Dropping the guard ends it quietly.
-struct GroupGuard {
-    pid: Option<nix::unistd::Pid>,
-}
-
-impl GroupGuard {
-    /// Fork the guard of group `pgid`. On failure (no process left) the group is still
-    /// killed on every ordinary way out, only not on vmcheck's SIGKILL.
-    fn start(pgid: nix::unistd::Pid) -> GroupGuard {
-        let parent = std::process::id() as i32;
-        let pgid = pgid.as_raw();
-        // SAFETY: after fork the child makes only async-signal-safe system calls (sigset
-        // handling, setpgid, prctl, getppid, sigwait, kill, _exit) and never returns.
-        let pid = unsafe { libc::fork() };
-        if pid == 0 {
-            unsafe {
-                // Out of vmcheck's group (a terminal's Ctrl-C is vmcheck's to handle), deaf
-                // to every signal but the death signal it waits for.
-                libc::setpgid(0, 0);
-                let mut all: libc::sigset_t = std::mem::zeroed();
-                libc::sigfillset(&mut all);
-                libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
-                let mut term: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut term);
-                libc::sigaddset(&mut term, libc::SIGTERM);
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) == 0
-                    && libc::getppid() == parent
-                {
-                    let mut signo = 0;
-                    while libc::sigwait(&term, &mut signo) != 0 {}
-                }
-                libc::kill(-pgid, libc::SIGKILL);
-                libc::_exit(0);
-            }
-        }
-        GroupGuard {
-            pid: (pid > 0).then(|| nix::unistd::Pid::from_raw(pid)),
-        }
-    }
-}
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        if let Some(pid) = self.pid {
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGKILL);
-            let _ = nix::sys::wait::waitpid(pid, None);
-        }
-    }
 }
 
 /// Unmount (lazily) every mount point at or below `dir`, deepest first, so that deleting

@@ -27,9 +27,9 @@ pub const REQUEST_READ_LIMIT: Duration = Duration::from_secs(10);
 const RESPONSE_WRITE_LIMIT: Duration = Duration::from_secs(60);
 
 /// Kills a host script's whole process group when dropped.
-struct GroupGuard(Option<u32>);
+struct KillGroup(Option<u32>);
 
-impl Drop for GroupGuard {
+impl Drop for KillGroup {
     fn drop(&mut self) {
         if let Some(pid) = self.0 {
             let _ = nix::sys::signal::killpg(
@@ -89,11 +89,13 @@ pub(super) async fn run_host(
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     crate::private::give_caller_umask(cmd.as_std_mut());
-    let mut child = match crate::machine::spawn::spawn_tied(cmd).await {
+    // The guard process kills all the script started if vmcheck is killed (SIGKILL);
+    // `KillGroup` does on every other way out.
+    let (mut child, _death_guard) = match crate::machine::spawn::spawn_guarded(cmd).await {
         Ok(c) => c,
         Err(e) => return harness(format!("starting the host script: {e}")),
     };
-    let guard = GroupGuard(child.id());
+    let guard = KillGroup(child.id());
     let mut readers = tokio::task::JoinSet::new();
     // Bounded: a script printing faster than the output is written waits for it.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
