@@ -8,7 +8,7 @@ mod common;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Command, Output};
 use vmcheck::exit_codes;
 
 /// A project in a temporary directory: `images/busybox` links to the built image through
@@ -420,4 +420,85 @@ echo the write went through
     );
     assert_nothing_left(&p);
     drop(tmpfs);
+}
+
+/// A memory cgroup below this process's own, limited to `mib` MiB, removed on drop (the
+/// tests run as root, as CI does; cgroup v1 or v2).
+struct MemoryCgroup(PathBuf);
+
+impl MemoryCgroup {
+    fn new(mib: u64) -> MemoryCgroup {
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let name = format!("vmcheck-oom-{}", std::process::id());
+        let v1 = own
+            .lines()
+            .find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_string()));
+        let (dir, limit_file) = match v1 {
+            Some(path) => (
+                PathBuf::from(format!("/sys/fs/cgroup/memory{path}")).join(&name),
+                "memory.limit_in_bytes",
+            ),
+            None => {
+                let path = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+                (
+                    PathBuf::from(format!("/sys/fs/cgroup{path}")).join(&name),
+                    "memory.max",
+                )
+            }
+        };
+        std::fs::create_dir(&dir).expect("create a memory cgroup (the tests run as root)");
+        std::fs::write(dir.join(limit_file), format!("{}", mib << 20)).unwrap();
+        MemoryCgroup(dir)
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        // Empty once its processes are gone.
+        common::eventually(10, || std::fs::remove_dir(&self.0).is_ok());
+    }
+}
+
+/// qemu killed by the kernel's out-of-memory killer (the machine's memory cgroup is too
+/// small for what the guest writes to its RAM disk) is named as such, from the kernel log,
+/// not as a lost connection nor a bare SIGKILL; the retry on a fresh machine passes.
+#[test]
+fn the_out_of_memory_killer_is_named() {
+    let check = r#"
+[TestOom.testFillsRam]
+run = '''
+if [ "$VMCHECK_ATTEMPT" = 1 ]; then
+    mkdir -p /mnt/fill && mount -t tmpfs -o size=300m tmpfs /mnt/fill
+    dd if=/dev/zero of=/mnt/fill/zeros bs=1M count=280
+fi
+'''
+"#;
+    let p = Project::new("oom", check);
+    let cgroup = MemoryCgroup::new(260);
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(r#"echo $$ > "$1/cgroup.procs" && shift && exec "$@""#)
+        .arg("sh")
+        .arg(&cgroup.0)
+        .arg(env!("CARGO_BIN_EXE_vmcheck"))
+        .arg("--project-dir")
+        .arg(&p.root)
+        .arg("run")
+        .env("TMPDIR", &p.tmp)
+        .env("TEST_OS", "busybox")
+        .env("VMCHECK_PROGRESS", "none")
+        .output()
+        .unwrap();
+    let (tap, err) = text(&out);
+    assert_eq!(out.status.code(), Some(exit_codes::OK), "{tap}\n{err}");
+    let line = tap.lines().find(|l| l.starts_with("ok 1 ")).unwrap();
+    assert!(
+        line.contains("# machine failed on attempt 1: ")
+            && line.contains("the host ran out of memory: the kernel killed qemu (")
+            && line.contains("Killed process"),
+        "{tap}"
+    );
+    assert!(!tap.contains("SSH connection"), "{tap}");
+    assert_nothing_left(&p);
+    drop(cgroup);
 }

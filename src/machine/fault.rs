@@ -1,7 +1,8 @@
 //! Why a machine went away. When a command's SSH connection is lost (or a command times
 //! out), the cause is rarely SSH: [`diagnose`] looks at the machine's qemu and host and names
 //! the real one ([`Fault`]): the guest kernel panicked (its first line, from the console),
-//! qemu was killed by a signal (out of host memory, when that is the case), qemu exited, or
+//! qemu was killed by a signal, or by the kernel's out-of-memory killer (the kernel log says
+//! so; a host or a memory cgroup out of memory), qemu exited, or
 //! the host disk under the machine's run directory is full (qemu paused the guest on the
 //! write error). A full host disk is not worth a retry on the same host
 //! ([`Fault::retryable`]).
@@ -28,6 +29,10 @@ pub enum Fault {
     QemuExited {
         status: String,
         stderr: String,
+    },
+    /// The kernel's out-of-memory killer killed qemu; `line` is the kernel's own.
+    OutOfMemory {
+        line: String,
     },
     /// The file system holding `path` (the run directory: disk overlay, logs) is full.
     HostDiskFull {
@@ -56,6 +61,10 @@ impl std::fmt::Display for Fault {
                 }
                 Ok(())
             }
+            Fault::OutOfMemory { line } => write!(
+                f,
+                "the host ran out of memory: the kernel killed qemu ({line})"
+            ),
             Fault::HostDiskFull { path } => write!(
                 f,
                 "the host's disk is full: no space left for {} (not retried on this host)",
@@ -124,6 +133,48 @@ pub fn disk_full(path: &Path) -> Option<Fault> {
     })
 }
 
+/// The kernel log's line saying that its out-of-memory killer killed `pid`, if it did
+/// (`Out of memory: Killed process 123 (qemu-system-x86)`, or `Memory cgroup out of
+/// memory: …` when a cgroup's limit was hit). Read from `/dev/kmsg` without blocking;
+/// `None` when the log cannot be read (an unprivileged user on a restricted host).
+fn oom_kill_line(pid: u32) -> Option<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut kmsg = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open("/dev/kmsg")
+        .ok()?;
+    let mut found = None;
+    // One record per read; the end of the log is EAGAIN. A record lost to the ring
+    // buffer's wrap-around (EPIPE) is skipped.
+    let mut buf = vec![0u8; 8192];
+    for _ in 0..100_000 {
+        match kmsg.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                let record = String::from_utf8_lossy(&buf[..n]);
+                if let Some(line) = oom_kill_of(&record, pid) {
+                    found = Some(line);
+                }
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
+            Err(_) => break,
+        }
+    }
+    found
+}
+
+/// The message of kernel log record `record` (`6,342,1366582,-;text`) if it says the
+/// out-of-memory killer killed `pid`.
+fn oom_kill_of(record: &str, pid: u32) -> Option<String> {
+    let text = record.split_once(';').map_or(record, |(_, t)| t);
+    let text = text.lines().next()?.trim();
+    let killed = format!("Killed process {pid} (");
+    text.contains(&killed)
+        .then(|| text.chars().take(200).collect())
+}
+
 /// How qemu `pid` ended, without reaping it (its owner still waits for it); `None` while
 /// it runs.
 fn exit_status(pid: u32) -> Option<nix::sys::wait::WaitStatus> {
@@ -149,9 +200,12 @@ async fn of_exit(probe: &Probe, status: nix::sys::wait::WaitStatus) -> Fault {
         return Fault::KernelPanic { line };
     }
     match status {
-        WaitStatus::Signaled(_, signal, _) => Fault::QemuKilled {
-            signal: format!("{} ({signal})", signal as i32),
-            available_mib: super::qemu::mem_available_mib().filter(|m| *m < LOW_MEMORY_MIB),
+        WaitStatus::Signaled(_, signal, _) => match oom_kill_line(probe.pid) {
+            Some(line) => Fault::OutOfMemory { line },
+            None => Fault::QemuKilled {
+                signal: format!("{} ({signal})", signal as i32),
+                available_mib: super::qemu::mem_available_mib().filter(|m| *m < LOW_MEMORY_MIB),
+            },
         },
         other => {
             let stderr = String::from_utf8_lossy(&probe.stderr.lock().expect("poisoned"))
@@ -181,6 +235,32 @@ async fn of_exit(probe: &Probe, status: nix::sys::wait::WaitStatus) -> Fault {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_oom_killer_is_found_in_the_kernel_log() {
+        let global = "3,1234,99,-;Out of memory: Killed process 4242 (qemu-system-x86) total-vm:1000kB, anon-rss:900kB";
+        assert_eq!(
+            oom_kill_of(global, 4242).as_deref(),
+            Some(
+                "Out of memory: Killed process 4242 (qemu-system-x86) total-vm:1000kB, anon-rss:900kB"
+            )
+        );
+        let cgroup = "3,1235,99,-;Memory cgroup out of memory: Killed process 4242 (qemu-system-x86) total-vm:1kB\n SUBSYSTEM=x";
+        assert_eq!(
+            oom_kill_of(cgroup, 4242).as_deref(),
+            Some("Memory cgroup out of memory: Killed process 4242 (qemu-system-x86) total-vm:1kB")
+        );
+        assert_eq!(oom_kill_of(global, 424), None, "another pid");
+        assert_eq!(oom_kill_of("6,1,1,-;EXT4-fs mounted", 4242), None);
+        let fault = Fault::OutOfMemory {
+            line: "Out of memory: Killed process 4242 (qemu-system-x86)".into(),
+        };
+        assert_eq!(
+            fault.to_string(),
+            "the host ran out of memory: the kernel killed qemu (Out of memory: Killed process 4242 (qemu-system-x86))"
+        );
+        assert!(fault.retryable());
+    }
 
     #[test]
     fn only_a_full_host_disk_is_not_worth_a_retry() {
