@@ -287,6 +287,31 @@ run = "sleep 1; echo c > /proc/sysrq-trigger; sleep 60"
     assert_nothing_left(&p);
 }
 
+/// A machine that dies under a host script's `vm exec` is a machine failure, named and
+/// retried, not a failed host script.
+#[test]
+fn a_machine_that_dies_under_a_host_script_is_named() {
+    let check = r#"
+[TestHostPanic.testPanic]
+host = '''
+if [ "$VMCHECK_ATTEMPT" = 1 ]; then vm exec machine1 'sleep 1; echo c > /proc/sysrq-trigger; sleep 60'; fi
+vm exec machine1 true
+'''
+"#;
+    let p = Project::new("hostpanic", check);
+    let out = p.run(&[]);
+    let (tap, err) = text(&out);
+    assert_eq!(out.status.code(), Some(exit_codes::OK), "{tap}\n{err}");
+    let line = tap.lines().find(|l| l.starts_with("ok 1 ")).unwrap();
+    assert!(
+        line.contains("# machine failed on attempt 1: ")
+            && line.contains("the guest kernel panicked: Kernel panic - not syncing: sysrq"),
+        "{tap}"
+    );
+    assert!(!tap.contains("the host script failed"), "{tap}");
+    assert_nothing_left(&p);
+}
+
 #[test]
 fn qemu_killed_mid_test_is_named_with_its_signal_and_retried() {
     let check = r#"

@@ -13,7 +13,9 @@
 //! one too, so a client that connects and never writes (or never reads) delays neither
 //! other clients nor the deadline.
 
-use super::attempt::{AttemptContext, AttemptRequest, Log, Named, harness, skipped};
+use super::attempt::{
+    AttemptContext, AttemptRequest, Log, Named, harness, machine_failed, skipped,
+};
 use super::control::{self, Request, Response};
 use crate::events::AttemptOutcome;
 use crate::machine::error::MachineError;
@@ -128,6 +130,8 @@ pub(super) async fn run_host(
     // Requests read so far, each with its connection (reading never blocks this loop).
     let (requests_tx, mut requests) = tokio::sync::mpsc::unbounded_channel();
     let mut clients = tokio::task::JoinSet::new();
+    // A machine that died under a `vm` request: the script's failure is then that machine's.
+    let mut died: Option<MachineError> = None;
     let status = loop {
         tokio::select! {
             status = child.wait() => break Some(status),
@@ -154,12 +158,22 @@ pub(super) async fn run_host(
             }
             Some((mut stream, request)) = requests.recv() => {
                 let response = match request {
-                    Ok(request) => tokio::time::timeout_at(
+                    Ok(request) => match tokio::time::timeout_at(
                         deadline.into(),
                         serve(ctx, machines, log, request, deadline),
                     )
                     .await
-                    .unwrap_or_else(|_| Response::error("the test's deadline passed")),
+                    {
+                        Ok(Ok(response)) => response,
+                        Ok(Err(e)) => {
+                            let response = Response::error(e.to_string());
+                            if matches!(e, MachineError::Died { .. }) {
+                                died.get_or_insert(e);
+                            }
+                            response
+                        }
+                        Err(_) => Response::error("the test's deadline passed"),
+                    },
                     Err(e) => Response::error(e),
                 };
                 clients.spawn(async move {
@@ -204,12 +218,17 @@ pub(super) async fn run_host(
                 },
                 None,
             ),
-            _ => (
-                AttemptOutcome::Failed {
-                    status: format!("host script: {s}"),
-                },
-                Some(format!("vmcheck: the host script failed ({s})")),
-            ),
+            _ => match died {
+                // The script failed because a machine died under it: a machine failure,
+                // named, retried as one.
+                Some(e) => (machine_failed(&e), Some(format!("vmcheck: {e}"))),
+                None => (
+                    AttemptOutcome::Failed {
+                        status: format!("host script: {s}"),
+                    },
+                    Some(format!("vmcheck: the host script failed ({s})")),
+                ),
+            },
         },
     };
     // Leftover background processes of the script die with its group; then the rest of
@@ -231,40 +250,38 @@ pub(super) async fn run_host(
     }
 }
 
-/// Carry out one `vm` helper request against the attempt's machines.
+/// Carry out one `vm` helper request against the attempt's machines: the answer, or the
+/// machine's error.
 async fn serve(
     ctx: &AttemptContext,
     machines: &mut [Named],
     log: &Log,
     request: Request,
     deadline: Instant,
-) -> Response {
+) -> Result<Response, MachineError> {
     log.note(&format!("+ {}", request.describe()));
     let Some(m) = machines.iter_mut().find(|m| m.name == request.machine()) else {
         let names: Vec<&str> = machines.iter().map(|m| m.name.as_str()).collect();
-        return Response::error(format!(
+        return Ok(Response::error(format!(
             "no machine '{}' in this test (machines: {})",
             request.machine(),
             names.join(", ")
-        ));
+        )));
     };
     let left = deadline.saturating_duration_since(Instant::now());
-    let shell_done = |r: Result<(), MachineError>| match r {
-        Ok(()) => Response::default(),
-        Err(e) => Response::error(e.to_string()),
-    };
+    let shell_done = |r: Result<(), MachineError>| r.map(|()| Response::default());
     match request {
-        Request::Exec { command, .. } => match m.machine.shell().execute(&command, left).await {
-            Ok(done) => Response {
+        Request::Exec { command, .. } => {
+            let done = m.machine.shell().execute(&command, left).await?;
+            Ok(Response {
                 exit: match done.status {
                     ExitStatus::Code(c) => c.min(255) as i32,
                     _ => 255,
                 },
                 stdout: String::from_utf8_lossy(&done.output.stdout).into_owned(),
                 stderr: String::from_utf8_lossy(&done.output.stderr).into_owned(),
-            },
-            Err(e) => Response::error(e.to_string()),
-        },
+            })
+        }
         Request::Reboot { .. } => shell_done(
             m.machine
                 .reboot(ctx.boot_timeout.min(left), &ctx.cancel)
@@ -283,10 +300,10 @@ async fn serve(
         Request::Download { remote, local, .. } => {
             shell_done(m.machine.shell().download(&remote, &local).await)
         }
-        Request::Ssh { .. } => Response {
+        Request::Ssh { .. } => Ok(Response {
             exit: 0,
             stdout: format!("{}\n", m.machine.ssh_command()),
             stderr: String::new(),
-        },
+        }),
     }
 }
