@@ -429,3 +429,31 @@ sleep 30
         "{text}"
     );
 }
+
+/// A `vm exec` answer is bounded: a command printing more than 16 MiB gives the script the
+/// first 16 MiB and a note on stderr saying how much was cut, and vmcheck's memory stays
+/// bounded (the answer travels as one JSON message).
+#[test]
+fn a_huge_vm_exec_answer_is_cut_and_says_so() {
+    let project = project(
+        r#"
+[TestHost.testHugeAnswer]
+host = '''
+n=$(vm exec machine1 'head -c 17825792 /dev/zero' 2> "$VMCHECK_RUN_DIR/err" | wc -c)
+test "$n" -eq 16777216
+grep -q "vmcheck: 1048576 bytes of the command's stdout cut" "$VMCHECK_RUN_DIR/err"
+'''
+"#,
+    );
+    let out = vmcheck_in(project.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let tap = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(exit_codes::OK),
+        "{tap}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -47,6 +47,7 @@ pub(super) fn build(req: &BuildRequest) -> Result<Image, ImageError> {
     let name = req.name;
     let scratch_dir = req.store.dir.join(SCRATCH_DIR);
     sweep_scratch(&req.store.dir);
+    sweep_unowned_scratch(&req.store.dir, name);
     std::fs::create_dir_all(&scratch_dir).map_err(ImageError::io(format!(
         "creating {}",
         scratch_dir.display()
@@ -78,6 +79,28 @@ pub(super) fn build(req: &BuildRequest) -> Result<Image, ImageError> {
 /// gone (killed mid-build), after unmounting what its recipe left mounted there.
 pub(super) fn sweep_scratch(store_dir: &Path) {
     rundir::sweep_where(&store_dir.join(SCRATCH_DIR), unmount_below);
+}
+
+/// Remove what builds of `name` by vmcheck versions before scratch directories carried
+/// their owner left behind (`<store>/.build-NAME-XXXXXX`, up to 1.1 GB each). Called under
+/// NAME's build lock, which those builds held too: none of them still runs.
+fn sweep_unowned_scratch(store_dir: &Path, name: &str) {
+    let prefix = format!(".build-{name}-");
+    let Ok(entries) = std::fs::read_dir(store_dir) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let file_name = entry.file_name();
+        // tempfile's suffix: six letters or digits (so `.build-debian-12-…` is not debian's).
+        let ours = file_name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .is_some_and(|rest| rest.len() == 6 && rest.chars().all(|c| c.is_ascii_alphanumeric()));
+        let path = entry.path();
+        if ours && path.is_dir() && !path.is_symlink() && unmount_below(&path) {
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
 }
 
 fn build_in(req: &BuildRequest, scratch: &Path) -> Result<(Image, Duration), ImageError> {
@@ -354,6 +377,25 @@ fn unescape_octal(s: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scratch_of_older_versions_is_swept_for_its_name_only() {
+        let store = tempfile::tempdir().unwrap();
+        let dir = |n: &str| {
+            let d = store.path().join(n);
+            std::fs::create_dir_all(d.join("work/sub")).unwrap();
+            d
+        };
+        let old = dir(".build-debian-aB3x9Q");
+        let other = dir(".build-debian-12-aB3x9Q");
+        let image = dir("debian-0123abcd");
+        sweep_unowned_scratch(store.path(), "debian");
+        assert!(!old.exists(), "an older build's leftovers go");
+        assert!(
+            other.exists() && image.exists(),
+            "another name's and images stay"
+        );
+    }
 
     #[test]
     fn mountinfo_paths_are_unescaped() {

@@ -19,7 +19,8 @@ use super::attempt::{
 use super::control::{self, Request, Response};
 use crate::events::AttemptOutcome;
 use crate::machine::error::MachineError;
-use crate::machine::ssh::ExitStatus;
+use crate::machine::shell::Exec;
+use crate::machine::ssh::{ExitStatus, Stream};
 use crate::shell::quote;
 use std::time::{Duration, Instant};
 
@@ -250,6 +251,9 @@ pub(super) async fn run_host(
     }
 }
 
+/// The most of a `vm exec` command's stdout, and of its stderr, that its answer carries.
+const ANSWER_LIMIT: usize = 16 << 20;
+
 /// Carry out one `vm` helper request against the attempt's machines: the answer, or the
 /// machine's error.
 async fn serve(
@@ -272,14 +276,43 @@ async fn serve(
     let shell_done = |r: Result<(), MachineError>| r.map(|()| Response::default());
     match request {
         Request::Exec { command, .. } => {
-            let done = m.machine.shell().execute(&command, left).await?;
+            // The answer travels whole in one JSON message: each stream is kept up to
+            // ANSWER_LIMIT, the rest counted and said, so vmcheck's memory stays bounded.
+            let mut kept: [Vec<u8>; 2] = Default::default();
+            let mut cut = [0usize; 2];
+            let mut sink = |stream: Stream, data: &[u8]| {
+                let i = usize::from(stream == Stream::Stderr);
+                let room = ANSWER_LIMIT.saturating_sub(kept[i].len());
+                kept[i].extend_from_slice(&data[..data.len().min(room)]);
+                cut[i] += data.len().saturating_sub(room);
+            };
+            let done = m
+                .machine
+                .shell()
+                .run(Exec {
+                    sink: Some(&mut sink),
+                    ..Exec::new(&command, left)
+                })
+                .await?;
+            let [stdout, stderr] = kept.map(|b| String::from_utf8_lossy(&b).into_owned());
+            let mut stderr = stderr;
+            for (what, n) in ["stdout", "stderr"].iter().zip(cut) {
+                if n > 0 {
+                    stderr.push_str(&format!(
+                        "\nvmcheck: {n} bytes of the command's {what} cut: a vm exec answer \
+                         keeps {} MiB of each (write big output to a file in the machine and \
+                         vm download it)\n",
+                        ANSWER_LIMIT >> 20
+                    ));
+                }
+            }
             Ok(Response {
                 exit: match done.status {
                     ExitStatus::Code(c) => c.min(255) as i32,
                     _ => 255,
                 },
-                stdout: String::from_utf8_lossy(&done.output.stdout).into_owned(),
-                stderr: String::from_utf8_lossy(&done.output.stderr).into_owned(),
+                stdout,
+                stderr,
             })
         }
         Request::Reboot { .. } => shell_done(
