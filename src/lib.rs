@@ -23,3 +23,4 @@ pub mod scenario;
 pub mod shard;
 pub mod shell;
 pub mod signal;
+pub mod testlib;

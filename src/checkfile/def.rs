@@ -45,6 +45,9 @@ pub struct TestDef {
     pub run: Option<String>,
     /// Script run on the host.
     pub host: Option<String>,
+    /// The executable check file (absolute) that runs this test (`FILE --vmcheck-run
+    /// NAME`, see `listing.rs`); `run` and `host` are then `None`.
+    pub executable: Option<PathBuf>,
     /// The file's `covers` globs (the same for every test of a file).
     pub covers: Vec<String>,
 }
@@ -92,6 +95,7 @@ impl TestDef {
             allow_journal: vec![],
             run: Some("true".into()),
             host: None,
+            executable: None,
             covers: vec![],
         }
     }

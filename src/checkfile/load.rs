@@ -5,7 +5,8 @@
 use super::def::TestDef;
 use super::error::{CheckFileError, Diagnostics};
 use super::glob::name_glob;
-use super::parse::parse_partial;
+use super::listing::{Kind, kind, list};
+use super::parse::{Parsed, parse_partial};
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::io;
@@ -77,26 +78,42 @@ pub fn discover(dir: &Path, glob: &str) -> io::Result<Discovered> {
 /// Reads and parses every file, and returns all their tests sorted by (file, class,
 /// method), or every error of every file (sorted by file, line, column).
 ///
-/// A file is shown (in `TestDef::file` and errors) relative to `root` when it is under it,
-/// else as given. A file listed twice is read once. A test name (`TestFoo.testBar`)
-/// defined in two files is an error at the second, naming the first.
+/// A TOML check file is parsed; an executable check file (see `listing.rs`) is run to list
+/// its tests, several at once. A file is shown (in `TestDef::file` and errors) relative to
+/// `root` when it is under it, else as given. A file listed twice is read once. A test name
+/// (`TestFoo.testBar`) defined in two files is an error at the second, naming the first.
 pub fn load(files: &[PathBuf], root: &Path) -> Result<Vec<TestDef>, Vec<CheckFileError>> {
+    let mut seen = std::collections::HashSet::new();
+    let sources: Vec<(&PathBuf, PathBuf)> = files
+        .iter()
+        .map(|file| (file, display_path(file, root)))
+        .filter(|(_, display)| seen.insert(display.clone()))
+        .collect();
+    let python_path = std::sync::OnceLock::new();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results = std::sync::Mutex::new(Vec::new());
+    let workers = sources.len().min(LOAD_WORKERS);
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some((file, display)) = sources.get(i) else {
+                        break;
+                    };
+                    let result = load_one(file, display, root, &python_path);
+                    results.lock().expect("poisoned").push((i, result));
+                }
+            });
+        }
+    });
+    let mut results = results.into_inner().expect("poisoned");
+    results.sort_by_key(|(i, _)| *i);
     let mut tests = Vec::new();
     let mut errors = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for file in files {
-        let display = display_path(file, root);
-        if !seen.insert(display.clone()) {
-            continue;
-        }
-        match read(file, &display) {
-            Ok(text) => {
-                let (file_tests, file_errors) = parse_partial(&display, &text);
-                tests.extend(file_tests);
-                errors.extend(file_errors);
-            }
-            Err(e) => errors.push(e),
-        }
+    for (_, (file_tests, file_errors)) in results {
+        tests.extend(file_tests);
+        errors.extend(file_errors);
     }
     tests.sort_by(|a, b| {
         let key = |t: &TestDef| (t.file.clone(), t.class.clone(), t.method.clone());
@@ -117,9 +134,9 @@ pub fn load(files: &[PathBuf], root: &Path) -> Result<Vec<TestDef>, Vec<CheckFil
                     line: def.line,
                     col: test.col,
                     message: format!(
-                        "test {} is already defined in {}:{line}",
+                        "test {} is already defined in {}",
                         def.name(),
-                        file.display()
+                        at(file, *line)
                     ),
                 });
             }
@@ -134,6 +151,61 @@ pub fn load(files: &[PathBuf], root: &Path) -> Result<Vec<TestDef>, Vec<CheckFil
     }
 }
 
+/// Check files read (and executable ones listed) at once, at most.
+const LOAD_WORKERS: usize = 8;
+
+/// `file:line`, or `file` when the line is not known.
+fn at(file: &Path, line: usize) -> String {
+    if line == 0 {
+        file.display().to_string()
+    } else {
+        format!("{}:{line}", file.display())
+    }
+}
+
+/// The tests and errors of one check file, of either kind. `python_path` is the
+/// `PYTHONPATH` of listings, made when the first executable check file needs it.
+fn load_one(
+    file: &Path,
+    display: &Path,
+    root: &Path,
+    python_path: &std::sync::OnceLock<Result<std::ffi::OsString, String>>,
+) -> (Vec<Parsed>, Vec<CheckFileError>) {
+    let whole_file = |message: String| CheckFileError {
+        path: display.to_path_buf(),
+        line: 0,
+        col: 0,
+        message,
+    };
+    let bytes = match std::fs::read(file) {
+        Ok(b) => b,
+        Err(e) => return (vec![], vec![whole_file(format!("cannot read: {e}"))]),
+    };
+    match kind(file, &bytes) {
+        Kind::Toml => match utf8(bytes, display) {
+            Ok(text) => parse_partial(display, &text),
+            Err(e) => (vec![], vec![e]),
+        },
+        Kind::Executable => {
+            let path = python_path.get_or_init(|| {
+                crate::testlib::python_path_env()
+                    .map_err(|e| format!("cannot write vmcheck's Python testlib: {e}"))
+            });
+            match path {
+                Ok(path) => list(file, display, root, path),
+                Err(e) => (vec![], vec![whole_file(e.clone())]),
+            }
+        }
+        Kind::NotExecutable { program } => (
+            vec![],
+            vec![whole_file(format!(
+                "its #! line names {program}, but it is not executable: `chmod +x` it to run \
+                 it as an executable check file (a TOML check file's #! line names vmcheck)"
+            ))],
+        ),
+    }
+}
+
 fn display_path(file: &Path, root: &Path) -> PathBuf {
     match file.strip_prefix(root) {
         Ok(relative) if !relative.as_os_str().is_empty() => relative.to_path_buf(),
@@ -141,14 +213,8 @@ fn display_path(file: &Path, root: &Path) -> PathBuf {
     }
 }
 
-/// Reads a file as UTF-8 text; a decoding error points at the first bad byte.
-fn read(file: &Path, display: &Path) -> Result<String, CheckFileError> {
-    let bytes = std::fs::read(file).map_err(|e| CheckFileError {
-        path: display.to_path_buf(),
-        line: 0,
-        col: 0,
-        message: format!("cannot read: {e}"),
-    })?;
+/// A file's bytes as UTF-8 text; a decoding error points at the first bad byte.
+fn utf8(bytes: Vec<u8>, display: &Path) -> Result<String, CheckFileError> {
     String::from_utf8(bytes).map_err(|e| {
         let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
         // The prefix is valid UTF-8 by construction.

@@ -39,6 +39,17 @@ pub(super) struct Parsed {
 /// Like [`parse_file`], but also returns the tests of a file that has errors (every test
 /// whose name is valid), so that duplicates across files are found even then.
 pub(super) fn parse_partial(path: &Path, text: &str) -> (Vec<Parsed>, Vec<CheckFileError>) {
+    parse_partial_with(path, text, None)
+}
+
+/// [`parse_partial`] of a TOML check file, or (with `executable`) of the document an
+/// executable check file's listing stands for: its tests have no `run` or `host`, the
+/// program runs them.
+pub(super) fn parse_partial_with(
+    path: &Path,
+    text: &str,
+    executable: Option<&Path>,
+) -> (Vec<Parsed>, Vec<CheckFileError>) {
     let mut d = Diagnostics::new(path, text);
     let (doc, syntax_errors) = DeTable::parse_recoverable(text);
     if !syntax_errors.is_empty() {
@@ -50,6 +61,7 @@ pub(super) fn parse_partial(path: &Path, text: &str) -> (Vec<Parsed>, Vec<CheckF
     let mut walk = Walk {
         d,
         path,
+        executable,
         file: Settings::default(),
         covers: Vec::new(),
         nondestructive_provision: BTreeMap::new(),
@@ -70,6 +82,8 @@ type RunWithoutMachine1 = BTreeMap<usize, (Range<usize>, Vec<String>)>;
 struct Walk<'a> {
     d: Diagnostics<'a>,
     path: &'a Path,
+    /// The program that runs the tests, for an executable check file's listing.
+    executable: Option<&'a Path>,
     file: Settings,
     covers: Vec<String>,
     /// `provision` key start and `nondestructive = true` key start → the spans and the
@@ -182,6 +196,16 @@ impl Walk<'_> {
                 continue;
             }
             let script = match key_name {
+                "run" | "host" if self.executable.is_some() => {
+                    self.d.error(
+                        key.span(),
+                        format!(
+                            "'{key_name}' belongs in TOML check files: an executable check \
+                             file runs test {name} itself"
+                        ),
+                    );
+                    continue;
+                }
                 "run" => &mut run,
                 "host" => &mut host,
                 _ if FILE_ONLY.contains(&key_name) => {
@@ -196,7 +220,7 @@ impl Walk<'_> {
             has_script = true;
             *script = non_empty_string(&mut self.d, key_name, value, ": write the script to run");
         }
-        if !has_script {
+        if !has_script && self.executable.is_none() {
             self.d.error(
                 method_key.span(),
                 format!(
@@ -250,6 +274,7 @@ impl Walk<'_> {
                 .unwrap_or_default(),
             run,
             host,
+            executable: self.executable.map(Path::to_path_buf),
             covers: self.covers.clone(),
         };
         self.tests.push(Parsed { def, col });

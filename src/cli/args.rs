@@ -58,6 +58,14 @@ pub enum Command {
     /// Combine the JSON event streams of several runs (e.g. the shards of one suite) into one
     /// TAP stream on stdout, and optionally one JUnit file and one event stream.
     Merge(MergeArgs),
+    /// Run python3 with vmcheck's Python testlib on PYTHONPATH: what the first line of a
+    /// Python check file runs, so that the file works on its own (see README, "Tests in
+    /// Python").
+    Python {
+        /// python3's arguments: the check file and its own.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// The `vm` helper of host scripts (vm exec|reboot|wait-reboot|upload|download|ssh MACHINE …).
     #[command(hide = true)]
     VmCtl {

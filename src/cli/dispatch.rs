@@ -61,6 +61,7 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
         .map_err(|e| CliError::Usage(format!("cannot install signal handlers: {e}")))?;
     match &cli.command {
         Command::VmCtl { args } => return Ok(vm_ctl(args)),
+        Command::Python { args } => return python(args),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(*shell, &mut cmd, "vmcheck", &mut std::io::stdout());
@@ -87,7 +88,11 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Exec { file, run } => {
             super::run::run(catalog, run, Some(file), cli.global.verbose, &cancel).await
         }
-        Command::VmCtl { .. } | Command::Completions { .. } | Command::Man | Command::Merge(_) => {
+        Command::VmCtl { .. }
+        | Command::Python { .. }
+        | Command::Completions { .. }
+        | Command::Man
+        | Command::Merge(_) => {
             unreachable!("handled above")
         }
         Command::Naughty(cmd) => naughty(&catalog.project, cmd),
@@ -349,6 +354,19 @@ fn naughty(project: &Project, cmd: NaughtyCommand) -> Result<i32, CliError> {
 }
 
 /// The `vm` helper of host scripts: one request to the runner, its answer printed.
+/// `vmcheck python ARGS…`: becomes `python3 ARGS…` with the testlib on `PYTHONPATH` and
+/// the caller's umask; returns only if that cannot be done.
+fn python(args: &[std::ffi::OsString]) -> Result<i32, CliError> {
+    use std::os::unix::process::CommandExt;
+    let path = vmcheck::testlib::python_path_env()
+        .map_err(|e| CliError::Usage(format!("cannot write vmcheck's Python testlib: {e}")))?;
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args(args).env("PYTHONPATH", path);
+    vmcheck::private::give_caller_umask(&mut cmd);
+    let e = cmd.exec();
+    Err(CliError::Usage(format!("cannot run python3: {e}")))
+}
+
 fn vm_ctl(args: &[String]) -> i32 {
     use vmcheck::runner::control;
     let request = match control::parse_args(args) {

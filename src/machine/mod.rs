@@ -1,6 +1,7 @@
 //! Machines: QEMU guests booted from images, and existing hosts reached over SSH.
 
 pub mod accel;
+pub mod access;
 pub mod console;
 pub mod deadline;
 pub mod error;
@@ -41,9 +42,14 @@ impl Machine {
     }
 
     pub fn ssh_command(&self) -> String {
+        self.ssh_access().command()
+    }
+
+    /// How programs outside vmcheck reach this machine over SSH.
+    pub fn ssh_access(&self) -> access::SshAccess {
         match self {
-            Machine::Virtual(m) => m.ssh_command(),
-            Machine::Remote(m) => m.ssh_command(),
+            Machine::Virtual(m) => m.ssh_access(),
+            Machine::Remote(m) => m.ssh_access(),
         }
     }
 

@@ -4,7 +4,6 @@
 use super::error::MachineError;
 use super::shell::{CONNECT_LIMIT, Shell};
 use super::ssh::{HostKeyCheck, SshSession, SshTarget};
-use crate::shell::quote;
 use crate::signal::Cancel;
 use std::time::{Duration, Instant};
 
@@ -69,26 +68,21 @@ impl RemoteMachine {
         self.boot_id.as_deref()
     }
 
-    /// An `ssh` command line for this host, with the same key and host key policy.
-    pub fn ssh_command(&self) -> String {
+    /// How programs outside vmcheck reach this host: its address, key and host key policy.
+    pub fn ssh_access(&self) -> super::access::SshAccess {
         let t = self.shell.target();
-        let keys = match &t.host_key {
-            HostKeyCheck::KnownHosts(f) => format!(
-                "-o StrictHostKeyChecking=yes -o UserKnownHostsFile={}",
-                quote(&f.to_string_lossy())
-            ),
-            HostKeyCheck::Insecure => {
-                "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null".to_string()
-            }
-            HostKeyCheck::Exact(_) => "-o StrictHostKeyChecking=yes".to_string(),
-        };
-        format!(
-            "ssh -F none -i {} -p {} -o IdentitiesOnly=yes {keys} {}@{}",
-            quote(&t.identity.to_string_lossy()),
-            t.port,
-            t.user,
-            t.host
-        )
+        super::access::SshAccess {
+            host: t.host.clone(),
+            port: t.port,
+            user: t.user.clone(),
+            identity: t.identity.clone(),
+            known_hosts: match &t.host_key {
+                HostKeyCheck::KnownHosts(f) => Some(f.clone()),
+                HostKeyCheck::Insecure => None,
+                // Not made for existing hosts; no file holds the key, so nothing matches.
+                HostKeyCheck::Exact(_) => Some(std::path::PathBuf::from("/dev/null")),
+            },
+        }
     }
 
     /// Wait until the host answers with a boot id different from the last one seen.

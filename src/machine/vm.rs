@@ -33,7 +33,6 @@ use super::snapshot::{Found, Maker, Snapshot, SnapshotKey};
 use super::spawn::spawn_tied;
 use super::ssh::{HostKeyCheck, SshError, SshSession, SshTarget};
 use crate::image::Image;
-use crate::shell::quote;
 use crate::signal::Cancel;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -352,14 +351,20 @@ impl VirtualMachine {
         file
     }
 
-    /// An `ssh` command line that reaches this machine as printed (host key checked).
+    /// How programs outside vmcheck reach this machine (host key checked).
+    pub fn ssh_access(&self) -> super::access::SshAccess {
+        super::access::SshAccess {
+            host: "127.0.0.1".into(),
+            port: self.ssh_port.port,
+            user: "root".into(),
+            identity: self.image.client_key(),
+            known_hosts: Some(self.known_hosts()),
+        }
+    }
+
+    /// An `ssh` command line that reaches this machine (host key checked).
     pub fn ssh_command(&self) -> String {
-        format!(
-            "ssh -F none -i {} -p {} -o IdentitiesOnly=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile={} root@127.0.0.1",
-            quote(&self.image.client_key().to_string_lossy()),
-            self.ssh_port.port,
-            quote(&self.known_hosts().to_string_lossy()),
-        )
+        self.ssh_access().command()
     }
 
     fn console_tail(&self) -> String {

@@ -8,6 +8,7 @@
 //! dispatcher aborts it (Ctrl-C), dropping them kills qemu and removes their files.
 
 use super::artifacts::{AttemptDir, console_offset};
+use super::host::{Granted, HostProgram, HostTask};
 use super::journal;
 pub use super::output::{LiveOutput, Log, Progress};
 use super::sit::sit;
@@ -159,13 +160,17 @@ pub async fn run_attempt(
         let done = machines[0]
             .machine
             .shell()
-            .execute(&save_command(&test.restore), Duration::from_secs(60))
+            .execute(
+                &super::restore::save_command(&test.restore, 1, true),
+                Duration::from_secs(60),
+            )
             .await;
         if let Some(problem) = command_problem(done, "saving files to restore") {
             outcome = harness(problem);
         }
     }
     let tag = format!("t{}-a{}", req.id, req.attempt);
+    let mut granted = Granted::default();
     if outcome == AttemptOutcome::Passed {
         // The first machine's start marker goes with its body: one round trip less a test.
         let mark = journal::mark_command(&tag);
@@ -178,13 +183,13 @@ pub async fn run_attempt(
                 .await;
         }
         let mark = marked_by_body.then_some(mark.as_str());
-        outcome = run_bodies(&ctx, &req, &mut machines, &log, mark).await;
+        outcome = run_bodies(&ctx, &req, &mut machines, &log, mark, global, &mut granted).await;
     }
     if matches!(
         outcome,
         AttemptOutcome::Passed | AttemptOutcome::Failed { .. }
     ) {
-        let lines = unexpected_messages(&req, &machines, &tag, &dir, &log).await;
+        let lines = unexpected_messages(&req, &granted, &machines, &tag, &dir, &log).await;
         if !lines.is_empty() {
             log.note("vmcheck: FAIL: test completed, but found unexpected journal messages:");
             for l in &lines {
@@ -256,10 +261,16 @@ pub async fn run_attempt(
     };
     if health == Health::Good {
         // Restoring doubles as a health probe of the shared machine.
-        let cmd = if test.restore.is_empty() {
+        let saved: Vec<String> = test
+            .restore
+            .iter()
+            .chain(&granted.restore)
+            .cloned()
+            .collect();
+        let cmd = if saved.is_empty() {
             "true".to_string()
         } else {
-            restore_command(&test.restore)
+            super::restore::restore_command(&saved)
         };
         let done = m.shell().execute(&cmd, Duration::from_secs(60)).await;
         if let Some(problem) = command_problem(done, "restoring files after the test") {
@@ -278,12 +289,17 @@ pub async fn run_attempt(
 /// with the directory of a passing attempt), never whole into memory.
 async fn unexpected_messages(
     req: &AttemptRequest,
+    granted: &Granted,
     machines: &[Named],
     tag: &str,
     dir: &AttemptDir,
     log: &Log,
 ) -> Vec<String> {
-    let allowed = journal::allowed(&req.test.allow_journal);
+    let patterns: Vec<String> = (req.test.allow_journal.iter())
+        .chain(&granted.allow_journal)
+        .cloned()
+        .collect();
+    let allowed = journal::allowed(&patterns);
     let mut lines = Vec::new();
     for m in machines {
         let path = dir.path.join(&m.name).join("journal.txt");
@@ -556,13 +572,16 @@ fn env_name(machine: &str) -> String {
 }
 
 /// Run `run` in the first machine (after `mark`, the journal's start marker, if given), then
-/// `host` on the host, until the test's deadline.
+/// `host` on the host, or the executable check file's test, until the test's deadline.
+/// `shared`: the machine is a nondestructive test's.
 async fn run_bodies(
     ctx: &AttemptContext,
     req: &AttemptRequest,
     machines: &mut [Named],
     log: &Log,
     mark: Option<&str>,
+    shared: bool,
+    granted: &mut Granted,
 ) -> AttemptOutcome {
     let test = &req.test;
     let deadline = Instant::now() + test.timeout;
@@ -615,42 +634,24 @@ async fn run_bodies(
             }
         }
     }
-    if let Some(script) = &test.host {
-        return super::host::run_host(ctx, req, machines, log, script, &env, deadline).await;
-    }
-    AttemptOutcome::Passed
+    let program = match (&test.host, &test.executable) {
+        (Some(script), _) => HostProgram::Script(script),
+        (None, Some(file)) => HostProgram::CheckFile(file),
+        (None, None) => return AttemptOutcome::Passed,
+    };
+    let task = HostTask {
+        program,
+        env: &env,
+        deadline,
+        shared,
+    };
+    super::host::run_host(ctx, req, machines, log, &task, granted).await
 }
 
 pub(super) fn skipped(log: &Log) -> AttemptOutcome {
     AttemptOutcome::Skipped {
         reason: log.last_line(),
     }
-}
-
-/// Save `paths` (absolute) under /var/lib/vmcheck-restore, one tarball each; paths that do
-/// not exist are recorded by the absence of their tarball.
-fn save_command(paths: &[String]) -> String {
-    let mut cmd =
-        String::from("set -e; d=/var/lib/vmcheck-restore; rm -rf \"$d\"; mkdir -p \"$d\"; i=0\n");
-    cmd.push_str(&format!("for p in {}; do\n", quoted_list(paths)));
-    cmd.push_str(
-        "  i=$((i+1)); if [ -e \"$p\" ] || [ -L \"$p\" ]; then tar -C / -cf \"$d/$i.tar\" \"${p#/}\"; fi\ndone\n",
-    );
-    cmd
-}
-
-/// Put back what [`save_command`] saved: remove each path, unpack its tarball if any.
-fn restore_command(paths: &[String]) -> String {
-    let mut cmd = String::from("set -e; d=/var/lib/vmcheck-restore; i=0\n");
-    cmd.push_str(&format!("for p in {}; do\n", quoted_list(paths)));
-    cmd.push_str(
-        "  i=$((i+1)); rm -rf \"$p\"; if [ -f \"$d/$i.tar\" ]; then tar -C / -xpf \"$d/$i.tar\"; fi\ndone\nrm -rf \"$d\"\n",
-    );
-    cmd
-}
-
-fn quoted_list(paths: &[String]) -> String {
-    paths.iter().map(|p| quote(p)).collect::<Vec<_>>().join(" ")
 }
 
 /// Save an attempt's evidence into `dir`: console logs and the files the test asks for, per
@@ -691,47 +692,5 @@ mod tests {
     fn env_names() {
         assert_eq!(env_name("machine1"), "MACHINE1");
         assert_eq!(env_name("web-server"), "WEB_SERVER");
-    }
-
-    #[test]
-    fn restore_scripts_quote_paths() {
-        let paths = vec!["/etc/motd".to_string(), "/var/lib/a b".to_string()];
-        let save = save_command(&paths);
-        assert!(
-            save.contains("for p in /etc/motd '/var/lib/a b'; do"),
-            "{save}"
-        );
-        let restore = restore_command(&paths);
-        assert!(restore.contains("rm -rf \"$p\""));
-        assert!(restore.ends_with("rm -rf \"$d\"\n"));
-    }
-
-    /// The save and restore scripts, run by a real shell on a scratch directory standing in
-    /// for `/`: a changed file comes back, a created file goes away.
-    #[test]
-    fn save_and_restore_round_trip() {
-        let root = tempfile::tempdir().unwrap();
-        let r = root.path().display().to_string();
-        std::fs::write(root.path().join("kept"), "original").unwrap();
-        let paths = vec![format!("{r}/kept"), format!("{r}/created")];
-        let run = |script: String| {
-            let script = script.replace("d=/var/lib/vmcheck-restore", &format!("d={r}/.save"));
-            let ok = std::process::Command::new("sh")
-                .arg("-c")
-                .arg(&script)
-                .status()
-                .unwrap();
-            assert!(ok.success(), "{script}");
-        };
-        run(save_command(&paths));
-        std::fs::write(root.path().join("kept"), "changed").unwrap();
-        std::fs::write(root.path().join("created"), "new").unwrap();
-        run(restore_command(&paths));
-        assert_eq!(
-            std::fs::read_to_string(root.path().join("kept")).unwrap(),
-            "original"
-        );
-        assert!(!root.path().join("created").exists());
-        assert!(!root.path().join(".save").exists());
     }
 }

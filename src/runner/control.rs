@@ -1,9 +1,12 @@
-//! The `vm` helper of host scripts: a test's `host` script runs on the host and drives its
-//! machines with `vm exec machine1 CMD`, `vm reboot machine2`, `vm upload …`. The helper is
-//! vmcheck itself (`vmcheck vm-ctl`), which sends one JSON request over the attempt's Unix
-//! socket (`$VMCHECK_CONTROL`) to the runner that owns the machines, and prints the answer.
-//! Going through the runner (not straight to SSH) lets reboots relaunch qemu, keeps one SSH
-//! connection per machine, and puts every request into the test's output.
+//! The control protocol between a test's host-side process and the runner: a `host` script
+//! drives its machines with the `vm` helper (`vm exec machine1 CMD`, `vm reboot machine2`,
+//! `vm upload …`), which is vmcheck itself (`vmcheck vm-ctl`); an executable check file's
+//! test (the Python testlib, or any program) speaks the protocol on the socket directly.
+//! One connection carries one JSON request line and its JSON answer line, over the
+//! attempt's Unix socket (`$VMCHECK_CONTROL`) to the runner that owns the machines. Going
+//! through the runner (not straight to SSH) lets reboots relaunch qemu, keeps one SSH
+//! connection per machine, lets restores outlive a killed test, and puts every request
+//! into the test's output.
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -15,6 +18,12 @@ pub enum Request {
     Exec {
         machine: String,
         command: String,
+        /// Standard input of the command.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        input: Option<String>,
+        /// Seconds the command may take (never past the test's deadline).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout: Option<u64>,
     },
     Reboot {
         machine: String,
@@ -35,17 +44,29 @@ pub enum Request {
     Ssh {
         machine: String,
     },
+    /// Save guest paths now, to be put back after the test (nondestructive tests).
+    Restore {
+        machine: String,
+        paths: Vec<String>,
+    },
+    /// Journal messages matching these regexes are allowed for the rest of the attempt.
+    AllowJournal {
+        patterns: Vec<String>,
+    },
 }
 
 impl Request {
-    pub fn machine(&self) -> &str {
+    /// The machine the request is for (`None`: the attempt's, not one machine's).
+    pub fn machine(&self) -> Option<&str> {
         match self {
             Request::Exec { machine, .. }
             | Request::Reboot { machine }
             | Request::WaitReboot { machine }
             | Request::Upload { machine, .. }
             | Request::Download { machine, .. }
-            | Request::Ssh { machine } => machine,
+            | Request::Ssh { machine }
+            | Request::Restore { machine, .. } => Some(machine),
+            Request::AllowJournal { .. } => None,
         }
     }
 
@@ -53,7 +74,11 @@ impl Request {
     pub fn describe(&self) -> String {
         use crate::shell::quote;
         match self {
-            Request::Exec { machine, command } => format!("vm exec {machine} {}", quote(command)),
+            Request::Exec {
+                machine, command, ..
+            } => {
+                format!("vm exec {machine} {}", quote(command))
+            }
             Request::Reboot { machine } => format!("vm reboot {machine}"),
             Request::WaitReboot { machine } => format!("vm wait-reboot {machine}"),
             Request::Upload {
@@ -67,8 +92,20 @@ impl Request {
                 local,
             } => format!("vm download {machine} {remote} {}", local.display()),
             Request::Ssh { machine } => format!("vm ssh {machine}"),
+            Request::Restore { machine, paths } => {
+                format!("vm restore {machine} {}", quoted(paths))
+            }
+            Request::AllowJournal { patterns } => format!("vm allow-journal {}", quoted(patterns)),
         }
     }
+}
+
+fn quoted(words: &[String]) -> String {
+    words
+        .iter()
+        .map(|w| crate::shell::quote(w))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The runner's answer.
@@ -80,14 +117,19 @@ pub struct Response {
     pub stdout: String,
     #[serde(default)]
     pub stderr: String,
+    /// Why the runner could not carry out the request (then `exit` is 255).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl Response {
     pub fn error(message: impl Into<String>) -> Response {
+        let message = message.into();
         Response {
             exit: 255,
             stdout: String::new(),
-            stderr: format!("vm: {}\n", message.into()),
+            stderr: format!("vm: {message}\n"),
+            error: Some(message),
         }
     }
 }
@@ -95,7 +137,16 @@ impl Response {
 /// Parse the helper's command line (`vm SUBCOMMAND MACHINE ARGS…`) into a request.
 pub fn parse_args(args: &[String]) -> Result<Request, String> {
     let usage = "usage: vm exec MACHINE CMD… | vm reboot MACHINE | vm wait-reboot MACHINE | \
-                 vm upload MACHINE LOCAL REMOTE | vm download MACHINE REMOTE LOCAL | vm ssh MACHINE";
+                 vm upload MACHINE LOCAL REMOTE | vm download MACHINE REMOTE LOCAL | vm ssh MACHINE | \
+                 vm restore MACHINE PATH… | vm allow-journal REGEX…";
+    if let [op, patterns @ ..] = args
+        && op == "allow-journal"
+        && !patterns.is_empty()
+    {
+        return Ok(Request::AllowJournal {
+            patterns: patterns.to_vec(),
+        });
+    }
     let [op, machine, rest @ ..] = args else {
         return Err(usage.into());
     };
@@ -105,6 +156,12 @@ pub fn parse_args(args: &[String]) -> Result<Request, String> {
         ("exec", [_, ..]) => Request::Exec {
             machine,
             command: rest.join(" "),
+            input: None,
+            timeout: None,
+        },
+        ("restore", [_, ..]) => Request::Restore {
+            machine,
+            paths: rest.to_vec(),
         },
         ("reboot", []) => Request::Reboot { machine },
         ("wait-reboot", []) => Request::WaitReboot { machine },
@@ -168,7 +225,22 @@ mod tests {
             parse_args(&args(&["exec", "machine1", "echo", "hi"])).unwrap(),
             Request::Exec {
                 machine: "machine1".into(),
-                command: "echo hi".into()
+                command: "echo hi".into(),
+                input: None,
+                timeout: None,
+            }
+        );
+        assert_eq!(
+            parse_args(&args(&["restore", "m", "/etc/motd", "/etc/a b"])).unwrap(),
+            Request::Restore {
+                machine: "m".into(),
+                paths: vec!["/etc/motd".into(), "/etc/a b".into()]
+            }
+        );
+        assert_eq!(
+            parse_args(&args(&["allow-journal", "a.*b"])).unwrap(),
+            Request::AllowJournal {
+                patterns: vec!["a.*b".into()]
             }
         );
         assert_eq!(
@@ -178,9 +250,11 @@ mod tests {
             }
         );
         let up = parse_args(&args(&["upload", "m", "/tmp/a", "/root/a"])).unwrap();
-        assert_eq!(up.machine(), "m");
+        assert_eq!(up.machine(), Some("m"));
         for bad in [
-            &["exec", "m"][..],
+            &["allow-journal"][..],
+            &["restore", "m"],
+            &["exec", "m"],
             &["reboot"],
             &["frob", "m"],
             &["upload", "m", "a"],
@@ -200,5 +274,27 @@ mod tests {
         assert!(json.contains("\"op\":\"download\""), "{json}");
         assert_eq!(serde_json::from_str::<Request>(&json).unwrap(), r);
         assert_eq!(r.describe(), "vm download m /etc/hostname /tmp/h");
+        // What an executable check file's library sends: optional fields may be left out.
+        let exec: Request = serde_json::from_str(
+            r#"{"op":"exec","machine":"m","command":"cat","input":"x","timeout":5}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            exec,
+            Request::Exec {
+                machine: "m".into(),
+                command: "cat".into(),
+                input: Some("x".into()),
+                timeout: Some(5)
+            }
+        );
+        let allow: Request =
+            serde_json::from_str(r#"{"op":"allow-journal","patterns":["x"]}"#).unwrap();
+        assert_eq!(allow.machine(), None);
+        let answer = serde_json::to_string(&Response::error("gone")).unwrap();
+        assert_eq!(
+            answer,
+            r#"{"exit":255,"stdout":"","stderr":"vm: gone\n","error":"gone"}"#
+        );
     }
 }

@@ -1,6 +1,9 @@
-//! A test's `host` script: run on the host in its own process group, with the `vm` helper
-//! on `PATH` and the attempt's control socket served (see `control.rs`) until the script
-//! ends or the test's deadline.
+//! A test's process on the host — its `host` script, or an executable check file's test
+//! (`FILE --vmcheck-run NAME`, which also gets `topology.rs`'s files, vmcheck's Python
+//! testlib on `PYTHONPATH` and a file to report an infrastructure failure in) — run in its
+//! own process group, with the `vm` helper on `PATH` and the attempt's control socket
+//! served (see `control.rs`) until it ends or the test's deadline. What it asks for that
+//! outlives it (paths to restore, journal messages to allow) is handed back ([`Granted`]).
 //!
 //! Nothing the script starts outlives it: its process group is killed when the attempt
 //! ends; the script itself gets `PR_SET_PDEATHSIG` (it dies with vmcheck, even by
@@ -22,7 +25,42 @@ use crate::machine::error::MachineError;
 use crate::machine::shell::Exec;
 use crate::machine::ssh::{ExitStatus, Stream};
 use crate::shell::quote;
+use std::path::Path;
 use std::time::{Duration, Instant};
+
+/// What runs on the host for a test.
+#[derive(Clone, Copy)]
+pub(super) enum HostProgram<'a> {
+    /// A `host` script, run by `/bin/sh -e`.
+    Script(&'a str),
+    /// An executable check file, run as `FILE --vmcheck-run NAME`.
+    CheckFile(&'a Path),
+}
+
+/// A test's process on the host: what runs, and the attempt's terms.
+pub(super) struct HostTask<'a> {
+    pub program: HostProgram<'a>,
+    /// The test's environment (`VMCHECK_TEST`, …, its `env`).
+    pub env: &'a [(String, String)],
+    pub deadline: Instant,
+    /// The machine is shared (a nondestructive test): `restore` requests save paths.
+    pub shared: bool,
+}
+
+/// What the test's process asked for that outlives it.
+#[derive(Debug, Default)]
+pub(super) struct Granted {
+    /// Guest paths saved by `restore` requests on a shared machine, in the order saved.
+    pub restore: Vec<String>,
+    /// Regexes of journal messages allowed by `allow-journal` requests.
+    pub allow_journal: Vec<String>,
+}
+
+/// The file a test writes a reason into to report an infrastructure failure (Bazel's
+/// `TEST_INFRASTRUCTURE_FAILURE_FILE`), under the attempt's host directory.
+const INFRASTRUCTURE_FAILURE_FILE: &str = "infrastructure-failure";
+/// Most of that file that is read.
+const INFRASTRUCTURE_REASON_LIMIT: u64 = 4096;
 
 /// Longest a `vm` helper may take to send its request once connected.
 pub const REQUEST_READ_LIMIT: Duration = Duration::from_secs(10);
@@ -62,28 +100,92 @@ fn prepare(ctx: &AttemptContext) -> std::io::Result<(tempfile::TempDir, tokio::n
     Ok((dir, listener))
 }
 
+/// The process of `program`, with its environment and the files it is told about.
+fn command(
+    ctx: &AttemptContext,
+    req: &AttemptRequest,
+    machines: &[Named],
+    dir: &Path,
+    program: HostProgram,
+    log: &Log,
+) -> std::io::Result<tokio::process::Command> {
+    let mut cmd = match program {
+        HostProgram::Script(script) => {
+            let mut cmd = tokio::process::Command::new("/bin/sh");
+            cmd.arg("-ec").arg(script);
+            cmd
+        }
+        HostProgram::CheckFile(file) => {
+            let mut cmd = tokio::process::Command::new(file);
+            cmd.arg(crate::checkfile::RUN_ARG).arg(req.test.name());
+            let written = super::topology::write(dir, &req.test.name(), machines, |name| {
+                req.test
+                    .provision
+                    .iter()
+                    .find(|p| p.name == name)
+                    .map_or(ctx.test_os.as_str(), |p| p.image_or(&ctx.test_os))
+                    .to_owned()
+            })?;
+            for note in &written.notes {
+                log.note(note);
+            }
+            cmd.env("VMCHECK_TOPOLOGY", &written.topology)
+                .env("VMCHECK_SSH_CONFIG", &written.ssh_config)
+                .env("PYTHONPATH", crate::testlib::python_path_env()?);
+            cmd
+        }
+    };
+    cmd.env(
+        "VMCHECK_INFRASTRUCTURE_FAILURE_FILE",
+        dir.join(INFRASTRUCTURE_FAILURE_FILE),
+    );
+    Ok(cmd)
+}
+
+/// The reason a test wrote into its infrastructure-failure file, if it did (one line,
+/// bounded).
+fn infrastructure_failure(dir: &Path) -> Option<String> {
+    use std::io::Read;
+    let file = std::fs::File::open(dir.join(INFRASTRUCTURE_FAILURE_FILE)).ok()?;
+    let mut bytes = Vec::new();
+    file.take(INFRASTRUCTURE_REASON_LIMIT)
+        .read_to_end(&mut bytes)
+        .ok()?;
+    let reason = crate::reporter::text::first_line(&String::from_utf8_lossy(&bytes));
+    Some(if reason.is_empty() {
+        "(no reason given)".to_owned()
+    } else {
+        reason
+    })
+}
+
 pub(super) async fn run_host(
     ctx: &AttemptContext,
     req: &AttemptRequest,
     machines: &mut [Named],
     log: &Log,
-    script: &str,
-    env: &[(String, String)],
-    deadline: Instant,
+    task: &HostTask<'_>,
+    granted: &mut Granted,
 ) -> AttemptOutcome {
+    let (program, env, deadline) = (task.program, task.env, task.deadline);
+    let what = match program {
+        HostProgram::Script(_) => "the host script",
+        HostProgram::CheckFile(_) => "the test's process",
+    };
     let (dir, listener) = match prepare(ctx) {
         Ok(x) => x,
-        Err(e) => return harness(format!("preparing the host script: {e}")),
+        Err(e) => return harness(format!("preparing {what}: {e}")),
+    };
+    let mut cmd = match command(ctx, req, machines, dir.path(), program, log) {
+        Ok(cmd) => cmd,
+        Err(e) => return harness(format!("preparing {what}: {e}")),
     };
     let path = format!(
         "{}:{}",
         dir.path().join("bin").display(),
         std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into())
     );
-    let mut cmd = tokio::process::Command::new("/bin/sh");
-    cmd.arg("-ec")
-        .arg(script)
-        .current_dir(&ctx.workdir)
+    cmd.current_dir(&ctx.workdir)
         .envs(env.iter().cloned())
         .env("PATH", path)
         .env("VMCHECK_CONTROL", dir.path().join("control.sock"))
@@ -96,7 +198,7 @@ pub(super) async fn run_host(
     // `KillGroup` does on every other way out.
     let (mut child, _death_guard) = match crate::machine::spawn::spawn_guarded(cmd).await {
         Ok(c) => c,
-        Err(e) => return harness(format!("starting the host script: {e}")),
+        Err(e) => return harness(format!("starting {what}: {e}")),
     };
     let guard = KillGroup(child.id());
     let mut readers = tokio::task::JoinSet::new();
@@ -161,7 +263,7 @@ pub(super) async fn run_host(
                 let response = match request {
                     Ok(request) => match tokio::time::timeout_at(
                         deadline.into(),
-                        serve(ctx, machines, log, request, deadline),
+                        serve(ctx, req, machines, log, request, task, granted),
                     )
                     .await
                     {
@@ -210,7 +312,14 @@ pub(super) async fn run_host(
                 )),
             )
         }
-        Some(Err(e)) => (harness(format!("waiting for the host script: {e}")), None),
+        Some(Err(e)) => (harness(format!("waiting for {what}: {e}")), None),
+        Some(Ok(_)) if let Some(reason) = infrastructure_failure(dir.path()) => {
+            let message = format!("the test reported an infrastructure failure: {reason}");
+            (
+                harness(message.clone()),
+                Some(format!("vmcheck: {message}")),
+            )
+        }
         Some(Ok(s)) => match s.code() {
             Some(0) => (AttemptOutcome::Passed, None),
             Some(77) => (
@@ -223,12 +332,18 @@ pub(super) async fn run_host(
                 // The script failed because a machine died under it: a machine failure,
                 // named, retried as one.
                 Some(e) => (machine_failed(&e), Some(format!("vmcheck: {e}"))),
-                None => (
-                    AttemptOutcome::Failed {
-                        status: format!("host script: {s}"),
-                    },
-                    Some(format!("vmcheck: the host script failed ({s})")),
-                ),
+                None => {
+                    let (status, note) = match program {
+                        HostProgram::Script(_) => ("host script", "the host script failed"),
+                        HostProgram::CheckFile(_) => ("test", "the test failed"),
+                    };
+                    (
+                        AttemptOutcome::Failed {
+                            status: format!("{status}: {s}"),
+                        },
+                        Some(format!("vmcheck: {note} ({s})")),
+                    )
+                }
             },
         },
     };
@@ -258,24 +373,38 @@ const ANSWER_LIMIT: usize = 16 << 20;
 /// machine's error.
 async fn serve(
     ctx: &AttemptContext,
+    req: &AttemptRequest,
     machines: &mut [Named],
     log: &Log,
     request: Request,
-    deadline: Instant,
+    task: &HostTask<'_>,
+    granted: &mut Granted,
 ) -> Result<Response, MachineError> {
+    let deadline = task.deadline;
     log.note(&format!("+ {}", request.describe()));
-    let Some(m) = machines.iter_mut().find(|m| m.name == request.machine()) else {
+    let Some(machine) = request.machine() else {
+        return Ok(match request {
+            Request::AllowJournal { patterns } => allow_journal(patterns, granted),
+            _ => unreachable!("only allow-journal is for no machine"),
+        });
+    };
+    let Some(m) = machines.iter_mut().find(|m| m.name == machine) else {
         let names: Vec<&str> = machines.iter().map(|m| m.name.as_str()).collect();
         return Ok(Response::error(format!(
-            "no machine '{}' in this test (machines: {})",
-            request.machine(),
+            "no machine '{machine}' in this test (machines: {})",
             names.join(", ")
         )));
     };
     let left = deadline.saturating_duration_since(Instant::now());
     let shell_done = |r: Result<(), MachineError>| r.map(|()| Response::default());
     match request {
-        Request::Exec { command, .. } => {
+        Request::Exec {
+            command,
+            input,
+            timeout,
+            ..
+        } => {
+            let limit = timeout.map_or(left, |t| left.min(Duration::from_secs(t)));
             // The answer travels whole in one JSON message: each stream is kept up to
             // ANSWER_LIMIT, the rest counted and said, so vmcheck's memory stays bounded.
             let mut kept: [Vec<u8>; 2] = Default::default();
@@ -291,9 +420,20 @@ async fn serve(
                 .shell()
                 .run(Exec {
                     sink: Some(&mut sink),
-                    ..Exec::new(&command, left)
+                    stdin: input.as_deref().map(str::as_bytes),
+                    ..Exec::new(&command, limit)
                 })
-                .await?;
+                .await;
+            let done = match done {
+                // The command's own timeout, before the test's deadline: its answer.
+                Err(MachineError::CommandTimeout { .. }) if limit < left => {
+                    return Ok(Response::error(format!(
+                        "the command timed out after {}s",
+                        limit.as_secs()
+                    )));
+                }
+                other => other?,
+            };
             let [stdout, stderr] = kept.map(|b| String::from_utf8_lossy(&b).into_owned());
             let mut stderr = stderr;
             for (what, n) in ["stdout", "stderr"].iter().zip(cut) {
@@ -313,6 +453,7 @@ async fn serve(
                 },
                 stdout,
                 stderr,
+                error: None,
             })
         }
         Request::Reboot { .. } => shell_done(
@@ -336,7 +477,48 @@ async fn serve(
         Request::Ssh { .. } => Ok(Response {
             exit: 0,
             stdout: format!("{}\n", m.machine.ssh_command()),
-            stderr: String::new(),
+            ..Response::default()
         }),
+        Request::Restore { paths, .. } => {
+            if let Some(e) = paths
+                .iter()
+                .find_map(|p| super::restore::valid_path(p).err())
+            {
+                return Ok(Response::error(format!("cannot restore {e}")));
+            }
+            // A fresh machine is thrown away after the test: nothing to put back.
+            if !task.shared {
+                return Ok(Response::default());
+            }
+            let first = req.test.restore.len() + granted.restore.len() + 1;
+            let save = super::restore::save_command(&paths, first, false);
+            let done = m.machine.shell().execute(&save, left).await?;
+            if !done.status.success() {
+                return Ok(Response::error(format!(
+                    "saving {} failed ({}): {}",
+                    paths.join(" "),
+                    done.status,
+                    String::from_utf8_lossy(&done.output.stderr).trim()
+                )));
+            }
+            granted.restore.extend(paths);
+            Ok(Response::default())
+        }
+        Request::AllowJournal { .. } => unreachable!("handled above"),
     }
+}
+
+/// Allow journal messages matching `patterns` for the rest of the attempt, if they are
+/// valid regexes.
+fn allow_journal(patterns: Vec<String>, granted: &mut Granted) -> Response {
+    for p in &patterns {
+        if let Err(e) = regex::Regex::new(p) {
+            return Response::error(format!(
+                "not a valid regex: {}",
+                crate::reporter::text::one_line(&e.to_string())
+            ));
+        }
+    }
+    granted.allow_journal.extend(patterns);
+    Response::default()
 }

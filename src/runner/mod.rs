@@ -16,8 +16,10 @@ pub mod journal;
 pub mod ledger;
 pub mod order;
 pub mod output;
+pub mod restore;
 pub mod sit;
 pub mod state;
+pub mod topology;
 
 /// The `image` of a [`MachineReady`](crate::events::Event::MachineReady) event for an
 /// existing host (`--machine`), which was not booted.

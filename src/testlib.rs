@@ -1,0 +1,63 @@
+//! vmcheck's Python `testlib` (`python/testlib.py`, Cockpit's names over the executable
+//! check-file protocol), built into the binary and written once per version to a private
+//! cache directory, which the runner puts on every executable check file's `PYTHONPATH`
+//! (and `vmcheck python` on the one it runs), so no installation is needed.
+
+use std::path::PathBuf;
+
+/// The library's source, as shipped in this repository.
+pub const SOURCE: &str = include_str!("../python/testlib.py");
+
+/// The directory holding `testlib.py` of this vmcheck:
+/// `$XDG_CACHE_HOME/vmcheck/python/<sha256 of the source, 16 hex digits>/`, written (0700
+/// directory, atomically renamed file) the first time it is asked for.
+pub fn python_path() -> std::io::Result<PathBuf> {
+    python_path_in(&crate::image::cache_home())
+}
+
+fn python_path_in(cache: &std::path::Path) -> std::io::Result<PathBuf> {
+    let hash = crate::image::hash::sha256_bytes(SOURCE.as_bytes());
+    let base = cache.join("vmcheck/python");
+    let dir = base.join(&hash[..16]);
+    let file = dir.join("testlib.py");
+    if std::fs::read(&file).is_ok_and(|b| b == SOURCE.as_bytes()) {
+        return Ok(dir);
+    }
+    crate::private::create_dir(&base)?;
+    crate::private::create_dir(&dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(&dir)?;
+    std::io::Write::write_all(&mut tmp, SOURCE.as_bytes())?;
+    tmp.persist(&file).map_err(|e| e.error)?;
+    Ok(dir)
+}
+
+/// `PYTHONPATH` with vmcheck's library first, then the caller's.
+pub fn python_path_env() -> std::io::Result<std::ffi::OsString> {
+    let mut value = python_path()?.into_os_string();
+    if let Some(old) = std::env::var_os("PYTHONPATH").filter(|v| !v.is_empty()) {
+        value.push(":");
+        value.push(old);
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn written_once_and_found_again() {
+        let home = tempfile::tempdir().unwrap();
+        let dir = python_path_in(home.path()).unwrap();
+        assert!(dir.starts_with(home.path()));
+        let file = dir.join("testlib.py");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), SOURCE);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        // A damaged copy is replaced.
+        std::fs::write(&file, "broken").unwrap();
+        assert_eq!(python_path_in(home.path()).unwrap(), dir);
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), SOURCE);
+    }
+}
