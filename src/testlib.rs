@@ -1,7 +1,8 @@
 //! vmcheck's Python `testlib` (`python/testlib.py`, Cockpit's names over the executable
 //! check-file protocol), built into the binary and written once per version to a private
 //! cache directory, which the runner puts on every executable check file's `PYTHONPATH`
-//! (and `vmcheck python` on the one it runs), so no installation is needed.
+//! (and `vmcheck python` on the one it runs), so no installation is needed; and the `PATH`
+//! those processes get, on which `vmcheck` is this vmcheck (their first line may run it).
 
 use std::path::PathBuf;
 
@@ -39,6 +40,21 @@ pub fn python_path_env() -> std::io::Result<std::ffi::OsString> {
         value.push(old);
     }
     Ok(value)
+}
+
+/// `PATH` with the directory of this vmcheck binary first (after `first`, if given), so
+/// that an executable check file's `vmcheck` is the one that runs it.
+pub fn path_env(first: Option<&std::path::Path>) -> std::ffi::OsString {
+    let mut dirs: Vec<PathBuf> = first.map(PathBuf::from).into_iter().collect();
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(PathBuf::from))
+    {
+        dirs.push(dir);
+    }
+    let rest = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+    dirs.extend(std::env::split_paths(&rest));
+    std::env::join_paths(dirs).unwrap_or(rest)
 }
 
 #[cfg(test)]

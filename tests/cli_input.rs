@@ -200,3 +200,119 @@ fn base_matches_covers_of_non_ascii_and_spaced_file_names() {
          test/verify/check-space TestSpace.testOne: affected: src/with space.rs changed (covers)\n"
     );
 }
+
+/// A project whose check files are `(name, text, executable)`.
+fn project_with_programs(files: &[(&str, &str, bool)]) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let p = project(&[]);
+    for (name, text, executable) in files {
+        let path = p.path().join("test/verify").join(name);
+        std::fs::write(&path, text).unwrap();
+        let mode = if *executable { 0o755 } else { 0o644 };
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    p
+}
+
+/// An executable check file in shell that lists `tests` (JSON) after running `before`.
+fn lister(before: &str, tests: &str) -> String {
+    format!(
+        "#!/bin/sh\n[ \"$1\" = --vmcheck-list ] || exit 9\n{before}\necho '{{\"version\": 1, \"tests\": {tests}}}'\n"
+    )
+}
+
+#[test]
+fn bad_executable_check_files_are_one_line_errors_naming_the_file_and_start_nothing() {
+    let toml = ("check-toml", "[TestA.testOne]\nrun = 'true'\n", false);
+    let cases: &[(&str, String, bool, &str)] = &[
+        (
+            "check-py",
+            "#!/usr/bin/env python3\nimport testlib\n".into(),
+            false,
+            "test/verify/check-py: its #! line names python3, but it is not executable: `chmod +x` it",
+        ),
+        (
+            "check-fails",
+            lister("echo 'Traceback (most recent call last):' >&2; echo 'NameError: frob' >&2; exit 1", "[]"),
+            true,
+            "test/verify/check-fails: listing its tests (--vmcheck-list) failed (exit status: 1); its stderr ends: Traceback (most recent call last): NameError: frob",
+        ),
+        (
+            "check-garbage",
+            lister("echo 'this is not json'; exit 0", "[]"),
+            true,
+            "test/verify/check-garbage: its listing (--vmcheck-list) is not JSON: expected ident at line 1 column 2",
+        ),
+        (
+            "check-dup",
+            lister("", r#"[{"name": "TestA.testOne", "line": 3}]"#),
+            true,
+            "test/verify/check-toml:1:8: test TestA.testOne is already defined in test/verify/check-dup:3",
+        ),
+        (
+            "check-image",
+            lister("", r#"[{"name": "TestB.testTwo", "line": 7, "provision": {"machine1": {"image": "fedora-99"}}}]"#),
+            true,
+            "test/verify/check-image:7:1: unknown image 'fedora-99' (known images: tiny)",
+        ),
+        (
+            "check-python",
+            "#!/usr/bin/env python3\nimport testlib\nclass TestC(testlib.MachineCase):\n    @testlib.timeout(0)\n    def testThree(self):\n        pass\ntestlib.test_main()\n".into(),
+            true,
+            "test/verify/check-python:5:1: in its listing (--vmcheck-list): test TestC.testThree: 'timeout'",
+        ),
+    ];
+    for (name, text, executable, want) in cases {
+        let p = project_with_programs(&[toml, (name, text, *executable)]);
+        let junit = p.path().join("junit.xml");
+        std::fs::write(&junit, "an earlier report").unwrap();
+        let tmp = common::private_tmp();
+        let out = common::vmcheck()
+            .current_dir(p.path())
+            .args(["run", "--junit", "junit.xml"])
+            .env("TEST_OS", "tiny")
+            .env("VMCHECK_IMAGES_DIR", p.path().join("store"))
+            .env("VMCHECK_PROGRESS", "none")
+            .env("TMPDIR", tmp.path())
+            .env_remove("TEST_SCENARIO")
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert_eq!(
+            out.status.code(),
+            Some(exit_codes::INPUT_ERROR),
+            "{name}: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{name}: one line: {err}");
+        assert!(
+            err.starts_with(want),
+            "{name}: {err:?} should start with {want:?}"
+        );
+        assert!(stdout(&out).is_empty(), "{name}: no TAP, nothing started");
+        assert_eq!(
+            std::fs::read_to_string(&junit).unwrap(),
+            "an earlier report"
+        );
+        common::assert_nothing_left(tmp.path());
+    }
+}
+
+#[test]
+fn a_hung_listing_is_stopped_and_named() {
+    let p = project_with_programs(&[(
+        "check-hangs",
+        &lister("echo 'waiting for a lock' >&2; sleep 987654 & wait", "[]"),
+        true,
+    )]);
+    let out = vmcheck(p.path(), &["run", "--list"]);
+    assert_eq!(out.status.code(), Some(exit_codes::INPUT_ERROR));
+    assert_eq!(
+        stderr(&out),
+        "test/verify/check-hangs: listing its tests (--vmcheck-list) did not finish within 20s; its stderr ends: waiting for a lock\n"
+    );
+    let left = common::processes_mentioning("sleep 987654");
+    assert!(
+        left.is_empty(),
+        "the listing's children are killed: {left:?}"
+    );
+}

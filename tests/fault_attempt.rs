@@ -450,10 +450,5 @@ grep -q "vmcheck: 1048576 bytes of the command's stdout cut" "$VMCHECK_RUN_DIR/e
         .output()
         .unwrap();
     let tap = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(exit_codes::OK),
-        "{tap}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_code(&out, &tap, exit_codes::OK);
 }

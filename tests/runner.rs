@@ -71,16 +71,6 @@ fn sit_prompt(err: &mut impl Iterator<Item = std::io::Result<String>>) -> Vec<St
     }
 }
 
-/// Assert a run's exit code, showing its TAP and stderr when it differs.
-fn assert_code(out: &Output, tap: &str, code: i32) {
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "{tap}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn run(args: &[&str]) -> (Output, String) {
     let out = common::vmcheck().arg("run").args(args).output().unwrap();
     let tap = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -289,9 +279,37 @@ fn the_own_suite_passes_with_every_reporter_on() {
         "TestMachines.testPrivateNetwork",
         "TestMachines.testReboot",
         "TestDebian.testSystemd",
+        // Executable check files: in Python with testlib, and in plain shell.
+        "TestPythonMachines.testPrivateNetwork",
+        "TestPythonMachine.testReboot",
+        "TestPythonMachine.testFiles",
+        "TestPythonShared.testExecute",
+        "TestPythonShared.testAllowedMessage",
+        "TestPythonShared.testRestoreA",
+        "TestPythonShared.testRestoreB",
+        "TestProtocol.testMachines",
+        "TestProtocol.testRestoreA",
+        "TestProtocol.testRestoreB",
     ] {
         let r = result(&rs, name);
         assert!(r.0 && r.2.is_empty(), "{r:?}");
+    }
+    for (name, directive) in [
+        ("TestPythonSkips.testOnlyOnDebian", "SKIP needs systemd"),
+        (
+            "TestPythonSkips.testNotOnBusybox",
+            "SKIP busybox has no package manager",
+        ),
+        (
+            "TestPythonSkips.testSkipsItself",
+            "SKIP nothing to test on busybox",
+        ),
+        (
+            "TestPythonSkips.testKnownBroken",
+            "TODO the frobnicator is not written yet",
+        ),
+    ] {
+        assert_eq!(result(&rs, name).2, directive, "{name}");
     }
     assert!(
         tap.trim_end()
@@ -310,8 +328,27 @@ fn failure_examples_produce_the_expected_tap() {
     let (out, tap) = run(&["-j", "2", "--test-dir", "test/example"]);
     assert_eq!(out.status.code(), Some(exit_codes::TESTS_FAILED), "{tap}");
     let rs = results(&tap);
-    assert_eq!(rs.len(), 14, "{tap}");
+    assert_eq!(rs.len(), 21, "{tap}");
     let expect = [
+        // The same failure modes in a Python check file.
+        ("TestPythonExample.testAssertFails", false, ""),
+        ("TestPythonExample.testExecuteFails", false, ""),
+        ("TestPythonExample.testTimesOut", false, "TIMEOUT after 3s"),
+        (
+            "TestPythonExample.testInfrastructure",
+            false,
+            "ERROR the test reported an infrastructure failure: the package mirror is down",
+        ),
+        (
+            "TestPythonExample.testTodoPasses",
+            false,
+            "expected failure: this bug was fixed but the todo was not removed",
+        ),
+        (
+            "TestPythonKnown.testKnownCrash",
+            true,
+            "SKIP Known issue #101",
+        ),
         (
             "TestExample.testJournalOops",
             false,
@@ -346,8 +383,16 @@ fn failure_examples_produce_the_expected_tap() {
         let r = result(&rs, name);
         assert_eq!((r.0, r.2.as_str()), (ok, directive), "{name}: {tap}");
     }
-    let dies = result(&rs, "TestExample.testMachineDies");
-    assert!(!dies.0 && dies.2.starts_with("ERROR machine "), "{dies:?}");
+    for name in [
+        "TestExample.testMachineDies",
+        "TestPythonExample.testMachineDies",
+    ] {
+        let dies = result(&rs, name);
+        assert!(
+            !dies.0 && dies.2.starts_with("ERROR machine ") && dies.2.contains("powered off"),
+            "{dies:?}"
+        );
+    }
     // Retries: two per failing test, the harness failure retried as such.
     let retries = |name: &str, reason: &str| {
         tap.lines()
@@ -367,12 +412,28 @@ fn failure_examples_produce_the_expected_tap() {
         retries("TestShared.testFails", "(be robust against unstable tests)"),
         2
     );
+    for name in [
+        "TestExample.testMachineDies",
+        "TestPythonExample.testMachineDies",
+        "TestPythonExample.testInfrastructure",
+    ] {
+        assert_eq!(
+            retries(name, "(due to failure of test harness or framework)"),
+            2,
+            "{name}"
+        );
+    }
     assert_eq!(
         retries(
-            "TestExample.testMachineDies",
-            "(due to failure of test harness or framework)"
+            "TestPythonExample.testAssertFails",
+            "(be robust against unstable tests)"
         ),
         2
+    );
+    // A Python test's failure shows where in the check file it failed.
+    assert!(
+        tap.contains("# AssertionError: '1' != '2'"),
+        "the assertion is shown: {tap}"
     );
     assert_eq!(
         retries("TestExample.testTodoPasses", "RETRY"),
@@ -386,7 +447,7 @@ fn failure_examples_produce_the_expected_tap() {
         tap.contains("# + vm exec machine1 'echo from the machine; exit 4'\n# from the machine\n")
     );
     assert!(!tap.contains("not reached"));
-    assert!(tap.contains("# 11 TESTS FAILED ["), "{tap}");
+    assert!(tap.contains("# 17 TESTS FAILED ["), "{tap}");
     let (ok, _) = common::prove(&tap);
     assert!(!ok);
     // Without a terminal, progress is plain status lines; the summary ends with the command
@@ -446,7 +507,7 @@ fn nondestructive_tests_run_on_an_existing_machine() {
     let (out, tap) = run(&args);
     vm.stdin.as_mut().unwrap().write_all(b"\n").unwrap();
     assert_eq!(vm.wait().unwrap().code(), Some(exit_codes::OK));
-    assert_code(&out, &tap, exit_codes::OK);
+    common::assert_code(&out, &tap, exit_codes::OK);
     let rs = results(&tap);
     assert_eq!(rs.len(), 4, "only the nondestructive tests: {tap}");
     assert!(rs.iter().all(|r| r.1.ends_with(" [ND@1]")), "{tap}");
@@ -527,17 +588,7 @@ fn sit_keeps_the_failed_machine_until_enter() {
     common::image("busybox");
     let mut cmd = std::process::Command::new("test/example/check-failures");
     cmd.current_dir(common::project_root())
-        .env(
-            "PATH",
-            format!(
-                "{}:{}",
-                std::path::Path::new(env!("CARGO_BIN_EXE_vmcheck"))
-                    .parent()
-                    .unwrap()
-                    .display(),
-                std::env::var("PATH").unwrap()
-            ),
-        )
+        .env("PATH", common::path_with_vmcheck())
         .args(["TestExample.testFails", "--sit"]);
     let (mut child, mut err) = spawn_reading_stderr(&mut cmd);
     let ssh = sit_prompt(&mut err)
@@ -775,7 +826,7 @@ fn affected_tests_pass_three_times() {
         .output()
         .unwrap();
     let tap = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_code(&out, &tap, exit_codes::OK);
+    common::assert_code(&out, &tap, exit_codes::OK);
     let affected_retries = tap
         .lines()
         .filter(|l| {
@@ -901,9 +952,9 @@ fn event_streams_of_two_runs_merge_into_one_report() {
         run(&args)
     };
     let (out, tap_a) = shard("1/2", &a);
-    assert_code(&out, &tap_a, exit_codes::OK);
+    common::assert_code(&out, &tap_a, exit_codes::OK);
     let (out, tap_b) = shard("2/2", &b);
-    assert_code(&out, &tap_b, exit_codes::OK);
+    common::assert_code(&out, &tap_b, exit_codes::OK);
     assert!(
         !history.exists(),
         "a shard does not change the history it split by"
@@ -919,7 +970,7 @@ fn event_streams_of_two_runs_merge_into_one_report() {
     let recorded = std::fs::read_to_string(&history).expect("the merge records durations");
     assert!(recorded.contains("TestShared."), "{recorded}");
     let tap = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_code(&out, &tap, exit_codes::OK);
+    common::assert_code(&out, &tap, exit_codes::OK);
     let rs = results(&tap);
     let (ra, rb) = (results(&tap_a), results(&tap_b));
     assert_eq!(rs.len(), ra.len() + rb.len(), "{tap}");
@@ -950,7 +1001,7 @@ fn event_streams_of_two_runs_merge_into_one_report() {
     // merging them would report some tests twice and others not at all.
     let c = dir.path().join("c.jsonl");
     let (out, tap_c) = shard("2/2", &c);
-    assert_code(&out, &tap_c, exit_codes::OK);
+    common::assert_code(&out, &tap_c, exit_codes::OK);
     let out = common::vmcheck()
         .arg("merge")
         .args([&a, &c])
@@ -976,7 +1027,7 @@ fn event_streams_of_two_runs_merge_into_one_report() {
         .output()
         .unwrap();
     let tap = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_code(&out, &tap, exit_codes::INFRASTRUCTURE);
+    common::assert_code(&out, &tap, exit_codes::INFRASTRUCTURE);
     assert!(tap.contains("# ERROR "), "{tap}");
     assert!(tap.contains("Bail out! "), "{tap}");
 

@@ -122,6 +122,7 @@ fn run_listing(
     cmd.arg(LIST_ARG)
         .current_dir(root)
         .env("PYTHONPATH", python_path)
+        .env("PATH", crate::testlib::path_env(None))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -378,9 +379,16 @@ fn from_listing(display: &Path, program: &Path, json: &[u8]) -> (Vec<Parsed>, Ve
             .replace(", run, host)", ")");
         errors.push(error(line, message));
     }
+    // Positions in the generated document mean nothing to the user: the test's line does.
     for p in &mut parsed {
-        p.def.line = lines.get(&p.def.name()).copied().unwrap_or(0);
+        let line = lines.get(&p.def.name()).copied().unwrap_or(0);
+        p.def.line = line;
         p.col = 1;
+        for m in &mut p.def.provision {
+            if m.image_at.is_some() {
+                m.image_at = Some((line, usize::from(line > 0)));
+            }
+        }
     }
     (parsed, errors)
 }
@@ -503,6 +511,7 @@ mod tests {
         let machines: Vec<_> = two.provision.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(machines, ["machine1", "web"]);
         assert_eq!(two.provision[1].memory_mib, Some(1024));
+        assert_eq!(two.provision[1].image_at, Some((30, 1)));
         assert_eq!(two.env["A"], "x \"y\"\n");
         assert!(two.skip.is_some());
     }

@@ -180,11 +180,7 @@ pub(super) async fn run_host(
         Ok(cmd) => cmd,
         Err(e) => return harness(format!("preparing {what}: {e}")),
     };
-    let path = format!(
-        "{}:{}",
-        dir.path().join("bin").display(),
-        std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into())
-    );
+    let path = crate::testlib::path_env(Some(&dir.path().join("bin")));
     cmd.current_dir(&ctx.workdir)
         .envs(env.iter().cloned())
         .env("PATH", path)
@@ -313,6 +309,12 @@ pub(super) async fn run_host(
             )
         }
         Some(Err(e)) => (harness(format!("waiting for {what}: {e}")), None),
+        // A machine that died under a `vm` request explains the failure: a machine
+        // failure, named, retried as one.
+        Some(Ok(s)) if !matches!(s.code(), Some(0 | 77)) && died.is_some() => {
+            let e = died.take().expect("checked");
+            (machine_failed(&e), Some(format!("vmcheck: {e}")))
+        }
         Some(Ok(_)) if let Some(reason) = infrastructure_failure(dir.path()) => {
             let message = format!("the test reported an infrastructure failure: {reason}");
             (
@@ -328,23 +330,18 @@ pub(super) async fn run_host(
                 },
                 None,
             ),
-            _ => match died {
-                // The script failed because a machine died under it: a machine failure,
-                // named, retried as one.
-                Some(e) => (machine_failed(&e), Some(format!("vmcheck: {e}"))),
-                None => {
-                    let (status, note) = match program {
-                        HostProgram::Script(_) => ("host script", "the host script failed"),
-                        HostProgram::CheckFile(_) => ("test", "the test failed"),
-                    };
-                    (
-                        AttemptOutcome::Failed {
-                            status: format!("{status}: {s}"),
-                        },
-                        Some(format!("vmcheck: {note} ({s})")),
-                    )
-                }
-            },
+            _ => {
+                let (status, note) = match program {
+                    HostProgram::Script(_) => ("host script", "the host script failed"),
+                    HostProgram::CheckFile(_) => ("test", "the test failed"),
+                };
+                (
+                    AttemptOutcome::Failed {
+                        status: format!("{status}: {s}"),
+                    },
+                    Some(format!("vmcheck: {note} ({s})")),
+                )
+            }
         },
     };
     // Leftover background processes of the script die with its group; then the rest of

@@ -1,7 +1,9 @@
 //! The runner: schedules a test plan onto machines, runs attempts, applies policy and emits
 //! events. `state.rs` owns all run state and decides (a state machine without I/O);
 //! `dispatcher.rs` drives it; `attempt.rs` runs one attempt, with `output.rs` (its output,
-//! bounded), `host.rs` (host scripts), `control.rs` (the `vm` helper's protocol),
+//! bounded), `host.rs` (host scripts and executable check files' tests, with `topology.rs`
+//! for the machines they are told about), `control.rs` (their protocol with the runner),
+//! `restore.rs` (a shared machine's paths saved and put back),
 //! `artifacts.rs` (what a failed attempt leaves) and `sit.rs` (`--sit`); `ledger.rs` is the
 //! capacity accounting; `order.rs` decides what runs next from estimated durations;
 //! `boots.rs` paces cold boots.

@@ -426,3 +426,25 @@ pub fn busybox_project() -> tempfile::TempDir {
     std::os::unix::fs::symlink(&image.dir, root.join("images/busybox")).unwrap();
     dir
 }
+
+/// `PATH` with this build's vmcheck first, as after `cargo install`.
+pub fn path_with_vmcheck() -> String {
+    format!(
+        "{}:{}",
+        Path::new(env!("CARGO_BIN_EXE_vmcheck"))
+            .parent()
+            .unwrap()
+            .display(),
+        std::env::var("PATH").unwrap()
+    )
+}
+
+/// Assert a run's exit code, showing its TAP and stderr when it differs.
+pub fn assert_code(out: &std::process::Output, tap: &str, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{tap}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
