@@ -355,6 +355,28 @@ class Run(CheckFileTest):
         self.assertExit(done, 0)
         self.assertIn("ran", done.stdout)
 
+    def test_sigterm_shows_where_the_test_was(self):
+        path = self.check_file("""\
+            import time
+            class TestFoo(testlib.MachineCase):
+                def testBar(self):
+                    print("waiting")
+                    self.wait_forever()
+
+                def wait_forever(self):
+                    time.sleep(60)
+            """)
+        process = subprocess.Popen([sys.executable, path, "--vmcheck-run", "TestFoo.testBar"],
+                                   env=self.env(), stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        self.addCleanup(process.kill)
+        self.assertEqual(process.stdout.readline(), "# TestFoo.testBar\n")
+        self.assertEqual(process.stdout.readline(), "waiting\n")
+        process.terminate()
+        _, stderr = process.communicate(timeout=30)
+        self.assertEqual(process.returncode, -15)
+        self.assertIn(f'File "{path}", line 10 in wait_forever', stderr)
+
     def test_unknown_test(self):
         path = self.check_file("""\
             class TestFoo(testlib.MachineCase):

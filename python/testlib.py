@@ -15,12 +15,14 @@ vmcheck, not this module, decides skips (`skipImage`, `onlyImage`), expected fai
 (`todo`), retries and restores. Standard library only.
 """
 
+import faulthandler
 import inspect
 import json
 import linecache
 import os
 import re
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -424,6 +426,8 @@ def _run(name):
         print(f"{sys.argv[0]}: no test {name!r} in this file", file=sys.stderr)
         return _EXIT_USAGE
     sys.stdout.reconfigure(line_buffering=True)
+    # vmcheck stops a test that ran out of time with SIGTERM: say where it was stuck.
+    faulthandler.register(signal.SIGTERM, chain=True)
     print(f"# {name}")
     runner = unittest.TextTestRunner(stream=sys.stdout, verbosity=0, resultclass=_Result)
     result = runner.run(cls(method_name))
