@@ -360,11 +360,12 @@ class Run(CheckFileTest):
             import time
             class TestFoo(testlib.MachineCase):
                 def testBar(self):
-                    print("waiting")
                     self.wait_forever()
 
                 def wait_forever(self):
-                    time.sleep(60)
+                    print("waiting")
+                    while True:
+                        time.sleep(0.01)
             """)
         process = subprocess.Popen([sys.executable, path, "--vmcheck-run", "TestFoo.testBar"],
                                    env=self.env(), stdout=subprocess.PIPE,
@@ -375,7 +376,7 @@ class Run(CheckFileTest):
         process.terminate()
         _, stderr = process.communicate(timeout=30)
         self.assertEqual(process.returncode, -15)
-        self.assertIn(f'File "{path}", line 10 in wait_forever', stderr)
+        self.assertIn(f'in wait_forever\n  File "{path}", line 6 in testBar\n', stderr)
 
     def test_unknown_test(self):
         path = self.check_file("""\
@@ -701,6 +702,41 @@ class InProcess(unittest.TestCase):
 
     def test_infrastructure_error_is_an_error(self):
         self.assertTrue(issubclass(testlib.InfrastructureError, testlib.Error))
+
+    def test_which_runner_errors_are_infrastructure(self):
+        tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(tmp.cleanup)
+        runner = FakeRunner(tmp.name)
+        self.addCleanup(runner.close)
+        machine = testlib.Machine("machine1", "busybox")
+        # The runner's own words (src/machine/error.rs, fault.rs, runner/host.rs).
+        cases = {
+            "the test's deadline passed": True,
+            "machine machine1 died: the guest kernel panicked: Kernel panic": True,
+            "machine machine1: the guest kernel panicked: Kernel panic - not syncing": True,
+            "machine machine1: qemu was killed by signal 9 (SIGKILL)": True,
+            "machine machine1: qemu exited (exit status: 1, while running)": True,
+            "machine machine1: the host ran out of memory: the kernel killed qemu (x)": True,
+            "machine machine1: the host's disk is full: no space left for /run/x": True,
+            "machine machine1 did not boot within 300s (no ready marker on the console)": True,
+            "machine machine1: cannot connect to 127.0.0.1:2201: Connection refused": True,
+            "machine machine1: SSH connection to 127.0.0.1:2201 lost": True,
+            "machine machine1: SSH protocol error with 127.0.0.1:2201: eof": True,
+            "no machine 'machine1' in this test (machines: machine2)": False,
+            "bad request: missing field `command`": False,
+            "machine machine1: command timed out after 5s: sleep 10": False,
+            "machine machine1: downloading /nope failed (exit status 1): cat: /nope: No such file": False,
+            "machine machine1: reading /tmp/x: No such file or directory (os error 2)": False,
+            "interrupted": False,
+        }
+        with unittest.mock.patch.dict(os.environ, {"VMCHECK_CONTROL": runner.path}):
+            for error, infrastructure in cases.items():
+                runner.errors["machine1"] = error
+                with self.assertRaises(testlib.Error) as raised:
+                    machine.execute("true")
+                self.assertEqual(isinstance(raised.exception, testlib.InfrastructureError),
+                                 infrastructure, error)
+                self.assertTrue(str(raised.exception).endswith(error))
 
     def test_execute_without_runner(self):
         env = {k: v for k, v in os.environ.items() if k != "VMCHECK_CONTROL"}
