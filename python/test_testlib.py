@@ -639,6 +639,18 @@ class Infrastructure(CheckFileTest):
         self.assertExit(done, 1)
         self.assertEqual(self.infrastructure_reason(), "the lab network is down\n")
 
+    def test_raised_in_a_subtest(self):
+        done = self.run_test("""\
+            class TestFoo(testlib.MachineCase):
+                def testBar(self):
+                    with self.subTest(case=1):
+                        pass
+                    with self.subTest(case=2):
+                        raise testlib.InfrastructureError("lost in case 2")
+            """)
+        self.assertExit(done, 1)
+        self.assertEqual(self.infrastructure_reason(), "lost in case 2\n")
+
     def test_without_the_file_variable(self):
         done = self.run_test("""\
             class TestFoo(testlib.MachineCase):

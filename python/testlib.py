@@ -191,7 +191,7 @@ class Machine:
         """Copy local files and directories (recursively) into the directory `remote_dir`.
 
         `local_paths` is one path or a list of them; each lands as
-        `remote_dir/<its base name>`.
+        `remote_dir/<its base name>`. Missing remote directories are created.
         """
         if isinstance(local_paths, (str, os.PathLike)):
             local_paths = [local_paths]
@@ -200,7 +200,7 @@ class Machine:
         for local in map(os.path.abspath, local_paths):
             remote = os.path.join(remote_dir, os.path.basename(local))
             if os.path.isdir(local):
-                for top, subdirs, names in os.walk(local):
+                for top, _, names in os.walk(local):
                     rel = os.path.relpath(top, local)
                     remote_top = os.path.normpath(os.path.join(remote, rel))
                     dirs.append(remote_top)
@@ -471,7 +471,7 @@ def test_main(covers=None):
         os.execvp("vmcheck", ["vmcheck", "exec", path, *args])
     except FileNotFoundError:
         print(
-            f"{sys.argv[0]}: vmcheck is not on PATH: install it, or run `vmcheck exec {path}`",
+            f"{sys.argv[0]}: cannot run `vmcheck exec {path}`: vmcheck is not on PATH",
             file=sys.stderr,
         )
         sys.exit(_EXIT_USAGE)
