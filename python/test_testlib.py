@@ -335,11 +335,11 @@ class Run(CheckFileTest):
 
     def test_runtime_skip_reason_is_last_line(self):
         done = self.run_test("""\
+            import unittest
             class TestFoo(testlib.MachineCase):
                 def testBar(self):
                     self.machine.execute("echo noise >&2")
                     raise unittest.SkipTest("not on this image")
-            import unittest
             """, merged=True)
         self.assertExit(done, 77)
         self.assertEqual(done.stdout.splitlines()[-1], "not on this image")
