@@ -55,16 +55,6 @@ _PREFIX = "_testlib__"
 # An environment variable name accepted by `Machine.execute(environment=...)`.
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
-# Words of the runner's `error` answers that say a machine went away or the test's time
-# ran out: infrastructure, not the test's doing. Anything else (a bad request, a command
-# that timed out, a failed copy) is the test's failure.
-_INFRASTRUCTURE = re.compile(
-    r"deadline passed|\bdied\b|kernel panicked|qemu was killed|qemu exited|out of memory"
-    r"|disk is full|did not boot|cannot connect to|SSH connection to .* lost"
-    r"|SSH protocol error"
-)
-
-
 class Error(Exception):
     """Base class of this module's errors."""
 
@@ -89,17 +79,19 @@ class ExecuteError(Error, subprocess.CalledProcessError):
 
     def __str__(self):
         text = f"{self.machine}: command {self.cmd!r} failed with exit status {self.returncode}"
-        tail = self.stderr.strip().splitlines()[-20:]
-        if tail:
-            text += ", stderr:\n" + "\n".join(tail)
+        for name, output in (("stdout", self.stdout), ("stderr", self.stderr)):
+            tail = (output or "").strip().splitlines()[-20:]
+            if tail:
+                text += f"\n{name}:\n" + "\n".join(tail)
         return text
 
 
 def _request(request):
     """Send one request to the runner's control socket and return its answer (a dict).
 
-    Raises InfrastructureError when the runner cannot be reached or says a machine went
-    away, Error when it refused the request.
+    Raises InfrastructureError when the runner cannot be reached or says the failure is not
+    the test's doing (a machine went away, the deadline passed), Error when it refused the
+    request.
     """
     path = os.environ.get("VMCHECK_CONTROL")
     if not path:
@@ -120,7 +112,7 @@ def _request(request):
         what = f"vmcheck could not carry out {request['op']!r}"
         if "machine" in request:
             what += f" on {request['machine']}"
-        if _INFRASTRUCTURE.search(error):
+        if answer.get("infrastructure"):
             raise InfrastructureError(f"{what}: {error}")
         raise Error(f"{what}: {error}")
     return answer
@@ -308,7 +300,7 @@ def timeout(seconds):
 
 def todo(reason=""):
     """The test is expected to fail, for `reason`."""
-    return _setting("todo", reason)
+    return _setting("todo", reason or "(no reason given)")
 
 
 def skipImage(reason, *globs):

@@ -245,9 +245,9 @@ fn bad_executable_check_files_are_one_line_errors_naming_the_file_and_start_noth
         ),
         (
             "check-dup",
-            lister("", r#"[{"name": "TestA.testOne", "line": 3}]"#),
+            "#!/usr/bin/env python3\nimport testlib\nclass TestA(testlib.MachineCase):\n    def testOne(self):\n        pass\ntestlib.test_main()\n".into(),
             true,
-            "test/verify/check-toml:1:8: test TestA.testOne is already defined in test/verify/check-dup:3",
+            "test/verify/check-toml:1:8: test TestA.testOne is already defined in test/verify/check-dup:4",
         ),
         (
             "check-image",

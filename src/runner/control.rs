@@ -120,6 +120,9 @@ pub struct Response {
     /// Why the runner could not carry out the request (then `exit` is 255).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The error is not the test's doing: a machine failed or the test's time ran out.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub infrastructure: bool,
 }
 
 impl Response {
@@ -130,6 +133,15 @@ impl Response {
             stdout: String::new(),
             stderr: format!("vm: {message}\n"),
             error: Some(message),
+            infrastructure: false,
+        }
+    }
+
+    /// [`Response::error`] for a failure that is not the test's doing.
+    pub fn infrastructure_error(message: impl Into<String>) -> Response {
+        Response {
+            infrastructure: true,
+            ..Response::error(message)
         }
     }
 }
@@ -291,10 +303,15 @@ mod tests {
         let allow: Request =
             serde_json::from_str(r#"{"op":"allow-journal","patterns":["x"]}"#).unwrap();
         assert_eq!(allow.machine(), None);
-        let answer = serde_json::to_string(&Response::error("gone")).unwrap();
+        let answer = serde_json::to_string(&Response::error("no such machine")).unwrap();
         assert_eq!(
             answer,
-            r#"{"exit":255,"stdout":"","stderr":"vm: gone\n","error":"gone"}"#
+            r#"{"exit":255,"stdout":"","stderr":"vm: no such machine\n","error":"no such machine"}"#
+        );
+        let answer = serde_json::to_string(&Response::infrastructure_error("died")).unwrap();
+        assert!(
+            answer.ends_with(r#""error":"died","infrastructure":true}"#),
+            "{answer}"
         );
     }
 }

@@ -265,13 +265,13 @@ pub(super) async fn run_host(
                     {
                         Ok(Ok(response)) => response,
                         Ok(Err(e)) => {
-                            let response = Response::error(e.to_string());
+                            let response = Response::infrastructure_error(e.to_string());
                             if matches!(e, MachineError::Died { .. }) {
                                 died.get_or_insert(e);
                             }
                             response
                         }
-                        Err(_) => Response::error("the test's deadline passed"),
+                        Err(_) => Response::infrastructure_error("the test's deadline passed"),
                     },
                     Err(e) => Response::error(e),
                 };
@@ -450,7 +450,7 @@ async fn serve(
                 },
                 stdout,
                 stderr,
-                error: None,
+                ..Response::default()
             })
         }
         Request::Reboot { .. } => shell_done(
