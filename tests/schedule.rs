@@ -147,10 +147,11 @@ fn a_corrupt_history_is_a_warning_unless_it_was_named() {
 /// `vmcheck run --list --shard SPEC` (and more arguments): its exit code, the listed names,
 /// and stderr.
 fn list_shard(spec: &str, more: &[&str]) -> (Option<i32>, Vec<String>, String) {
+    let bin = common::bin_without_qemu();
     let out = common::vmcheck()
         .args(["run", "--list", "--shard", spec])
         .args(more)
-        .env("PATH", "/nonexistent")
+        .env("PATH", bin.path())
         .output()
         .unwrap();
     let names = String::from_utf8_lossy(&out.stdout)

@@ -448,3 +448,30 @@ pub fn assert_code(out: &std::process::Output, tap: &str, code: i32) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// How many tests `vmcheck run ARGS` would run (the own suites grow: count, do not assume).
+pub fn planned(args: &[&str]) -> usize {
+    let out = vmcheck()
+        .arg("run")
+        .args(args)
+        .arg("--list")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+/// A directory for `PATH` holding only what the own check files need to list their tests
+/// (`sh`, `cat`, `env`, `python3`): no qemu, so nothing can boot.
+pub fn bin_without_qemu() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for tool in ["sh", "cat", "env", "python3"] {
+        let real = ["/usr/bin", "/bin"]
+            .iter()
+            .map(|d| Path::new(d).join(tool))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| panic!("no {tool}"));
+        std::os::unix::fs::symlink(real, dir.path().join(tool)).unwrap();
+    }
+    dir
+}
