@@ -41,15 +41,34 @@ pub struct TestDef {
     pub no_retry_when_changed: bool,
     /// Regexes (validated) of journal messages the test may cause.
     pub allow_journal: Vec<String>,
-    /// Script run as root in `machine1` over SSH.
-    pub run: Option<String>,
-    /// Script run on the host.
-    pub host: Option<String>,
-    /// The executable check file (absolute) that runs this test (`FILE --vmcheck-run
-    /// NAME`, see `listing.rs`); `run` and `host` are then `None`.
-    pub executable: Option<PathBuf>,
+    /// What runs the test.
+    pub body: Body,
     /// The file's `covers` globs (the same for every test of a file).
     pub covers: Vec<String>,
+}
+
+/// What runs a test.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    /// A TOML test's scripts (at least one): `run` as root in `machine1` over SSH, then
+    /// `host` on the host.
+    Scripts {
+        run: Option<String>,
+        host: Option<String>,
+    },
+    /// The executable check file (absolute) that runs the test: `FILE --vmcheck-run NAME`
+    /// (see `listing.rs`).
+    Executable(PathBuf),
+}
+
+impl Body {
+    /// The script run in `machine1`, if the test has one.
+    pub fn guest_script(&self) -> Option<&str> {
+        match self {
+            Body::Scripts { run, .. } => run.as_deref(),
+            Body::Executable(_) => None,
+        }
+    }
 }
 
 impl TestDef {
@@ -93,9 +112,10 @@ impl TestDef {
             env: BTreeMap::new(),
             no_retry_when_changed: false,
             allow_journal: vec![],
-            run: Some("true".into()),
-            host: None,
-            executable: None,
+            body: Body::Scripts {
+                run: Some("true".into()),
+                host: None,
+            },
             covers: vec![],
         }
     }

@@ -503,8 +503,7 @@ mod tests {
         assert!(one.nondestructive);
         assert_eq!(one.restore, ["/etc/motd"]);
         assert_eq!(one.todo.as_deref(), Some("not yet"));
-        assert_eq!(one.executable.as_deref(), Some(program().as_path()));
-        assert_eq!((one.run.as_ref(), one.host.as_ref()), (None, None));
+        assert_eq!(one.body, crate::checkfile::Body::Executable(program()));
         assert_eq!(one.covers, ["src/x/*"]);
         let two = by_name("TestB.testTwo");
         assert_eq!(two.timeout, Duration::from_secs(120));

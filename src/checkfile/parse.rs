@@ -2,7 +2,7 @@
 //! records every error, checks the rules that span levels, and resolves each test into a
 //! [`TestDef`].
 
-use super::def::TestDef;
+use super::def::{Body, TestDef};
 use super::error::{CheckFileError, Diagnostics};
 use super::glob::path_glob;
 use super::keys::{
@@ -272,9 +272,10 @@ impl Walk<'_> {
                 .value(|s| &s.allow_journal)
                 .cloned()
                 .unwrap_or_default(),
-            run,
-            host,
-            executable: self.executable.map(Path::to_path_buf),
+            body: match self.executable {
+                Some(program) => Body::Executable(program.to_path_buf()),
+                None => Body::Scripts { run, host },
+            },
             covers: self.covers.clone(),
         };
         self.tests.push(Parsed { def, col });
@@ -432,10 +433,12 @@ vm reboot machine2
         assert_eq!(basic.provision, [MachineReq::default_machine()]);
         assert_eq!(basic.restore, ["/etc/motd"]);
         assert_eq!(
-            basic.run.as_deref(),
-            Some("echo hi > /etc/motd\ngrep -q hi /etc/motd\n")
+            basic.body,
+            Body::Scripts {
+                run: Some("echo hi > /etc/motd\ngrep -q hi /etc/motd\n".into()),
+                host: None
+            }
         );
-        assert_eq!(basic.host, None);
         assert_eq!(basic.covers, ["src/foo/**"]);
 
         let reboot = &tests[1];
@@ -456,14 +459,14 @@ vm reboot machine2
             ]
         );
         assert_eq!(reboot.restore, ["/etc/motd"]);
-        assert!(reboot.run.is_none());
-        assert!(
-            reboot
-                .host
-                .as_deref()
-                .unwrap()
-                .starts_with("vm exec machine1")
-        );
+        let Body::Scripts {
+            run: None,
+            host: Some(host),
+        } = &reboot.body
+        else {
+            panic!("{:?}", reboot.body);
+        };
+        assert!(host.starts_with("vm exec machine1"));
         assert_eq!(reboot.covers, ["src/foo/**"]);
     }
 
@@ -479,7 +482,13 @@ vm reboot machine2
         assert!(t.restore.is_empty() && t.artifacts.is_empty() && t.allow_journal.is_empty());
         assert!(t.env.is_empty() && t.covers.is_empty());
         assert!(!t.no_retry_when_changed);
-        assert_eq!((t.run.as_deref(), t.host.as_deref()), (None, Some("true")));
+        assert_eq!(
+            t.body,
+            Body::Scripts {
+                run: None,
+                host: Some("true".into())
+            }
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use super::host::{Granted, HostProgram, HostTask};
 use super::journal;
 pub use super::output::{LiveOutput, Log, Progress};
 use super::sit::sit;
-use crate::checkfile::TestDef;
+use crate::checkfile::{Body, TestDef};
 use crate::events::{AttemptOutcome, AttemptReport};
 use crate::image::Image;
 use crate::machine::Machine;
@@ -174,7 +174,7 @@ pub async fn run_attempt(
     if outcome == AttemptOutcome::Passed {
         // The first machine's start marker goes with its body: one round trip less a test.
         let mark = journal::mark_command(&tag);
-        let marked_by_body = test.run.is_some();
+        let marked_by_body = test.body.guest_script().is_some();
         for m in machines.iter().skip(usize::from(marked_by_body)) {
             let _ = m
                 .machine
@@ -586,7 +586,7 @@ async fn run_bodies(
     let test = &req.test;
     let deadline = Instant::now() + test.timeout;
     let env = body_env(ctx, req, machines);
-    if let Some(script) = &test.run {
+    if let Some(script) = test.body.guest_script() {
         let mut exports: String = env
             .iter()
             .map(|(k, v)| format!("export {k}={}\n", quote(v)))
@@ -634,10 +634,12 @@ async fn run_bodies(
             }
         }
     }
-    let program = match (&test.host, &test.executable) {
-        (Some(script), _) => HostProgram::Script(script),
-        (None, Some(file)) => HostProgram::CheckFile(file),
-        (None, None) => return AttemptOutcome::Passed,
+    let program = match &test.body {
+        Body::Scripts {
+            host: Some(script), ..
+        } => HostProgram::Script(script),
+        Body::Executable(file) => HostProgram::CheckFile(file),
+        Body::Scripts { host: None, .. } => return AttemptOutcome::Passed,
     };
     let task = HostTask {
         program,
