@@ -332,3 +332,86 @@ async fn machines_start_from_a_booted_snapshot_with_their_own_clock_and_identity
     );
     again.kill().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_is_installed_once_and_restored_with_its_snapshot() {
+    let (store, image) = common::in_own_store(&common::image("busybox"));
+    let host = common::host(&image).await;
+    let cancel = Cancel::new();
+    let files = tempfile::tempdir().unwrap();
+    let payload = files.path().join("payload");
+    std::fs::write(&payload, "from the host\n").unwrap();
+    let layer = |script: &str| {
+        std::sync::Arc::new(vmcheck::machine::layer::Layer {
+            key: "deps-0123456789abcdef".into(),
+            files: vec![(payload.clone(), "/opt/layer/payload".into())],
+            script: script.into(),
+            timeout: Duration::from_secs(60),
+        })
+    };
+    let with = |label: &str, layer| MachineSpec {
+        layer: Some(layer),
+        ..spec(label, &image)
+    };
+    // The first machine boots, installs the layer (the script counts its runs), saves it.
+    let installing = layer("cat /opt/layer/payload >> /opt/layer/installed");
+    let mut first = VirtualMachine::start(&host, with("e2e-layer-1", installing.clone()))
+        .await
+        .unwrap();
+    first.wait_boot(BOOT, &cancel).await.unwrap();
+    assert!(!first.restored());
+    assert_eq!(
+        run(&first, "cat /opt/layer/installed").await,
+        "from the host"
+    );
+    let names: Vec<String> = std::fs::read_dir(store.path().join("snapshots"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+    assert!(
+        names[0].starts_with("busybox+deps-0123456789abcdef-256m1c-"),
+        "{names:?}"
+    );
+    // The next machine with the layer is restored with it in place: the script did not run
+    // again.
+    let mut second = VirtualMachine::start(&host, with("e2e-layer-2", installing))
+        .await
+        .unwrap();
+    second.wait_boot(BOOT, &cancel).await.unwrap();
+    assert!(second.restored());
+    assert_eq!(
+        run(&second, "cat /opt/layer/installed").await,
+        "from the host"
+    );
+    // A machine without it does not have it (and is not restored from the layer's snapshot).
+    let mut plain = VirtualMachine::start(&host, spec("e2e-layer-plain", &image))
+        .await
+        .unwrap();
+    plain.wait_boot(BOOT, &cancel).await.unwrap();
+    assert_eq!(
+        run(&plain, "test -e /opt/layer && echo yes || echo no").await,
+        "no"
+    );
+    // A layer whose script fails fails the boot, naming the layer and the script's output.
+    let failing = std::sync::Arc::new(vmcheck::machine::layer::Layer {
+        key: "deps-fedcba9876543210".into(),
+        files: vec![],
+        script: "echo 'E: cannot install frob' >&2; exit 100".into(),
+        timeout: Duration::from_secs(60),
+    });
+    let mut bad = VirtualMachine::start(&host, with("e2e-layer-bad", failing))
+        .await
+        .unwrap();
+    let err = bad.wait_boot(BOOT, &cancel).await.unwrap_err().to_string();
+    assert!(
+        err.contains("installing layer deps-fedcba9876543210: the script failed")
+            && err.contains("E: cannot install frob"),
+        "{err}"
+    );
+    for m in [first, second, plain, bad] {
+        m.kill().await;
+    }
+}

@@ -19,6 +19,7 @@ async fn debian_boots_runs_commands_keeps_its_disk_across_reboot() {
         cpus: 1,
         private_net: None,
         cold_boot: false,
+        layer: None,
     };
     let mut m = VirtualMachine::start(&host, spec).await.unwrap();
     let overlay = m.run_dir().join("overlay.qcow2");

@@ -26,6 +26,7 @@ pub fn spec(image: &Image, cold_boot: bool) -> MachineSpec {
         cpus: 1,
         private_net: None,
         cold_boot,
+        layer: None,
     }
 }
 

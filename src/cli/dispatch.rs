@@ -236,6 +236,7 @@ async fn vm_run(
         cpus: args.cpus,
         private_net: None,
         cold_boot: args.cold_boot,
+        layer: None,
     };
     if verbose {
         eprintln!(

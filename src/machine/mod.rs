@@ -6,6 +6,7 @@ pub mod console;
 pub mod deadline;
 pub mod error;
 pub mod fault;
+pub mod layer;
 pub mod ports;
 pub mod qemu;
 pub mod qmp;

@@ -68,6 +68,7 @@ impl SnapshotKey {
         accel: Accel,
         qemu_version: &str,
         private_net: bool,
+        layer: Option<&str>,
     ) -> SnapshotKey {
         // The command line of such a machine with the per-boot parts (port, paths) fixed:
         // a change in the devices vmcheck gives machines changes the key.
@@ -94,13 +95,18 @@ impl SnapshotKey {
         h.update(format!("vmcheck-snapshot {FORMAT}\n"));
         h.update(format!("{}-{}\n", image.name, image.sha256));
         h.update(format!("{qemu_version}\n"));
+        if let Some(layer) = layer {
+            h.update(format!("layer {layer}\n"));
+        }
         for a in layout {
             h.update(a.as_encoded_bytes());
             h.update(b"\0");
         }
         let key = hex::encode(h.finalize());
         let net = if private_net { "-net" } else { "" };
-        let prefix = format!("{}-{memory_mib}m{cpus}c{net}-", image.name);
+        // A layer's snapshots are apart: they neither replace nor are replaced by the image's.
+        let layer = layer.map(|l| format!("+{l}")).unwrap_or_default();
+        let prefix = format!("{}{layer}-{memory_mib}m{cpus}c{net}-", image.name);
         SnapshotKey {
             name: format!("{prefix}{}", &key[..KEY_DIGITS]),
             prefix,
@@ -399,7 +405,8 @@ mod tests {
     fn keys_change_with_every_input() {
         let store = Path::new("/store");
         let a = image(store, "aa");
-        let k = |img: &Image, m, c, accel, v| SnapshotKey::new(img, m, c, accel, v, false).name;
+        let k =
+            |img: &Image, m, c, accel, v| SnapshotKey::new(img, m, c, accel, v, false, None).name;
         let base = k(&a, 256, 1, Accel::Tcg, "QEMU 7.2");
         assert!(base.starts_with("busybox-256m1c-"), "{base}");
         assert_eq!(base, k(&a, 256, 1, Accel::Tcg, "QEMU 7.2"), "stable");
@@ -412,11 +419,22 @@ mod tests {
         ] {
             assert_ne!(base, other);
         }
-        let net = SnapshotKey::new(&a, 256, 1, Accel::Tcg, "QEMU 7.2", true).name;
+        let net = SnapshotKey::new(&a, 256, 1, Accel::Tcg, "QEMU 7.2", true, None).name;
         assert!(net.starts_with("busybox-256m1c-net-"), "{net}");
         assert_ne!(base, net);
+        // A layer's snapshots have a prefix of their own: neither makes the other stale.
+        let layered = |l| SnapshotKey::new(&a, 256, 1, Accel::Tcg, "QEMU 7.2", false, Some(l));
+        let (one, two) = (layered("deps-1"), layered("deps-2"));
+        assert!(
+            one.name.starts_with("busybox+deps-1-256m1c-"),
+            "{}",
+            one.name
+        );
+        assert!(!one.name.starts_with(&layered("deps-2").prefix));
+        assert!(!base.starts_with(&one.prefix) && !one.name.starts_with("busybox-256m1c-"));
+        assert_ne!(one.name, two.name);
         assert_eq!(
-            SnapshotKey::new(&a, 256, 1, Accel::Tcg, "v", false).store,
+            SnapshotKey::new(&a, 256, 1, Accel::Tcg, "v", false, None).store,
             Path::new("/store/snapshots")
         );
     }
@@ -439,7 +457,17 @@ mod tests {
     #[test]
     fn publishing_replaces_stale_snapshots_and_a_dropped_maker_leaves_nothing() {
         let store = tempfile::tempdir().unwrap();
-        let key = |v| SnapshotKey::new(&image(store.path(), "aa"), 256, 1, Accel::Tcg, v, false);
+        let key = |v| {
+            SnapshotKey::new(
+                &image(store.path(), "aa"),
+                256,
+                1,
+                Accel::Tcg,
+                v,
+                false,
+                None,
+            )
+        };
         let (old, new) = (key("1"), key("2"));
         let m = old.try_make().unwrap();
         assert!(old.try_make().is_none(), "one maker at a time");
@@ -470,7 +498,15 @@ mod tests {
             "no temporary directory left"
         );
 
-        let with_net = SnapshotKey::new(&image(store.path(), "aa"), 256, 1, Accel::Tcg, "2", true);
+        let with_net = SnapshotKey::new(
+            &image(store.path(), "aa"),
+            256,
+            1,
+            Accel::Tcg,
+            "2",
+            true,
+            None,
+        );
         publish(&with_net, "s");
         let dir = publish(&new, "s");
         assert!(
@@ -498,7 +534,17 @@ mod tests {
     #[test]
     fn snapshots_in_use_are_not_removed() {
         let store = tempfile::tempdir().unwrap();
-        let key = |v| SnapshotKey::new(&image(store.path(), "aa"), 256, 1, Accel::Tcg, v, false);
+        let key = |v| {
+            SnapshotKey::new(
+                &image(store.path(), "aa"),
+                256,
+                1,
+                Accel::Tcg,
+                v,
+                false,
+                None,
+            )
+        };
         let (old, new) = (key("1"), key("2"));
         let old_dir = publish(&old, "s");
         let user = found(&old).unwrap();
@@ -523,7 +569,15 @@ mod tests {
     #[test]
     fn a_changed_byte_in_the_saved_state_is_detected() {
         let store = tempfile::tempdir().unwrap();
-        let key = SnapshotKey::new(&image(store.path(), "aa"), 256, 1, Accel::Tcg, "1", false);
+        let key = SnapshotKey::new(
+            &image(store.path(), "aa"),
+            256,
+            1,
+            Accel::Tcg,
+            "1",
+            false,
+            None,
+        );
         let dir = publish(&key, "saved state");
         let state = dir.join(STATE);
         std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o600)).unwrap();

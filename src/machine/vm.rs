@@ -100,6 +100,8 @@ pub struct MachineSpec {
     pub private_net: Option<PrivateNet>,
     /// Boot the image even where a booted snapshot could be restored (`--cold-boot`).
     pub cold_boot: bool,
+    /// Installed after the boot, and saved with the snapshot (see `layer.rs`).
+    pub layer: Option<Arc<super::layer::Layer>>,
 }
 
 /// How the current qemu of a machine is coming up.
@@ -231,6 +233,7 @@ impl VirtualMachine {
                 host.accel,
                 &host.qemu_version,
                 spec.private_net.is_some(),
+                spec.layer.as_ref().map(|l| l.key.as_str()),
             );
             // Blocking: the first use of a snapshot in a process hashes it.
             let found = tokio::task::spawn_blocking(move || {
@@ -486,6 +489,10 @@ impl VirtualMachine {
         self.markers_seen = self.console.borrow().ready;
         clock.observe(self.child.id().unwrap_or(0));
         let deadline = clock.deadline();
+        if let Some(layer) = self.spec.layer.clone() {
+            self.connect(deadline, cancel).await?;
+            layer.apply(&self.shell, &self.label).await?;
+        }
         if let Some(maker) = maker {
             // Connect first: the snapshot is of a machine that answers over SSH. Its boot id
             // is not read yet, so each restored machine draws its own.

@@ -458,6 +458,7 @@ async fn boot_machines(
                 mac: format!("52:54:01:00:00:{:02x}", i + 1),
             }),
             cold_boot: ctx.cold_boot,
+            layer: None,
         };
         let vcpus = mreq.cpus;
         boots.push(async move {

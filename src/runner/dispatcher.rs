@@ -383,6 +383,7 @@ async fn boot_global(
         cpus,
         private_net: None,
         cold_boot: ctx.cold_boot,
+        layer: None,
     };
     let mut vm = VirtualMachine::start(host, spec).await?;
     vm.wait_boot(ctx.boot_timeout, &ctx.cancel).await?;

@@ -124,6 +124,7 @@ pub fn spec(label: &str, image: &Image) -> vmcheck::machine::vm::MachineSpec {
         cpus: 1,
         private_net: None,
         cold_boot: false,
+        layer: None,
     }
 }
 
