@@ -217,6 +217,16 @@ async fn a_boot_timeout_reports_the_console_and_cleans_up() {
     assert!(!common::process_alive(pid));
 }
 
+/// The snapshots published in `dir` (not the hidden lock and stale markers).
+fn snapshot_names(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect()
+}
+
 async fn run(m: &VirtualMachine, cmd: &str) -> String {
     let done = m.shell().execute(cmd, CMD).await.unwrap();
     assert!(done.status.success(), "{cmd}: {:?}", done.output);
@@ -236,12 +246,7 @@ async fn machines_start_from_a_booted_snapshot_with_their_own_clock_and_identity
         .unwrap();
     let first_id = first.wait_boot(BOOT, &cancel).await.unwrap();
     assert!(!first.restored());
-    let saved: Vec<String> = std::fs::read_dir(&snapshots)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| !n.starts_with('.'))
-        .collect();
+    let saved = snapshot_names(&snapshots);
     assert_eq!(saved.len(), 1, "{saved:?}");
     assert!(saved[0].starts_with("busybox-256m1c-"), "{saved:?}");
     let snapshot = snapshots.join(&saved[0]);
@@ -364,12 +369,7 @@ async fn a_layer_is_installed_once_and_restored_with_its_snapshot() {
         run(&first, "cat /opt/layer/installed").await,
         "from the host"
     );
-    let names: Vec<String> = std::fs::read_dir(store.path().join("snapshots"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| !n.starts_with('.'))
-        .collect();
+    let names = snapshot_names(&store.path().join("snapshots"));
     assert_eq!(names.len(), 1, "{names:?}");
     assert!(
         names[0].starts_with("busybox+deps-0123456789abcdef-256m1c-"),
