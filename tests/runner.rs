@@ -155,7 +155,8 @@ fn the_own_suite_passes_with_every_reporter_on() {
     let tests = snapshot["tests"].as_array().unwrap();
     assert_eq!(tests.len(), rs.len());
     assert!(tests.iter().all(|t| t["state"] == "finished"), "{snapshot}");
-    assert_eq!(snapshot["counts"]["flaky"], 1, "{snapshot}");
+    // Only the test that is flaky on purpose; a real flake shows its retried output.
+    assert_eq!(snapshot["counts"]["flaky"], 1, "{tap}\n{snapshot}");
 
     // JUnit: valid against the schema, and the same tests with the same outcomes.
     common::assert_valid_junit(&junit);
