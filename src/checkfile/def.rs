@@ -59,6 +59,8 @@ pub enum Body {
     /// The executable check file (absolute) that runs the test: `FILE --vmcheck-run NAME`
     /// (see `listing.rs`).
     Executable(PathBuf),
+    /// A Debian autopkgtest of a source package (`class`: the source, `method`: the test).
+    Autopkgtest(Box<crate::autopkgtest::test::AptTest>),
 }
 
 impl Body {
@@ -66,15 +68,19 @@ impl Body {
     pub fn guest_script(&self) -> Option<&str> {
         match self {
             Body::Scripts { run, .. } => run.as_deref(),
-            Body::Executable(_) => None,
+            Body::Executable(_) | Body::Autopkgtest(_) => None,
         }
     }
 }
 
 impl TestDef {
-    /// `TestClass.testMethod`.
+    /// `TestClass.testMethod`; for an autopkgtest `source/test`, as autopkgtest names it.
     pub fn name(&self) -> String {
-        format!("{}.{}", self.class, self.method)
+        let separator = match self.body {
+            Body::Autopkgtest(_) => '/',
+            _ => '.',
+        };
+        format!("{}{separator}{}", self.class, self.method)
     }
 
     /// The memory all of the test's machines need together, in MiB: each machine's

@@ -458,7 +458,11 @@ async fn boot_machines(
                 mac: format!("52:54:01:00:00:{:02x}", i + 1),
             }),
             cold_boot: ctx.cold_boot,
-            layer: None,
+            // An autopkgtest's dependencies, in its (only) machine.
+            layer: match &test.body {
+                Body::Autopkgtest(apt) => apt.layer.clone(),
+                _ => None,
+            },
         };
         let vcpus = mreq.cpus;
         boots.push(async move {
@@ -620,22 +624,14 @@ async fn run_bodies(
                     };
                 }
             },
-            Err(MachineError::CommandTimeout { .. }) => {
-                log.note(&format!(
-                    "vmcheck: timed out after {}s",
-                    test.timeout.as_secs()
-                ));
-                return AttemptOutcome::TimedOut {
-                    after: test.timeout,
-                };
-            }
-            Err(e) => {
-                log.note(&format!("vmcheck: {e}"));
-                return machine_failed(&e);
-            }
+            Err(e) => return guest_error(e, test.timeout, log),
         }
     }
     let program = match &test.body {
+        Body::Autopkgtest(apt) => {
+            return super::autopkgtest::run(&machines[0], apt, &env, log, deadline, test.timeout)
+                .await;
+        }
         Body::Scripts {
             host: Some(script), ..
         } => HostProgram::Script(script),
@@ -649,6 +645,21 @@ async fn run_bodies(
         shared,
     };
     super::host::run_host(ctx, req, machines, log, &task, granted).await
+}
+
+/// The outcome of a command in a machine that did not end: the test's deadline (`timeout`)
+/// passed, or the machine failed.
+pub(super) fn guest_error(e: MachineError, timeout: Duration, log: &Log) -> AttemptOutcome {
+    match e {
+        MachineError::CommandTimeout { .. } => {
+            log.note(&format!("vmcheck: timed out after {}s", timeout.as_secs()));
+            AttemptOutcome::TimedOut { after: timeout }
+        }
+        e => {
+            log.note(&format!("vmcheck: {e}"));
+            machine_failed(&e)
+        }
+    }
 }
 
 pub(super) fn skipped(log: &Log) -> AttemptOutcome {

@@ -96,6 +96,8 @@ fn prepare(ctx: &AttemptContext) -> std::io::Result<(tempfile::TempDir, tokio::n
     )?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o700))?;
+    // `vmcheck` is the one running the test, whatever its file is called.
+    std::os::unix::fs::symlink(&ctx.vmcheck_exe, bin.join("vmcheck"))?;
     let listener = tokio::net::UnixListener::bind(dir.path().join("control.sock"))?;
     Ok((dir, listener))
 }

@@ -9,6 +9,7 @@
 //! `boots.rs` paces cold boots.
 
 pub mod artifacts;
+pub mod autopkgtest;
 pub mod attempt;
 pub mod boots;
 pub mod control;
