@@ -4,6 +4,7 @@
 //! runner; the CLI in `src/cli/` only turns arguments into calls on these modules.
 
 pub mod affected;
+pub mod autopkgtest;
 pub mod checkfile;
 pub mod estimate;
 pub mod events;

@@ -1,0 +1,31 @@
+//! Debian autopkgtest (DEP-8) suites: the pure-data part of the collector.
+//!
+//! This folder owns reading a Debian source package's test metadata exactly as autopkgtest
+//! 5.28 reads it, without a machine and without apt:
+//!
+//! - `deb822.rs`: the stanza syntax of `debian/control` and `debian/tests/control`, with
+//!   autopkgtest's comment rules and every field's line;
+//! - `control.rs`: `debian/tests/control` → tests (names, bodies, restrictions, skip reasons);
+//! - `restriction.rs`: the restrictions autopkgtest knows, their meanings, and the testbed
+//!   capabilities they need;
+//! - `arch.rs`: dpkg architecture names and wildcards (`any`, `linux-any`, `!i386`);
+//! - `depends.rs`: the dependency language and the substitution of `@`, `@builddeps@` and
+//!   `@recommends@` into clauses for apt;
+//! - `source.rs`: a source tree (`debian/control`, `debian/changelog`) and unpacking a `.dsc`;
+//! - `error.rs`: [`ControlError`], every error as `path:line: message`.
+//!
+//! Turning tests into vmcheck `TestDef`s, resolving dependencies with apt and running them in
+//! guests live elsewhere.
+
+pub mod arch;
+pub mod control;
+pub mod deb822;
+pub mod depends;
+pub mod error;
+pub mod restriction;
+pub mod source;
+
+pub use error::{ControlError, ControlErrors};
+
+/// The architecture of every vmcheck testbed (the dpkg architecture of its images).
+pub const TESTBED_ARCH: &str = "amd64";
