@@ -455,3 +455,324 @@ pub fn resolve(
         .map(Clause::to_string)
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::autopkgtest::control;
+    use crate::autopkgtest::source::{BinaryPackage, parse_control};
+    use std::path::Path;
+
+    fn out(text: &str, build_dep: bool) -> Vec<String> {
+        parse(text, build_dep)
+            .unwrap()
+            .iter()
+            .map(Clause::to_string)
+            .collect()
+    }
+
+    fn reduced(text: &str, build_dep: bool, profiles: Option<&[String]>) -> Vec<String> {
+        reduce(parse(text, build_dep).unwrap(), "amd64", profiles)
+            .iter()
+            .map(Clause::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn dpkg_grammar_and_output_form() {
+        assert_eq!(
+            out(
+                "a(>=1.2)|b:any [amd64 !i386] <!nocheck> <stage1 cross>,\n c (< 2)",
+                true
+            ),
+            [
+                "a (>= 1.2) | b:any [amd64 !i386] <!nocheck> <stage1 cross>",
+                "c (<= 2)"
+            ]
+        );
+        // Empty clauses are ignored; a trailing `|` too, but not an empty alternative.
+        assert_eq!(out(", a, , b |,", false), ["a", "b"]);
+        assert_eq!(out("", false), Vec::<String>::new());
+        for bad in [
+            "a || b",
+            "| a",
+            "a (>=1)(<<2)",
+            "a <>",
+            "a (= )",
+            "-a",
+            "a:native",
+            "a [am_d64]",
+        ] {
+            assert!(parse(bad, false).is_err(), "{bad}");
+        }
+        assert_eq!(out("a:native", true), ["a:native"]);
+        let r = parse_relation(" foo:amd64 (>> 1:2.0~b-1) ", false).unwrap();
+        assert_eq!(r.package, "foo");
+        assert_eq!(r.arch_qualifier.as_deref(), Some("amd64"));
+        assert_eq!(r.version, Some((VersionOp::Later, "1:2.0~b-1".into())));
+    }
+
+    /// The expected outputs are what `perl -MDpkg::Deps` printed for the same input with
+    /// `reduce_arch => 1, reduce_profiles => 1, host_arch => 'amd64'` and no profile.
+    #[test]
+    fn reduction_matches_dpkg() {
+        let none: &[String] = &[];
+        assert_eq!(
+            reduced(
+                "a (<1), b:native [!amd64] | c [amd64] <!nocheck>, d <nocheck>, \
+                 e:any (>= 1:2.0~b) [linux-any]",
+                true,
+                Some(none)
+            ),
+            ["a (<= 1)", "c", "e:any (>= 1:2.0~b)"]
+        );
+        assert_eq!(reduced("a [ ]", false, Some(none)), Vec::<String>::new());
+        assert_eq!(reduced("a [AMD64]", false, Some(none)), ["a"]);
+        assert_eq!(
+            reduced("a [!amd64 i386]", false, Some(none)),
+            Vec::<String>::new()
+        );
+        // Without profile reduction the profiles stay.
+        assert!(parse("a <!nocheck> [amd64]", false).is_err());
+        assert_eq!(
+            reduced("a [amd64] <!nocheck>", false, None),
+            ["a <!nocheck>"]
+        );
+        let nocheck = ["nocheck".to_string()];
+        assert_eq!(
+            reduced(
+                "a <!nocheck>, b <nocheck>, c <!nocheck !cross> <stage1>",
+                false,
+                Some(&nocheck)
+            ),
+            ["b"]
+        );
+    }
+
+    #[test]
+    fn test_depends_as_autopkgtest_checks_them() {
+        assert_eq!(
+            parse_test_depends(
+                " @ ,@builddeps@, @recommends@,, foo:native (>= 1:2.3-4) [linux-any] | bar"
+            )
+            .unwrap(),
+            [
+                TestDepend::Binaries,
+                TestDepend::BuildDeps,
+                TestDepend::Recommends,
+                TestDepend::Clause("foo:native (>= 1:2.3-4) [linux-any] | bar".into()),
+            ]
+        );
+        for (bad, words) in [
+            ("Foo", "an invalid dependency `Foo'"),
+            ("foo (> 1)", "an invalid dependency `foo (> 1)'"),
+            ("foo ( >= 1)", "an invalid dependency `foo ( >= 1)'"),
+            (
+                "foo (>= 1:)",
+                "dependency `foo (>= 1:)' with an invalid version",
+            ),
+            (
+                "foo (>= a:b)",
+                "dependency `foo (>= a:b)' with an invalid version",
+            ),
+            ("foo <!nocheck>", "an invalid dependency `foo <!nocheck>'"),
+            ("@ | foo", "an invalid dependency `@'"),
+            ("foo |", "an invalid dependency `'"),
+            ("-foo", "an invalid dependency `-foo'"),
+        ] {
+            let e = parse_test_depends(bad).unwrap_err();
+            assert_eq!(e.len(), 1, "{bad}: {e:?}");
+            assert!(e[0].ends_with(words), "{bad}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn versions() {
+        for good in [
+            "1",
+            "1.2-3",
+            "1:2.0~b",
+            "0:1",
+            "2.0+dfsg-1~bpo12+1",
+            "a",
+            "1:a:b-c",
+        ] {
+            assert!(valid_version(good), "{good}");
+        }
+        for bad in ["", "1:", ":1", "a:1", "1 2", "1_2", "é"] {
+            assert!(!valid_version(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn variables_are_filtered_as_autopkgtest_does() {
+        assert_eq!(
+            filter_variables("${misc:Recommends}, foo (= ${binary:Version}), bar (>= 1),"),
+            "foo , bar (>= 1), "
+        );
+    }
+
+    fn fixture_source(package: &str) -> SourcePackage {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/autopkgtest")
+            .join(package)
+            .join("debian-control");
+        parse_control(&path, &std::fs::read_to_string(&path).unwrap()).unwrap()
+    }
+
+    fn fixture_resolved(package: &str) -> Vec<String> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/autopkgtest")
+            .join(package)
+            .join("control");
+        let source = fixture_source(package);
+        let control =
+            control::parse(&path, &std::fs::read_to_string(&path).unwrap(), "amd64").unwrap();
+        control
+            .tests
+            .iter()
+            .map(|t| {
+                resolve(&t.depends, &t.restrictions, &source, "amd64")
+                    .unwrap()
+                    .join(", ")
+            })
+            .collect()
+    }
+
+    /// The expected lines are what autopkgtest 5.28 (`testdesc.parse_debian_source`, then the
+    /// reduction of `satisfy_dependencies_string`) produced for the same files.
+    #[test]
+    fn real_bookworm_packages_resolve_as_autopkgtest() {
+        assert_eq!(fixture_resolved("hello"), ["hello", "hello"]);
+        assert_eq!(
+            fixture_resolved("grep"),
+            [
+                "cdbs, debhelper (>= 10~), gettext, libpcre2-dev, quilt, texinfo, \
+                 build-essential, fakeroot, libpcre2-8-0, locales-all",
+                "grep",
+                "grep"
+            ]
+        );
+        assert_eq!(
+            fixture_resolved("iproute2"),
+            [
+                "build-essential, locales-all, dpkg-dev, sudo, kmod, bison, \
+              debhelper-compat (= 13), flex, libxtables-dev, libatm1-dev, libbsd-dev, \
+              libbpf-dev (>= 1:0.1.0~), libcap-dev, libdb-dev, libelf-dev, libmnl-dev, \
+              libselinux1-dev, linux-libc-dev, pkg-config, po-debconf, zlib1g-dev, \
+              build-essential"
+            ]
+        );
+        assert_eq!(
+            fixture_resolved("libzstd"),
+            [
+                "libzstd-dev, libzstd1, zstd",
+                "libzstd-dev, libzstd1, zstd, build-essential, pkgconf, python3, \
+                 python3-click, python3-typedload",
+                "libzstd-dev, libzstd1, zstd, build-essential, cmake, python3, python3-click, \
+                 python3-typedload",
+            ]
+        );
+        assert_eq!(
+            fixture_resolved("gnutls28"),
+            [
+                "build-essential, ca-certificates, datefudge, net-tools, openssl, softhsm2, \
+              libgnutls28-dev, libgnutls30, gnutls-bin, gnutls-doc, libgnutlsxx30, \
+              libgnutls-openssl27, libgnutls-dane0, guile-gnutls"
+            ]
+        );
+        assert_eq!(
+            fixture_resolved("nftables"),
+            [
+                "nftables, libnftables-dev, libnftables1, python3-nftables",
+                "kmod, nftables, libnftables-dev, libnftables1, python3-nftables",
+                "nftables, libnftables-dev, libnftables1, python3-nftables",
+                "systemd, nftables, libnftables-dev, libnftables1, python3-nftables",
+            ]
+        );
+    }
+
+    fn source(binaries: &[(&str, &str, &str)], recommends: &[&str]) -> SourcePackage {
+        SourcePackage {
+            root: "/src".into(),
+            name: "s".into(),
+            version: "1".into(),
+            binaries: binaries
+                .iter()
+                .map(|(name, arch, kind)| BinaryPackage {
+                    name: name.to_string(),
+                    architecture: arch.to_string(),
+                    package_type: kind.to_string(),
+                    line: 1,
+                })
+                .collect(),
+            build_depends: None,
+            build_depends_indep: Some("x <!nocheck>, y:native".into()),
+            build_depends_arch: None,
+            recommends: recommends.iter().map(|r| r.to_string()).collect(),
+            testsuite: None,
+        }
+    }
+
+    #[test]
+    fn substitutions() {
+        let s = source(
+            &[
+                ("a", "any", "deb"),
+                ("b", "all", "deb"),
+                ("c", "linux-any", "deb"),
+                ("d", "i386 arm64", "deb"),
+                ("e-udeb", "any", "udeb"),
+            ],
+            &[
+                "${shlibs:Recommends}, r1 [amd64], r2 (= ${binary:Version})",
+                "r3 [i386]",
+            ],
+        );
+        assert_eq!(binaries(&s), ["a", "b", "c [linux-any]", "d [i386 arm64]"]);
+        let all = [
+            TestDepend::Binaries,
+            TestDepend::BuildDeps,
+            TestDepend::Recommends,
+            TestDepend::Clause("z:native".into()),
+        ];
+        assert_eq!(
+            resolve(&all, &[Restriction::NeedsSudo], &s, "amd64").unwrap(),
+            [
+                "a",
+                "b",
+                "c",
+                "x",
+                "y",
+                "build-essential",
+                "r1",
+                "r2",
+                "z",
+                "sudo"
+            ]
+        );
+        assert_eq!(
+            resolve(
+                &[TestDepend::Clause("sudo".into())],
+                &[Restriction::NeedsSudo],
+                &s,
+                "amd64"
+            )
+            .unwrap(),
+            ["sudo"]
+        );
+        let mut broken = s.clone();
+        broken.build_depends = Some("a (>".into());
+        assert!(
+            build_deps(&broken, "amd64")
+                .unwrap_err()
+                .starts_with("Invalid build dependencies: ")
+        );
+        broken.recommends = vec!["n:native".into()];
+        assert!(
+            recommends(&broken, "amd64")
+                .unwrap_err()
+                .starts_with("Invalid Recommends: ")
+        );
+    }
+}

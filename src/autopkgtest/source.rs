@@ -229,3 +229,192 @@ pub fn unpack_dsc(dsc: &Path, dest: &Path) -> Result<(), ControlError> {
     }
     Err(fail(message))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_of_a_real_package() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/autopkgtest/nftables/debian-control");
+        let s = parse_control(&path, &std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(s.name, "nftables");
+        assert!(
+            s.build_depends
+                .as_deref()
+                .unwrap()
+                .starts_with("asciidoc-base,")
+        );
+        let names: Vec<(&str, &str)> = s
+            .binaries
+            .iter()
+            .map(|b| (b.name.as_str(), b.architecture.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("nftables", "linux-any"),
+                ("libnftables-dev", "linux-any"),
+                ("libnftables1", "linux-any"),
+                ("python3-nftables", "linux-any")
+            ]
+        );
+        assert!(s.binaries.iter().all(|b| b.package_type == "deb"));
+    }
+
+    #[test]
+    fn control_fields_and_errors() {
+        let text = "Source: s\nBuild-Depends: a\nbuild-depends-indep: b\nBuild-Depends-Arch: c\n\
+                    Testsuite: autopkgtest\n\n\
+                    Package: s\nArchitecture: any\nRecommends: r\n\n\
+                    Package: s-udeb\nPackage-Type: udeb\nArchitecture: linux-any\n\n\
+                    Package: s-x\nXC-Package-Type: udeb\nArchitecture: all\n";
+        let s = parse_control(Path::new("d/control"), text).unwrap();
+        assert_eq!(
+            (
+                s.build_depends.as_deref(),
+                s.build_depends_indep.as_deref(),
+                s.build_depends_arch.as_deref(),
+                s.testsuite.as_deref()
+            ),
+            (Some("a"), Some("b"), Some("c"), Some("autopkgtest"))
+        );
+        assert_eq!(s.recommends, ["r"]);
+        let kinds: Vec<&str> = s.binaries.iter().map(|b| b.package_type.as_str()).collect();
+        assert_eq!(kinds, ["deb", "udeb", "udeb"]);
+        assert_eq!(s.binaries[1].line, 11);
+
+        let e = parse_control(
+            Path::new("d/control"),
+            "Package: x\n\nArchitecture: any\n\nPackage: y\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "d/control:1: the first stanza has no Source field\n\
+             d/control:3: a binary stanza without a Package field\n\
+             d/control:5: binary package y has no Architecture field"
+        );
+        assert_eq!(
+            parse_control(Path::new("d/control"), "\n")
+                .unwrap_err()
+                .to_string(),
+            "d/control:1: no source stanza"
+        );
+    }
+
+    #[test]
+    fn changelog_first_line() {
+        let p = Path::new("d/changelog");
+        assert_eq!(
+            parse_changelog(p, "hello (2.10-3) unstable; urgency=medium\n\n  * x\n").unwrap(),
+            ("hello".into(), "2.10-3".into())
+        );
+        assert_eq!(
+            parse_changelog(p, "util-linux (2.38.1-5+deb12u3) bookworm; urgency=medium").unwrap(),
+            ("util-linux".into(), "2.38.1-5+deb12u3".into())
+        );
+        for bad in [
+            "",
+            "hello 2.10",
+            "Hello (1) unstable;",
+            "hello (1 2) x;",
+            "hello (:1) x;",
+        ] {
+            let e = parse_changelog(p, bad).unwrap_err();
+            assert_eq!(e.line, 1, "{bad}");
+            assert!(
+                e.to_string()
+                    .starts_with("d/changelog:1: expected `NAME (VERSION)")
+            );
+        }
+    }
+
+    fn write_tree(root: &Path, name: &str) {
+        std::fs::create_dir_all(root.join("debian/source")).unwrap();
+        std::fs::write(
+            root.join("debian/control"),
+            format!(
+                "Source: {name}\nMaintainer: A <a@example.org>\n\n\
+                 Package: {name}\nArchitecture: all\nDescription: d\n d\n"
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            root.join("debian/changelog"),
+            format!(
+                "{name} (1.0) unstable; urgency=medium\n\n  * Test.\n\n \
+                 -- A <a@example.org>  Mon, 01 Jan 2024 00:00:00 +0000\n"
+            ),
+        )
+        .unwrap();
+        std::fs::write(root.join("debian/source/format"), "3.0 (native)\n").unwrap();
+    }
+
+    #[test]
+    fn load_a_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        write_tree(dir.path(), "pkg");
+        let s = SourcePackage::load(dir.path()).unwrap();
+        assert_eq!((s.name.as_str(), s.version.as_str()), ("pkg", "1.0"));
+        assert_eq!(s.root, dir.path());
+        std::fs::write(
+            dir.path().join("debian/changelog"),
+            "other (1.0) unstable; urgency=medium\n",
+        )
+        .unwrap();
+        let e = SourcePackage::load(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.ends_with(
+                "debian/changelog:1: names source package other, but debian/control's Source is pkg"
+            ),
+            "{e}"
+        );
+        let e = SourcePackage::load(&dir.path().join("none")).unwrap_err();
+        assert_eq!(e.0.len(), 2, "both files reported: {e}");
+    }
+
+    #[test]
+    fn unpack_a_dsc_and_fail_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("pkg-1.0");
+        write_tree(&tree, "pkg");
+        let built = Command::new("dpkg-source")
+            .args(["-b", "pkg-1.0"])
+            .current_dir(dir.path())
+            .env("LC_ALL", "C.UTF-8")
+            .output()
+            .expect("dpkg-source runs");
+        assert!(built.status.success(), "{built:?}");
+        let dsc = dir.path().join("pkg_1.0.dsc");
+
+        let dest = dir.path().join("out");
+        unpack_dsc(&dsc, &dest).unwrap();
+        assert_eq!(SourcePackage::load(&dest).unwrap().name, "pkg");
+
+        // The destination exists already: refused, and left alone.
+        let e = unpack_dsc(&dsc, &dest).unwrap_err();
+        assert!(e.message.contains("exists already"), "{e}");
+        assert!(dest.join("debian/control").is_file());
+
+        // A .dsc whose tarball is missing: the error names the .dsc and dpkg-source's words,
+        // and nothing is left behind.
+        std::fs::remove_file(dir.path().join("pkg_1.0.tar.xz")).unwrap();
+        let dest2 = dir.path().join("out2");
+        let e = unpack_dsc(&dsc, &dest2).unwrap_err();
+        let shown = e.to_string();
+        assert!(
+            shown.starts_with(&format!("{}: dpkg-source -x failed", dsc.display())),
+            "{shown}"
+        );
+        assert!(shown.contains("pkg_1.0.tar.xz"), "{shown}");
+        assert!(!dest2.exists());
+
+        let garbage = dir.path().join("garbage.dsc");
+        std::fs::write(&garbage, "not a dsc\n").unwrap();
+        let e = unpack_dsc(&garbage, &dest2).unwrap_err();
+        assert!(e.to_string().contains("dpkg-source -x failed"), "{e}");
+        assert!(!dest2.exists());
+    }
+}
