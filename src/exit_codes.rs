@@ -18,5 +18,9 @@ pub const INFRASTRUCTURE: i32 = 4;
 /// A report (TAP, JSON events, JUnit, the status file) could not be written: the run was
 /// stopped, and its results are incomplete whatever the tests did.
 pub const REPORT_FAILED: i32 = 5;
+/// `vmcheck autopkgtest`: a source package it cannot run (a broken control file, a missing
+/// test script, a `.dsc` that does not unpack): autopkgtest's "erroneous package". The
+/// subcommand's other codes are autopkgtest's (see `reporter::autopkgtest::exit`).
+pub const AUTOPKGTEST_BADPKG: i32 = 12;
 /// Interrupted by SIGINT, SIGTERM or SIGHUP; everything started was cleaned up.
 pub const INTERRUPTED: i32 = 130;

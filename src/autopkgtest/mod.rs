@@ -17,6 +17,7 @@
 //! - `test.rs`: one test as the runner runs it (`runner/autopkgtest.rs` runs it in its guest).
 
 pub mod arch;
+pub mod collect;
 pub mod control;
 pub mod deb822;
 pub mod depends;

@@ -28,6 +28,8 @@ pub struct Behaviour {
     pub flaky: bool,
     /// `superficial`: a pass says little (autopkgtest's exit code 8 when only these pass).
     pub superficial: bool,
+    /// `needs-sudo`: the normal user may use sudo without a password.
+    pub sudo: bool,
 }
 
 /// An autopkgtest of a source package.
@@ -40,4 +42,7 @@ pub struct AptTest {
     /// The test's dependencies, installed as a layer of the machine (`None`: nothing to
     /// install).
     pub layer: Option<Arc<Layer>>,
+    /// Why its dependencies cannot be installed (autopkgtest's "badpkg"): the test fails
+    /// with this, without running.
+    pub badpkg: Option<String>,
 }

@@ -40,6 +40,10 @@ pub enum Command {
         #[command(flatten)]
         run: RunArgs,
     },
+    /// Run the Debian autopkgtest (DEP-8) suites of source packages: SOURCE is an unpacked
+    /// source tree (a directory with debian/tests/control) or a .dsc; other words are
+    /// filters on `source/test`. TEST_OS defaults to debian-12. Exit codes are autopkgtest's.
+    Autopkgtest(AutopkgtestArgs),
     /// Build and list guest images.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -72,6 +76,16 @@ pub enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct AutopkgtestArgs {
+    /// Write autopkgtest's summary (`NAME PASS`, `NAME FAIL reason`, `NAME SKIP reason`)
+    /// to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub summary_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 #[derive(Debug, Args)]

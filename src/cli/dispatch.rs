@@ -83,10 +83,24 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
     let catalog = Arc::new(catalog(&cli.global, &cli.command)?);
     match cli.command {
         Command::Run(args) => {
-            super::run::run(catalog, args, None, cli.global.verbose, &cancel).await
+            super::run::run(
+                catalog,
+                args,
+                super::run::Suite::Dir,
+                cli.global.verbose,
+                &cancel,
+            )
+            .await
+        }
+        Command::Autopkgtest(args) => {
+            let suite = super::run::Suite::Autopkgtest {
+                summary_file: args.summary_file,
+            };
+            super::run::run(catalog, args.run, suite, cli.global.verbose, &cancel).await
         }
         Command::Exec { file, run } => {
-            super::run::run(catalog, run, Some(file), cli.global.verbose, &cancel).await
+            let suite = super::run::Suite::File(file);
+            super::run::run(catalog, run, suite, cli.global.verbose, &cancel).await
         }
         Command::VmCtl { .. }
         | Command::Python { .. }

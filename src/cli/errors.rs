@@ -23,6 +23,9 @@ pub enum CliError {
     CheckFiles(Vec<vmcheck::checkfile::CheckFileError>),
     #[error("no tests selected")]
     NoTests,
+    /// A source package vmcheck autopkgtest cannot run (autopkgtest's "erroneous package").
+    #[error("{0}")]
+    BadPackage(String),
     /// Every bad known-issue pattern file, one `path: message` per line.
     #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
     Naughty(Vec<vmcheck::naughty::NaughtyError>),
@@ -36,6 +39,7 @@ impl CliError {
             | CliError::CheckFiles(_)
             | CliError::Naughty(_) => exit_codes::INPUT_ERROR,
             CliError::NoTests => exit_codes::NO_TESTS,
+            CliError::BadPackage(_) => exit_codes::AUTOPKGTEST_BADPKG,
             CliError::Image(e) if e.is_input_error() => exit_codes::INPUT_ERROR,
             CliError::Image(ImageError::Interrupted { .. }) => exit_codes::INTERRUPTED,
             CliError::Image(_) => exit_codes::INFRASTRUCTURE,

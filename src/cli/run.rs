@@ -21,6 +21,7 @@ use vmcheck::machine::vm::Host;
 use vmcheck::plan::{PlanOptions, TestPlan};
 use vmcheck::policy::PolicyOptions;
 use vmcheck::reporter::Reporter;
+use vmcheck::reporter::autopkgtest::Summary as AptSummary;
 use vmcheck::reporter::file::ReportFile;
 use vmcheck::reporter::json::JsonReporter;
 use vmcheck::reporter::junit::JunitReporter;
@@ -38,16 +39,55 @@ use vmcheck::signal::Cancel;
 
 /// The default image when `TEST_OS` is not set: the fast one.
 pub const DEFAULT_TEST_OS: &str = "busybox";
+/// The default image of `vmcheck autopkgtest`.
+pub const DEFAULT_AUTOPKGTEST_OS: &str = "debian-12";
+
+/// Where a run's tests come from.
+pub enum Suite {
+    /// The check files of `--test-dir` (`vmcheck run`).
+    Dir,
+    /// One check file (`vmcheck exec FILE`).
+    File(PathBuf),
+    /// Source packages' autopkgtests (`vmcheck autopkgtest`): the positional words that
+    /// name a source tree or a `.dsc` are sources, the others filters.
+    Autopkgtest { summary_file: Option<PathBuf> },
+}
 
 pub async fn run(
     catalog: Arc<Catalog>,
     mut args: RunArgs,
-    file: Option<PathBuf>,
+    suite: Suite,
     verbose: bool,
     cancel: &Cancel,
 ) -> Result<i32, CliError> {
     let root = catalog.project.root.clone();
+    let file = match &suite {
+        Suite::File(f) => Some(f.clone()),
+        _ => None,
+    };
     let single_file = file.is_some();
+    let autopkgtest = match &suite {
+        Suite::Autopkgtest { summary_file } => {
+            let (sources, filters): (Vec<String>, Vec<String>) =
+                args.filters.iter().cloned().partition(|w| {
+                    let p = Path::new(w);
+                    p.is_dir() || (p.is_file() && w.ends_with(".dsc"))
+                });
+            if sources.is_empty() {
+                return Err(CliError::Usage(
+                    "name at least one source package: a source tree (a directory with \
+                     debian/tests/control) or a .dsc file"
+                        .into(),
+                ));
+            }
+            args.filters = filters;
+            Some((
+                sources.into_iter().map(PathBuf::from).collect::<Vec<_>>(),
+                summary_file.clone(),
+            ))
+        }
+        _ => None,
+    };
     if single_file {
         // Running one check file by hand: no retries, output live (as Cockpit's check-*).
         args.no_retry_fail = true;
@@ -67,7 +107,14 @@ pub async fn run(
     let test_os = std::env::var("TEST_OS")
         .ok()
         .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| DEFAULT_TEST_OS.to_string());
+        .unwrap_or_else(|| {
+            if autopkgtest.is_some() {
+                DEFAULT_AUTOPKGTEST_OS
+            } else {
+                DEFAULT_TEST_OS
+            }
+            .to_string()
+        });
 
     // Check files, scenario, plan: all input errors before anything starts.
     let found = match &file {
@@ -91,12 +138,20 @@ pub async fn run(
             f.strip_prefix(&root).unwrap_or(f).display()
         );
     }
-    let mut tests = match (checkfile::load(&found.files, &root), found.unusable) {
-        (Ok(tests), unusable) if unusable.is_empty() => tests,
-        (loaded, mut unusable) => {
-            unusable.extend(loaded.err().unwrap_or_default());
-            return Err(CliError::CheckFiles(unusable));
+    // Where `.dsc` files are unpacked, for the whole run.
+    let scratch = tempfile::tempdir()
+        .map_err(|e| CliError::Usage(format!("cannot create a scratch directory: {e}")))?;
+    let mut tests = match &autopkgtest {
+        Some((sources, _)) => {
+            collect_autopkgtests(&catalog, sources, &test_os, scratch.path(), &args, cancel).await?
         }
+        None => match (checkfile::load(&found.files, &root), found.unusable) {
+            (Ok(tests), unusable) if unusable.is_empty() => tests,
+            (loaded, mut unusable) => {
+                unusable.extend(loaded.err().unwrap_or_default());
+                return Err(CliError::CheckFiles(unusable));
+            }
+        },
     };
     let mut opts = PlanOptions {
         test_os: test_os.clone(),
@@ -249,7 +304,15 @@ pub async fn run(
         live: live.then_some(plan.tests.len() > 1),
         progress: args.progress,
     };
-    let reporters = reporters(&outputs, rerun.clone())?;
+    let mut reporters = reporters(&outputs, rerun.clone())?;
+    let summary = match &autopkgtest {
+        Some((_, summary_file)) => {
+            let (summary, output) = autopkgtest_summary(&plan, summary_file.as_deref())?;
+            reporters.push(output);
+            Some(summary)
+        }
+        None => None,
+    };
     let report_failed = ReportFailed::default();
 
     // Images and host, then run.
@@ -338,7 +401,75 @@ pub async fn run(
     if shard_info.is_none() {
         save_history(&history_file, &test_os, &samples);
     }
-    Ok(final_code(&stats, cancel, &report_failed))
+    let code = final_code(&stats, cancel, &report_failed);
+    Ok(match summary {
+        // autopkgtest's code, unless the run itself was stopped.
+        Some(summary) if !cancel.is_cancelled() && !report_failed.get() => {
+            summary.lock().expect("poisoned").exit_code()
+        }
+        _ => code,
+    })
+}
+
+/// The tests of autopkgtest source packages, their dependencies resolved for the image
+/// `test_os` (built first, if need be: its package database is what they are resolved
+/// against). A listing resolves nothing.
+async fn collect_autopkgtests(
+    catalog: &Arc<Catalog>,
+    sources: &[PathBuf],
+    test_os: &str,
+    scratch: &Path,
+    args: &RunArgs,
+    cancel: &Cancel,
+) -> Result<Vec<TestDef>, CliError> {
+    let (c, n, cancel2) = (catalog.clone(), test_os.to_string(), cancel.clone());
+    let image = tokio::task::spawn_blocking(move || c.resolve(&n, &cancel2, false))
+        .await
+        .expect("image resolution panicked")?;
+    let dpkg_status = image.dir.join("dpkg-status");
+    if !dpkg_status.is_file() {
+        return Err(CliError::Usage(format!(
+            "image {test_os} has no dpkg-status: autopkgtests need a Debian image (TEST_OS=debian-12)"
+        )));
+    }
+    let cache = vmcheck::image::cache_home().join("vmcheck/debs");
+    let bed = vmcheck::autopkgtest::collect::Testbed {
+        image: test_os,
+        dpkg_status: &dpkg_status,
+        cache: &cache,
+        scratch,
+        resolve: !args.list,
+    };
+    vmcheck::autopkgtest::collect::collect(sources, &bed)
+        .map_err(|errors| CliError::BadPackage(errors.join("\n")))
+}
+
+/// The reporter of autopkgtest's summary, and the summary it fills.
+fn autopkgtest_summary(
+    plan: &TestPlan,
+    file: Option<&Path>,
+) -> Result<(Arc<Mutex<AptSummary>>, Output), CliError> {
+    let superficial = plan
+        .tests
+        .iter()
+        .filter(|t| match &t.def.body {
+            vmcheck::checkfile::Body::Autopkgtest(a) => a.behaviour.superficial,
+            _ => false,
+        })
+        .map(|t| t.def.name())
+        .collect();
+    let summary = Arc::new(Mutex::new(AptSummary::new(superficial)));
+    let file = file
+        .map(|p| {
+            ReportFile::replaced(p)
+                .map_err(|e| CliError::Usage(format!("cannot create {}: {e}", p.display())))
+        })
+        .transpose()?;
+    let reporter = vmcheck::reporter::autopkgtest::SummaryReporter {
+        summary: summary.clone(),
+        file,
+    };
+    Ok((summary, Output::new("the autopkgtest summary", reporter)))
 }
 
 /// Whether a reporter's output failed during the run (it then stopped the run).

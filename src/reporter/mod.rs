@@ -4,6 +4,7 @@
 //! prints the end-of-run summary; `status.rs` keeps a JSON status file up to date. The CLI fans every event out to all active reporters; no
 //! reporter looks at scheduler internals.
 
+pub mod autopkgtest;
 pub mod file;
 pub mod json;
 pub mod junit;

@@ -26,13 +26,22 @@ pub(super) async fn run(
     deadline: Instant,
     timeout: Duration,
 ) -> AttemptOutcome {
+    if let Some(why) = &test.badpkg {
+        log.note(&format!("vmcheck: badpkg: {why}"));
+        return AttemptOutcome::Failed {
+            status: format!("badpkg: {why}"),
+        };
+    }
     let shell = machine.machine.shell();
     let tree = match pack(&test.tree) {
         Ok(t) => t,
         Err(e) => return harness(format!("packing {}: {e}", test.tree.display())),
     };
     let left = || deadline.saturating_duration_since(Instant::now());
-    if let Err(e) = shell.upload_bytes(&tree, &format!("{BASE}.tar"), 0o600).await {
+    if let Err(e) = shell
+        .upload_bytes(&tree, &format!("{BASE}.tar"), 0o600)
+        .await
+    {
         return guest_error(e, timeout, log);
     }
     let prepare = format!(
@@ -41,7 +50,17 @@ pub(super) async fn run(
          if ! id -u {NORMAL_USER} >/dev/null 2>&1; then\n\
            command -v useradd >/dev/null || {{ echo 'vmcheck: the image has no useradd for AUTOPKGTEST_NORMAL_USER' >&2; exit 1; }}\n\
            useradd --create-home --shell /bin/sh {NORMAL_USER}\n\
-         fi\n"
+         fi\n{}",
+        if test.behaviour.sudo {
+            format!(
+                "getent group sudo >/dev/null && usermod -aG sudo {NORMAL_USER}\n\
+                 mkdir -p /etc/sudoers.d\n\
+                 echo '{NORMAL_USER} ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/autopkgtest\n\
+                 chmod 0440 /etc/sudoers.d/autopkgtest\n"
+            )
+        } else {
+            String::new()
+        }
     );
     match shell.execute(&prepare, left()).await {
         Ok(done) if done.status.success() => {}
@@ -154,20 +173,33 @@ mod tests {
                 ..Behaviour::default()
             },
             layer: None,
+            badpkg: None,
         }
     }
 
     #[test]
     fn scripts_run_as_the_normal_user_unless_root_is_needed() {
         let env = [("VMCHECK_TEST".to_string(), "hello/smoke test".to_string())];
-        let user = script(&test(AptCommand::Script("debian/tests/smoke".into()), false), &env);
-        assert!(user.starts_with("export VMCHECK_TEST='hello/smoke test'\n"), "{user}");
+        let user = script(
+            &test(AptCommand::Script("debian/tests/smoke".into()), false),
+            &env,
+        );
+        assert!(
+            user.starts_with("export VMCHECK_TEST='hello/smoke test'\n"),
+            "{user}"
+        );
         assert!(user.contains("chmod +x ./debian/tests/smoke\n"), "{user}");
         assert!(
             user.contains("exec setpriv --reuid=autopkgtest --regid=autopkgtest --init-groups env HOME=/home/autopkgtest USER=autopkgtest LOGNAME=autopkgtest ./debian/tests/smoke\n"),
             "{user}"
         );
-        let root = script(&test(AptCommand::Shell("hello | grep 'Hello, world'".into()), true), &[]);
+        let root = script(
+            &test(
+                AptCommand::Shell("hello | grep 'Hello, world'".into()),
+                true,
+            ),
+            &[],
+        );
         assert!(
             root.ends_with("exec bash -ec 'hello | grep '\\''Hello, world'\\'''\n"),
             "{root}"

@@ -9,8 +9,8 @@
 //! `boots.rs` paces cold boots.
 
 pub mod artifacts;
-pub mod autopkgtest;
 pub mod attempt;
+pub mod autopkgtest;
 pub mod boots;
 pub mod control;
 pub mod dispatcher;

@@ -1,0 +1,201 @@
+//! The collector: source packages (trees or `.dsc` files) → tests for the plan, like the
+//! tests of any other check file. Each test is named `SOURCE/NAME`, runs on a fresh machine
+//! of the test image restored with its dependencies in place (a machine layer), and skips
+//! what autopkgtest skips, with its reasons, plus what this testbed cannot offer.
+
+use super::control::{self, TestBody, TestSpec};
+use super::deps::{self, ResolveError, Resolved};
+use super::restriction::Restriction;
+use super::source::{self, SourcePackage};
+use super::test::{AptCommand, AptTest, Behaviour};
+use crate::checkfile::{Body, MachineReq, OsCondition, TestDef};
+use crate::machine::layer::Layer;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The architecture of every testbed.
+const ARCH: &str = super::TESTBED_ARCH;
+/// Memory of a testbed, as autopkgtest's qemu backend gives it.
+pub const MEMORY_MIB: u32 = 1024;
+/// Where the dependencies' files go in the guest, for the layer's script.
+const DEBS: &str = "/var/cache/vmcheck-debs";
+/// The longest installing one dependency set may take (autopkgtest's install timeout is
+/// 3000 s).
+const INSTALL_TIMEOUT: Duration = Duration::from_secs(3000);
+
+/// What the collector needs to know of the test image.
+pub struct Testbed<'a> {
+    /// `TEST_OS`.
+    pub image: &'a str,
+    /// The image's package database (`dpkg-status`), to resolve dependencies against.
+    pub dpkg_status: &'a Path,
+    /// vmcheck's cache of downloaded packages.
+    pub cache: &'a Path,
+    /// Where `.dsc` files are unpacked (lives as long as the run).
+    pub scratch: &'a Path,
+    /// Resolve (and download) the dependencies; a listing does not.
+    pub resolve: bool,
+}
+
+/// The tests of `sources`, or every problem found (each one line naming the file).
+pub fn collect(sources: &[PathBuf], bed: &Testbed) -> Result<Vec<TestDef>, Vec<String>> {
+    let mut tests = Vec::new();
+    let mut errors = Vec::new();
+    let mut resolved: HashMap<String, Result<Resolved, ResolveError>> = HashMap::new();
+    for (i, given) in sources.iter().enumerate() {
+        let root = match tree(given, bed.scratch, i) {
+            Ok(root) => root,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        let (source, control) = match (SourcePackage::load(&root), control::load(&root, ARCH)) {
+            (Ok(s), Ok(c)) => (s, c),
+            (s, c) => {
+                for e in s.err().into_iter().chain(c.err()) {
+                    errors.extend(e.0.iter().map(ToString::to_string));
+                }
+                continue;
+            }
+        };
+        for spec in &control.tests {
+            match test(given, &source, spec, bed, &mut resolved) {
+                Ok(t) => tests.push(t),
+                Err(e) => errors.push(e),
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(tests)
+    } else {
+        Err(errors)
+    }
+}
+
+/// The source tree of `given`: the directory itself, or a `.dsc` unpacked into `scratch`.
+fn tree(given: &Path, scratch: &Path, i: usize) -> Result<PathBuf, String> {
+    if given.extension().is_some_and(|e| e == "dsc") && given.is_file() {
+        let dest = scratch.join(format!("source-{i}"));
+        source::unpack_dsc(given, &dest).map_err(|e| e.to_string())?;
+        Ok(dest)
+    } else if given.join("debian").is_dir() {
+        Ok(given.to_path_buf())
+    } else {
+        Err(format!(
+            "{}: not a source package: neither a directory with debian/ nor a .dsc file",
+            given.display()
+        ))
+    }
+}
+
+/// One test of a source package.
+fn test(
+    given: &Path,
+    source: &SourcePackage,
+    spec: &TestSpec,
+    bed: &Testbed,
+    resolved: &mut HashMap<String, Result<Resolved, ResolveError>>,
+) -> Result<TestDef, String> {
+    let has = |r: Restriction| spec.restrictions.contains(&r);
+    let mut skip = spec.skip.clone().or_else(|| unsupported(spec));
+    let mut badpkg = None;
+    let mut layer = None;
+    if skip.is_none() && bed.resolve {
+        let clauses = super::depends::resolve(&spec.depends, &spec.restrictions, source, ARCH)
+            .map_err(|e| format!("{}: test {}: {e}", given.display(), spec.name))?;
+        let expr = clauses.join(", ");
+        let got = resolved
+            .entry(expr.clone())
+            .or_insert_with(|| deps::resolve(&expr, bed.dpkg_status, bed.cache));
+        match got {
+            Ok(r) if r.debs.is_empty() => {}
+            Ok(r) => layer = Some(Arc::new(deps_layer(r))),
+            Err(ResolveError::NotInstallable { .. }) if has(Restriction::SkipNotInstallable) => {
+                skip = Some("installation fails and skip-not-installable set".into());
+            }
+            Err(e @ ResolveError::NotInstallable { .. }) => badpkg = Some(e.to_string()),
+            Err(e) => return Err(format!("{}: test {}: {e}", given.display(), spec.name)),
+        }
+    }
+    let command = match &spec.body {
+        TestBody::Script(path) => AptCommand::Script(path.to_string_lossy().into_owned()),
+        TestBody::Command(c) => AptCommand::Shell(c.clone()),
+    };
+    Ok(TestDef {
+        file: given.to_path_buf(),
+        class: source.name.clone(),
+        method: spec.name.clone(),
+        line: spec.line,
+        nondestructive: false,
+        timeout: crate::checkfile::DEFAULT_TIMEOUT,
+        provision: vec![MachineReq {
+            memory_mib: Some(MEMORY_MIB),
+            ..MachineReq::default_machine()
+        }],
+        todo: None,
+        skip: skip.map(|reason| OsCondition {
+            os: vec!["*".into()],
+            reason,
+        }),
+        only: None,
+        restore: vec![],
+        artifacts: vec!["/tmp/autopkgtest/artifacts".into()],
+        env: Default::default(),
+        no_retry_when_changed: false,
+        // autopkgtest judges a test by its exit status and stderr alone.
+        allow_journal: vec![".*".into()],
+        body: Body::Autopkgtest(Box::new(AptTest {
+            tree: source.root.clone(),
+            command,
+            behaviour: Behaviour {
+                root: has(Restriction::NeedsRoot),
+                allow_stderr: has(Restriction::AllowStderr),
+                skippable: has(Restriction::Skippable),
+                flaky: has(Restriction::Flaky),
+                superficial: has(Restriction::Superficial),
+                sudo: has(Restriction::NeedsSudo),
+            },
+            layer,
+            badpkg,
+        })),
+        covers: vec![],
+    })
+}
+
+/// Why this testbed cannot run the test, for what autopkgtest would run elsewhere.
+fn unsupported(spec: &TestSpec) -> Option<String> {
+    let why = |r: &Restriction| match r {
+        Restriction::NeedsInternet => {
+            Some("needs-internet: vmcheck's machines reach no network but the package archive")
+        }
+        Restriction::NeedsReboot => Some("needs-reboot: not supported by vmcheck yet"),
+        Restriction::BuildNeeded => Some("build-needed: not supported by vmcheck yet"),
+        _ => None,
+    };
+    spec.restrictions
+        .iter()
+        .find_map(why)
+        .map(|w| format!("Test needs {w}"))
+}
+
+/// The layer that installs a resolved dependency set, offline, with apt.
+fn deps_layer(r: &Resolved) -> Layer {
+    Layer {
+        key: format!("deps-{}", r.key()),
+        files: r
+            .debs
+            .iter()
+            .map(|d| (d.path.clone(), format!("{DEBS}/{}", d.file_name)))
+            .collect(),
+        script: format!(
+            "export DEBIAN_FRONTEND=noninteractive\n\
+             apt-get install -y -q --no-install-recommends {DEBS}/*.deb\n\
+             rm -rf {DEBS}\n\
+             sync\n"
+        ),
+        timeout: INSTALL_TIMEOUT,
+    }
+}
