@@ -488,10 +488,13 @@ impl VirtualMachine {
         }
         self.markers_seen = self.console.borrow().ready;
         clock.observe(self.child.id().unwrap_or(0));
-        let deadline = clock.deadline();
+        let mut deadline = clock.deadline();
         if let Some(layer) = self.spec.layer.clone() {
             self.connect(deadline, cancel).await?;
+            let started = Instant::now();
             layer.apply(&self.shell, &self.label).await?;
+            // The layer has a limit of its own: its time is not the boot's.
+            deadline += started.elapsed();
         }
         if let Some(maker) = maker {
             // Connect first: the snapshot is of a machine that answers over SSH. Its boot id
