@@ -1,0 +1,194 @@
+//! `vmcheck autopkgtest` end to end: real Debian 12 source packages' suites (fetched by
+//! `bots/fetch-sources`, kept out of git) on real debian-12 machines, and source packages
+//! it cannot run.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+/// The sources of `bots/fetch-sources`, fetched (once, cached) and unpacked.
+fn sources() -> Vec<PathBuf> {
+    let out = std::process::Command::new(common::project_root().join("bots/fetch-sources"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(PathBuf::from)
+        .collect()
+}
+
+fn autopkgtest(args: &[&str], sources: &[PathBuf], summary: &Path) -> (Output, String) {
+    let out = common::vmcheck()
+        .arg("autopkgtest")
+        .arg("--summary-file")
+        .arg(summary)
+        .args(args)
+        .args(sources)
+        .env("VMCHECK_PROGRESS", "none")
+        .env_remove("TEST_OS")
+        .output()
+        .unwrap();
+    let summary = std::fs::read_to_string(summary).unwrap_or_default();
+    (out, summary)
+}
+
+/// `NAME RESULT` pairs of a summary file, sorted.
+fn verdicts(summary: &str) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = summary
+        .lines()
+        .map(|l| {
+            let (name, result) = l.split_once(' ').unwrap();
+            (name.to_owned(), result.trim_start().to_owned())
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn real_packages_get_their_bookworm_verdicts() {
+    common::image("debian-12");
+    let dir = tempfile::tempdir().unwrap();
+    let summary = dir.path().join("summary");
+    let all = sources();
+    let (out, text) = autopkgtest(&["-j", "2"], &all, &summary);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let tap = String::from_utf8_lossy(&out.stdout);
+    // The verdicts Debian's own autopkgtest gives these packages here (bench/autopkgtest).
+    let expected: Vec<(String, String)> =
+        std::fs::read_to_string(common::project_root().join("test/autopkgtest/expected"))
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .map(|l| {
+                let (name, result) = l.split_once(' ').unwrap();
+                (name.to_owned(), result.trim_start().to_owned())
+            })
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+    assert_eq!(verdicts(&text), expected, "{tap}\n{err}");
+    assert_eq!(out.status.code(), Some(0), "{text}\n{err}");
+    // TAP for the same run, valid.
+    assert!(common::prove(&tap).0, "{tap}");
+}
+
+/// A source tree in `dir` named `name`, with `debian/control`, a changelog and the given
+/// `debian/tests/control` (and test scripts).
+fn tree(dir: &Path, name: &str, control: &str, scripts: &[(&str, &str)]) -> PathBuf {
+    let root = dir.join(name);
+    std::fs::create_dir_all(root.join("debian/tests")).unwrap();
+    std::fs::write(
+        root.join("debian/control"),
+        format!("Source: {name}\nBuild-Depends: debhelper-compat (= 13)\n\nPackage: {name}\nArchitecture: all\nDescription: a test\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("debian/changelog"),
+        format!("{name} (1.0-1) unstable; urgency=medium\n\n  * Test.\n\n -- A <a@example.org>  Mon, 01 Jan 2024 00:00:00 +0000\n"),
+    )
+    .unwrap();
+    std::fs::write(root.join("debian/tests/control"), control).unwrap();
+    for (script, text) in scripts {
+        std::fs::write(root.join("debian/tests").join(script), text).unwrap();
+    }
+    root
+}
+
+#[test]
+fn broken_source_packages_are_named_and_start_nothing() {
+    common::image("debian-12");
+    let dir = tempfile::tempdir().unwrap();
+    let summary = dir.path().join("summary");
+    let garbage = dir.path().join("broken.dsc");
+    std::fs::write(&garbage, "not a dsc\n").unwrap();
+    let cases = [
+        (
+            vec![tree(
+                dir.path(),
+                "nofield",
+                "Depends: @\n\nTests: smoke\n",
+                &[("smoke", "true\n")],
+            )],
+            "nofield/debian/tests/control:1: ",
+        ),
+        (
+            vec![tree(dir.path(), "noscript", "Tests: missing\n", &[])],
+            "noscript/debian/tests/control:1: debian/tests/missing does not exist",
+        ),
+        (vec![garbage.clone()], "broken.dsc: "),
+        (
+            vec![dir.path().join("nothing-here")],
+            "name at least one source package",
+        ),
+    ];
+    for (given, want) in cases {
+        let tmp = common::private_tmp();
+        let out = common::vmcheck()
+            .arg("autopkgtest")
+            .args(&given)
+            .env("TMPDIR", tmp.path())
+            .env("VMCHECK_PROGRESS", "none")
+            .env_remove("TEST_OS")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{given:?}: {err}");
+        assert!(out.stdout.is_empty(), "{given:?}: nothing ran");
+        let code = out.status.code();
+        assert!(
+            code == Some(12) || code == Some(2),
+            "{given:?}: {code:?} {err}"
+        );
+        common::assert_nothing_left(tmp.path());
+    }
+    assert!(!summary.exists());
+}
+
+#[test]
+fn uninstallable_dependencies_fail_as_badpkg_or_skip() {
+    common::image("debian-12");
+    let dir = tempfile::tempdir().unwrap();
+    let summary = dir.path().join("summary");
+    let src = tree(
+        dir.path(),
+        "needsnothing",
+        "Test-Command: true\nDepends: vmcheck-no-such-package\n\n\
+         Test-Command: true\nDepends: vmcheck-no-such-package\nRestrictions: skip-not-installable\n\n\
+         Test-Command: echo warning >&2\nDepends: dpkg\n\n\
+         Test-Command: echo fine >&2\nDepends: dpkg\nRestrictions: allow-stderr, needs-root\n\n\
+         Test-Command: exit 77\nDepends: dpkg\nRestrictions: skippable\n\n\
+         Test-Command: test \"$(id -un)\" = \"$AUTOPKGTEST_NORMAL_USER\" && test -d \"$AUTOPKGTEST_TMP\" && test -f debian/tests/control\nDepends: dpkg\n",
+        &[],
+    );
+    let (out, text) = autopkgtest(&["-j", "2", "--no-retry-fail"], &[src], &summary);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        verdicts(&text),
+        [
+            (
+                "needsnothing/command1".to_string(),
+                "FAIL badpkg: the test dependencies cannot be installed: vmcheck-no-such-package but it is not installable".to_string()
+            ),
+            (
+                "needsnothing/command2".into(),
+                "SKIP installation fails and skip-not-installable set".into()
+            ),
+            ("needsnothing/command3".into(), "FAIL stderr: warning".into()),
+            ("needsnothing/command4".into(), "PASS".into()),
+            (
+                "needsnothing/command5".into(),
+                "SKIP exit status 77 and marked as skippable".into()
+            ),
+            ("needsnothing/command6".into(), "PASS".into()),
+        ],
+        "{err}"
+    );
+    assert_eq!(out.status.code(), Some(14), "badpkg and a skip: {err}");
+}
