@@ -18,6 +18,7 @@ async fn debian_boots_runs_commands_keeps_its_disk_across_reboot() {
         memory_mib: None,
         cpus: 1,
         private_net: None,
+        isolated: false,
         cold_boot: false,
         layer: None,
     };

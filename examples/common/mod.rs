@@ -25,6 +25,7 @@ pub fn spec(image: &Image, cold_boot: bool) -> MachineSpec {
         memory_mib: None,
         cpus: 1,
         private_net: None,
+        isolated: false,
         cold_boot,
         layer: None,
     }

@@ -5,9 +5,9 @@
 
 use super::control::{self, TestBody, TestSpec};
 use super::deps::{self, ResolveError, Resolved};
-use super::restriction::Restriction;
+use super::restriction::{self, Capability, Restriction};
 use super::source::{self, SourcePackage};
-use super::test::{AptCommand, AptTest, Behaviour};
+use super::test::{AptCommand, AptTest, Behaviour, Internet};
 use crate::checkfile::{Body, MachineReq, OsCondition, TestDef};
 use crate::machine::layer::Layer;
 use std::collections::HashMap;
@@ -37,6 +37,27 @@ pub struct Testbed<'a> {
     pub scratch: &'a Path,
     /// Resolve (and download) the dependencies; a listing does not.
     pub resolve: bool,
+    /// `--needs-internet`.
+    pub internet: Internet,
+}
+
+impl Testbed<'_> {
+    /// What a vmcheck machine offers, as autopkgtest's capabilities: a machine of its own
+    /// per test, thrown away after it, rebootable, with root; the internet only when
+    /// `--needs-internet` lets tests have it.
+    fn capabilities(&self) -> Vec<Capability> {
+        let mut caps = vec![
+            Capability::RevertFullSystem,
+            Capability::Reboot,
+            Capability::RootOnTestbed,
+            Capability::IsolationContainer,
+            Capability::IsolationMachine,
+        ];
+        if self.internet != Internet::Skip {
+            caps.push(Capability::HasInternet);
+        }
+        caps
+    }
 }
 
 /// The tests of `sources`, or every problem found (each one line naming the file).
@@ -100,7 +121,10 @@ fn test(
     resolved: &mut HashMap<String, Result<Resolved, ResolveError>>,
 ) -> Result<TestDef, String> {
     let has = |r: Restriction| spec.restrictions.contains(&r);
-    let mut skip = spec.skip.clone().or_else(|| unsupported(spec));
+    let mut skip = spec
+        .skip
+        .clone()
+        .or_else(|| restriction::testbed_skip_reason(&spec.restrictions, &bed.capabilities()));
     let mut badpkg = None;
     let mut layer = None;
     if skip.is_none() && bed.resolve {
@@ -157,7 +181,10 @@ fn test(
                 flaky: has(Restriction::Flaky),
                 superficial: has(Restriction::Superficial),
                 sudo: has(Restriction::NeedsSudo),
+                build: has(Restriction::BuildNeeded),
+                internet_try: has(Restriction::NeedsInternet) && bed.internet == Internet::Try,
             },
+            internet: has(Restriction::NeedsInternet) && bed.internet != Internet::Skip,
             layer,
             badpkg,
         })),
@@ -165,37 +192,29 @@ fn test(
     })
 }
 
-/// Why this testbed cannot run the test, for what autopkgtest would run elsewhere.
-fn unsupported(spec: &TestSpec) -> Option<String> {
-    let why = |r: &Restriction| match r {
-        Restriction::NeedsInternet => {
-            Some("needs-internet: vmcheck's machines reach no network but the package archive")
-        }
-        Restriction::NeedsReboot => Some("needs-reboot: not supported by vmcheck yet"),
-        Restriction::BuildNeeded => Some("build-needed: not supported by vmcheck yet"),
-        _ => None,
-    };
-    spec.restrictions
-        .iter()
-        .find_map(why)
-        .map(|w| format!("Test needs {w}"))
-}
-
 /// The layer that installs a resolved dependency set, offline, with apt.
 fn deps_layer(r: &Resolved) -> Layer {
+    // apt sees no archive, only these files: it must not fetch what it prefers from one (it
+    // does, for a version a file also has), and the guest has no network.
+    let script = format!(
+        "export DEBIAN_FRONTEND=noninteractive\n\
+         mkdir -p {DEBS}/lists/partial\n\
+         apt-get install -y -q --no-install-recommends \
+         -o Dir::Etc::SourceList=/dev/null -o Dir::Etc::SourceParts=/dev/null \
+         -o Dir::State::Lists={DEBS}/lists {DEBS}/*.deb\n\
+         rm -rf {DEBS}\n\
+         sync\n"
+    );
+    // Named by the packages and by how they are installed.
+    let how = crate::image::hash::sha256_bytes(script.as_bytes());
     Layer {
-        key: format!("deps-{}", r.key()),
+        key: format!("deps-{}-{}", r.key(), &how[..8]),
         files: r
             .debs
             .iter()
             .map(|d| (d.path.clone(), format!("{DEBS}/{}", d.file_name)))
             .collect(),
-        script: format!(
-            "export DEBIAN_FRONTEND=noninteractive\n\
-             apt-get install -y -q --no-install-recommends {DEBS}/*.deb\n\
-             rm -rf {DEBS}\n\
-             sync\n"
-        ),
+        script,
         timeout: INSTALL_TIMEOUT,
     }
 }

@@ -17,7 +17,8 @@
 //! binary of the source (`name [arch]` unless `any`/`all`), `@builddeps@` the source's
 //! Build-Depends, -Indep and -Arch reduced for the testbed with no build profile active, plus
 //! `build-essential`, `@recommends@` the Recommends of every stanza of `debian/control`
-//! with `${...}` substitution variables dropped; `needs-sudo` adds `sudo`; `:native` is
+//! with `${...}` substitution variables dropped; `build-needed` adds the build dependencies
+//! (the tree is built in the testbed), `needs-sudo` adds `sudo`; `:native` is
 //! removed; everything is reduced for the testbed architecture.
 
 use super::arch;
@@ -424,8 +425,8 @@ pub fn recommends(source: &SourcePackage, host: &str) -> Result<Vec<String>, Str
 }
 
 /// The dependencies of a test as autopkgtest hands them to apt on a `host` testbed: its
-/// `Depends:` with `@`, `@builddeps@` and `@recommends@` substituted from `source`, `sudo`
-/// added for `needs-sudo`, `:native` removed, reduced for `host`. Each string is one clause
+/// `Depends:` with `@`, `@builddeps@` and `@recommends@` substituted from `source`, the
+/// build dependencies added for `build-needed` and `sudo` for `needs-sudo`, `:native` removed, reduced for `host`. Each string is one clause
 /// (`foo (>= 1.2) | bar`).
 ///
 /// `depends` is what [`parse_test_depends`] returned (a `needs-recommends` test's already ends
@@ -444,6 +445,11 @@ pub fn resolve(
             TestDepend::Recommends => deps.extend(recommends(source, host)?),
             TestDepend::Clause(c) => deps.push(c.clone()),
         }
+    }
+    // The tree of a build-needed test is built in the testbed first.
+    if restrictions.contains(&Restriction::BuildNeeded) && !depends.contains(&TestDepend::BuildDeps)
+    {
+        deps.extend(build_deps(source, host)?);
     }
     if restrictions.contains(&Restriction::NeedsSudo) && !deps.iter().any(|d| d == "sudo") {
         deps.push("sudo".into());

@@ -30,6 +30,22 @@ pub struct Behaviour {
     pub superficial: bool,
     /// `needs-sudo`: the normal user may use sudo without a password.
     pub sudo: bool,
+    /// `build-needed`: the tree is built (`debian/rules build`) before the test runs.
+    pub build: bool,
+    /// `needs-internet` run with `--needs-internet=try`: a failure is a skip.
+    pub internet_try: bool,
+}
+
+/// What `--needs-internet` (autopkgtest's option) does with tests that need the internet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Internet {
+    /// Skip them, and let no guest out: vmcheck's default (autopkgtest's is `run`).
+    #[default]
+    Skip,
+    /// Run them with the network open to their machine; a failure is reported as a skip.
+    Try,
+    /// Run them with the network open to their machine.
+    Run,
 }
 
 /// An autopkgtest of a source package.
@@ -42,6 +58,9 @@ pub struct AptTest {
     /// The test's dependencies, installed as a layer of the machine (`None`: nothing to
     /// install).
     pub layer: Option<Arc<Layer>>,
+    /// Its machine's network is open (a `needs-internet` test, run by choice); every other
+    /// autopkgtest's machine reaches nothing but the host's SSH forward.
+    pub internet: bool,
     /// Why its dependencies cannot be installed (autopkgtest's "badpkg"): the test fails
     /// with this, without running.
     pub badpkg: Option<String>,

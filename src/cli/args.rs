@@ -3,6 +3,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
+use vmcheck::autopkgtest::test::Internet;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -84,6 +85,12 @@ pub struct AutopkgtestArgs {
     /// to FILE.
     #[arg(long, value_name = "FILE")]
     pub summary_file: Option<PathBuf>,
+    /// What to do with tests that have the `needs-internet` restriction (autopkgtest's
+    /// option): `skip` them (the default: vmcheck's autopkgtest machines reach no network at
+    /// all), `run` them with the network open to their machine, or `try` them (a failure is
+    /// a skip).
+    #[arg(long, value_enum, value_name = "WHAT", default_value_t = Internet::Skip)]
+    pub needs_internet: Internet,
     #[command(flatten)]
     pub run: RunArgs,
 }

@@ -95,6 +95,7 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Autopkgtest(args) => {
             let suite = super::run::Suite::Autopkgtest {
                 summary_file: args.summary_file,
+                needs_internet: args.needs_internet,
             };
             super::run::run(catalog, args.run, suite, cli.global.verbose, &cancel).await
         }
@@ -249,6 +250,7 @@ async fn vm_run(
         memory_mib: args.memory,
         cpus: args.cpus,
         private_net: None,
+        isolated: false,
         cold_boot: args.cold_boot,
         layer: None,
     };

@@ -9,6 +9,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use vmcheck::autopkgtest::test::Internet;
 use vmcheck::checkfile::{self, TestDef};
 use vmcheck::events::{Event, Placement, RunStats, TestInfo, Verdict};
 use vmcheck::exit_codes;
@@ -50,7 +51,10 @@ pub enum Suite {
     File(PathBuf),
     /// Source packages' autopkgtests (`vmcheck autopkgtest`): the positional words that
     /// name a source tree or a `.dsc` are sources, the others filters.
-    Autopkgtest { summary_file: Option<PathBuf> },
+    Autopkgtest {
+        summary_file: Option<PathBuf>,
+        needs_internet: Internet,
+    },
 }
 
 pub async fn run(
@@ -67,7 +71,10 @@ pub async fn run(
     };
     let single_file = file.is_some();
     let autopkgtest = match &suite {
-        Suite::Autopkgtest { summary_file } => {
+        Suite::Autopkgtest {
+            summary_file,
+            needs_internet,
+        } => {
             let (sources, filters): (Vec<String>, Vec<String>) =
                 args.filters.iter().cloned().partition(|w| {
                     let p = Path::new(w);
@@ -84,6 +91,7 @@ pub async fn run(
             Some((
                 sources.into_iter().map(PathBuf::from).collect::<Vec<_>>(),
                 summary_file.clone(),
+                *needs_internet,
             ))
         }
         _ => None,
@@ -142,8 +150,14 @@ pub async fn run(
     let scratch = tempfile::tempdir()
         .map_err(|e| CliError::Usage(format!("cannot create a scratch directory: {e}")))?;
     let mut tests = match &autopkgtest {
-        Some((sources, _)) => {
-            collect_autopkgtests(&catalog, sources, &test_os, scratch.path(), &args, cancel).await?
+        Some((sources, _, internet)) => {
+            let how = AptRun {
+                test_os: &test_os,
+                scratch: scratch.path(),
+                resolve: !args.list,
+                internet: *internet,
+            };
+            collect_autopkgtests(&catalog, sources, &how, cancel).await?
         }
         None => match (checkfile::load(&found.files, &root), found.unusable) {
             (Ok(tests), unusable) if unusable.is_empty() => tests,
@@ -306,7 +320,7 @@ pub async fn run(
     };
     let mut reporters = reporters(&outputs, rerun.clone())?;
     let summary = match &autopkgtest {
-        Some((_, summary_file)) => {
+        Some((_, summary_file, _)) => {
             let (summary, output) = autopkgtest_summary(&plan, summary_file.as_deref())?;
             reporters.push(output);
             Some(summary)
@@ -411,17 +425,26 @@ pub async fn run(
     })
 }
 
+/// How `vmcheck autopkgtest` collects its tests.
+struct AptRun<'a> {
+    test_os: &'a str,
+    /// Where `.dsc` files are unpacked.
+    scratch: &'a Path,
+    /// Resolve the dependencies (not for a listing).
+    resolve: bool,
+    internet: Internet,
+}
+
 /// The tests of autopkgtest source packages, their dependencies resolved for the image
 /// `test_os` (built first, if need be: its package database is what they are resolved
 /// against). A listing resolves nothing.
 async fn collect_autopkgtests(
     catalog: &Arc<Catalog>,
     sources: &[PathBuf],
-    test_os: &str,
-    scratch: &Path,
-    args: &RunArgs,
+    how: &AptRun<'_>,
     cancel: &Cancel,
 ) -> Result<Vec<TestDef>, CliError> {
+    let test_os = how.test_os;
     let (c, n, cancel2) = (catalog.clone(), test_os.to_string(), cancel.clone());
     let image = tokio::task::spawn_blocking(move || c.resolve(&n, &cancel2, false))
         .await
@@ -437,8 +460,9 @@ async fn collect_autopkgtests(
         image: test_os,
         dpkg_status: &dpkg_status,
         cache: &cache,
-        scratch,
-        resolve: !args.list,
+        scratch: how.scratch,
+        resolve: how.resolve,
+        internet: how.internet,
     };
     vmcheck::autopkgtest::collect::collect(sources, &bed)
         .map_err(|errors| CliError::BadPackage(errors.join("\n")))

@@ -38,6 +38,9 @@ pub struct QemuConfig {
     pub disk: Option<PathBuf>,
     /// Host port on 127.0.0.1 forwarded to the guest's port 22.
     pub ssh_port: u16,
+    /// The guest reaches nothing through its first NIC (slirp's `restrict=on`): only the SSH
+    /// forward from the host comes in.
+    pub isolated: bool,
     pub private_net: Option<PrivateNet>,
     /// A QMP socket to listen on (to save the machine, or to resume a restored one).
     pub qmp: Option<PathBuf>,
@@ -75,7 +78,11 @@ impl QemuConfig {
         push(&["-device", "pvpanic-pci", "-action", "panic=exit-failure"]);
         push(&[
             "-netdev",
-            &format!("user,id=n0,hostfwd=tcp:127.0.0.1:{}-:22", self.ssh_port),
+            &format!(
+                "user,id=n0,{}hostfwd=tcp:127.0.0.1:{}-:22",
+                if self.isolated { "restrict=on," } else { "" },
+                self.ssh_port
+            ),
             "-device",
             "virtio-net-pci,netdev=n0,romfile=",
         ]);
@@ -198,6 +205,7 @@ mod tests {
             cmdline: "root=/dev/vda rw".into(),
             disk: Some("/run/x/overlay.qcow2".into()),
             ssh_port: 22022,
+            isolated: false,
             private_net: None,
             qmp: None,
             incoming: None,
@@ -218,7 +226,10 @@ mod tests {
         assert!(s.starts_with("-accel tcg -machine q35 -nodefaults"), "{s}");
         assert!(!s.contains("-cpu host"));
         assert!(s.contains("-m 256 -smp 1"));
-        assert!(s.contains("hostfwd=tcp:127.0.0.1:22022-:22"), "{s}");
+        assert!(
+            s.contains("-netdev user,id=n0,hostfwd=tcp:127.0.0.1:22022-:22 "),
+            "{s}"
+        );
         assert!(s.contains("-append console=ttyS0 quiet panic=-1 no_timer_check root=/dev/vda rw"));
         assert!(s.contains(
             "-drive file=/run/x/overlay.qcow2,if=virtio,id=disk0,format=qcow2,cache=unsafe"
@@ -227,6 +238,19 @@ mod tests {
         assert!(!s.contains("mcast"));
         assert!(s.contains("-device vmgenid,guid=auto"));
         assert!(!s.contains("-incoming") && !s.contains("-qmp"));
+    }
+
+    #[test]
+    fn an_isolated_guest_keeps_only_its_ssh_forward() {
+        let c = QemuConfig {
+            isolated: true,
+            ..config()
+        };
+        let s = joined(&c);
+        assert!(
+            s.contains("-netdev user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:22022-:22 "),
+            "{s}"
+        );
     }
 
     #[test]

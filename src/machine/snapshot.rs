@@ -81,6 +81,8 @@ impl SnapshotKey {
             cmdline: image.manifest.boot.cmdline.clone(),
             disk: image.disk().map(|_| PathBuf::from("D")),
             ssh_port: 1,
+            // Whether the guest may reach out is the host's side of its NIC, not saved.
+            isolated: false,
             // The second NIC is a device of the saved machine; its network (the multicast
             // port) is the host's side and not saved, its address is set after a restore.
             private_net: private_net.then(|| super::qemu::PrivateNet {

@@ -98,6 +98,8 @@ pub struct MachineSpec {
     pub memory_mib: Option<u32>,
     pub cpus: u32,
     pub private_net: Option<PrivateNet>,
+    /// Its first NIC reaches nothing outside (see [`QemuConfig::isolated`]).
+    pub isolated: bool,
     /// Boot the image even where a booted snapshot could be restored (`--cold-boot`).
     pub cold_boot: bool,
     /// Installed after the boot, and saved with the snapshot (see `layer.rs`).
@@ -908,6 +910,7 @@ async fn launch(
         cmdline: image.manifest.boot.cmdline.clone(),
         disk: disk.map(Path::to_path_buf),
         ssh_port,
+        isolated: spec.isolated,
         private_net: spec.private_net.clone(),
         qmp: Some(qmp_socket(dir)),
         incoming: incoming.map(Path::to_path_buf),

@@ -62,6 +62,9 @@ impl Summary {
     /// Take one test's verdict (and its last attempt, which says how it failed).
     pub fn record(&mut self, name: &str, verdict: &Verdict, last: Option<&AttemptOutcome>) {
         let result = match verdict {
+            Verdict::Passed | Verdict::Flaky if self.superficial.contains(name) => {
+                "PASS (superficial)".to_owned()
+            }
             Verdict::Passed | Verdict::Flaky => "PASS".to_owned(),
             Verdict::Skipped { reason } => match reason.strip_prefix("FLAKY ") {
                 Some(rest) => format!("FLAKY {rest}"),
@@ -209,7 +212,7 @@ mod tests {
         assert_eq!(
             rendered,
             [
-                "hello/command1       PASS",
+                "hello/command1       PASS (superficial)",
                 "hello/smoke          PASS",
                 "hello/net            SKIP Test needs needs-internet",
                 "hello/bad            FAIL non-zero exit status 3",

@@ -458,11 +458,13 @@ async fn boot_machines(
                 mac: format!("52:54:01:00:00:{:02x}", i + 1),
             }),
             cold_boot: ctx.cold_boot,
-            // An autopkgtest's dependencies, in its (only) machine.
+            // An autopkgtest's dependencies, in its (only) machine, which reaches nothing
+            // outside unless the test needs the internet and is let out.
             layer: match &test.body {
                 Body::Autopkgtest(apt) => apt.layer.clone(),
                 _ => None,
             },
+            isolated: matches!(&test.body, Body::Autopkgtest(apt) if !apt.internet),
         };
         let vcpus = mreq.cpus;
         boots.push(async move {
@@ -629,8 +631,16 @@ async fn run_bodies(
     }
     let program = match &test.body {
         Body::Autopkgtest(apt) => {
-            return super::autopkgtest::run(&machines[0], apt, &env, log, deadline, test.timeout)
-                .await;
+            return super::autopkgtest::run(
+                ctx,
+                &mut machines[0],
+                apt,
+                &env,
+                log,
+                deadline,
+                test.timeout,
+            )
+            .await;
         }
         Body::Scripts {
             host: Some(script), ..

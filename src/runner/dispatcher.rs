@@ -382,6 +382,7 @@ async fn boot_global(
         memory_mib: memory,
         cpus,
         private_net: None,
+        isolated: false,
         cold_boot: ctx.cold_boot,
         layer: None,
     };

@@ -123,6 +123,7 @@ pub fn spec(label: &str, image: &Image) -> vmcheck::machine::vm::MachineSpec {
         memory_mib: None,
         cpus: 1,
         private_net: None,
+        isolated: false,
         cold_boot: false,
         layer: None,
     }
