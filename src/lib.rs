@@ -5,6 +5,7 @@
 
 pub mod affected;
 pub mod autopkgtest;
+pub mod builtin;
 pub mod checkfile;
 pub mod estimate;
 pub mod events;

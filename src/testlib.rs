@@ -1,6 +1,6 @@
 //! vmcheck's Python `testlib` (`python/testlib.py`, Cockpit's names over the executable
 //! check-file protocol), built into the binary and written once per version to a private
-//! cache directory, which the runner puts on every executable check file's `PYTHONPATH`
+//! cache directory (`builtin.rs`), which the runner puts on every executable check file's `PYTHONPATH`
 //! (and `vmcheck python` on the one it runs), so no installation is needed; and the `PATH`
 //! those processes get, on which `vmcheck` is this vmcheck (their first line may run it).
 
@@ -10,26 +10,14 @@ use std::path::PathBuf;
 pub const SOURCE: &str = include_str!("../python/testlib.py");
 
 /// The directory holding `testlib.py` of this vmcheck:
-/// `$XDG_CACHE_HOME/vmcheck/python/<sha256 of the source, 16 hex digits>/`, written (0700
-/// directory, atomically renamed file) the first time it is asked for.
+/// `$XDG_CACHE_HOME/vmcheck/python/<hash, 16 hex digits>/`, written (0700 directory,
+/// atomically renamed file) the first time it is asked for.
 pub fn python_path() -> std::io::Result<PathBuf> {
     python_path_in(&crate::image::cache_home())
 }
 
 fn python_path_in(cache: &std::path::Path) -> std::io::Result<PathBuf> {
-    let hash = crate::image::hash::sha256_bytes(SOURCE.as_bytes());
-    let base = cache.join("vmcheck/python");
-    let dir = base.join(&hash[..16]);
-    let file = dir.join("testlib.py");
-    if std::fs::read(&file).is_ok_and(|b| b == SOURCE.as_bytes()) {
-        return Ok(dir);
-    }
-    crate::private::create_dir(&base)?;
-    crate::private::create_dir(&dir)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(&dir)?;
-    std::io::Write::write_all(&mut tmp, SOURCE.as_bytes())?;
-    tmp.persist(&file).map_err(|e| e.error)?;
-    Ok(dir)
+    crate::builtin::written(cache, "python", &[("testlib.py", SOURCE, 0o644)])
 }
 
 /// `PYTHONPATH` with vmcheck's library first, then the caller's.

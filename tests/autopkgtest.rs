@@ -122,7 +122,12 @@ fn broken_source_packages_are_named_and_start_nothing() {
     let summary = dir.path().join("summary");
     let garbage = dir.path().join("broken.dsc");
     std::fs::write(&garbage, "not a dsc\n").unwrap();
+    let fine = tree(dir.path(), "fine", "Test-Command: true\n", &[]);
     let cases = [
+        (
+            vec![fine.clone(), "--machine".into(), "127.0.0.1:22".into()],
+            "--machine is not supported",
+        ),
         (
             vec![tree(
                 dir.path(),
@@ -323,4 +328,37 @@ fn the_testbed_reboots_builds_and_keeps_guests_off_the_network() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn runs_outside_a_vmcheck_project_on_its_built_in_recipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = tree(
+        dir.path(),
+        "anywhere",
+        "Test-Command: true\nDepends: dpkg\n",
+        &[],
+    );
+    let out = common::vmcheck()
+        .current_dir(dir.path())
+        .args(["autopkgtest", "--list", "anywhere"])
+        .env("VMCHECK_PROGRESS", "none")
+        .env_remove("TEST_OS")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("anywhere/command1"),
+        "{err}"
+    );
+    assert!(src.is_dir());
+    // Other commands still need a project.
+    let out = common::vmcheck()
+        .current_dir(dir.path())
+        .args(["run", "--list"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not inside a vmcheck project"));
 }

@@ -1,7 +1,9 @@
 //! The collector: source packages (trees or `.dsc` files) → tests for the plan, like the
-//! tests of any other check file. Each test is named `SOURCE/NAME`, runs on a fresh machine
-//! of the test image restored with its dependencies in place (a machine layer), and skips
-//! what autopkgtest skips, with its reasons, plus what this testbed cannot offer.
+//! tests of any other check file. Each test is named `SOURCE/NAME` and runs on a machine of
+//! the test image restored with its dependencies in place (a machine layer): shared with
+//! the other tests of that dependency set (nondestructive, in a pool of its own) unless it
+//! `breaks-testbed`. It skips what autopkgtest skips, with its reasons, plus what this
+//! testbed cannot offer.
 
 use super::control::{self, TestBody, TestSpec};
 use super::deps::{self, ResolveError, Resolved};
@@ -153,7 +155,9 @@ fn test(
         class: source.name.clone(),
         method: spec.name.clone(),
         line: spec.line,
-        nondestructive: false,
+        // Tests that leave the testbed usable share machines (of their dependency set), as
+        // they share autopkgtest's testbed; the others get a fresh one.
+        nondestructive: !has(Restriction::BreaksTestbed),
         timeout: crate::checkfile::DEFAULT_TIMEOUT,
         provision: vec![MachineReq {
             memory_mib: Some(MEMORY_MIB),

@@ -130,7 +130,21 @@ fn catalog(global: &GlobalArgs, command: &Command) -> Result<Catalog, CliError> 
         (None, _) => std::env::current_dir()
             .map_err(|e| CliError::Usage(format!("cannot read the current directory: {e}")))?,
     };
-    let project = Project::discover(&start).ok_or(CliError::NoProject(start))?;
+    let project = match (Project::discover(&start), command) {
+        (Some(project), _) => project,
+        // autopkgtest runs from anywhere (a source tree is not a vmcheck project): on the
+        // Debian image recipe built into vmcheck.
+        (None, Command::Autopkgtest(_)) if global.project_dir.is_none() => {
+            let dir = vmcheck::builtin::written(
+                &vmcheck::image::cache_home(),
+                "recipes",
+                vmcheck::builtin::DEBIAN_RECIPES,
+            )
+            .map_err(|e| CliError::Usage(format!("cannot write vmcheck's image recipes: {e}")))?;
+            Project::discover(&dir).ok_or(CliError::NoProject(dir))?
+        }
+        (None, _) => return Err(CliError::NoProject(start)),
+    };
     let store = ImageStore::from_env();
     store.sweep();
     Ok(Catalog::new(project, store))

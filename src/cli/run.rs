@@ -87,6 +87,13 @@ pub async fn run(
                         .into(),
                 ));
             }
+            if !args.machine.is_empty() {
+                return Err(CliError::Usage(
+                    "vmcheck autopkgtest runs on machines it boots, with each test's \
+                     dependencies installed: --machine is not supported"
+                        .into(),
+                ));
+            }
             args.filters = filters;
             Some((
                 sources.into_iter().map(PathBuf::from).collect::<Vec<_>>(),
@@ -126,6 +133,8 @@ pub async fn run(
 
     // Check files, scenario, plan: all input errors before anything starts.
     let found = match &file {
+        // Source packages are the suite, not the project's check files.
+        _ if autopkgtest.is_some() => checkfile::Discovered::default(),
         Some(f) => checkfile::Discovered {
             files: vec![f.clone()],
             ..Default::default()

@@ -10,11 +10,14 @@
 //! longest first by estimated duration. Nondestructive and destructive work run side by
 //! side: the global machines get the share of the job slots that the waiting
 //! nondestructive work is of all waiting work ([`order`](super::order)); they are booted
-//! as that share asks and retired when no nondestructive test waits.
+//! as that share asks and retired when no nondestructive test waits. A nondestructive test
+//! that needs more than the usual machine (an autopkgtest's dependencies) runs on global
+//! machines of its own [pool](super::pools).
 
 use super::attempt::{AttemptContext, AttemptRequest, LiveOutput, Machines, Progress, run_attempt};
 use super::ledger::Cost;
 use super::order::Weight;
+use super::pools::{Pool, Pools};
 use super::state::{
     Action, Booted, CancelReason, DispatcherState, KnownIssue, Msg, RetryData, StateConfig,
     TestSpec, UnitId,
@@ -62,8 +65,8 @@ pub struct RunConfig {
 pub struct Dispatcher<'r> {
     ctx: Arc<AttemptContext>,
     remote: Vec<SshTarget>,
-    nd_memory_mib: Option<u32>,
-    nd_cpus: u32,
+    /// The kinds of global machine, by the index the state knows them by.
+    pools: Pools,
     /// Every planned test's id and definition, by index.
     defs: Vec<(usize, Arc<TestDef>)>,
     state: DispatcherState<Machine>,
@@ -100,11 +103,22 @@ impl<'r> Dispatcher<'r> {
         ctx: Arc<AttemptContext>,
         report: &'r mut dyn FnMut(&Event),
     ) -> Dispatcher<'r> {
+        let mut pools = Pools::new(Pool {
+            memory_mib: cfg.nd_memory_mib,
+            cpus: cfg.nd_cpus,
+            layer: None,
+            isolated: false,
+        });
         let specs = plan
             .tests
             .iter()
             .map(|t| {
                 let cost = test_cost(&t.def, &ctx);
+                let pool = if t.def.nondestructive {
+                    pools.of(&t.def)
+                } else {
+                    0
+                };
                 TestSpec {
                     info: TestInfo {
                         id: t.id,
@@ -124,16 +138,26 @@ impl<'r> Dispatcher<'r> {
                     affected: !t.def.no_retry_when_changed
                         && !cfg.affected.reasons(&t.def.file).is_empty(),
                     skip: t.skip_reason.clone(),
+                    pool,
                 }
             })
             .collect();
-        let global_mem = cfg
-            .nd_memory_mib
-            .or(ctx
-                .images
-                .get(&ctx.test_os)
-                .map(|i| i.manifest.boot.memory_mib))
-            .unwrap_or(512);
+        let pool_costs = pools
+            .iter()
+            .map(|p| {
+                let mem = p
+                    .memory_mib
+                    .or(ctx
+                        .images
+                        .get(&ctx.test_os)
+                        .map(|i| i.manifest.boot.memory_mib))
+                    .unwrap_or(512);
+                Cost {
+                    ram_mib: u64::from(mem) + QEMU_OVERHEAD_MIB,
+                    cpus: p.cpus,
+                }
+            })
+            .collect();
         let known = ctx
             .naughty
             .for_os(&ctx.test_os)
@@ -154,10 +178,7 @@ impl<'r> Dispatcher<'r> {
                 test_os: ctx.test_os.clone(),
                 jobs: cfg.jobs,
                 capacity: cfg.capacity,
-                global_cost: Cost {
-                    ram_mib: u64::from(global_mem) + QEMU_OVERHEAD_MIB,
-                    cpus: cfg.nd_cpus,
-                },
+                pools: pool_costs,
                 remote: cfg
                     .remote
                     .iter()
@@ -176,8 +197,7 @@ impl<'r> Dispatcher<'r> {
         Dispatcher {
             ctx,
             remote: cfg.remote,
-            nd_memory_mib: cfg.nd_memory_mib,
-            nd_cpus: cfg.nd_cpus,
+            pools,
             defs: plan.tests.iter().map(|t| (t.id, t.def.clone())).collect(),
             state,
             tx,
@@ -226,7 +246,12 @@ impl<'r> Dispatcher<'r> {
         for action in actions {
             match action {
                 Action::Emit(event) => (self.report)(&event),
-                Action::Boot { unit, slot, label } => self.spawn_boot(unit, slot, label),
+                Action::Boot {
+                    unit,
+                    slot,
+                    label,
+                    pool,
+                } => self.spawn_boot(unit, slot, label, pool),
                 Action::Attempt {
                     unit,
                     test,
@@ -277,11 +302,11 @@ impl<'r> Dispatcher<'r> {
         self.handles.insert(unit, handle);
     }
 
-    fn spawn_boot(&mut self, unit: UnitId, slot: usize, label: String) {
+    fn spawn_boot(&mut self, unit: UnitId, slot: usize, label: String, pool: usize) {
         let tx = self.tx.clone();
         let ctx = self.ctx.clone();
         let remote = self.remote.get(slot).cloned();
-        let (mem, cpus) = (self.nd_memory_mib, self.nd_cpus);
+        let pool = self.pools.get(pool).clone();
         self.spawn(unit, async move {
             let result = match remote {
                 Some(target) => {
@@ -296,9 +321,9 @@ impl<'r> Dispatcher<'r> {
                         })
                 }
                 None => {
-                    let _booting = ctx.boots.enter(cpus).await;
+                    let _booting = ctx.boots.enter(pool.cpus).await;
                     let started = Instant::now();
-                    boot_global(&ctx, &label, mem, cpus).await.map(|vm| Booted {
+                    boot_global(&ctx, &label, pool).await.map(|vm| Booted {
                         image: vm.image.short_id(),
                         origin: if vm.restored() {
                             BootOrigin::Restored
@@ -361,8 +386,7 @@ impl<'r> Dispatcher<'r> {
 async fn boot_global(
     ctx: &AttemptContext,
     label: &str,
-    memory: Option<u32>,
-    cpus: u32,
+    pool: Pool,
 ) -> Result<VirtualMachine, MachineError> {
     let host = ctx.host.as_ref().ok_or_else(|| MachineError::Failed {
         label: label.to_string(),
@@ -379,12 +403,12 @@ async fn boot_global(
     let spec = MachineSpec {
         label: label.to_string(),
         image,
-        memory_mib: memory,
-        cpus,
+        memory_mib: pool.memory_mib,
+        cpus: pool.cpus,
         private_net: None,
-        isolated: false,
+        isolated: pool.isolated,
         cold_boot: ctx.cold_boot,
-        layer: None,
+        layer: pool.layer,
     };
     let mut vm = VirtualMachine::start(host, spec).await?;
     vm.wait_boot(ctx.boot_timeout, &ctx.cancel).await?;

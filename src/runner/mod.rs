@@ -6,7 +6,7 @@
 //! `restore.rs` (a shared machine's paths saved and put back),
 //! `artifacts.rs` (what a failed attempt leaves) and `sit.rs` (`--sit`); `ledger.rs` is the
 //! capacity accounting; `order.rs` decides what runs next from estimated durations;
-//! `boots.rs` paces cold boots.
+//! `pools.rs` names the kinds of global machine a run boots; `boots.rs` paces cold boots.
 
 pub mod artifacts;
 pub mod attempt;
@@ -19,6 +19,7 @@ pub mod journal;
 pub mod ledger;
 pub mod order;
 pub mod output;
+pub mod pools;
 pub mod restore;
 pub mod sit;
 pub mod state;

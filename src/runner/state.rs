@@ -79,6 +79,9 @@ pub struct TestSpec {
     pub affected: bool,
     /// Skipped by the plan (skip/only by TEST_OS), with the reason.
     pub skip: Option<String>,
+    /// The kind of global machine a nondestructive test runs on: an index into
+    /// [`StateConfig::pools`] (0: the run's usual one).
+    pub pool: usize,
 }
 
 /// A known issue of this OS, as far as scheduling is concerned.
@@ -105,8 +108,10 @@ pub struct StateConfig {
     pub test_os: String,
     pub jobs: usize,
     pub capacity: Cost,
-    /// The ledger cost of one global machine that vmcheck boots.
-    pub global_cost: Cost,
+    /// The kinds of global machine that vmcheck boots (*pools*), as the ledger cost of one
+    /// machine of each: `[0]` is the run's usual machine, the others are machines with
+    /// something more, e.g. an autopkgtest's dependencies, for the tests that name them.
+    pub pools: Vec<Cost>,
     /// Labels of the existing hosts (`--machine`); global machines are only these then.
     pub remote: Vec<String>,
     pub policy: PolicyOptions,
@@ -172,12 +177,13 @@ pub enum Msg<M> {
 #[allow(clippy::large_enum_variant)] // short-lived: carried out as soon as returned
 pub enum Action<M> {
     Emit(Event),
-    /// Boot global machine `slot` (connect to existing host `slot`, if there are any), and
-    /// answer with [`Msg::Booted`].
+    /// Boot global machine `slot`, of kind `pool` (connect to existing host `slot`, if
+    /// there are any), and answer with [`Msg::Booted`].
     Boot {
         unit: UnitId,
         slot: usize,
         label: String,
+        pool: usize,
     },
     /// Run an attempt of test `test` (an index into the plan): on `machine` (global
     /// machine `slot`) or on machines of its own; answer with [`Msg::AttemptDone`].
@@ -208,6 +214,8 @@ enum SlotState<M> {
 
 struct Slot<M> {
     label: String,
+    /// The kind of machine it holds (see [`StateConfig::pools`]).
+    pool: usize,
     state: SlotState<M>,
     failures: u32,
     /// What it holds in the ledger while alive (nothing for an existing host).
@@ -278,7 +286,13 @@ pub struct DispatcherState<M> {
 }
 
 impl<M> DispatcherState<M> {
-    pub fn new(tests: Vec<TestSpec>, cfg: StateConfig) -> DispatcherState<M> {
+    pub fn new(mut tests: Vec<TestSpec>, cfg: StateConfig) -> DispatcherState<M> {
+        if !cfg.remote.is_empty() {
+            // Existing hosts are what they are: they serve every nondestructive test.
+            for t in &mut tests {
+                t.pool = 0;
+            }
+        }
         let mut stats = RunStats {
             planned: tests.len(),
             ..RunStats::default()
@@ -363,6 +377,7 @@ impl<M> DispatcherState<M> {
             for label in self.cfg.remote.clone() {
                 self.slots.push(Slot {
                     label,
+                    pool: 0,
                     state: SlotState::Retired,
                     failures: 0,
                     cost: Cost::default(),
@@ -479,6 +494,7 @@ impl<M> DispatcherState<M> {
             unit,
             slot,
             label: self.slots[slot].label.clone(),
+            pool: self.slots[slot].pool,
         });
     }
 
@@ -533,9 +549,10 @@ impl<M> DispatcherState<M> {
         });
     }
 
-    /// Start whatever can start now: nondestructive tests on idle global machines (idle
-    /// ones retire when none waits and the capacity can serve destructive tests, or nothing
-    /// else could come back to them), more global machines if the work asks for them, then
+    /// Start whatever can start now: nondestructive tests on idle global machines of their
+    /// pool (idle ones retire when none of theirs waits and the capacity can serve other
+    /// work, or nothing else could come back to them), more global machines if the work
+    /// asks for them, then
     /// destructive tests, longest first, as the ledger admits them. Then end the run if its
     /// work is done.
     fn schedule(&mut self, now: Instant, out: &mut Vec<Action<M>>) {
@@ -547,8 +564,13 @@ impl<M> DispatcherState<M> {
             if !matches!(self.slots[k].state, SlotState::Idle(_)) {
                 continue;
             }
-            if !self.nd_queue.is_empty() {
-                let i = self.dequeue_at(true, 0).expect("not empty");
+            let pool = self.slots[k].pool;
+            let mine = self
+                .nd_queue
+                .iter()
+                .position(|&i| self.tests[i].spec.pool == pool);
+            if let Some(at) = mine {
+                let i = self.dequeue_at(true, at).expect("in the queue");
                 let SlotState::Idle(m) =
                     std::mem::replace(&mut self.slots[k].state, SlotState::Retired)
                 else {
@@ -556,9 +578,10 @@ impl<M> DispatcherState<M> {
                 };
                 self.slots[k].state = SlotState::Busy;
                 self.spawn_attempt(i, Some(k), Some(m), now, out);
-            } else if self.nd_running == 0 || !self.d_queue.is_empty() {
-                // No nondestructive work waits: free the machine and its capacity. (A
-                // retry of a running test would boot one again.)
+            } else if self.nd_running == 0 || !self.d_queue.is_empty() || !self.nd_queue.is_empty()
+            {
+                // No nondestructive work of its pool waits: free the machine and its
+                // capacity for other work. (A retry of a running test would boot one again.)
                 self.retire(k, out);
             }
         }
@@ -654,53 +677,73 @@ impl<M> DispatcherState<M> {
     /// Start global machines while fewer are alive than the waiting nondestructive work is
     /// worth ([`order::wanted_globals`]) and the ledger admits them: a retired slot is
     /// booted again, else (unless a slot died, which says the image does not boot) a new
-    /// one is added. Existing hosts are only reconnected.
+    /// one is added. Existing hosts are only reconnected. Every pool with waiting tests is
+    /// counted on its own, first come first served.
     fn grow_globals(&mut self, out: &mut Vec<Action<M>>) {
-        let want = order::wanted_globals(&Waiting {
-            slots: self.cfg.jobs,
-            nd_tests: self.nd_queue.len(),
-            nd_work: self.nd_work,
-            d_work: self.d_work,
-            boot: self.cfg.boot,
-        });
-        let mut alive = self.slots.iter().filter(|s| s.usable()).count();
+        // Each pool with waiting tests, in queue order, is worth machines of its own.
+        let mut pools: Vec<(usize, usize, Duration)> = Vec::new();
+        for &i in &self.nd_queue {
+            let (pool, estimate) = (self.tests[i].spec.pool, self.tests[i].spec.weight.estimate);
+            match pools.iter_mut().find(|(p, ..)| *p == pool) {
+                Some((_, tests, work)) => (*tests, *work) = (*tests + 1, *work + estimate),
+                None => pools.push((pool, 1, estimate)),
+            }
+        }
         let remote = !self.cfg.remote.is_empty();
-        while alive < want {
-            let retired = self
+        for (pool, tests, work) in pools {
+            let want = order::wanted_globals(&Waiting {
+                slots: self.cfg.jobs,
+                nd_tests: tests,
+                nd_work: work,
+                d_work: self.d_work,
+                boot: self.cfg.boot,
+            });
+            let mut alive = self
                 .slots
                 .iter()
-                .position(|s| matches!(s.state, SlotState::Retired));
-            let dead = self
-                .slots
-                .iter()
-                .any(|s| matches!(s.state, SlotState::Dead));
-            let k = match retired {
-                Some(k) => k,
-                None if remote || dead => return,
-                None => self.slots.len(),
-            };
-            let cost = if remote {
-                Cost::default()
-            } else {
-                self.cfg.global_cost
-            };
-            if !remote {
-                if !self.ledger.admits(cost) {
-                    return;
+                .filter(|s| s.usable() && s.pool == pool)
+                .count();
+            while alive < want {
+                let retired = self
+                    .slots
+                    .iter()
+                    .position(|s| matches!(s.state, SlotState::Retired));
+                let dead = self
+                    .slots
+                    .iter()
+                    .any(|s| matches!(s.state, SlotState::Dead));
+                let k = match retired {
+                    Some(k) => k,
+                    None if remote || dead => return,
+                    None => self.slots.len(),
+                };
+                let cost = if remote {
+                    Cost::default()
+                } else {
+                    self.cfg.pools[pool]
+                };
+                if !remote {
+                    if !self.ledger.admits(cost) {
+                        return;
+                    }
+                    self.ledger.reserve(cost);
                 }
-                self.ledger.reserve(cost);
+                if k == self.slots.len() {
+                    self.slots.push(Slot {
+                        label: global_label(k + 1),
+                        pool,
+                        state: SlotState::Retired,
+                        failures: 0,
+                        cost,
+                        remote: false,
+                    });
+                }
+                if !remote {
+                    (self.slots[k].pool, self.slots[k].cost) = (pool, cost);
+                }
+                self.spawn_boot(k, out);
+                alive += 1;
             }
-            if k == self.slots.len() {
-                self.slots.push(Slot {
-                    label: global_label(k + 1),
-                    state: SlotState::Retired,
-                    failures: 0,
-                    cost,
-                    remote: false,
-                });
-            }
-            self.spawn_boot(k, out);
-            alive += 1;
         }
     }
 

@@ -32,6 +32,7 @@ fn spec(id: usize, nondestructive: bool) -> TestSpec {
         todo: None,
         affected: false,
         skip: None,
+        pool: 0,
     }
 }
 
@@ -43,10 +44,10 @@ fn config(jobs: usize, remote: &[&str]) -> StateConfig {
             ram_mib: 8000,
             cpus: jobs as u32,
         },
-        global_cost: Cost {
+        pools: vec![Cost {
             ram_mib: 600,
             cpus: 1,
-        },
+        }],
         remote: remote.iter().map(|s| s.to_string()).collect(),
         policy: PolicyOptions::default(),
         boot: Duration::from_secs(2),
@@ -92,7 +93,7 @@ fn booted(machine: M) -> Result<Booted<M>, String> {
 /// A unit the fake driver runs.
 #[derive(Debug, Clone)]
 enum Pending {
-    Boot,
+    Boot { pool: usize },
     Attempt { machine: Option<M> },
 }
 
@@ -110,6 +111,9 @@ struct Sim {
     next_machine: M,
     /// Attempt actions: (test index, attempt number).
     attempts: Vec<(usize, RetryData)>,
+    /// The pool of every test, and of every global machine booted.
+    test_pools: Vec<usize>,
+    machine_pools: BTreeMap<M, usize>,
     cancelled: bool,
     stats: Option<RunStats>,
 }
@@ -117,6 +121,7 @@ struct Sim {
 impl Sim {
     fn new(tests: Vec<TestSpec>, cfg: StateConfig) -> Sim {
         let now = Instant::now();
+        let test_pools = tests.iter().map(|t| t.pool).collect();
         let mut sim = Sim {
             state: DispatcherState::new(tests, cfg),
             now,
@@ -126,6 +131,8 @@ impl Sim {
             alive: BTreeSet::new(),
             next_machine: 0,
             attempts: Vec::new(),
+            test_pools,
+            machine_pools: BTreeMap::new(),
             cancelled: false,
             stats: None,
         };
@@ -142,9 +149,9 @@ impl Sim {
             );
             match a {
                 Action::Emit(e) => self.events.push(e),
-                Action::Boot { unit, .. } => {
+                Action::Boot { unit, pool, .. } => {
                     assert!(!self.cancelled, "a boot after the cancel");
-                    assert!(self.pending.insert(unit, Pending::Boot).is_none());
+                    assert!(self.pending.insert(unit, Pending::Boot { pool }).is_none());
                 }
                 Action::Attempt {
                     unit,
@@ -154,6 +161,12 @@ impl Sim {
                     ..
                 } => {
                     assert!(!self.cancelled, "an attempt after the cancel");
+                    if let Some(m) = machine {
+                        assert_eq!(
+                            self.machine_pools[&m], self.test_pools[test],
+                            "test {test} on a machine of another pool"
+                        );
+                    }
                     self.attempts.push((test, retry));
                     assert!(
                         self.pending
@@ -190,7 +203,7 @@ impl Sim {
     fn units(&self, boot: bool) -> Vec<UnitId> {
         self.pending
             .iter()
-            .filter(|(_, p)| matches!(p, Pending::Boot) == boot)
+            .filter(|(_, p)| matches!(p, Pending::Boot { .. }) == boot)
             .map(|(u, _)| *u)
             .collect()
     }
@@ -198,8 +211,16 @@ impl Sim {
     /// The first pending boot succeeds.
     fn boot_ok(&mut self) -> M {
         let unit = self.units(true)[0];
-        self.pending.remove(&unit);
+        self.boot_done(unit)
+    }
+
+    /// Boot `unit` succeeds: a machine of the pool it was asked for.
+    fn boot_done(&mut self, unit: UnitId) -> M {
+        let Some(Pending::Boot { pool }) = self.pending.remove(&unit) else {
+            panic!("{unit:?} is not a boot")
+        };
         let m = self.machine();
+        self.machine_pools.insert(m, pool);
         self.send(Msg::Booted {
             unit,
             result: booted(m),
@@ -506,6 +527,56 @@ fn a_host_still_connecting_does_not_hold_the_run() {
 }
 
 #[test]
+fn nondestructive_tests_run_on_machines_of_their_pool() {
+    let tests: Vec<TestSpec> = [1, 0, 1, 2]
+        .iter()
+        .enumerate()
+        .map(|(i, &pool)| TestSpec {
+            pool,
+            ..spec(i + 1, true)
+        })
+        .collect();
+    let mut cfg = config(2, &[]);
+    cfg.pools = vec![cfg.pools[0]; 3];
+    // Boots as slow as the tests: one machine is worth it for each pool.
+    cfg.boot = Duration::from_secs(60);
+    let mut sim = Sim::new(tests, cfg);
+    // One machine for each pool, as the two job slots admit: the first waiting tests' (1,
+    // then 0).
+    let pools = |sim: &Sim| -> Vec<usize> {
+        sim.pending
+            .values()
+            .filter_map(|p| match p {
+                Pending::Boot { pool } => Some(*pool),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(pools(&sim), [1, 0]);
+    let m1 = sim.boot_ok();
+    let m0 = sim.boot_ok();
+    // Each runs a test of its own pool (the Sim checks every attempt's machine).
+    let running: Vec<UnitId> = sim.units(false);
+    assert_eq!(running.len(), 2);
+    for unit in running {
+        sim.done(unit, passed());
+    }
+    // Test 3 (pool 1) goes to m1; m0's pool has nothing left and it retires, making room
+    // for a machine of pool 2.
+    assert!(
+        !sim.alive.contains(&m0),
+        "an idle machine of a drained pool retires"
+    );
+    assert!(sim.alive.contains(&m1));
+    assert_eq!(pools(&sim), [2]);
+    sim.boot_ok();
+    for unit in sim.units(false) {
+        sim.done(unit, passed());
+    }
+    sim.check_end(4);
+}
+
+#[test]
 fn a_global_boot_is_tried_three_times() {
     let mut sim = Sim::new(vec![spec(1, true)], config(1, &[]));
     for _ in 0..SLOT_FAILURES {
@@ -547,7 +618,7 @@ impl Rng {
 fn random_run(seed: u64) {
     let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     let n = 1 + rng.below(8) as usize;
-    let tests: Vec<TestSpec> = (1..=n)
+    let mut tests: Vec<TestSpec> = (1..=n)
         .map(|id| {
             let mut t = spec(id, rng.chance(50));
             if rng.chance(10) {
@@ -555,12 +626,25 @@ fn random_run(seed: u64) {
             }
             t.weight.estimate = Duration::from_secs(1 + rng.below(60));
             t.cost.cpus = 1 + rng.below(2) as u32;
+            if t.info.nondestructive {
+                t.pool = rng.below(3) as usize;
+            }
             t
         })
         .collect();
     let remote: Vec<String> = (0..rng.below(3)).map(|k| format!("h{k}:22")).collect();
     let remote: Vec<&str> = remote.iter().map(String::as_str).collect();
     let mut cfg = config(1 + rng.below(3) as usize, &remote);
+    if !remote.is_empty() {
+        // Existing hosts serve every test (the state puts every test in pool 0).
+        tests.iter_mut().for_each(|t| t.pool = 0);
+    }
+    cfg.pools = (1..=3)
+        .map(|k| Cost {
+            ram_mib: 300 * k,
+            cpus: 1,
+        })
+        .collect();
     cfg.policy.no_retry_fail = rng.chance(20);
     let mut sim = Sim::new(tests, cfg);
     let cancel_at = rng.chance(40).then(|| rng.below(30));
@@ -619,16 +703,11 @@ fn random_run(seed: u64) {
             continue;
         }
         match sim.pending[&unit].clone() {
-            Pending::Boot => {
+            Pending::Boot { .. } => {
                 if rng.chance(25) {
                     sim.boot_fails(unit);
                 } else {
-                    sim.pending.remove(&unit);
-                    let m = sim.machine();
-                    sim.send(Msg::Booted {
-                        unit,
-                        result: booted(m),
-                    });
+                    sim.boot_done(unit);
                 }
             }
             Pending::Attempt { machine, .. } => {

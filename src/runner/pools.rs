@@ -1,0 +1,57 @@
+//! The kinds of global machine a run boots (*pools*): the run's usual machine, and one more
+//! per distinct machine that nondestructive tests need beyond it (an autopkgtest's
+//! dependencies, installed as a layer, and its closed network). The state machine knows a
+//! pool by its index and its cost; the driver boots a machine of a pool from its [`Pool`].
+
+use crate::checkfile::{Body, TestDef};
+use crate::machine::layer::Layer;
+use std::sync::Arc;
+
+/// A kind of global machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pool {
+    /// The image's default when `None`.
+    pub memory_mib: Option<u32>,
+    pub cpus: u32,
+    pub layer: Option<Arc<Layer>>,
+    /// Its NIC reaches nothing outside (see `MachineSpec::isolated`).
+    pub isolated: bool,
+}
+
+/// The pools of a run, by index: `[0]` is the usual one.
+#[derive(Debug, Clone)]
+pub struct Pools(Vec<Pool>);
+
+impl Pools {
+    pub fn new(usual: Pool) -> Pools {
+        Pools(vec![usual])
+    }
+
+    /// The index of the pool nondestructive test `def` runs on, added if it is new.
+    pub fn of(&mut self, def: &TestDef) -> usize {
+        let pool = match (&def.body, def.provision.first()) {
+            (Body::Autopkgtest(apt), Some(m)) => Pool {
+                memory_mib: m.memory_mib,
+                cpus: m.cpus,
+                layer: apt.layer.clone(),
+                isolated: !apt.internet,
+            },
+            _ => return 0,
+        };
+        match self.0.iter().position(|p| *p == pool) {
+            Some(i) => i,
+            None => {
+                self.0.push(pool);
+                self.0.len() - 1
+            }
+        }
+    }
+
+    pub fn get(&self, i: usize) -> &Pool {
+        &self.0[i]
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Pool> {
+        self.0.iter()
+    }
+}
