@@ -243,9 +243,13 @@ fn image_list_shows_built_images_and_booted_snapshots() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
+    let vm_run = String::from_utf8_lossy(&out.stderr).into_owned();
     let out = common::vmcheck().args(["image", "list"]).output().unwrap();
     assert!(out.status.success());
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = format!(
+        "{}\nvm-run said: {vm_run}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let row = text
         .lines()
         .find(|l| l.starts_with("busybox "))

@@ -199,11 +199,13 @@ fn test(
 /// The layer that installs a resolved dependency set, offline, with apt.
 fn deps_layer(r: &Resolved) -> Layer {
     // apt sees no archive, only these files: it must not fetch what it prefers from one (it
-    // does, for a version a file also has), and the guest has no network.
+    // does, for a version a file also has), and the guest has no network. dpkg does not
+    // sync each file, as in autopkgtest's own testbeds (force-unsafe-io); the snapshot is
+    // saved after a sync.
     let script = format!(
         "export DEBIAN_FRONTEND=noninteractive\n\
          mkdir -p {DEBS}/lists/partial\n\
-         apt-get install -y -q --no-install-recommends \
+         apt-get install -y -q --no-install-recommends -o Dpkg::Options::=--force-unsafe-io \
          -o Dir::Etc::SourceList=/dev/null -o Dir::Etc::SourceParts=/dev/null \
          -o Dir::State::Lists={DEBS}/lists {DEBS}/*.deb\n\
          rm -rf {DEBS}\n\

@@ -18,7 +18,7 @@
 //! Build-Depends, -Indep and -Arch reduced for the testbed with no build profile active, plus
 //! `build-essential`, `@recommends@` the Recommends of every stanza of `debian/control`
 //! with `${...}` substitution variables dropped; `build-needed` adds the build dependencies
-//! (the tree is built in the testbed), `needs-sudo` adds `sudo`; `:native` is
+//! and `fakeroot` (the tree is built in the testbed by the normal user), `needs-sudo` adds `sudo`; `:native` is
 //! removed; everything is reduced for the testbed architecture.
 
 use super::arch;
@@ -446,10 +446,13 @@ pub fn resolve(
             TestDepend::Clause(c) => deps.push(c.clone()),
         }
     }
-    // The tree of a build-needed test is built in the testbed first.
-    if restrictions.contains(&Restriction::BuildNeeded) && !depends.contains(&TestDepend::BuildDeps)
-    {
-        deps.extend(build_deps(source, host)?);
+    // The tree of a build-needed test is built in the testbed first, by the normal user
+    // (with fakeroot), as autopkgtest builds it.
+    if restrictions.contains(&Restriction::BuildNeeded) {
+        if !depends.contains(&TestDepend::BuildDeps) {
+            deps.extend(build_deps(source, host)?);
+        }
+        deps.push("fakeroot".into());
     }
     if restrictions.contains(&Restriction::NeedsSudo) && !deps.iter().any(|d| d == "sudo") {
         deps.push("sudo".into());

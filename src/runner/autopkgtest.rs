@@ -223,15 +223,15 @@ async fn prepare(
 }
 
 /// `build-needed`: build the tree as the normal user, as autopkgtest does
-/// (`dpkg-source --before-build`, `debian/rules build`). `Some(why)` if the build failed:
-/// autopkgtest's badpkg.
+/// (`dpkg-buildpackage -us -uc -b`, with fakeroot, then `dpkg-source --before-build .` to
+/// keep the patches applied). `Some(why)` if the build failed: autopkgtest's badpkg.
 async fn build(machine: &Named, log: &Log, left: Duration) -> Result<Option<String>, MachineError> {
     log.note("vmcheck: building the source tree (build-needed)");
     let command = format!(
         "cd {BASE}/tree && exec setpriv --reuid={NORMAL_USER} --regid={NORMAL_USER} \
          --init-groups env HOME=/home/{NORMAL_USER} USER={NORMAL_USER} LANG=C.UTF-8 \
-         DEB_BUILD_OPTIONS=parallel=$(nproc) \
-         sh -ec 'dpkg-source --before-build . && chmod +x debian/rules && debian/rules build' 2>&1"
+         sh -ec 'DEB_BUILD_OPTIONS=\"parallel=$(nproc) $DEB_BUILD_OPTIONS\" \
+         dpkg-buildpackage -us -uc -b; dpkg-source --before-build .' 2>&1"
     );
     let mut sink = |_: Stream, data: &[u8]| log.write(data);
     let done = machine

@@ -586,16 +586,20 @@ impl<M> DispatcherState<M> {
             }
         }
         self.grow_globals(out);
-        if !self.globals_possible() {
-            while let Some(i) = self.dequeue_at(true, 0) {
-                self.finish(
-                    i,
-                    Verdict::Error {
-                        message: "no machine for nondestructive tests could be started".into(),
-                    },
-                    out,
-                );
-            }
+        // Tests of a pool whose machines cannot be had any more (e.g. its layer does not
+        // install) end; the other pools go on.
+        let hopeless: Vec<usize> = (0..self.nd_queue.len())
+            .filter(|&at| !self.globals_possible(self.tests[self.nd_queue[at]].spec.pool))
+            .collect();
+        for at in hopeless.into_iter().rev() {
+            let i = self.dequeue_at(true, at).expect("in the queue");
+            self.finish(
+                i,
+                Verdict::Error {
+                    message: "no machine for nondestructive tests could be started".into(),
+                },
+                out,
+            );
         }
         while let Some(at) = self.next_destructive(now) {
             let i = self.dequeue_at(false, at).expect("in the queue");
@@ -711,10 +715,10 @@ impl<M> DispatcherState<M> {
                 let dead = self
                     .slots
                     .iter()
-                    .any(|s| matches!(s.state, SlotState::Dead));
+                    .any(|s| s.pool == pool && matches!(s.state, SlotState::Dead));
                 let k = match retired {
                     Some(k) => k,
-                    None if remote || dead => return,
+                    None if remote || dead => break,
                     None => self.slots.len(),
                 };
                 let cost = if remote {
@@ -747,14 +751,19 @@ impl<M> DispatcherState<M> {
         }
     }
 
-    /// Whether a global machine can still be had for nondestructive tests.
-    fn globals_possible(&self) -> bool {
+    /// Whether a global machine of `pool` can still be had for nondestructive tests: one is
+    /// up (or booting), a retired slot can be booted again, or a new one can be added (no
+    /// machine of the pool died, which says it does not boot).
+    fn globals_possible(&self, pool: usize) -> bool {
         let (mut retired, mut dead) = (false, false);
         for s in &self.slots {
             match s.state {
-                SlotState::Booting | SlotState::Idle(_) | SlotState::Busy => return true,
+                SlotState::Booting | SlotState::Idle(_) | SlotState::Busy if s.pool == pool => {
+                    return true;
+                }
                 SlotState::Retired => retired = true,
-                SlotState::Dead => dead = true,
+                SlotState::Dead if s.pool == pool => dead = true,
+                _ => {}
             }
         }
         retired || (!dead && self.cfg.remote.is_empty())

@@ -577,6 +577,40 @@ fn nondestructive_tests_run_on_machines_of_their_pool() {
 }
 
 #[test]
+fn a_pool_that_does_not_boot_fails_only_its_own_tests() {
+    let tests = vec![
+        TestSpec {
+            pool: 1,
+            ..spec(1, true)
+        },
+        spec(2, true),
+    ];
+    let mut cfg = config(2, &[]);
+    cfg.pools = vec![cfg.pools[0]; 2];
+    cfg.boot = Duration::from_secs(60);
+    let mut sim = Sim::new(tests, cfg);
+    let boot_of = |sim: &Sim, pool: usize| {
+        sim.pending
+            .iter()
+            .find(|(_, p)| matches!(p, Pending::Boot { pool: q } if *q == pool))
+            .map(|(u, _)| *u)
+    };
+    for _ in 0..SLOT_FAILURES {
+        let unit = boot_of(&sim, 1).expect("pool 1 is booted again");
+        sim.boot_fails(unit);
+    }
+    assert!(boot_of(&sim, 1).is_none());
+    assert!(matches!(sim.finished(1)[..], [Verdict::Error { .. }]));
+    let unit = boot_of(&sim, 0).unwrap();
+    sim.boot_done(unit);
+    for unit in sim.units(false) {
+        sim.done(unit, passed());
+    }
+    assert!(matches!(sim.finished(2)[..], [Verdict::Passed]));
+    sim.check_end(2);
+}
+
+#[test]
 fn a_global_boot_is_tried_three_times() {
     let mut sim = Sim::new(vec![spec(1, true)], config(1, &[]));
     for _ in 0..SLOT_FAILURES {
