@@ -35,6 +35,18 @@ impl fmt::Display for CheckFileError {
     }
 }
 
+impl CheckFileError {
+    /// An error about the whole file (no line): shown as `path: message`.
+    pub fn whole_file(path: &std::path::Path, message: String) -> CheckFileError {
+        CheckFileError {
+            path: path.to_path_buf(),
+            line: 0,
+            col: 0,
+            message,
+        }
+    }
+}
+
 impl std::error::Error for CheckFileError {}
 
 /// The errors of one file being parsed.

@@ -93,12 +93,7 @@ pub(super) fn list(
     root: &Path,
     python_path: &OsStr,
 ) -> (Vec<Parsed>, Vec<CheckFileError>) {
-    let whole_file = |message: String| CheckFileError {
-        path: display.to_path_buf(),
-        line: 0,
-        col: 0,
-        message,
-    };
+    let whole_file = |message: String| CheckFileError::whole_file(display, message);
     let program = match std::path::absolute(file) {
         Ok(p) => p,
         Err(e) => return (vec![], vec![whole_file(format!("cannot run it: {e}"))]),

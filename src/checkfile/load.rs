@@ -59,12 +59,10 @@ pub fn discover(dir: &Path, glob: &str) -> io::Result<Discovered> {
             Some(_) => None,
         };
         match problem {
-            Some(problem) => found.unusable.push(CheckFileError {
-                path: dir.join(shown.escape_debug().to_string()),
-                line: 0,
-                col: 0,
-                message: format!("{problem}: rename it to be run as a check file"),
-            }),
+            Some(problem) => found.unusable.push(CheckFileError::whole_file(
+                &dir.join(shown.escape_debug().to_string()),
+                format!("{problem}: rename it to be run as a check file"),
+            )),
             None => names.push(shown.into_owned()),
         }
     }
@@ -171,12 +169,7 @@ fn load_one(
     root: &Path,
     python_path: &std::sync::OnceLock<Result<std::ffi::OsString, String>>,
 ) -> (Vec<Parsed>, Vec<CheckFileError>) {
-    let whole_file = |message: String| CheckFileError {
-        path: display.to_path_buf(),
-        line: 0,
-        col: 0,
-        message,
-    };
+    let whole_file = |message: String| CheckFileError::whole_file(display, message);
     let bytes = match std::fs::read(file) {
         Ok(b) => b,
         Err(e) => return (vec![], vec![whole_file(format!("cannot read: {e}"))]),

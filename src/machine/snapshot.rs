@@ -441,6 +441,19 @@ mod tests {
         );
     }
 
+    /// The key of a 256 MiB, 1-CPU busybox-like machine of image `aa` under qemu `version`.
+    fn key_of(store: &Path, version: &str) -> SnapshotKey {
+        SnapshotKey::new(
+            &image(store, "aa"),
+            256,
+            1,
+            Accel::Tcg,
+            version,
+            false,
+            None,
+        )
+    }
+
     fn found(key: &SnapshotKey) -> Option<Snapshot> {
         match key.find() {
             Found::Some(s) => Some(s),
@@ -459,17 +472,7 @@ mod tests {
     #[test]
     fn publishing_replaces_stale_snapshots_and_a_dropped_maker_leaves_nothing() {
         let store = tempfile::tempdir().unwrap();
-        let key = |v| {
-            SnapshotKey::new(
-                &image(store.path(), "aa"),
-                256,
-                1,
-                Accel::Tcg,
-                v,
-                false,
-                None,
-            )
-        };
+        let key = |v| key_of(store.path(), v);
         let (old, new) = (key("1"), key("2"));
         let m = old.try_make().unwrap();
         assert!(old.try_make().is_none(), "one maker at a time");
@@ -536,17 +539,7 @@ mod tests {
     #[test]
     fn snapshots_in_use_are_not_removed() {
         let store = tempfile::tempdir().unwrap();
-        let key = |v| {
-            SnapshotKey::new(
-                &image(store.path(), "aa"),
-                256,
-                1,
-                Accel::Tcg,
-                v,
-                false,
-                None,
-            )
-        };
+        let key = |v| key_of(store.path(), v);
         let (old, new) = (key("1"), key("2"));
         let old_dir = publish(&old, "s");
         let user = found(&old).unwrap();
