@@ -438,6 +438,7 @@ async fn boot_machines(
     // Boots run concurrently inside this task, not as tasks of their own: when the attempt is
     // aborted (Ctrl-C), dropping it drops every machine, before the run ends.
     let boots = futures_util::stream::FuturesUnordered::new();
+    let (layer, isolated) = super::pools::extras(test);
     for (i, mreq) in test.provision.iter().enumerate() {
         let image_name = mreq.image.clone().unwrap_or_else(|| ctx.test_os.clone());
         let image = ctx
@@ -458,13 +459,8 @@ async fn boot_machines(
                 mac: format!("52:54:01:00:00:{:02x}", i + 1),
             }),
             cold_boot: ctx.cold_boot,
-            // An autopkgtest's dependencies, in its (only) machine, which reaches nothing
-            // outside unless the test needs the internet and is let out.
-            layer: match &test.body {
-                Body::Autopkgtest(apt) => apt.layer.clone(),
-                _ => None,
-            },
-            isolated: matches!(&test.body, Body::Autopkgtest(apt) if !apt.internet),
+            layer: layer.clone(),
+            isolated,
         };
         let vcpus = mreq.cpus;
         boots.push(async move {

@@ -7,6 +7,16 @@ use crate::checkfile::{Body, TestDef};
 use crate::machine::layer::Layer;
 use std::sync::Arc;
 
+/// What the machines of test `def` need beyond their image, wherever they come from (its
+/// own or a pool's): an autopkgtest's dependency layer, and a closed network unless the
+/// test needs the internet and is let out.
+pub fn extras(def: &TestDef) -> (Option<Arc<Layer>>, bool) {
+    match &def.body {
+        Body::Autopkgtest(apt) => (apt.layer.clone(), !apt.internet),
+        _ => (None, false),
+    }
+}
+
 /// A kind of global machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pool {
@@ -30,12 +40,15 @@ impl Pools {
     /// The index of the pool nondestructive test `def` runs on, added if it is new.
     pub fn of(&mut self, def: &TestDef) -> usize {
         let pool = match (&def.body, def.provision.first()) {
-            (Body::Autopkgtest(apt), Some(m)) => Pool {
-                memory_mib: m.memory_mib,
-                cpus: m.cpus,
-                layer: apt.layer.clone(),
-                isolated: !apt.internet,
-            },
+            (Body::Autopkgtest(_), Some(m)) => {
+                let (layer, isolated) = extras(def);
+                Pool {
+                    memory_mib: m.memory_mib,
+                    cpus: m.cpus,
+                    layer,
+                    isolated,
+                }
+            }
             _ => return 0,
         };
         match self.0.iter().position(|p| *p == pool) {
