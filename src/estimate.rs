@@ -1,16 +1,17 @@
 //! Estimated durations of planned tests: what the scheduler orders by and `--shard` balances
-//! by. A pure function of the plan and the duration history ([`crate::history`]).
+//! by. A pure function of the plan and the recorded durations
+//! ([`crate::results::durations`]).
 //!
 //! A recorded test is estimated by the median of its recent attempts. A test without a
 //! record is guessed as the median of the recorded tests of its kind (nondestructive or
 //! destructive) in this plan, at most its timeout; with no such record at all, as its
 //! timeout (the only bound known). A test that the plan skips (TEST_OS) costs nothing.
 //! The boot of a shared machine is estimated from recorded boots of the origin the run is
-//! likely to get (a restore from a snapshot, or a cold boot; see [`OsHistory::boot`]), else
+//! likely to get (a restore from a snapshot, or a cold boot; see [`Durations::boot`]), else
 //! [`DEFAULT_BOOT`].
 
-use crate::history::OsHistory;
 use crate::plan::TestPlan;
+use crate::results::durations::{Durations, median};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -54,23 +55,23 @@ impl Estimates {
     }
 }
 
-/// Estimate every test of `plan` from `history` (the history of the plan's TEST_OS);
+/// Estimate every test of `plan` from `history` (the durations recorded on its TEST_OS);
 /// `cold_boot`: shared machines boot cold (`--cold-boot`) rather than restore a snapshot.
-pub fn estimate(plan: &TestPlan, history: &OsHistory, cold_boot: bool) -> Estimates {
+pub fn estimate(plan: &TestPlan, history: &Durations, cold_boot: bool) -> Estimates {
     let recorded = |nd: bool| -> Vec<Duration> {
         plan.tests
             .iter()
             .filter(|t| t.def.nondestructive == nd && t.skip_reason.is_none())
-            .filter_map(|t| history.test(&t.def.name()))
+            .filter_map(|t| history.test(&t.def.base_name()))
             .collect()
     };
-    let typical = [median(recorded(false)), median(recorded(true))];
+    let typical = [median(&recorded(false)), median(&recorded(true))];
     let tests = plan
         .tests
         .iter()
         .map(|t| {
             let name = t.def.name();
-            let estimate = match (&t.skip_reason, history.test(&name)) {
+            let estimate = match (&t.skip_reason, history.test(&t.def.base_name())) {
                 (Some(_), _) => Estimate {
                     duration: Duration::ZERO,
                     recorded: true,
@@ -94,21 +95,10 @@ pub fn estimate(plan: &TestPlan, history: &OsHistory, cold_boot: bool) -> Estima
     }
 }
 
-fn median(mut v: Vec<Duration>) -> Option<Duration> {
-    v.sort();
-    let m = v.len() / 2;
-    match v.len() {
-        0 => None,
-        n if n % 2 == 1 => Some(v[m]),
-        _ => Some((v[m - 1] + v[m]) / 2),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::checkfile::TestDef;
-    use crate::history::{History, Samples};
     use crate::plan::{PlanOptions, plan};
 
     fn s(secs: u64) -> Duration {
@@ -123,15 +113,15 @@ mod tests {
         }
     }
 
-    fn history(tests: &[(&str, u64)], boots: &[u64]) -> OsHistory {
-        let mut h = History::default();
-        let samples = Samples {
-            tests: tests.iter().map(|(n, d)| (n.to_string(), s(*d))).collect(),
-            boots: boots.iter().map(|d| s(*d)).collect(),
-            restores: Vec::new(),
-        };
-        h.record("os", &samples, 1);
-        h.for_os("os")
+    fn history(tests: &[(&str, u64)], boots: &[u64]) -> Durations {
+        Durations {
+            tests: tests
+                .iter()
+                .map(|(n, d)| (n.to_string(), vec![s(*d)]))
+                .collect(),
+            boot: boots.iter().map(|d| s(*d)).collect(),
+            restore: Vec::new(),
+        }
     }
 
     fn opts() -> PlanOptions {
@@ -197,7 +187,7 @@ mod tests {
             vec![test("T.a", false, 600), test("T.b", true, 90)],
             &opts(),
         );
-        let e = estimate(&p, &OsHistory::default(), false);
+        let e = estimate(&p, &Durations::default(), false);
         assert_eq!(e.duration("T.a"), s(600));
         assert_eq!(e.duration("T.b"), s(90));
         assert_eq!(e.boot, DEFAULT_BOOT);

@@ -124,6 +124,14 @@ pub struct AttemptReport {
     pub artifacts: Option<PathBuf>,
     /// Known issues the output matched (only looked up for failures).
     pub known: KnownIssues,
+    /// When it started, in milliseconds since the epoch; absent in streams written before
+    /// it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_ms: Option<u64>,
+    /// How its machines came up (cold if any of them booted its kernel); absent where
+    /// unknown (nothing booted, or an older stream).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<BootOrigin>,
 }
 
 impl AttemptReport {
@@ -279,7 +287,9 @@ impl RunStats {
 
 /// How a shared machine came up: its boot time depends on it (a restore takes about a
 /// second, a cold boot of the same image ten or more).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+///
+/// Ordered coldest first: the origin of several machines is the least of theirs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum BootOrigin {
     /// Booted its kernel.
@@ -288,6 +298,33 @@ pub enum BootOrigin {
     Restored,
     /// An existing host (`--machine`): connected to, not booted.
     Existing,
+}
+
+/// Where and from what a run came: what the outcome store records about it
+/// ([`crate::results`]). Absent in streams written before it was recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunMeta {
+    /// Unique to the run (random): importing its stream again adds nothing.
+    pub id: String,
+    /// The project's name (its root directory's name; `autopkgtest` for Debian suites).
+    pub project: String,
+    /// The commit checked out in the project, if it is a git work tree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    /// Whether tracked files differed from that commit.
+    #[serde(default)]
+    pub dirty: bool,
+    /// The TEST_OS image's id (`debian-12-4c27b9bf6533`), if one was prepared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The host's name.
+    pub host: String,
+    /// When the run started, in milliseconds since the epoch.
+    pub start_ms: u64,
+    /// For the stream `vmcheck merge` writes: the ids of the runs it combines (whose own
+    /// streams are what the store records); empty for a run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub merged: Vec<String>,
 }
 
 /// A run that is one shard of a split suite: shard `index` of `total`, and the split's
@@ -314,6 +351,9 @@ pub enum Event {
         /// (`vmcheck run --test-dir t --exact`), so that `vmcheck merge` can say it too.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         rerun: Vec<String>,
+        /// Where and from what the run came (for the outcome store).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        run: Option<RunMeta>,
     },
     MachineReady {
         label: String,

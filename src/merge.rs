@@ -193,6 +193,7 @@ pub fn merge(streams: &[Stream]) -> Vec<Event> {
     let mut rerun_words = Vec::new();
     let mut jobs = 0;
     let mut offsets = Vec::new();
+    let mut runs: Vec<&crate::events::RunMeta> = Vec::new();
     for s in streams {
         offsets.push(all_tests.len());
         if let Some(Event::RunStarted {
@@ -200,9 +201,11 @@ pub fn merge(streams: &[Stream]) -> Vec<Event> {
             jobs: j,
             tests,
             rerun,
+            run,
             ..
         }) = s.events.first()
         {
+            runs.extend(run);
             if rerun_words.is_empty() {
                 rerun_words = rerun.clone();
             }
@@ -220,6 +223,18 @@ pub fn merge(streams: &[Stream]) -> Vec<Event> {
         tests: all_tests,
         shard: None,
         rerun: rerun_words,
+        // Marked as a merge of those runs, which the store records from their own streams.
+        run: runs.first().map(|first| crate::events::RunMeta {
+            id: format!(
+                "merge-{}",
+                runs.iter()
+                    .map(|r| r.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join("+")
+            ),
+            merged: runs.iter().map(|r| r.id.clone()).collect(),
+            ..(*first).clone()
+        }),
     });
 
     let mut stats = RunStats::default();
@@ -429,6 +444,7 @@ mod tests {
             tests: infos.clone(),
             shard: None,
             rerun: vec![],
+            run: None,
         }];
         let mut stats = RunStats {
             planned: infos.len(),
@@ -625,6 +641,8 @@ mod tests {
             machines: vec![],
             artifacts: None,
             known: Default::default(),
+            start_ms: None,
+            boot: None,
         };
         let mut json = crate::reporter::json::JsonReporter::new(Vec::new());
         let t = info(1, "T.a");
@@ -635,6 +653,7 @@ mod tests {
                 tests: vec![t.clone()],
                 shard: None,
                 rerun: vec![],
+                run: None,
             },
             Event::TestOutput {
                 id: 1,

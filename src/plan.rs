@@ -146,6 +146,26 @@ pub fn plan(tests: Vec<TestDef>, opts: &PlanOptions) -> TestPlan {
     result
 }
 
+/// Every test of `plan` `n` times (`run --repeat N`): its runs one after the other, each
+/// its own test (`TestClass.testMethod[repeat=K]`), renumbered from 1.
+pub fn repeat(mut plan: TestPlan, n: u32) -> TestPlan {
+    let tests = std::mem::take(&mut plan.tests);
+    for t in tests {
+        for index in 1..=n {
+            let def = TestDef {
+                repeat: Some(crate::checkfile::Repeat { index, total: n }),
+                ..(*t.def).clone()
+            };
+            plan.tests.push(PlannedTest {
+                id: plan.tests.len() + 1,
+                def: Arc::new(def),
+                skip_reason: t.skip_reason.clone(),
+            });
+        }
+    }
+    plan
+}
+
 /// The check file's reason, as written, when `skip` matches TEST_OS or `only` does not
 /// (`# SKIP <reason>`; the run's TEST_OS is in its report already).
 pub fn skip_reason(def: &TestDef, test_os: &str) -> Option<String> {

@@ -33,6 +33,9 @@ pub const REASON_AFFECTED: &str = "test affected tests 3 times";
 pub struct PolicyOptions {
     /// Do not retry the test's own failures.
     pub no_retry_fail: bool,
+    /// A repeated test's runs stop at its first failure (`--until-fail`, `--stress-below`):
+    /// those not started yet are skipped.
+    pub until_fail: bool,
 }
 
 /// The test-level facts policy needs.
@@ -161,6 +164,7 @@ mod tests {
             &facts(todo, false),
             &PolicyOptions {
                 no_retry_fail: no_retry,
+                ..Default::default()
             },
         )
     }

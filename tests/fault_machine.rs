@@ -61,8 +61,8 @@ impl Project {
         cmd.arg("--project-dir")
             .arg(&self.root)
             .arg("run")
-            .args(["--history"])
-            .arg(self.root.join("history.json"))
+            .args(["--results-db"])
+            .arg(self.root.join("outcomes/results.sqlite"))
             .args(args)
             .env("TMPDIR", &self.tmp)
             .env("TEST_OS", "busybox");
@@ -190,8 +190,15 @@ run = "echo data > /root/collected; exit 1"
         let open = open_to_others(dir);
         assert!(open.is_empty(), "open to others:\n{}", open.join("\n"));
     }
-    let history = std::fs::metadata(p.root.join("history.json")).unwrap();
-    assert_eq!(history.permissions().mode() & 0o077, 0);
+    let outcomes = p.root.join("outcomes");
+    assert!(
+        outcomes.join("results.sqlite").is_file(),
+        "the run was recorded"
+    );
+    let mode = std::fs::metadata(&outcomes).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "{mode:o}");
+    let open = open_to_others(&outcomes);
+    assert!(open.is_empty(), "open to others:\n{}", open.join("\n"));
 }
 
 /// The qemu processes of a project (their command lines name its `TMPDIR`).

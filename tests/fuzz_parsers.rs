@@ -11,8 +11,8 @@ use proptest::test_runner::Config;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use vmcheck::events::{
-    AttemptOutcome, AttemptReport, BootOrigin, Event, KnownIssues, Placement, RunStats, ShardInfo,
-    TestInfo, Verdict,
+    AttemptOutcome, AttemptReport, BootOrigin, Event, KnownIssues, Placement, RunMeta, RunStats,
+    ShardInfo, TestInfo, Verdict,
 };
 
 /// `PROPTEST_CASES` cases (default 256), with no failure files written into the tree: a
@@ -413,16 +413,62 @@ fn report() -> impl Strategy<Value = AttemptReport> {
         prop::option::of(path()),
         prop::collection::vec(any::<u64>(), 0..3),
         prop::collection::vec((any::<u64>(), any_text(6)), 0..2),
+        prop::option::of(any::<u64>()),
+        prop::option::of(prop_oneof![
+            Just(BootOrigin::Cold),
+            Just(BootOrigin::Restored),
+            Just(BootOrigin::Existing)
+        ]),
     )
         .prop_map(
-            |(attempt, outcome, output, duration, machines, artifacts, own, other)| AttemptReport {
+            |(
                 attempt,
                 outcome,
                 output,
                 duration,
                 machines,
                 artifacts,
-                known: KnownIssues { own, other },
+                own,
+                other,
+                start_ms,
+                boot,
+            )| {
+                AttemptReport {
+                    attempt,
+                    outcome,
+                    output,
+                    duration,
+                    machines,
+                    artifacts,
+                    known: KnownIssues { own, other },
+                    start_ms,
+                    boot,
+                }
+            },
+        )
+}
+
+fn run_meta() -> impl Strategy<Value = RunMeta> {
+    (
+        any_text(8),
+        any_text(8),
+        prop::option::of(any_text(8)),
+        any::<bool>(),
+        prop::option::of(any_text(8)),
+        any_text(8),
+        any::<u64>(),
+        prop::collection::vec(any_text(6), 0..2),
+    )
+        .prop_map(
+            |(id, project, commit, dirty, image, host, start_ms, merged)| RunMeta {
+                id,
+                project,
+                commit,
+                dirty,
+                image,
+                host,
+                start_ms,
+                merged,
             },
         )
 }
@@ -554,14 +600,16 @@ fn stream() -> impl Strategy<Value = Vec<Event>> {
         shard,
         prop::collection::vec(event(), 0..12),
         prop::collection::vec(any_text(6), 0..3),
+        prop::option::of(run_meta()),
     )
-        .prop_map(|(test_os, jobs, tests, shard, rest, rerun)| {
+        .prop_map(|(test_os, jobs, tests, shard, rest, rerun, run)| {
             let mut events = vec![Event::RunStarted {
                 test_os,
                 jobs,
                 tests,
                 shard,
                 rerun,
+                run,
             }];
             events.extend(rest);
             events

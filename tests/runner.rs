@@ -952,8 +952,9 @@ fn event_streams_of_two_runs_merge_into_one_report() {
     let a = dir.path().join("a.jsonl");
     let b = dir.path().join("b.jsonl");
     // Two shards of one selection, as two CI runners would run them: both read the same
-    // duration history (other tests of this suite must not change it under them).
-    let history = dir.path().join("history.json");
+    // durations (other tests of this suite must not change them under them).
+    let store = dir.path().join("results.sqlite");
+    let durations = || common::durations(&store, "busybox");
     let selection = ["TestShared", "TestSkips"];
     let shard = |k: &str, events: &std::path::Path| {
         let mut args = vec![
@@ -961,8 +962,8 @@ fn event_streams_of_two_runs_merge_into_one_report() {
             k,
             "--events",
             events.to_str().unwrap(),
-            "--history",
-            history.to_str().unwrap(),
+            "--results-db",
+            store.to_str().unwrap(),
         ];
         args.extend(selection);
         run(&args)
@@ -972,19 +973,22 @@ fn event_streams_of_two_runs_merge_into_one_report() {
     let (out, tap_b) = shard("2/2", &b);
     common::assert_code(&out, &tap_b, exit_codes::OK);
     assert!(
-        !history.exists(),
-        "a shard does not change the history it split by"
+        durations().tests.is_empty(),
+        "a shard records its attempts, but not as durations to split by"
     );
     let junit = dir.path().join("merged.xml");
     let out = common::vmcheck()
         .args(["merge", "--junit", junit.to_str().unwrap()])
-        .arg("--history")
-        .arg(&history)
+        .arg("--results-db")
+        .arg(&store)
         .args([&a, &b])
         .output()
         .unwrap();
-    let recorded = std::fs::read_to_string(&history).expect("the merge records durations");
-    assert!(recorded.contains("TestShared."), "{recorded}");
+    let recorded = durations();
+    assert!(
+        recorded.tests.keys().any(|t| t.starts_with("TestShared.")),
+        "the merge settles the shards' durations: {recorded:?}"
+    );
     let tap = String::from_utf8_lossy(&out.stdout).into_owned();
     common::assert_code(&out, &tap, exit_codes::OK);
     let rs = results(&tap);
@@ -1013,7 +1017,7 @@ fn event_streams_of_two_runs_merge_into_one_report() {
         rs.len()
     )));
 
-    // Shards split from another history (now the merge recorded one) do not fit together:
+    // Shards split from other durations (now the merge settled some) do not fit together:
     // merging them would report some tests twice and others not at all.
     let c = dir.path().join("c.jsonl");
     let (out, tap_c) = shard("2/2", &c);

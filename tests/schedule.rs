@@ -1,11 +1,17 @@
-//! End-to-end: the duration history a run leaves behind, and how it is read back (a corrupt
-//! file, a named file); `--shard K/N` splitting the suite.
+//! End-to-end: the durations a run leaves in the outcome store, and how they are read back
+//! (a corrupt or locked store is a warning); `--shard K/N` splitting the suite.
 
 mod common;
 
 use std::path::Path;
 use vmcheck::exit_codes;
-use vmcheck::history::{History, HistoryFile};
+use vmcheck::results::durations::Durations;
+use vmcheck::results::store::Store;
+
+/// The durations recorded in the store at `path` on busybox.
+fn busybox_durations(path: &Path) -> Durations {
+    common::durations(path, "busybox")
+}
 
 /// A check file with one nondestructive and one destructive trivial test.
 fn write_suite(dir: &Path) {
@@ -23,22 +29,16 @@ fn a_run_records_its_tests_and_the_shared_boot() {
     common::image("busybox");
     let dir = tempfile::tempdir().unwrap();
     write_suite(dir.path());
-    let file = dir.path().join("history/h.json");
+    let file = dir.path().join("store/results.sqlite");
     let out = common::vmcheck()
         .args(["run", "-j", "1", "--test-dir"])
         .arg(dir.path())
-        .env("VMCHECK_HISTORY", &file)
+        .env("VMCHECK_RESULTS_DB", &file)
         .env("TEST_OS", "busybox")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(exit_codes::OK), "{out:?}");
-    let history = HistoryFile {
-        path: file,
-        explicit: true,
-    }
-    .load()
-    .unwrap();
-    let busybox = history.for_os("busybox");
+    let busybox = busybox_durations(&file);
     let names: Vec<&str> = busybox.tests.keys().map(String::as_str).collect();
     assert_eq!(
         names,
@@ -52,7 +52,7 @@ fn a_run_records_its_tests_and_the_shared_boot() {
         "a destructive test includes its boot: {own:?} {shared:?}"
     );
     assert!(busybox.boot(false).unwrap() > shared);
-    assert_eq!(busybox.tests["TestHist.testOwn"].secs.len(), 1);
+    assert_eq!(busybox.tests["TestHist.testOwn"].len(), 1);
 }
 
 #[test]
@@ -60,14 +60,14 @@ fn cold_boots_and_restores_are_recorded_apart() {
     common::image("busybox");
     let dir = tempfile::tempdir().unwrap();
     write_suite(dir.path());
-    let file = dir.path().join("h.json");
+    let file = dir.path().join("results.sqlite");
     let events = dir.path().join("events.json");
     let out = common::vmcheck()
         .args(["run", "-j", "1", "--cold-boot", "--test-dir"])
         .arg(dir.path())
         .arg("--events")
         .arg(&events)
-        .env("VMCHECK_HISTORY", &file)
+        .env("VMCHECK_RESULTS_DB", &file)
         .env("TEST_OS", "busybox")
         .output()
         .unwrap();
@@ -80,68 +80,96 @@ fn cold_boots_and_restores_are_recorded_apart() {
         .collect();
     assert_eq!(ready.len(), 1, "{text}");
     assert_eq!(ready[0]["origin"], "cold", "{text}");
-    let busybox = HistoryFile::named(file).load().unwrap().for_os("busybox");
-    assert_eq!(busybox.boot.secs.len(), 1);
-    assert!(busybox.restore.secs.is_empty(), "{busybox:?}");
+    let busybox = busybox_durations(&file);
+    assert_eq!(busybox.boot.len(), 1);
+    assert!(busybox.restore.is_empty(), "{busybox:?}");
 }
 
 #[test]
-fn a_corrupt_history_is_a_warning_unless_it_was_named() {
-    let cache = tempfile::tempdir().unwrap();
-    let root = common::project_root().canonicalize().unwrap();
-    let default = HistoryFile::default_for(&root).path;
-    let key = default.file_name().unwrap();
-    let corrupt = cache.path().join("vmcheck/history").join(key);
-    std::fs::create_dir_all(corrupt.parent().unwrap()).unwrap();
+fn a_corrupt_store_is_one_warning_and_listing_creates_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let corrupt = dir.path().join("results.sqlite");
     std::fs::write(&corrupt, "{\"version\": 1, \"os\": [").unwrap();
-
-    // The default file: one warning line naming it, and the run goes on.
-    let out = common::vmcheck()
-        .args(["run", "--list"])
-        .env("XDG_CACHE_HOME", cache.path())
-        .env_remove("VMCHECK_HISTORY")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(exit_codes::OK), "{out:?}");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(
-        err.starts_with(&format!(
-            "vmcheck: warning: {}: not a vmcheck duration history: ",
-            corrupt.display()
-        )) && err.contains("starting with an empty duration history"),
-        "{err}"
-    );
-    assert!(!out.stdout.is_empty());
-
-    // A file given by name: an input error, and nothing runs.
-    let out = common::vmcheck()
-        .args(["run", "--list", "--history"])
-        .arg(&corrupt)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(exit_codes::INPUT_ERROR), "{out:?}");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains(&format!("--history {}: not a vmcheck", corrupt.display())));
-    assert!(out.stdout.is_empty());
-    // A named file that does not exist yet is an empty history (a first CI run).
-    let out = common::vmcheck()
-        .args(["run", "--list", "--history"])
-        .arg(cache.path().join("new.json"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(exit_codes::OK), "{out:?}");
-    assert_eq!(
-        History::default(),
-        HistoryFile {
-            path: cache.path().join("new.json"),
-            explicit: true
+    for how in ["env", "option"] {
+        let mut cmd = common::vmcheck();
+        cmd.args(["run", "--list"]);
+        if how == "env" {
+            cmd.env("VMCHECK_RESULTS_DB", &corrupt);
+        } else {
+            cmd.arg("--results-db").arg(&corrupt);
         }
-        .load()
-        .unwrap(),
-        "listing writes nothing"
-    );
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(exit_codes::OK), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.starts_with(&format!(
+                "vmcheck: warning: outcome store {}: not a vmcheck outcome store: ",
+                corrupt.display()
+            )) && err.contains("ordering tests without durations"),
+            "{err}"
+        );
+        assert!(!out.stdout.is_empty());
+    }
+    // Listing reads durations, and creates no store.
+    let new = dir.path().join("new/results.sqlite");
+    let out = common::vmcheck()
+        .args(["run", "--list", "--results-db"])
+        .arg(&new)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(exit_codes::OK), "{out:?}");
+    assert!(out.stderr.is_empty(), "{out:?}");
+    assert!(!new.exists() && !new.parent().unwrap().exists());
+}
+
+/// A run whose store is corrupt, or locked by another process for longer than a write
+/// waits, still runs and passes; the store is one warning line.
+#[test]
+fn a_run_goes_on_when_its_store_is_corrupt_or_locked() {
+    common::image("busybox");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("check-one"),
+        "[TestOne.testIt]\nrun = \"true\"\n",
+    )
+    .unwrap();
+    let corrupt = dir.path().join("corrupt.sqlite");
+    std::fs::write(&corrupt, vec![0xffu8; 4096]).unwrap();
+    let locked = dir.path().join("locked.sqlite");
+    drop(Store::open(&locked).unwrap());
+    let holder = rusqlite::Connection::open(&locked).unwrap();
+    holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    for (store, why) in [
+        (&corrupt, "not a vmcheck outcome store"),
+        (&locked, "locked"),
+    ] {
+        let out = common::vmcheck()
+            .args(["run", "--progress", "none", "--test-dir"])
+            .arg(dir.path())
+            .arg("--results-db")
+            .arg(store)
+            .env("TEST_OS", "busybox")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(exit_codes::OK), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let warnings: Vec<&str> = err
+            .lines()
+            .filter(|l| l.contains("outcome store"))
+            .collect();
+        assert_eq!(warnings.len(), 1, "{err}");
+        assert!(
+            warnings[0].starts_with("vmcheck: warning: outcome store ")
+                && warnings[0].contains(why),
+            "{err}"
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("ok 1 "),
+            "{out:?}"
+        );
+    }
+    holder.execute_batch("ROLLBACK").unwrap();
 }
 
 /// `vmcheck run --list --shard SPEC` (and more arguments): its exit code, the listed names,
@@ -168,11 +196,11 @@ fn list_shard(spec: &str, more: &[&str]) -> (Option<i32>, Vec<String>, String) {
 #[test]
 fn shards_cover_the_suite_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
-    let history = dir.path().join("h.json");
-    let history = history.to_str().unwrap();
+    let store = dir.path().join("results.sqlite");
+    let store = store.to_str().unwrap();
     let all = |more: &[&str]| {
         let out = common::vmcheck()
-            .args(["run", "--list", "--history", history])
+            .args(["run", "--list", "--results-db", store])
             .args(more)
             .output()
             .unwrap();
@@ -187,7 +215,7 @@ fn shards_cover_the_suite_exactly_once() {
         let mut union = Vec::new();
         let mut splits = Vec::new();
         for k in 1..=shards {
-            let mut more = vec!["--history", history];
+            let mut more = vec!["--results-db", store];
             more.extend(dir_args);
             let (code, names, err) = list_shard(&format!("{k}/{shards}"), &more);
             assert_eq!(code, Some(exit_codes::OK), "{err}");

@@ -193,6 +193,7 @@ fn test(
             badpkg,
         })),
         covers: vec![],
+        repeat: None,
     })
 }
 

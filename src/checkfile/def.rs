@@ -45,6 +45,28 @@ pub struct TestDef {
     pub body: Body,
     /// The file's `covers` globs (the same for every test of a file).
     pub covers: Vec<String>,
+    /// Which run of a repeated test this is (`run --repeat N`); its name says so.
+    pub repeat: Option<Repeat>,
+}
+
+/// Run `index` (from 1) of `total` runs of one test (`run --repeat N`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Repeat {
+    pub index: u32,
+    pub total: u32,
+}
+
+/// A repeated test's name, `TestClass.testMethod[repeat=3]`, split into the test's own name
+/// and the index (0 for a name without one).
+pub fn split_repeat(name: &str) -> (&str, u32) {
+    if let Some(base) = name.strip_suffix(']')
+        && let Some((base, index)) = base.rsplit_once("[repeat=")
+        && !index.starts_with(['0', '+'])
+        && let Ok(index) = index.parse::<u32>()
+    {
+        return (base, index);
+    }
+    (name, 0)
 }
 
 /// What runs a test.
@@ -74,8 +96,19 @@ impl Body {
 }
 
 impl TestDef {
-    /// `TestClass.testMethod`; for an autopkgtest `source/test`, as autopkgtest names it.
+    /// The test's id in this run, in every report: its own name ([`TestDef::base_name`]),
+    /// and for a repeated test which run it is (`TestClass.testMethod[repeat=3]`).
     pub fn name(&self) -> String {
+        match self.repeat {
+            Some(r) => format!("{}[repeat={}]", self.base_name(), r.index),
+            None => self.base_name(),
+        }
+    }
+
+    /// `TestClass.testMethod`; for an autopkgtest `source/test`, as autopkgtest names it:
+    /// what runs it (`--vmcheck-run NAME`, `VMCHECK_TEST`) and what its durations are
+    /// recorded under.
+    pub fn base_name(&self) -> String {
         let separator = match self.body {
             Body::Autopkgtest(_) => '/',
             _ => '.',
@@ -123,6 +156,7 @@ impl TestDef {
                 host: None,
             },
             covers: vec![],
+            repeat: None,
         }
     }
 }
@@ -130,6 +164,27 @@ impl TestDef {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repeated_names_split_back() {
+        let mut t = TestDef::sample("check-a", "TestA.testB");
+        assert_eq!(t.name(), "TestA.testB");
+        t.repeat = Some(Repeat { index: 3, total: 5 });
+        assert_eq!(
+            (t.name().as_str(), t.base_name().as_str()),
+            ("TestA.testB[repeat=3]", "TestA.testB")
+        );
+        assert_eq!(split_repeat(&t.name()), ("TestA.testB", 3));
+        for plain in [
+            "TestA.testB",
+            "T.m[repeat=]",
+            "T.m[repeat=03]",
+            "T.m[repeat=x]",
+            "T.m[fs=xfs]",
+        ] {
+            assert_eq!(split_repeat(plain), (plain, 0));
+        }
+    }
 
     fn def(provision: Vec<MachineReq>) -> TestDef {
         TestDef {

@@ -73,7 +73,7 @@ mod settings;
 mod value;
 
 pub use condition::OsCondition;
-pub use def::{Body, TestDef};
+pub use def::{Body, Repeat, TestDef, split_repeat};
 pub use duration::parse_duration;
 pub use error::CheckFileError;
 pub use glob::covers_matcher;

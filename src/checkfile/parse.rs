@@ -277,6 +277,7 @@ impl Walk<'_> {
                 None => Body::Scripts { run, host },
             },
             covers: self.covers.clone(),
+            repeat: None,
         };
         self.tests.push(Parsed { def, col });
     }

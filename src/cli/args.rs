@@ -60,6 +60,12 @@ pub enum Command {
     },
     /// Print the man page (roff), e.g. `vmcheck man | man -l -`.
     Man,
+    /// Flakiness from the outcome store: per test and TEST_OS, runs, failures, failure rate
+    /// with its 95 % Wilson interval, flip rate, state (healthy, flaky, broken).
+    Stats(StatsArgs),
+    /// The outcome store: every attempt of every run.
+    #[command(subcommand)]
+    Results(ResultsCommand),
     /// Combine the JSON event streams of several runs (e.g. the shards of one suite) into one
     /// TAP stream on stdout, and optionally one JUnit file and one event stream.
     Merge(MergeArgs),
@@ -202,10 +208,35 @@ pub struct RunArgs {
     /// duration (e.g. `--shard "$CI_NODE_INDEX/$CI_NODE_TOTAL"`).
     #[arg(long, env = "VMCHECK_SHARD", value_name = "K/N")]
     pub shard: Option<String>,
-    /// The duration history to order tests by and to update after the run
-    /// [default: $XDG_CACHE_HOME/vmcheck/history/<project>-<hash>.json].
-    #[arg(long, env = "VMCHECK_HISTORY", value_name = "FILE")]
-    pub history: Option<PathBuf>,
+    /// The outcome store: every attempt is recorded there, and the durations that order
+    /// (and shard) tests are read from it
+    /// [default: $XDG_DATA_HOME/vmcheck/results.sqlite].
+    #[arg(long, env = "VMCHECK_RESULTS_DB", value_name = "FILE")]
+    pub results_db: Option<PathBuf>,
+    /// Run every selected test N times, each run its own test in the reports
+    /// (`TestClass.testMethod[repeat=K]`) on machines restored from the same snapshot,
+    /// without retries; the summary gives each test's passes out of N.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100000))]
+    pub repeat: Option<u32>,
+    /// Stop repeating a test at its first failure (its runs not started yet are skipped);
+    /// with `--repeat N` as the most runs, else 100.
+    #[arg(long)]
+    pub until_fail: bool,
+    /// Repeat each test until the 95 % upper bound of its failure rate is below RATE (`1%`,
+    /// `0.5%`, `0.01`), about 380 clean runs for 1 %, or until its first failure.
+    #[arg(long, value_name = "RATE", conflicts_with = "repeat")]
+    pub stress_below: Option<String>,
+    /// What a flaky test (failed, then passed on a retry) means for the exit code: `pass`
+    /// (the default) or `fail`.
+    #[arg(long, value_enum, value_name = "WHAT", default_value_t = FlakyResult::Pass)]
+    pub flaky_result: FlakyResult,
+}
+
+/// `--flaky-result`: whether a flaky test fails the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FlakyResult {
+    Pass,
+    Fail,
 }
 
 #[derive(Debug, Args)]
@@ -219,10 +250,50 @@ pub struct MergeArgs {
     /// Also write the combined events as JSON lines.
     #[arg(long, value_name = "FILE")]
     pub events: Option<PathBuf>,
-    /// Record the combined run's durations in this duration history (shard runs only read
-    /// theirs, so that every shard splits the same way).
-    #[arg(long, env = "VMCHECK_HISTORY", value_name = "FILE")]
-    pub history: Option<PathBuf>,
+    /// The outcome store the runs are recorded in (as `results import` does), their
+    /// durations from now on ordering and sharding later runs (a shard run does not let its
+    /// own durations count until then, so that every shard splits the same way)
+    /// [default: $XDG_DATA_HOME/vmcheck/results.sqlite].
+    #[arg(long, env = "VMCHECK_RESULTS_DB", value_name = "FILE")]
+    pub results_db: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ResultsCommand {
+    /// Add the JSON event streams of other runs (`run --events FILE`: shards, other CI jobs)
+    /// to the outcome store. Importing a stream again adds nothing.
+    Import {
+        /// The event streams.
+        #[arg(required = true, value_name = "EVENTS")]
+        files: Vec<PathBuf>,
+        /// The outcome store [default: $XDG_DATA_HOME/vmcheck/results.sqlite].
+        #[arg(long, env = "VMCHECK_RESULTS_DB", value_name = "FILE")]
+        results_db: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Only tests whose `TestClass.testMethod` contains one of these strings.
+    pub filters: Vec<String>,
+    /// Only results on this TEST_OS.
+    #[arg(long, value_name = "OS")]
+    pub os: Option<String>,
+    /// Only results of this recent period (`7d`, `12h`, `90m`).
+    #[arg(long, value_name = "DURATION")]
+    pub since: Option<String>,
+    /// Every project's tests, not only this project's.
+    #[arg(long)]
+    pub all_projects: bool,
+    /// The failure rate of this test (`TestClass.testMethod`) at each recorded commit.
+    #[arg(long, value_name = "TEST")]
+    pub by_commit: Option<String>,
+    /// One JSON object per test and TEST_OS (a JSON array on stdout).
+    #[arg(long)]
+    pub json: bool,
+    /// The outcome store [default: $XDG_DATA_HOME/vmcheck/results.sqlite].
+    #[arg(long, env = "VMCHECK_RESULTS_DB", value_name = "FILE")]
+    pub results_db: Option<PathBuf>,
 }
 
 /// How progress is shown on stderr.
@@ -255,6 +326,23 @@ pub enum NaughtyCommand {
         /// The naughty directory [default: bots/naughty in the project].
         #[arg(long, value_name = "DIR")]
         dir: Option<std::path::PathBuf>,
+    },
+    /// Every pattern's record in the outcome store (matches, first and last seen) and the
+    /// stale ones: matched nothing in the last 21 days (Cockpit's prune rule) or N runs.
+    /// Exits 0 when none is stale, 1 otherwise.
+    Stale {
+        /// The window: days [default: 21].
+        #[arg(long, value_name = "DAYS", conflicts_with = "runs", value_parser = clap::value_parser!(u64).range(1..=36500))]
+        days: Option<u64>,
+        /// The window: the last N runs on the pattern's OS.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        runs: Option<u32>,
+        /// The naughty directory [default: bots/naughty in the project].
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
+        /// The outcome store [default: $XDG_DATA_HOME/vmcheck/results.sqlite].
+        #[arg(long, env = "VMCHECK_RESULTS_DB", value_name = "FILE")]
+        results_db: Option<PathBuf>,
     },
 }
 

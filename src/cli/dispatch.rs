@@ -78,6 +78,8 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
             };
         }
         Command::Merge(args) => return super::run::merge(args),
+        Command::Stats(args) => return super::results::stats(args),
+        Command::Results(cmd) => return super::results::results(cmd),
         _ => {}
     }
     let catalog = Arc::new(catalog(&cli.global, &cli.command)?);
@@ -107,7 +109,9 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
         | Command::Python { .. }
         | Command::Completions { .. }
         | Command::Man
-        | Command::Merge(_) => {
+        | Command::Merge(_)
+        | Command::Stats(_)
+        | Command::Results(_) => {
             unreachable!("handled above")
         }
         Command::Naughty(cmd) => naughty(&catalog.project, cmd),
@@ -354,6 +358,16 @@ fn naughty(project: &Project, cmd: NaughtyCommand) -> Result<i32, CliError> {
     let (dir, os) = match cmd {
         NaughtyCommand::Check { dir } => (dir, None),
         NaughtyCommand::Match { os, dir } => (dir, Some(os)),
+        NaughtyCommand::Stale {
+            days,
+            runs,
+            dir,
+            results_db,
+        } => {
+            let dir = dir.unwrap_or_else(|| project.root.join(NAUGHTY_DIR));
+            let db = NaughtyDb::load(&dir).map_err(CliError::Naughty)?;
+            return super::results::naughty_stale(project, &db, days, runs, results_db);
+        }
     };
     let dir = dir.unwrap_or_else(|| project.root.join(NAUGHTY_DIR));
     let db = NaughtyDb::load(&dir).map_err(CliError::Naughty)?;

@@ -2,7 +2,7 @@
 //! the TAP reporter on stdout. Every input error is found before anything boots.
 
 use super::args::ProgressMode;
-use super::args::{MergeArgs, RunArgs};
+use super::args::{FlakyResult, MergeArgs, RunArgs};
 use super::errors::CliError;
 use std::io::BufWriter;
 use std::io::IsTerminal;
@@ -13,7 +13,6 @@ use vmcheck::autopkgtest::test::Internet;
 use vmcheck::checkfile::{self, TestDef};
 use vmcheck::events::{Event, Placement, RunStats, TestInfo, Verdict};
 use vmcheck::exit_codes;
-use vmcheck::history::{self, History, HistoryFile, Samples};
 use vmcheck::image::{Catalog, ImageError};
 use vmcheck::machine::qemu::{QEMU_OVERHEAD_MIB, mem_available_mib};
 use vmcheck::machine::remote::parse_address;
@@ -31,6 +30,7 @@ use vmcheck::reporter::progress::{BarReporter, LinesReporter};
 use vmcheck::reporter::status::StatusReporter;
 use vmcheck::reporter::summary::{self, SummaryReporter};
 use vmcheck::reporter::tap::TapReporter;
+use vmcheck::results::writer::LiveStore;
 use vmcheck::runner::attempt::AttemptContext;
 use vmcheck::runner::boots::BootGate;
 use vmcheck::runner::dispatcher::{Dispatcher, RunConfig, test_cost};
@@ -107,7 +107,8 @@ pub async fn run(
         // Running one check file by hand: no retries, output live (as Cockpit's check-*).
         args.no_retry_fail = true;
     }
-    if args.sit {
+    if args.sit || repeats(&args)?.is_some() {
+        // A repeated test's runs are its trials: each counts as it ends.
         args.no_retry_fail = true;
     }
     if !args.machine.is_empty() {
@@ -215,16 +216,35 @@ pub async fn run(
             .map_err(CliError::Naughty)?
     };
     let mut plan = vmcheck::plan::plan(tests, &opts);
+    if let Some(n) = repeats(&args)? {
+        plan = vmcheck::plan::repeat(plan, n);
+    }
     // Nothing left out: every known issue that matched nothing is worth listing.
     let whole_suite = !single_file
         && shard.is_none()
         && opts.filters.is_empty()
         && opts.exclude.is_empty()
         && !opts.nondestructive_only;
-    let named = args.history.clone().map(HistoryFile::named);
-    let (history_file, history) =
-        load_history(named.unwrap_or_else(|| HistoryFile::default_for(&root)))?;
-    let estimates = vmcheck::estimate::estimate(&plan, &history.for_os(&test_os), args.cold_boot);
+    let store = vmcheck::results::store::path_of(args.results_db.as_deref());
+    let project = super::results::project_name(&root, autopkgtest.is_some());
+    // A store that cannot be read is one warning, and the run goes on without it.
+    let mut names: Vec<String> = plan.tests.iter().map(|t| t.def.base_name()).collect();
+    names.dedup();
+    let (durations, record) = match super::results::durations(&store, &project, &test_os, &names) {
+        Ok(d) => (d, true),
+        Err(e) => {
+            eprintln!(
+                "vmcheck: warning: outcome store {e}; ordering tests without durations{}",
+                if args.list {
+                    ""
+                } else {
+                    ", not recording this run"
+                }
+            );
+            (Default::default(), false)
+        }
+    };
+    let estimates = vmcheck::estimate::estimate(&plan, &durations, args.cold_boot);
     if !plan.unknown_excludes.is_empty() {
         return Err(CliError::Usage(format!(
             "--exclude names no test: {} (it takes exact TestClass.testMethod names)",
@@ -376,6 +396,7 @@ pub async fn run(
         .artifacts
         .clone()
         .unwrap_or_else(|| root.join("vmcheck-results/artifacts"));
+    let image_id = images.get(&test_os).map(|i| i.short_id());
     let ctx = Arc::new(AttemptContext {
         test_os: test_os.clone(),
         host,
@@ -401,30 +422,36 @@ pub async fn run(
         remote,
         policy: PolicyOptions {
             no_retry_fail: args.no_retry_fail,
+            until_fail: args.until_fail || args.stress_below.is_some(),
         },
         affected,
         estimates,
         shard: shard_info.clone(),
         whole_suite,
         rerun,
+        run: Some(super::results::run_meta(&root, &project, image_id)),
     };
     if cancel.is_cancelled() {
         let stats = report_interrupted(&plan, &cfg, &ctx, reporters, report_failed.clone());
-        return Ok(final_code(&stats, cancel, &report_failed));
+        return Ok(final_code(
+            &stats,
+            cancel,
+            &report_failed,
+            args.flaky_result,
+        ));
     }
     // What earlier runs left for these tests is not evidence of this one.
     for t in &plan.tests {
         let _ = std::fs::remove_dir_all(artifacts_dir.join(t.def.name()));
     }
-    let mut samples = Samples::default();
+    let recording = match record {
+        true => LiveStore::start(store, super::results::fallback(&project)),
+        false => LiveStore::disabled(),
+    };
     let fan = fan_out(reporters, cancel.clone(), report_failed.clone());
-    let stats = execute(plan, cfg, ctx, fan, &mut samples).await;
-    // Every shard must split from the same history, so a shard only reads it; `vmcheck
-    // merge --history` records the whole suite's durations once the shards are done.
-    if shard_info.is_none() {
-        save_history(&history_file, &test_os, &samples);
-    }
-    let code = final_code(&stats, cancel, &report_failed);
+    let stats = execute(plan, cfg, ctx, fan, &recording).await;
+    recording.finish();
+    let code = final_code(&stats, cancel, &report_failed, args.flaky_result);
     Ok(match summary {
         // autopkgtest's code, unless the run itself was stopped.
         Some(summary) if !cancel.is_cancelled() && !report_failed.get() => {
@@ -710,28 +737,6 @@ fn fan_out(
     }
 }
 
-/// The duration history in `file`. A file that cannot be read is an input error when it was
-/// named, else a warning and an empty history.
-fn load_history(file: HistoryFile) -> Result<(HistoryFile, History), CliError> {
-    match file.load() {
-        Ok(h) => Ok((file, h)),
-        Err(e) if file.explicit => Err(CliError::Usage(format!("--history {e}"))),
-        Err(e) => {
-            eprintln!("vmcheck: warning: {e}; starting with an empty duration history");
-            Ok((file, History::default()))
-        }
-    }
-}
-
-/// Add a run's durations to the history file; a failure is a warning, not the run's.
-fn save_history(file: &HistoryFile, test_os: &str, samples: &Samples) {
-    if !samples.is_empty()
-        && let Err(e) = file.update(test_os, samples, history::now())
-    {
-        eprintln!("vmcheck: warning: the duration history was not saved: {e}");
-    }
-}
-
 /// `vmcheck merge`: replay the combined events of several runs through the reporters.
 pub fn merge(args: &MergeArgs) -> Result<i32, CliError> {
     let mut streams = Vec::new();
@@ -743,11 +748,6 @@ pub fn merge(args: &MergeArgs) -> Result<i32, CliError> {
     {
         eprintln!("vmcheck: warning: {warning}");
     }
-    // Checked before anything is reported: a file that is not a history is an input error.
-    let history_file = match args.history.clone() {
-        Some(path) => Some(load_history(HistoryFile::named(path))?.0),
-        None => None,
-    };
     let events = vmcheck::merge::merge(&streams);
     let test_os = match events.first() {
         Some(vmcheck::events::Event::RunStarted { test_os, .. }) => test_os.clone(),
@@ -778,25 +778,24 @@ pub fn merge(args: &MergeArgs) -> Result<i32, CliError> {
         report_failed.clone(),
     );
     let mut stats = RunStats::default();
-    let mut samples = Samples::default();
     for e in &events {
         report(e);
-        samples.observe(e);
         if let vmcheck::events::Event::RunFinished { stats: s, .. } = e {
             stats = s.clone();
         }
     }
-    // One history per TEST_OS: a merge of several systems' runs records none.
-    if let Some(file) = &history_file {
-        if test_os.is_empty() || test_os.contains(',') {
-            eprintln!(
-                "vmcheck: warning: the runs are of several TEST_OS ({test_os}); no durations recorded"
-            );
-        } else {
-            save_history(file, &test_os, &samples);
-        }
+    // The runs are recorded as `results import` records them, which also lets the shards'
+    // durations order later runs.
+    let store = vmcheck::results::store::path_of(args.results_db.as_deref());
+    if let Err(e) = super::results::import(&store, &streams) {
+        eprintln!("vmcheck: warning: outcome store {e}; the runs were not recorded");
     }
-    Ok(final_code(&stats, &Cancel::new(), &report_failed))
+    Ok(final_code(
+        &stats,
+        &Cancel::new(),
+        &report_failed,
+        FlakyResult::Pass,
+    ))
 }
 
 async fn execute(
@@ -804,10 +803,10 @@ async fn execute(
     cfg: RunConfig,
     ctx: Arc<AttemptContext>,
     mut fan: impl FnMut(&vmcheck::events::Event),
-    samples: &mut Samples,
+    recording: &LiveStore,
 ) -> RunStats {
     let mut report = |event: &vmcheck::events::Event| {
-        samples.observe(event);
+        recording.send(event);
         fan(event);
     };
     Dispatcher::new(plan, cfg, ctx, &mut report).run().await
@@ -843,6 +842,7 @@ fn report_interrupted(
         tests: infos.clone(),
         shard: cfg.shard.clone(),
         rerun: cfg.rerun.clone(),
+        run: cfg.run.clone(),
     });
     let mut stats = RunStats {
         planned: plan.tests.len(),
@@ -884,14 +884,37 @@ fn report_interrupted(
 
 /// The exit code of a run: interrupted, else a report that failed, else failed tests, else
 /// infrastructure errors.
-fn final_code(stats: &RunStats, cancel: &Cancel, report_failed: &ReportFailed) -> i32 {
+/// How many runs of each test (`--repeat`, `--until-fail`, `--stress-below`), if repeated.
+fn repeats(args: &RunArgs) -> Result<Option<u32>, CliError> {
+    if let Some(rate) = &args.stress_below {
+        let rate = vmcheck::results::stats::parse_rate(rate)
+            .map_err(|e| CliError::Usage(format!("--stress-below {rate}: {e}")))?;
+        return Ok(Some(vmcheck::results::stats::runs_to_bound(rate)));
+    }
+    Ok(match (args.repeat, args.until_fail) {
+        (Some(n), _) => Some(n),
+        (None, true) => Some(DEFAULT_UNTIL_FAIL),
+        (None, false) => None,
+    })
+}
+
+/// The most runs of a test with `--until-fail` and no `--repeat`.
+const DEFAULT_UNTIL_FAIL: u32 = 100;
+
+/// The run's exit code; with `--flaky-result fail`, a flaky test fails the run.
+fn final_code(
+    stats: &RunStats,
+    cancel: &Cancel,
+    report_failed: &ReportFailed,
+    flaky: FlakyResult,
+) -> i32 {
     if cancel.signal().is_some() {
         exit_codes::INTERRUPTED
     } else if report_failed.get() {
         exit_codes::REPORT_FAILED
     } else if cancel.is_cancelled() {
         exit_codes::INTERRUPTED
-    } else if stats.failed > 0 {
+    } else if stats.failed > 0 || (flaky == FlakyResult::Fail && stats.flaky > 0) {
         exit_codes::TESTS_FAILED
     } else if stats.errors > 0 {
         exit_codes::INFRASTRUCTURE
@@ -951,19 +974,41 @@ mod tests {
         let cancel = Cancel::new();
         let failed = ReportFailed::default();
         let mut s = RunStats::default();
-        assert_eq!(final_code(&s, &cancel, &failed), exit_codes::OK);
+        assert_eq!(
+            final_code(&s, &cancel, &failed, FlakyResult::Pass),
+            exit_codes::OK
+        );
+        s.flaky = 1;
+        assert_eq!(
+            final_code(&s, &cancel, &failed, FlakyResult::Pass),
+            exit_codes::OK
+        );
+        assert_eq!(
+            final_code(&s, &cancel, &failed, FlakyResult::Fail),
+            exit_codes::TESTS_FAILED,
+            "--flaky-result fail"
+        );
         s.errors = 1;
-        assert_eq!(final_code(&s, &cancel, &failed), exit_codes::INFRASTRUCTURE);
+        assert_eq!(
+            final_code(&s, &cancel, &failed, FlakyResult::Pass),
+            exit_codes::INFRASTRUCTURE
+        );
         s.failed = 300;
         assert_eq!(
-            final_code(&s, &cancel, &failed),
+            final_code(&s, &cancel, &failed, FlakyResult::Pass),
             exit_codes::TESTS_FAILED,
             "never a count"
         );
         failed.set();
-        assert_eq!(final_code(&s, &cancel, &failed), exit_codes::REPORT_FAILED);
+        assert_eq!(
+            final_code(&s, &cancel, &failed, FlakyResult::Pass),
+            exit_codes::REPORT_FAILED
+        );
         cancel.cancel(libc::SIGINT);
-        assert_eq!(final_code(&s, &cancel, &failed), exit_codes::INTERRUPTED);
+        assert_eq!(
+            final_code(&s, &cancel, &failed, FlakyResult::Pass),
+            exit_codes::INTERRUPTED
+        );
     }
 
     /// A reporter that fails at `run-finished` (a disk that filled up): the failure is said
@@ -1016,7 +1061,7 @@ mod tests {
         );
         assert_eq!(seen.lock().unwrap().len(), 3, "the others get every event");
         assert_eq!(
-            final_code(&RunStats::default(), &cancel, &failed),
+            final_code(&RunStats::default(), &cancel, &failed, FlakyResult::Pass),
             exit_codes::REPORT_FAILED
         );
     }

@@ -54,6 +54,16 @@ impl Machine {
         }
     }
 
+    /// How it came up: restored from a booted snapshot, booted cold, or an existing host.
+    pub fn origin(&self) -> crate::events::BootOrigin {
+        use crate::events::BootOrigin;
+        match self {
+            Machine::Virtual(m) if m.restored() => BootOrigin::Restored,
+            Machine::Virtual(_) => BootOrigin::Cold,
+            Machine::Remote(_) => BootOrigin::Existing,
+        }
+    }
+
     /// The serial console log, for machines vmcheck booted.
     pub fn console_log(&self) -> Option<PathBuf> {
         match self {

@@ -121,6 +121,8 @@ mod tests {
             machines: vec![],
             artifacts: None,
             known: Default::default(),
+            start_ms: None,
+            boot: None,
         };
         let mut r = JsonReporter::new(Vec::new());
         r.report(&Event::TestOutput {

@@ -227,6 +227,8 @@ mod tests {
             machines: vec!["t1-machine1".into()],
             artifacts: Some(format!("res/TestFoo.testBar/attempt-{n}").into()),
             known: KnownIssues::default(),
+            start_ms: None,
+            boot: None,
         }
     }
 
@@ -240,6 +242,7 @@ mod tests {
             tests: vec![t.clone()],
             shard: None,
             rerun: vec![],
+            run: None,
         })
         .unwrap();
         r.report(&Event::TestFinished {

@@ -1,8 +1,10 @@
 //! Progress on stderr. On a terminal: an indicatif display with the elapsed time, a bar of
 //! finished tests, counts by outcome, and one line per running test with its machine and
 //! how long it has been running; finished tests scroll above it as status lines. Elsewhere
-//! (CI logs): the same status lines only, one per finished test or retry. Never stdout:
-//! TAP stays clean whichever mode is used.
+//! (CI logs): the same status lines only, one per finished test or retry. A run of a
+//! repeated test (`--repeat`, `--until-fail`, `--stress-below`) also gives its test's tally
+//! so far and the 95 % interval of its failure rate. Never stdout: TAP stays clean whichever
+//! mode is used.
 
 use super::Reporter;
 use super::text::one_line;
@@ -62,6 +64,35 @@ fn finished_line(test: &TestInfo, verdict: &Verdict, attempts: &[AttemptReport])
     one_line(&line)
 }
 
+/// Each repeated test's runs so far: (runs, failures).
+#[derive(Debug, Default)]
+struct Series(HashMap<String, (u64, u64)>);
+
+impl Series {
+    /// ` — 12 runs, 1 failed: failure rate 0.4%-35.4% (95%)` for a run of a repeated test.
+    fn note(&mut self, test: &TestInfo, verdict: &Verdict) -> String {
+        let (name, 1..) = crate::checkfile::split_repeat(&test.name) else {
+            return String::new();
+        };
+        let failed = match verdict {
+            Verdict::Passed | Verdict::Flaky => false,
+            Verdict::Failed | Verdict::KnownIssue { .. } | Verdict::KnownElsewhere { .. } => true,
+            // Skipped, stopped, todo, or the machine failed: not a trial.
+            _ => return String::new(),
+        };
+        let (runs, failures) = self.0.entry(name.to_string()).or_default();
+        *runs += 1;
+        *failures += u64::from(failed);
+        let (lo, hi) = crate::results::stats::wilson(*failures, *runs);
+        let rate = if *failures == 0 {
+            format!("failure rate < {:.2}%", 100.0 * hi)
+        } else {
+            format!("failure rate {:.2}%-{:.2}%", 100.0 * lo, 100.0 * hi)
+        };
+        format!(" — {runs} runs, {failures} failed: {rate} (95%)")
+    }
+}
+
 fn retry_line(test: &TestInfo, report: &AttemptReport, reason: &str) -> String {
     one_line(&format!(
         "  RETRY [{:>6.1}s] {} (attempt {}: {reason})",
@@ -86,6 +117,7 @@ pub struct LinesReporter<W: Write> {
     out: W,
     total: usize,
     done: usize,
+    series: Series,
 }
 
 impl<W: Write> LinesReporter<W> {
@@ -94,6 +126,7 @@ impl<W: Write> LinesReporter<W> {
             out,
             total: 0,
             done: 0,
+            series: Series::default(),
         }
     }
 }
@@ -111,10 +144,11 @@ impl<W: Write> Reporter for LinesReporter<W> {
                 self.done += 1;
                 writeln!(
                     self.out,
-                    "{} [{}/{}]",
+                    "{} [{}/{}]{}",
                     finished_line(test, verdict, attempts),
                     self.done,
-                    self.total
+                    self.total,
+                    self.series.note(test, verdict)
                 )?;
             }
             Event::AttemptRetry {
@@ -140,6 +174,7 @@ pub struct BarReporter {
     main: ProgressBar,
     running: HashMap<usize, ProgressBar>,
     stats: RunStats,
+    series: Series,
 }
 
 impl BarReporter {
@@ -161,6 +196,7 @@ impl BarReporter {
             main,
             running: HashMap::new(),
             stats: RunStats::default(),
+            series: Series::default(),
         }
     }
 
@@ -237,7 +273,10 @@ impl Reporter for BarReporter {
             } => {
                 self.stop_running(test.id);
                 self.stats.count(verdict);
-                let _ = self.multi.println(finished_line(test, verdict, attempts));
+                let note = self.series.note(test, verdict);
+                let _ = self
+                    .multi
+                    .println(finished_line(test, verdict, attempts) + &note);
                 self.main.inc(1);
                 self.main.set_message(counts(&self.stats));
             }
@@ -284,6 +323,8 @@ mod tests {
             machines: vec![],
             artifacts: None,
             known: KnownIssues::default(),
+            start_ms: None,
+            boot: None,
         }
     }
 
@@ -297,6 +338,7 @@ mod tests {
             tests: vec![info("TestA.a"), info("TestA.b")],
             shard: None,
             rerun: vec![],
+            run: None,
         })
         .unwrap();
         let failed = attempt(AttemptOutcome::Failed {
@@ -377,6 +419,7 @@ mod tests {
                 tests: vec![t.clone()],
                 shard: None,
                 rerun: vec![],
+                run: None,
             },
             Event::TestStarted {
                 test: t.clone(),

@@ -409,6 +409,7 @@ mod tests {
             tests: vec![info(1), info(2)],
             shard: None,
             rerun: vec![],
+            run: None,
         })
         .unwrap();
         r.report(&Event::MachineReady {
@@ -477,6 +478,7 @@ mod tests {
             tests: tests.clone(),
             shard: None,
             rerun: vec![],
+            run: None,
         })
         .unwrap();
         for t in &tests {
@@ -554,6 +556,7 @@ mod tests {
             tests: vec![info(1)],
             shard: None,
             rerun: vec![],
+            run: None,
         };
         // The writer thread's failure comes with a later event, run-finished's at once.
         let first = r.report(&started);

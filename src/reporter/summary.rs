@@ -1,6 +1,7 @@
 //! The end-of-run summary on stderr: counts by outcome, wall time, the slowest tests, how
-//! busy each machine was, each failure with its artifact directory, and the exact command
-//! line that re-runs only the failed tests.
+//! busy each machine was, how many runs of each repeated test passed (`--repeat`), each
+//! failure with its artifact directory, and the exact command line that re-runs only the
+//! failed tests.
 
 use super::Reporter;
 use super::text::one_line;
@@ -42,6 +43,8 @@ pub struct SummaryReporter<W: Write> {
     fresh_count: usize,
     boots: BTreeMap<String, (String, Duration)>,
     failures: Vec<Failure>,
+    /// Per repeated test (its own name): runs that passed, runs.
+    repeats: BTreeMap<String, (u32, u32)>,
 }
 
 impl<W: Write> SummaryReporter<W> {
@@ -57,6 +60,7 @@ impl<W: Write> SummaryReporter<W> {
             fresh_count: 0,
             boots: BTreeMap::new(),
             failures: Vec::new(),
+            repeats: BTreeMap::new(),
         }
     }
 
@@ -132,6 +136,32 @@ impl<W: Write> SummaryReporter<W> {
                 )?;
             }
         }
+        if !self.repeats.is_empty() {
+            let mut repeats: Vec<_> = self.repeats.iter().collect();
+            // The least reliable first.
+            repeats.sort_by(|a, b| {
+                let ratio = |(p, n): (u32, u32)| f64::from(p) / f64::from(n.max(1));
+                ratio(*a.1).total_cmp(&ratio(*b.1)).then(a.0.cmp(b.0))
+            });
+            let w = repeats
+                .iter()
+                .map(|(_, (p, n))| format!("{p}/{n}").len())
+                .max()
+                .unwrap_or(0);
+            let nw = repeats.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
+            writeln!(o, "repeated tests (runs passed / runs, failure rate):")?;
+            for (name, (p, n)) in repeats {
+                let (lo, hi) = crate::results::stats::wilson(u64::from(n - p), u64::from(*n));
+                writeln!(
+                    o,
+                    "  {:>w$}  {name:<nw$}  {:.1}%, 95% interval {:.1}%-{:.1}%",
+                    format!("{p}/{n}"),
+                    100.0 * f64::from(n - p) / f64::from((*n).max(1)),
+                    100.0 * lo,
+                    100.0 * hi
+                )?;
+            }
+        }
         if !self.failures.is_empty() {
             writeln!(o, "failed:")?;
             for f in &self.failures {
@@ -141,7 +171,15 @@ impl<W: Write> SummaryReporter<W> {
                 }
             }
             let mut words: Vec<String> = self.rerun.iter().map(|w| quote(w)).collect();
-            words.extend(self.failures.iter().map(|f| quote(&f.name)));
+            // A repeated test is re-run by its own name, once.
+            let mut names: Vec<&str> = Vec::new();
+            for f in &self.failures {
+                let (name, _) = crate::checkfile::split_repeat(&f.name);
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+            words.extend(names.iter().map(|n| quote(n)));
             writeln!(o, "re-run the failed tests with:\n  {}", words.join(" "))?;
         }
         o.flush()
@@ -183,6 +221,11 @@ impl<W: Write> Reporter for SummaryReporter<W> {
                 }
                 let total = attempts.iter().map(|a| a.duration).sum();
                 self.durations.push((total, test.name.clone()));
+                if let (name, 1..) = crate::checkfile::split_repeat(&test.name) {
+                    let r = self.repeats.entry(name.to_string()).or_default();
+                    r.0 += u32::from(matches!(verdict, Verdict::Passed | Verdict::Flaky));
+                    r.1 += 1;
+                }
                 if !verdict.is_success() {
                     self.failures.push(failure(test, verdict, attempts));
                 }
@@ -303,6 +346,8 @@ mod tests {
             machines: vec![machine.into()],
             artifacts: Some("res/TestB.b/attempt-1".into()),
             known: KnownIssues::default(),
+            start_ms: None,
+            boot: None,
         }
     }
 
@@ -368,6 +413,63 @@ mod tests {
         );
         assert!(
             text.ends_with("re-run the failed tests with:\n  vmcheck run --exact TestB.b\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn repeated_tests_give_their_passes_out_of_their_runs_and_rerun_once() {
+        let mut out = Vec::new();
+        let mut r = SummaryReporter::new(&mut out, argv("vmcheck run --exact"));
+        let failed = || AttemptOutcome::Failed {
+            status: "exit code 1".into(),
+        };
+        let mut events = Vec::new();
+        for (i, (name, pass)) in [
+            ("TestA.a[repeat=1]", true),
+            ("TestA.a[repeat=2]", false),
+            ("TestA.a[repeat=3]", false),
+            ("TestB.b[repeat=1]", true),
+            ("TestB.b[repeat=2]", true),
+            ("TestB.b[repeat=3]", true),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let (verdict, outcome) = match pass {
+                true => (Verdict::Passed, AttemptOutcome::Passed),
+                false => (Verdict::Failed, failed()),
+            };
+            events.push(Event::TestFinished {
+                test: info(i + 1, name),
+                placement: Placement::Global(1),
+                verdict,
+                attempts: vec![attempt(outcome, 1, "ND@1")],
+            });
+        }
+        events.push(Event::RunFinished {
+            stats: RunStats {
+                passed: 4,
+                failed: 2,
+                ..Default::default()
+            },
+            wall: Duration::from_secs(10),
+            unmatched_known: vec![],
+        });
+        for e in &events {
+            r.report(e).unwrap();
+        }
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains(
+                "repeated tests (runs passed / runs, failure rate):\n  \
+                 1/3  TestA.a  66.7%, 95% interval 20.8%-93.9%\n  \
+                 3/3  TestB.b  0.0%, 95% interval 0.0%-56.1%\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("re-run the failed tests with:\n  vmcheck run --exact TestA.a\n"),
             "{text}"
         );
     }

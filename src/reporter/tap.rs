@@ -327,6 +327,8 @@ mod tests {
             machines: vec!["nd1".into()],
             artifacts: None,
             known: Default::default(),
+            start_ms: None,
+            boot: None,
         }
     }
 
@@ -354,6 +356,7 @@ mod tests {
                 tests: vec![a.clone(), b.clone()],
                 shard: None,
                 rerun: vec![],
+                run: None,
             },
             Event::AttemptRetry {
                 test: b.clone(),
@@ -540,6 +543,7 @@ mod tests {
             tests: vec![a.clone(), b],
             shard: None,
             rerun: vec![],
+            run: None,
         })
         .unwrap();
         tap.report(&Event::TestFinished {

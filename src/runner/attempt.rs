@@ -104,6 +104,7 @@ pub async fn run_attempt(
     live: LiveOutput,
 ) -> AttemptDone {
     let started = Instant::now();
+    let start_ms = crate::results::now_ms();
     let test = req.test.clone();
     let dir = AttemptDir::fresh(&ctx.artifacts_dir, &test.name(), req.attempt);
     let log = Log::new(&dir.path.join("output.txt"), live);
@@ -127,10 +128,12 @@ pub async fn run_attempt(
                 }
                 let consoles: Vec<u64> = vec![0; machines.len()];
                 let saved = save_artifacts(&req, &dir, &machines, &consoles, &log).await;
+                let mut report = report(&req, &log, (started, start_ms), &machines, saved, outcome);
+                // Not all of them booted: the attempt ran on none.
+                report.machines.clear();
                 for m in machines {
                     m.machine.kill().await;
                 }
-                let report = report(&req, &log, started, &[], saved, outcome);
                 return AttemptDone {
                     report,
                     global: None,
@@ -225,7 +228,14 @@ pub async fn run_attempt(
         sit(&ctx, &test.name(), &outcome, &machines).await;
     }
 
-    let mut report = report(&req, &log, started, &labels, artifacts, outcome.clone());
+    let mut report = report(
+        &req,
+        &log,
+        (started, start_ms),
+        &machines,
+        artifacts,
+        outcome.clone(),
+    );
     if !matches!(
         outcome,
         AttemptOutcome::Passed | AttemptOutcome::Skipped { .. }
@@ -360,22 +370,30 @@ pub(super) fn machine_failed(e: &MachineError) -> AttemptOutcome {
     }
 }
 
+/// The attempt's report: the labels of its machines, and how they came up (the coldest of
+/// them).
 fn report(
     req: &AttemptRequest,
     log: &Log,
-    started: Instant,
-    machines: &[String],
+    (started, start_ms): (Instant, u64),
+    machines: &[Named],
     artifacts: Option<PathBuf>,
     outcome: AttemptOutcome,
 ) -> AttemptReport {
+    let labels = machines
+        .iter()
+        .map(|m| m.machine.label().to_string())
+        .collect();
     AttemptReport {
         attempt: req.attempt,
         outcome,
         output: log.finish(artifacts.is_some()),
         duration: started.elapsed(),
-        machines: machines.to_vec(),
+        machines: labels,
         artifacts,
         known: Default::default(),
+        start_ms: Some(start_ms),
+        boot: machines.iter().map(|m| m.machine.origin()).min(),
     }
 }
 
@@ -536,13 +554,18 @@ fn body_env(
     machines: &[Named],
 ) -> Vec<(String, String)> {
     let mut env = vec![
-        ("VMCHECK_TEST".to_string(), req.test.name()),
+        ("VMCHECK_TEST".to_string(), req.test.base_name()),
         ("VMCHECK_ATTEMPT".to_string(), req.attempt.to_string()),
         (
             "VMCHECK_MAX_ATTEMPTS".to_string(),
             req.max_attempts.to_string(),
         ),
         ("TEST_OS".to_string(), ctx.test_os.clone()),
+        (
+            // Which run of a repeated test this is (`run --repeat N`), else 0.
+            "VMCHECK_REPEAT".to_string(),
+            req.test.repeat.map_or(0, |r| r.index).to_string(),
+        ),
         (
             "VMCHECK_MACHINES".to_string(),
             machines

@@ -60,6 +60,8 @@ pub struct RunConfig {
     pub whole_suite: bool,
     /// The command that re-runs tests by name, for the run-started event.
     pub rerun: Vec<String>,
+    /// Where and from what the run came, for `run-started` (the outcome store).
+    pub run: Option<crate::events::RunMeta>,
 }
 
 pub struct Dispatcher<'r> {
@@ -139,6 +141,7 @@ impl<'r> Dispatcher<'r> {
                         && !cfg.affected.reasons(&t.def.file).is_empty(),
                     skip: t.skip_reason.clone(),
                     pool,
+                    series: t.def.repeat.map(|_| t.def.base_name()),
                 }
             })
             .collect();
@@ -191,6 +194,7 @@ impl<'r> Dispatcher<'r> {
                 shard: cfg.shard,
                 whole_suite: cfg.whole_suite,
                 rerun: cfg.rerun,
+                run: cfg.run,
             },
         );
         let (tx, rx) = mpsc::unbounded_channel();
@@ -323,15 +327,15 @@ impl<'r> Dispatcher<'r> {
                 None => {
                     let _booting = ctx.boots.enter(pool.cpus).await;
                     let started = Instant::now();
-                    boot_global(&ctx, &label, pool).await.map(|vm| Booted {
-                        image: vm.image.short_id(),
-                        origin: if vm.restored() {
-                            BootOrigin::Restored
-                        } else {
-                            BootOrigin::Cold
-                        },
-                        machine: Machine::Virtual(Box::new(vm)),
-                        took: started.elapsed(),
+                    boot_global(&ctx, &label, pool).await.map(|vm| {
+                        let image = vm.image.short_id();
+                        let machine = Machine::Virtual(Box::new(vm));
+                        Booted {
+                            image,
+                            origin: machine.origin(),
+                            machine,
+                            took: started.elapsed(),
+                        }
                     })
                 }
             };

@@ -119,7 +119,7 @@ fn command(
         }
         HostProgram::CheckFile(file) => {
             let mut cmd = tokio::process::Command::new(file);
-            cmd.arg(crate::checkfile::RUN_ARG).arg(req.test.name());
+            cmd.arg(crate::checkfile::RUN_ARG).arg(req.test.base_name());
             let written = super::topology::write(dir, &req.test.name(), machines, |name| {
                 req.test
                     .provision

@@ -82,6 +82,8 @@ pub struct TestSpec {
     /// The kind of global machine a nondestructive test runs on: an index into
     /// [`StateConfig::pools`] (0: the run's usual one).
     pub pool: usize,
+    /// For a run of a repeated test (`--repeat`): the test's own name, shared by its runs.
+    pub series: Option<String>,
 }
 
 /// A known issue of this OS, as far as scheduling is concerned.
@@ -126,6 +128,8 @@ pub struct StateConfig {
     pub whole_suite: bool,
     /// For `run-started`: the command that re-runs tests by name.
     pub rerun: Vec<String>,
+    /// Where and from what the run came (in `run-started`).
+    pub run: Option<crate::events::RunMeta>,
 }
 
 /// A machine that is up.
@@ -347,6 +351,7 @@ impl<M> DispatcherState<M> {
             tests: self.tests.iter().map(|t| t.spec.info.clone()).collect(),
             shard: self.cfg.shard.clone(),
             rerun: self.cfg.rerun.clone(),
+            run: self.cfg.run.clone(),
         }));
         let (mut nd, mut destructive) = (Vec::new(), Vec::new());
         for i in 0..self.tests.len() {
@@ -931,6 +936,8 @@ impl<M> DispatcherState<M> {
                     machines: Vec::new(),
                     artifacts: None,
                     known: KnownIssues::default(),
+                    start_ms: None,
+                    boot: None,
                 };
                 self.attempt_done(unit, report, None, out);
             }
@@ -1029,6 +1036,16 @@ impl<M> DispatcherState<M> {
             return;
         }
         t.finished = true;
+        let stop = match (&t.spec.series, &verdict) {
+            (
+                Some(series),
+                Verdict::Failed | Verdict::KnownIssue { .. } | Verdict::KnownElsewhere { .. },
+            ) if self.cfg.policy.until_fail => Some((
+                series.clone(),
+                format!("stopped: {} failed", t.spec.info.name),
+            )),
+            _ => None,
+        };
         self.stats.count(&verdict);
         if matches!(verdict, Verdict::Passed | Verdict::Flaky) {
             // A pattern that names a passing test (as tracebacks do) may be stale.
@@ -1048,6 +1065,29 @@ impl<M> DispatcherState<M> {
             verdict,
             attempts: t.reports.clone(),
         }));
+        if let Some((series, reason)) = stop {
+            self.skip_series(&series, &reason, out);
+        }
+    }
+
+    /// The runs of a repeated test that have not started are skipped (`--until-fail`); those
+    /// running finish.
+    fn skip_series(&mut self, series: &str, reason: &str, out: &mut Vec<Action<M>>) {
+        for nondestructive in [true, false] {
+            let queue = if nondestructive {
+                &self.nd_queue
+            } else {
+                &self.d_queue
+            };
+            let waiting: Vec<usize> = (0..queue.len())
+                .filter(|&at| self.tests[queue[at]].spec.series.as_deref() == Some(series))
+                .collect();
+            for at in waiting.into_iter().rev() {
+                let i = self.dequeue_at(nondestructive, at).expect("in the queue");
+                let reason = reason.to_string();
+                self.finish(i, Verdict::Skipped { reason }, out);
+            }
+        }
     }
 }
 

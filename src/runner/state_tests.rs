@@ -33,6 +33,7 @@ fn spec(id: usize, nondestructive: bool) -> TestSpec {
         affected: false,
         skip: None,
         pool: 0,
+        series: None,
     }
 }
 
@@ -56,6 +57,7 @@ fn config(jobs: usize, remote: &[&str]) -> StateConfig {
         shard: None,
         whole_suite: true,
         rerun: vec![],
+        run: None,
     }
 }
 
@@ -68,6 +70,8 @@ fn report(outcome: AttemptOutcome) -> AttemptReport {
         machines: Vec::new(),
         artifacts: None,
         known: KnownIssues::default(),
+        start_ms: None,
+        boot: None,
     }
 }
 
@@ -803,4 +807,40 @@ fn every_planned_test_finishes_exactly_once_whatever_the_order() {
     for seed in 0..3000 {
         random_run(seed);
     }
+}
+
+#[test]
+fn until_fail_skips_the_runs_of_a_repeated_test_not_started_at_its_first_failure() {
+    // Four runs of one destructive test and one run of another, one at a time.
+    let mut tests: Vec<TestSpec> = (1..=4)
+        .map(|i| TestSpec {
+            series: Some("T.flaky".into()),
+            ..spec(i, false)
+        })
+        .collect();
+    tests.push(spec(5, false));
+    let mut cfg = config(1, &[]);
+    cfg.policy.until_fail = true;
+    cfg.policy.no_retry_fail = true;
+    let mut sim = Sim::new(tests, cfg);
+    let first = sim.units(false)[0];
+    sim.done(first, passed());
+    let second = sim.units(false)[0];
+    sim.done(second, failed());
+    // Runs 3 and 4 never start; the other test does.
+    let next = sim.units(false);
+    assert_eq!(next.len(), 1);
+    sim.done(next[0], passed());
+    sim.check_end(5);
+    let ran: Vec<usize> = sim.attempts.iter().map(|(t, _)| *t).collect();
+    assert_eq!(ran.len(), 3, "{ran:?}");
+    for id in [3, 4] {
+        assert_eq!(
+            sim.finished(id),
+            [&Verdict::Skipped {
+                reason: "stopped: TestA.test2 failed".into()
+            }]
+        );
+    }
+    assert_eq!(sim.finished(5), [&Verdict::Passed]);
 }

@@ -33,10 +33,52 @@ pub async fn host(image: &Image) -> Host {
         .expect("qemu is installed")
 }
 
+/// The vmcheck binary, run in the project, recording into the tests' own outcome store
+/// (never the user's).
 pub fn vmcheck() -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_vmcheck"));
     cmd.current_dir(project_root());
+    cmd.env("VMCHECK_RESULTS_DB", tests_store());
     cmd
+}
+
+/// The outcome store the end-to-end tests' runs record into.
+pub fn tests_store() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("results.sqlite")
+}
+
+/// The durations the store at `path` holds for this project's tests on `os` (all of them).
+pub fn durations(path: &Path, os: &str) -> vmcheck::results::durations::Durations {
+    let tests: Vec<String> = {
+        let conn = rusqlite::Connection::open(path).unwrap();
+        let mut stmt = conn.prepare("SELECT DISTINCT test FROM attempts").unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let store = vmcheck::results::store::Store::open_existing(path)
+        .unwrap()
+        .expect("the run made the store");
+    vmcheck::results::durations::Durations::read(
+        &store,
+        &project_name(),
+        os,
+        &tests,
+        vmcheck::results::now_ms(),
+    )
+    .unwrap()
+}
+
+/// The project's name in the outcome store (its root directory's name).
+pub fn project_name() -> String {
+    project_root()
+        .canonicalize()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// Pids of qemu processes forwarding host port `port`.

@@ -1,0 +1,233 @@
+//! The rows a run's events become in the outcome store: the same for a run recording itself
+//! as it goes and for a stream imported later (`vmcheck results import`, `vmcheck merge`),
+//! so that both give the same store. A pure function of the events, apart from what a
+//! stream written before runs carried their metadata does not say ([`Fallback`]).
+
+use super::store::{AttemptRow, BootRow, RunRow, Store, StoreError};
+use crate::events::{AttemptOutcome, AttemptReport, BootOrigin, Event, Verdict};
+
+/// What one event adds to the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Row {
+    Run(RunRow),
+    /// The attempts of one finished test.
+    Attempts(Vec<AttemptRow>),
+    Boot(BootRow),
+}
+
+/// How the events reach the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The run records itself: a shard run is not settled (see [`super::store`]).
+    Live,
+    /// A stream read afterwards: settled, whatever it is.
+    Import,
+}
+
+/// What to record for a stream that does not carry its run's metadata (written by an older
+/// vmcheck).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fallback {
+    /// A stable id: a hash of the stream, so that importing it twice adds nothing.
+    pub id: String,
+    pub project: String,
+    pub host: String,
+    pub start_ms: u64,
+}
+
+/// Turns a run's events into rows, in order.
+#[derive(Debug)]
+pub struct Recorder {
+    source: Source,
+    fallback: Fallback,
+    run: Option<RunRow>,
+    boots: u32,
+}
+
+impl Recorder {
+    pub fn new(source: Source, fallback: Fallback) -> Recorder {
+        Recorder {
+            source,
+            fallback,
+            run: None,
+            boots: 0,
+        }
+    }
+
+    /// The run, once `run-started` was seen.
+    pub fn run(&self) -> Option<&RunRow> {
+        self.run.as_ref()
+    }
+
+    /// What `event` adds, if anything.
+    pub fn observe(&mut self, event: &Event) -> Option<Row> {
+        match event {
+            // A merge's stream repeats its runs' attempts: those runs' own streams are
+            // recorded instead.
+            Event::RunStarted { run: Some(r), .. } if !r.merged.is_empty() => None,
+            Event::RunStarted {
+                test_os,
+                shard,
+                run,
+                ..
+            } => {
+                let f = &self.fallback;
+                let row = RunRow {
+                    id: run.as_ref().map_or_else(|| f.id.clone(), |r| r.id.clone()),
+                    project: run
+                        .as_ref()
+                        .map_or_else(|| f.project.clone(), |r| r.project.clone()),
+                    os: test_os.clone(),
+                    image: run.as_ref().and_then(|r| r.image.clone()),
+                    commit: run.as_ref().and_then(|r| r.commit.clone()),
+                    dirty: run.as_ref().is_some_and(|r| r.dirty),
+                    host: run
+                        .as_ref()
+                        .map_or_else(|| f.host.clone(), |r| r.host.clone()),
+                    start_ms: run.as_ref().map_or(f.start_ms, |r| r.start_ms),
+                    shard: shard.as_ref().map(|s| format!("{}/{}", s.index, s.total)),
+                    settled: shard.is_none() || self.source == Source::Import,
+                };
+                self.run = Some(row.clone());
+                Some(Row::Run(row))
+            }
+            Event::MachineReady {
+                label,
+                image,
+                boot,
+                origin,
+            } => {
+                self.run.as_ref()?;
+                self.boots += 1;
+                let origin = match origin {
+                    Some(o) => Some(origin_tag(*o)),
+                    None if image == crate::runner::EXISTING_HOST => Some("existing"),
+                    None => None,
+                };
+                Some(Row::Boot(BootRow {
+                    seq: self.boots,
+                    label: label.clone(),
+                    image: image.clone(),
+                    origin,
+                    duration_ms: boot.as_millis() as u64,
+                }))
+            }
+            Event::TestFinished {
+                test,
+                verdict,
+                attempts,
+                ..
+            } => {
+                let run = self.run.as_ref()?;
+                let n = attempts.len();
+                let rows: Vec<AttemptRow> = attempts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| attempt_row(&test.name, a, verdict, i + 1 == n, run.start_ms))
+                    .collect();
+                (!rows.is_empty()).then_some(Row::Attempts(rows))
+            }
+            _ => None,
+        }
+    }
+
+    /// Write what `event` adds to `store`.
+    pub fn record(&mut self, store: &mut Store, event: &Event) -> Result<Recorded, StoreError> {
+        Ok(match self.observe(event) {
+            Some(Row::Run(run)) => Recorded::Run {
+                new: store.add_run(&run)?,
+            },
+            Some(Row::Attempts(rows)) => {
+                store.add_attempts(self.run.as_ref().expect("observed"), &rows)?;
+                Recorded::Attempts(rows.len())
+            }
+            Some(Row::Boot(boot)) => {
+                store.add_boot(self.run.as_ref().expect("observed"), &boot)?;
+                Recorded::Boot
+            }
+            None => Recorded::Nothing,
+        })
+    }
+}
+
+/// What [`Recorder::record`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    Nothing,
+    /// The run; `new` unless the store had it already (its attempts are then left as
+    /// they are).
+    Run {
+        new: bool,
+    },
+    Attempts(usize),
+    Boot,
+}
+
+fn attempt_row(
+    test: &str,
+    a: &AttemptReport,
+    verdict: &Verdict,
+    last: bool,
+    run_start_ms: u64,
+) -> AttemptRow {
+    let detail = match a.outcome {
+        AttemptOutcome::Passed => String::new(),
+        _ => {
+            let line = a.describe();
+            let line = line.lines().next().unwrap_or("").trim();
+            line.chars().take(300).collect()
+        }
+    };
+    let mut known: Vec<(u64, Option<String>)> = a.known.own.iter().map(|n| (*n, None)).collect();
+    known.extend(a.known.other.iter().map(|(n, os)| (*n, Some(os.clone()))));
+    // The runs of a repeated test are one test's.
+    let (test, repeat) = crate::checkfile::split_repeat(test);
+    AttemptRow {
+        test: test.to_string(),
+        repeat,
+        attempt: a.attempt,
+        start_ms: a.start_ms.unwrap_or(run_start_ms),
+        duration_ms: a.duration.as_millis() as u64,
+        outcome: outcome_tag(&a.outcome),
+        detail,
+        verdict: verdict_tag(verdict),
+        last,
+        known,
+        boot: a.boot.map(origin_tag),
+    }
+}
+
+/// An attempt's outcome as the store writes it (the event stream's name for it).
+pub fn outcome_tag(o: &AttemptOutcome) -> &'static str {
+    match o {
+        AttemptOutcome::Passed => "passed",
+        AttemptOutcome::Failed { .. } => "failed",
+        AttemptOutcome::Skipped { .. } => "skipped",
+        AttemptOutcome::TimedOut { .. } => "timed-out",
+        AttemptOutcome::UnexpectedMessages { .. } => "unexpected-messages",
+        AttemptOutcome::Harness { .. } => "harness",
+    }
+}
+
+/// A verdict as the store writes it (the event stream's name for it).
+pub fn verdict_tag(v: &Verdict) -> &'static str {
+    match v {
+        Verdict::Passed => "passed",
+        Verdict::Flaky => "flaky",
+        Verdict::Failed => "failed",
+        Verdict::KnownIssue { .. } => "known-issue",
+        Verdict::KnownElsewhere { .. } => "known-elsewhere",
+        Verdict::Skipped { .. } => "skipped",
+        Verdict::Todo { .. } => "todo",
+        Verdict::UnexpectedPass { .. } => "unexpected-pass",
+        Verdict::Error { .. } => "error",
+    }
+}
+
+fn origin_tag(o: BootOrigin) -> &'static str {
+    match o {
+        BootOrigin::Cold => "cold",
+        BootOrigin::Restored => "restored",
+        BootOrigin::Existing => "existing",
+    }
+}
