@@ -66,6 +66,11 @@ pub enum Command {
     /// The outcome store: every attempt of every run.
     #[command(subcommand)]
     Results(ResultsCommand),
+    /// Find the commit in A..B that changed TEST's failure rate: the test runs --runs times
+    /// at probed commits (each checked out in a git worktree), bisecting on the failure
+    /// rate until a commit differs from its parent with significance. Exits 0 with the
+    /// commit named, 1 when the data cannot tell (and how many more runs would).
+    Hunt(HuntArgs),
     /// Combine the JSON event streams of several runs (e.g. the shards of one suite) into one
     /// TAP stream on stdout, and optionally one JUnit file and one event stream.
     Merge(MergeArgs),
@@ -270,6 +275,21 @@ pub enum ResultsCommand {
         #[arg(long, env = "VMCHECK_RESULTS_DB", value_name = "FILE")]
         results_db: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct HuntArgs {
+    /// The commits: A..B, A where the test behaved, B where it does not (first parents).
+    #[arg(value_name = "A..B")]
+    pub range: String,
+    /// The test, `TestClass.testMethod`.
+    pub test: String,
+    /// Runs of the test at each probed commit (more where a break stays ambiguous).
+    #[arg(long, default_value_t = 20, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub runs: u32,
+    /// The outcome store [default: $XDG_DATA_HOME/vmcheck/results.sqlite].
+    #[arg(long, env = "VMCHECK_RESULTS_DB", value_name = "FILE")]
+    pub results_db: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -120,6 +120,22 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
             image_build(catalog, names, cli.global.verbose, &cancel).await
         }
         Command::VmRun(args) => vm_run(catalog, args, cli.global.verbose, &cancel).await,
+        Command::Hunt(args) => {
+            let root = catalog.project.root.clone();
+            tokio::task::spawn_blocking(move || {
+                super::hunt::hunt(
+                    &root,
+                    &super::hunt::Hunt {
+                        range: args.range,
+                        test: args.test,
+                        runs: args.runs,
+                        results_db: args.results_db,
+                    },
+                )
+            })
+            .await
+            .expect("hunt panicked")
+        }
     }
 }
 

@@ -16,6 +16,7 @@ macro_rules! out {
 mod args;
 mod dispatch;
 mod errors;
+mod hunt;
 mod results;
 mod run;
 

@@ -69,17 +69,7 @@ fn random_id() -> String {
 
 /// `git` in `root`, its trimmed stdout if it succeeded.
 fn git(root: &Path, args: &[&str]) -> Option<String> {
-    let out = std::process::Command::new("git")
-        .arg("-C")
-        .arg(root)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    super::hunt::git(root, args).ok()
 }
 
 /// What the store records about a run starting now in `root`.
@@ -293,6 +283,7 @@ pub fn stats(args: &StatsArgs) -> Result<i32, CliError> {
         os: args.os.clone(),
         since_ms: since.map(|d| now_ms().saturating_sub(d.as_millis() as u64)),
         filters: args.filters.clone(),
+        clean_only: false,
     };
     let store = Store::open_existing(&path).map_err(|e| CliError::Usage(e.to_string()))?;
     if let Some(test) = &args.by_commit {

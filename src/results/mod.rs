@@ -2,9 +2,11 @@
 //! run in one SQLite file), the rows a run's events become ([`record`], the same for a live
 //! run and an imported stream), what later runs read back from it (the durations that order
 //! and shard tests, [`durations`]), the flakiness statistics computed from it ([`stats`])
-//! and known issues' occurrences ([`known`]). A live run writes on a thread of its own
+//! and known issues' occurrences ([`known`]), where a failure rate changed along commits
+//! ([`changepoint`], for `vmcheck hunt`). A live run writes on a thread of its own
 //! ([`writer`]).
 
+pub mod changepoint;
 pub mod durations;
 pub mod known;
 pub mod record;

@@ -174,6 +174,8 @@ pub struct Query {
     pub since_ms: Option<u64>,
     /// Only tests whose name contains one of these (all when empty).
     pub filters: Vec<String>,
+    /// Only runs without uncommitted changes (`by_commit`, for `vmcheck hunt`).
+    pub clean_only: bool,
 }
 
 impl Query {
@@ -403,7 +405,7 @@ pub fn by_commit(store: &Store, query: &Query, test: &str) -> Result<Vec<CommitS
                     sum(a.outcome IN ('failed', 'timed-out', 'unexpected-messages'))
              FROM attempts a JOIN runs r ON r.id = a.run
              WHERE a.test = ?4 AND (?1 IS NULL OR a.project = ?1) AND (?2 IS NULL OR a.os = ?2)
-               AND a.start_ms >= ?3
+               AND a.start_ms >= ?3 AND (?5 = 0 OR r.dirty = 0)
              GROUP BY r.commit_id ORDER BY 3",
         )
         .map_err(read)?;
@@ -413,7 +415,8 @@ pub fn by_commit(store: &Store, query: &Query, test: &str) -> Result<Vec<CommitS
                 query.project.as_deref(),
                 query.os.as_deref(),
                 query.since_ms.unwrap_or(0) as i64,
-                test
+                test,
+                query.clean_only
             ],
             |r| {
                 let runs = r.get::<_, i64>(3)?.max(0) as u64;
