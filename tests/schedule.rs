@@ -123,10 +123,10 @@ fn a_corrupt_store_is_one_warning_and_listing_creates_none() {
     assert!(!new.exists() && !new.parent().unwrap().exists());
 }
 
-/// A run whose store is corrupt, or locked by another process for longer than a write
-/// waits, still runs and passes; the store is one warning line.
+/// A run whose store is corrupt, locked by another process for longer than a write waits,
+/// or on a read-only file system, still runs and passes; the store is one warning line.
 #[test]
-fn a_run_goes_on_when_its_store_is_corrupt_or_locked() {
+fn a_run_goes_on_when_its_store_is_corrupt_locked_or_read_only() {
     common::image("busybox");
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
@@ -140,10 +140,42 @@ fn a_run_goes_on_when_its_store_is_corrupt_or_locked() {
     drop(Store::open(&locked).unwrap());
     let holder = rusqlite::Connection::open(&locked).unwrap();
     holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
-    for (store, why) in [
-        (&corrupt, "not a vmcheck outcome store"),
-        (&locked, "locked"),
-    ] {
+    // A store on a file system mounted read-only (as root; elsewhere this case is left out).
+    let ro = dir.path().join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&ro)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    struct Unmount(std::path::PathBuf, bool);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            if self.1 {
+                let _ = std::process::Command::new("umount").arg(&self.0).status();
+            }
+        }
+    }
+    let _unmount = Unmount(ro.clone(), mounted);
+    let mut cases = vec![
+        (corrupt.clone(), "not a vmcheck outcome store"),
+        (locked.clone(), "locked"),
+    ];
+    if mounted {
+        let on_ro = ro.join("results.sqlite");
+        drop(Store::open(&on_ro).unwrap());
+        let remounted = std::process::Command::new("mount")
+            .args(["-o", "remount,ro"])
+            .arg(&ro)
+            .status()
+            .unwrap();
+        assert!(remounted.success());
+        cases.push((on_ro, ""));
+    } else {
+        eprintln!("not root: the read-only case is left out");
+    }
+    for (store, why) in &cases {
         let out = common::vmcheck()
             .args(["run", "--progress", "none", "--test-dir"])
             .arg(dir.path())
@@ -160,8 +192,10 @@ fn a_run_goes_on_when_its_store_is_corrupt_or_locked() {
             .collect();
         assert_eq!(warnings.len(), 1, "{err}");
         assert!(
-            warnings[0].starts_with("vmcheck: warning: outcome store ")
-                && warnings[0].contains(why),
+            warnings[0].starts_with(&format!(
+                "vmcheck: warning: outcome store {}: ",
+                store.display()
+            )) && warnings[0].contains(why),
             "{err}"
         );
         assert!(

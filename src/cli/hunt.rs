@@ -336,18 +336,25 @@ fn print_table(
     t: &[Tally],
     found: Option<(usize, changepoint::Split)>,
 ) {
+    let probed: Vec<(usize, String)> = (0..line.len())
+        .filter(|&i| t[i].runs > 0)
+        .map(|i| (i, subject(root, &line[i])))
+        .collect();
+    let w = probed
+        .iter()
+        .map(|(_, s)| s.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max("SUBJECT".len());
     out!(
-        "{:<10}  {:<50}  {:>5}  {:>6}  {:>6}  95% INTERVAL",
+        "{:<10}  {:<w$}  {:>5}  {:>6}  {:>6}  95% INTERVAL",
         "COMMIT",
         "SUBJECT",
         "RUNS",
         "FAILED",
         "RATE"
     );
-    for (i, c) in line.iter().enumerate() {
-        if t[i].runs == 0 {
-            continue;
-        }
+    for (i, subject) in probed {
         let (lo, hi) = stats::wilson(t[i].failures, t[i].runs);
         let mark = match found {
             Some((at, s)) if at == i => format!(
@@ -359,9 +366,8 @@ fn print_table(
             _ => String::new(),
         };
         out!(
-            "{:<10}  {:<50}  {:>5}  {:>6}  {:>5.1}%  {:.1}%-{:.1}%{mark}",
-            short(c),
-            subject(root, c),
+            "{:<10}  {subject:<w$}  {:>5}  {:>6}  {:>5.1}%  {:.1}%-{:.1}%{mark}",
+            short(&line[i]),
             t[i].runs,
             t[i].failures,
             100.0 * t[i].rate(),
