@@ -90,16 +90,6 @@ pub fn run_meta(root: &Path, project: &str, image: Option<String>) -> RunMeta {
     }
 }
 
-/// What a live run records if its `run-started` lacks metadata (it never does).
-pub fn fallback(project: &str) -> Fallback {
-    Fallback {
-        id: random_id(),
-        project: project.to_string(),
-        host: host_name(),
-        start_ms: now_ms(),
-    }
-}
-
 /// How many runs and attempts an import added.
 #[derive(Debug, Default)]
 pub struct Imported {

@@ -414,6 +414,7 @@ pub async fn run(
         naughty,
         boots: BootGate::new(args.max_boots.unwrap_or(cpus as u32)),
     });
+    let meta = super::results::run_meta(&root, &project, image_id);
     let cfg = RunConfig {
         jobs,
         capacity,
@@ -429,7 +430,7 @@ pub async fn run(
         shard: shard_info.clone(),
         whole_suite,
         rerun,
-        run: Some(super::results::run_meta(&root, &project, image_id)),
+        run: Some(meta.clone()),
     };
     if cancel.is_cancelled() {
         let stats = report_interrupted(&plan, &cfg, &ctx, reporters, report_failed.clone());
@@ -445,7 +446,7 @@ pub async fn run(
         let _ = std::fs::remove_dir_all(artifacts_dir.join(t.def.name()));
     }
     let recording = match record {
-        true => LiveStore::start(store, super::results::fallback(&project)),
+        true => LiveStore::start(store, (&meta).into()),
         false => LiveStore::disabled(),
     };
     let fan = fan_out(reporters, cancel.clone(), report_failed.clone());

@@ -35,6 +35,18 @@ pub struct Fallback {
     pub start_ms: u64,
 }
 
+impl From<&crate::events::RunMeta> for Fallback {
+    /// A live run's own metadata: what its `run-started` carries anyway.
+    fn from(m: &crate::events::RunMeta) -> Fallback {
+        Fallback {
+            id: m.id.clone(),
+            project: m.project.clone(),
+            host: m.host.clone(),
+            start_ms: m.start_ms,
+        }
+    }
+}
+
 /// Turns a run's events into rows, in order.
 #[derive(Debug)]
 pub struct Recorder {
@@ -52,11 +64,6 @@ impl Recorder {
             run: None,
             boots: 0,
         }
-    }
-
-    /// The run, once `run-started` was seen.
-    pub fn run(&self) -> Option<&RunRow> {
-        self.run.as_ref()
     }
 
     /// What `event` adds, if anything.
