@@ -245,8 +245,9 @@ mod tests {
         .err()
         .expect("nothing listens");
         assert!(unreachable(&e), "{e}");
+        // Not the 60 s timeout: a refusal ends the wait at once.
         assert!(
-            started.elapsed() < Duration::from_secs(5),
+            started.elapsed() < Duration::from_secs(30),
             "{:?}",
             started.elapsed()
         );

@@ -976,27 +976,37 @@ mod tests {
         assert_eq!(parse_uptime_cs("junk"), None);
         // An anchor taken now, and the command run 1.2 s later, with `date` printing its
         // argument: it is the host time of the moment the command runs, not of the anchor.
-        let uptime = std::fs::read_to_string("/proc/uptime").unwrap();
+        // No timing is assumed: the time set lies between the host's clock just before the
+        // command started and just after it ended, widened by what the anchor itself may be
+        // off (the time between reading the uptime and the clock, and the uptime's
+        // centisecond truncation), however loaded the host is.
         let now = || {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap()
         };
+        let before_uptime = now();
+        let uptime = std::fs::read_to_string("/proc/uptime").unwrap();
         let anchor = ClockAnchor {
             host: now(),
             uptime_cs: parse_uptime_cs(&uptime).unwrap(),
         };
+        let anchor_slack = (anchor.host - before_uptime).as_secs_f64();
         std::thread::sleep(Duration::from_millis(1200));
         let command = after_restore_command(anchor, None)
             .replace(">/dev/null 2>&1", "")
             .replace("date -u -s @", "echo ");
+        let started = now().as_secs_f64();
         let out = std::process::Command::new("sh")
             .args(["-c", &command])
             .output()
             .unwrap();
+        let ended = now().as_secs_f64();
         let text = String::from_utf8_lossy(&out.stdout);
         let set: f64 = text.lines().next().unwrap().parse().unwrap();
-        let host = now().as_secs_f64();
-        assert!((set - host).abs() < 0.2, "set {set}, host {host}: {text}");
+        assert!(
+            started - 0.011 <= set && set <= ended + anchor_slack + 0.001,
+            "set {set}, not within [{started}, {ended}] (anchor slack {anchor_slack}): {text}"
+        );
     }
 }

@@ -503,8 +503,10 @@ mod tests {
         let tricky = format!("{}b", "ab".repeat(50_000));
         assert!(glob_match("*abab*b", &tricky));
         assert!(!glob_match(&format!("*{}c*", "ab".repeat(50)), &tricky));
+        // Backtracking would take longer than the age of the universe; linear matching takes
+        // milliseconds. The bound only tells the two apart, however loaded the host.
         assert!(
-            started.elapsed() < Duration::from_secs(2),
+            started.elapsed() < Duration::from_secs(30),
             "{:?}",
             started.elapsed()
         );
