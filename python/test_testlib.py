@@ -247,6 +247,24 @@ class Listing(CheckFileTest):
             "TestInherited.testTodo": (True, 100, "(no reason given)"),
         })
 
+    def test_matrix(self):
+        doc = self.listing("""\
+            @testlib.matrix(server=["busybox", "debian-12"], fs=["ext4", "xfs"],
+                            exclude=[{"server": "busybox", "fs": "xfs"}],
+                            include=[{"fs": "xfs", "mkfs": "mkfs.xfs"}])
+            class TestStorage(testlib.MachineCase):
+                provision = {"machine1": {"image": "{matrix.server}"}}
+                def testMount(self):
+                    pass
+            """)
+        self.assertEqual(doc["tests"], [{
+            "name": "TestStorage.testMount", "line": 8,
+            "provision": {"machine1": {"image": "{matrix.server}"}},
+            "matrix": {"server": ["busybox", "debian-12"], "fs": ["ext4", "xfs"]},
+            "matrix_exclude": [{"server": "busybox", "fs": "xfs"}],
+            "matrix_include": [{"fs": "xfs", "mkfs": "mkfs.xfs"}],
+        }])
+
     def test_provision_translated(self):
         doc = self.listing("""\
             class TestTwo(testlib.MachineCase):

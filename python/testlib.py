@@ -236,7 +236,8 @@ class MachineCase(unittest.TestCase):
     `provision` (class attribute, Cockpit's form) names the machines and their options:
     `{"machine1": {}, "machine2": {"image": "debian-12", "memory_mb": 1024, "cpus": 2}}`;
     None means vmcheck's default, one `machine1`. In a test, `self.machine` is the first
-    machine of the topology and `self.machines` maps every name to its `Machine`.
+    machine of the topology and `self.machines` maps every name to its `Machine`; in a case
+    of a matrix (`@matrix`), `self.matrix` maps each key to the case's value (else `{}`).
     """
 
     provision = None
@@ -254,6 +255,9 @@ class MachineCase(unittest.TestCase):
             address = f"{ssh['host']}:{ssh['port']}" if "host" in ssh else None
             self.machines[m["name"]] = Machine(m["name"], m.get("image"), m.get("ip"), address)
         self.machine = next(iter(self.machines.values()))
+        prefix = "VMCHECK_MATRIX_"
+        self.matrix = {k[len(prefix):].lower(): v for k, v in os.environ.items()
+                       if k.startswith(prefix)}
 
     def restore_file(self, path):
         """Have vmcheck save `path` now and put it back after the test."""
@@ -311,6 +315,23 @@ def skipImage(reason, *globs):
 def onlyImage(reason, *globs):
     """vmcheck runs the test only when TEST_OS matches one of the globs."""
     return _setting("only", {"os": list(globs), "reason": reason})
+
+
+def matrix(exclude=None, include=None, **axes):
+    """Run the test (or every test of the class) once per case of the product of `axes`,
+    e.g. `@matrix(server=["busybox", "debian-12"], fs=["ext4", "xfs"],
+    exclude=[{"server": "busybox", "fs": "xfs"}])`; `include` as GitHub Actions'. A machine's
+    image takes a value with `provision = {"server": {"image": "{matrix.server}"}}`."""
+
+    def decorate(obj):
+        setattr(obj, _PREFIX + "matrix", dict(axes))
+        if exclude is not None:
+            setattr(obj, _PREFIX + "matrix_exclude", list(exclude))
+        if include is not None:
+            setattr(obj, _PREFIX + "matrix_include", list(include))
+        return obj
+
+    return decorate
 
 
 def settings(**keys):

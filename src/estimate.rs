@@ -134,10 +134,10 @@ mod tests {
     #[test]
     fn recorded_guessed_and_skipped() {
         let mut skipped = test("T.skipped", false, 600);
-        skipped.only = Some(crate::checkfile::OsCondition {
+        skipped.only = vec![crate::checkfile::OsCondition {
             os: vec!["other".into()],
             reason: "no".into(),
-        });
+        }];
         let p = plan(
             vec![
                 test("T.d1", false, 600),

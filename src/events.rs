@@ -379,6 +379,13 @@ pub enum Event {
         attempt: u32,
         placement: Placement,
     },
+    /// The first destructive test in line cannot start yet, and why (`needs 1.6 GiB of RAM,
+    /// 0.9 GiB free`); told again when the reason changes.
+    TestWaiting {
+        id: usize,
+        name: String,
+        reason: String,
+    },
     /// The attempt's machines are ready (labels) and its body starts.
     TestRunning {
         id: usize,

@@ -397,7 +397,9 @@ fn shift(e: &Event, base: usize) -> Event {
         | Event::AttemptRetry { test, .. }
         | Event::TestFinished { test, .. }
         | Event::KnownIssuePassed { test, .. } => test.id += base,
-        Event::TestOutput { id, .. } | Event::TestRunning { id, .. } => *id += base,
+        Event::TestOutput { id, .. }
+        | Event::TestRunning { id, .. }
+        | Event::TestWaiting { id, .. } => *id += base,
         _ => {}
     }
     e

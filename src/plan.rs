@@ -23,8 +23,12 @@ pub struct PlanOptions {
     pub filters: Vec<String>,
     /// Filters must equal the whole `Class.method` name (`--exact`).
     pub exact: bool,
-    /// Leave out the tests with exactly these `Class.method` names.
+    /// Leave out the tests with exactly these names: a test's (every case of its matrix),
+    /// or one case's (`Class.method[fs=xfs]`).
     pub exclude: Vec<String>,
+    /// Keep only matrix cases with these values (`--matrix KEY=VALUE`): one of the values
+    /// given for a key, for every key given; empty keeps all.
+    pub matrix: Vec<(String, String)>,
     /// Leave out destructive tests.
     pub nondestructive_only: bool,
 }
@@ -40,6 +44,8 @@ pub struct TestPlan {
     pub unmatched_filters: Vec<String>,
     /// Exclude names that name no test at all (probably typos), in the order given.
     pub unknown_excludes: Vec<String>,
+    /// `--matrix KEY=VALUE` that no test's case has (probably typos), in the order given.
+    pub unmatched_matrix: Vec<String>,
 }
 
 /// A test that is part of the run.
@@ -68,6 +74,8 @@ pub enum ExcludeReason {
     Filtered,
     /// Its name is one of the excluded names.
     Excluded,
+    /// It is not a matrix case with the `--matrix` values.
+    Matrix,
     /// It is destructive and only nondestructive tests were asked for.
     Destructive,
     /// `--shard K/N` put it in another shard.
@@ -79,6 +87,7 @@ impl fmt::Display for ExcludeReason {
         f.write_str(match self {
             ExcludeReason::Filtered => "does not match any filter",
             ExcludeReason::Excluded => "excluded by name",
+            ExcludeReason::Matrix => "not a matrix case with the --matrix values",
             ExcludeReason::Destructive => {
                 "destructive, and only nondestructive tests were asked for"
             }
@@ -92,8 +101,17 @@ pub fn plan(tests: Vec<TestDef>, opts: &PlanOptions) -> TestPlan {
     let mut result = TestPlan::default();
     let mut matched_filters = HashSet::new();
     let mut names = HashSet::new();
+    let mut matrix_seen = HashSet::new();
     for def in tests {
         let name = def.name();
+        let method = def.method_name();
+        if let Some(case) = &def.case {
+            for (k, v) in &opts.matrix {
+                if case.get(k) == Some(v.as_str()) {
+                    matrix_seen.insert((k.as_str(), v.as_str()));
+                }
+            }
+        }
         let matching: Vec<&str> = opts
             .filters
             .iter()
@@ -110,14 +128,17 @@ pub fn plan(tests: Vec<TestDef>, opts: &PlanOptions) -> TestPlan {
         matched_filters.extend(matching);
         let reason = if filtered_out {
             Some(ExcludeReason::Filtered)
-        } else if opts.exclude.contains(&name) {
+        } else if opts.exclude.iter().any(|e| *e == name || *e == method) {
             Some(ExcludeReason::Excluded)
+        } else if !matrix_selects(def.case.as_ref(), &opts.matrix) {
+            Some(ExcludeReason::Matrix)
         } else if opts.nondestructive_only && !def.nondestructive {
             Some(ExcludeReason::Destructive)
         } else {
             None
         };
         names.insert(name.clone());
+        names.insert(method);
         match reason {
             Some(reason) => result.excluded.push(Excluded {
                 name,
@@ -143,7 +164,30 @@ pub fn plan(tests: Vec<TestDef>, opts: &PlanOptions) -> TestPlan {
         .filter(|e| !names.contains(e.as_str()))
         .cloned()
         .collect();
+    result.unmatched_matrix = opts
+        .matrix
+        .iter()
+        .filter(|(k, v)| !matrix_seen.contains(&(k.as_str(), v.as_str())))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     result
+}
+
+/// Whether a test (`case`: its matrix case, if any) is selected by `--matrix` values: for
+/// every key given, its value is one of those given for the key.
+fn matrix_selects(case: Option<&crate::checkfile::Case>, wanted: &[(String, String)]) -> bool {
+    if wanted.is_empty() {
+        return true;
+    }
+    let Some(case) = case else {
+        return false;
+    };
+    let keys: std::collections::BTreeSet<&str> = wanted.iter().map(|(k, _)| k.as_str()).collect();
+    keys.into_iter().all(|key| {
+        wanted
+            .iter()
+            .any(|(k, v)| k == key && case.get(k) == Some(v.as_str()))
+    })
 }
 
 /// Every test of `plan` `n` times (`run --repeat N`): its runs one after the other, each
@@ -169,13 +213,15 @@ pub fn repeat(mut plan: TestPlan, n: u32) -> TestPlan {
 /// The check file's reason, as written, when `skip` matches TEST_OS or `only` does not
 /// (`# SKIP <reason>`; the run's TEST_OS is in its report already).
 pub fn skip_reason(def: &TestDef, test_os: &str) -> Option<String> {
-    if let Some(skip) = def.skip.as_ref().filter(|c| c.matches(test_os)) {
-        return Some(skip.reason.clone());
+    if let Some(reason) = crate::checkfile::first_match(&def.skip, test_os) {
+        return Some(reason.to_owned());
     }
-    if let Some(only) = def.only.as_ref().filter(|c| !c.matches(test_os)) {
-        return Some(only.reason.clone());
+    match def.only.first() {
+        Some(first) if crate::checkfile::first_match(&def.only, test_os).is_none() => {
+            Some(first.reason.clone())
+        }
+        _ => None,
     }
-    None
 }
 
 /// Whether the nondestructive queue runs in descending name order on `test_os`: when
@@ -335,12 +381,12 @@ mod tests {
             reason: reason.into(),
         };
         let mut skipped = def("check-a", "TestA.testSkip", false);
-        skipped.skip = Some(condition(&["debian-*"], "no apt"));
+        skipped.skip = vec![condition(&["debian-*"], "no apt")];
         let mut only = def("check-a", "TestA.testOnly", false);
-        only.only = Some(condition(&["fedora-*", "rhel-*"], "needs dnf"));
+        only.only = vec![condition(&["fedora-*", "rhel-*"], "needs dnf")];
         let mut both = def("check-a", "TestA.testBoth", false);
-        both.only = Some(condition(&["debian-*"], "needs apt"));
-        both.skip = Some(condition(&["debian-12"], "broken on 12"));
+        both.only = vec![condition(&["debian-*"], "needs apt")];
+        both.skip = vec![condition(&["debian-12"], "broken on 12")];
 
         let cases = [
             (
@@ -389,5 +435,66 @@ mod tests {
         let mut owned = vec![String::from("b"), String::from("a")];
         nondestructive_order("arch", &mut owned);
         assert_eq!(owned, ["a", "b"]);
+    }
+
+    #[test]
+    fn matrix_values_and_whole_tests_select_cases() {
+        let case = |name: &str, values: &[(&str, &str)]| TestDef {
+            case: Some(crate::checkfile::Case {
+                id_values: values
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                extra: Default::default(),
+            }),
+            ..TestDef::sample("check-m", name)
+        };
+        let tests = vec![
+            case("TestM.testA", &[("fs", "ext4"), ("s", "busybox")]),
+            case("TestM.testA", &[("fs", "xfs"), ("s", "busybox")]),
+            case("TestM.testA", &[("fs", "xfs"), ("s", "debian")]),
+            TestDef::sample("check-m", "TestM.testPlain"),
+        ];
+        let names = |o: &PlanOptions| -> Vec<String> {
+            plan(tests.clone(), o)
+                .tests
+                .iter()
+                .map(|t| t.def.name())
+                .collect()
+        };
+        let mut o = opts(&[], &[], false);
+        o.matrix = vec![("fs".into(), "xfs".into())];
+        assert_eq!(
+            names(&o),
+            [
+                "TestM.testA[fs=xfs,s=busybox]",
+                "TestM.testA[fs=xfs,s=debian]"
+            ]
+        );
+        // Values of one key are alternatives; keys must all match.
+        o.matrix.push(("fs".into(), "ext4".into()));
+        o.matrix.push(("s".into(), "busybox".into()));
+        assert_eq!(
+            names(&o),
+            [
+                "TestM.testA[fs=ext4,s=busybox]",
+                "TestM.testA[fs=xfs,s=busybox]"
+            ]
+        );
+        o.matrix.push(("s".into(), "nope".into()));
+        assert_eq!(plan(tests.clone(), &o).unmatched_matrix, ["s=nope"]);
+        assert_eq!(
+            plan(tests.clone(), &o).excluded.last().unwrap().reason,
+            ExcludeReason::Matrix
+        );
+        // --exclude takes a test (all of its cases) or one case; filters match ids.
+        let o = opts(&[], &["TestM.testA", "TestM.testPlain[x=y]"], false);
+        assert_eq!(names(&o), ["TestM.testPlain"]);
+        assert_eq!(
+            plan(tests.clone(), &o).unknown_excludes,
+            ["TestM.testPlain[x=y]"]
+        );
+        let o = opts(&["s=debian"], &["TestM.testA[fs=ext4,s=busybox]"], false);
+        assert_eq!(names(&o), ["TestM.testA[fs=xfs,s=debian]"]);
     }
 }

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 /// Sources of `bots/fetch-sources` left to `bench/autopkgtest`: figlet's `@builddeps@`
-/// (77 packages, debhelper and build-essential) take minutes to install under TCG, and the
-/// build-needed test below installs nearly the same set.
+/// (debhelper and its dependencies, beyond the image's build-essential) take minutes to
+/// install under TCG, and the build-needed test below builds a tree already.
 const BENCH_ONLY: &[&str] = &["figlet"];
 
 /// The sources of `bots/fetch-sources`, fetched (once, cached) and unpacked.
@@ -282,8 +282,9 @@ fn the_testbed_reboots_builds_and_keeps_guests_off_the_network() {
         ),
         &[("rebooting", REBOOTING)],
     );
-    // Built as autopkgtest builds it: dpkg-buildpackage -us -uc -b (with only build-essential
-    // and fakeroot to install: no debhelper, whose dependencies take minutes under TCG).
+    // Built as autopkgtest builds it: dpkg-buildpackage -us -uc -b (build-essential and
+    // fakeroot are in the debian-12 image; no debhelper, whose dependencies take minutes to
+    // install under TCG).
     std::fs::write(
         src.join("debian/rules"),
         "#!/usr/bin/make -f\n\

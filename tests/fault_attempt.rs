@@ -14,18 +14,12 @@ use vmcheck::exit_codes;
 
 /// A throw-away project with the real busybox image and one check file.
 fn project(check: &str) -> tempfile::TempDir {
-    let dir = common::busybox_project();
-    std::fs::write(dir.path().join("test/verify/check-fault"), check).unwrap();
-    dir
+    common::busybox_project_with("check-fault", check)
 }
 
 fn vmcheck_in(root: &Path) -> Command {
-    let mut cmd = common::vmcheck();
-    cmd.arg("--project-dir")
-        .arg(root)
-        .arg("run")
-        .env_remove("VMCHECK_PROGRESS")
-        .args(["--progress", "none"]);
+    let mut cmd = common::vmcheck_run_in(root);
+    cmd.args(["--progress", "none"]);
     cmd
 }
 

@@ -83,6 +83,16 @@ provision.machine2 = { image = "debian-12", memory = "1G", cpus = 2 }
 host = "vm exec machine1 true"
 allow_journal = ["a.*b"]
 todo = "later"
+
+[TestRoles.testPing]
+matrix = { server = ["busybox", "debian-12"], fs = ["ext4", 1, true] }
+matrix_exclude = [{ server = "busybox", fs = "ext4" }]
+matrix_include = [{ fs = "xfs", extra = "y" }, { server = "debian-12", mkfs = "x" }]
+matrix_limit = 20
+provision.server = { image = "{matrix.server}" }
+skip = [{ matrix = { fs = ["x*"] }, reason = "no xfs" }, { os = ["arch"], reason = "r" }]
+timeout = [{ matrix = { server = "debian-*" }, timeout = "15m" }, "5m"]
+host = "true"
 "#;
 
 const CHECK_TOKENS: &[&str] = &[
@@ -128,6 +138,13 @@ const CHECK_TOKENS: &[&str] = &[
     "covers",
     "allow_journal",
     "no_retry_when_changed",
+    "matrix",
+    "matrix_exclude",
+    "matrix_include",
+    "matrix_limit",
+    "{ fs = [\"a\", \"b\"] }",
+    "\"{matrix.fs}\"",
+    "{matrix.",
     "true",
     "false",
     "0",
@@ -188,6 +205,42 @@ proptest! {
     #[test]
     fn check_file_mutations(text in mutated(CHECK_FILE)) {
         check_parse(&text)?;
+    }
+
+    /// A product of axes: as many cases as the product, each id once, and a value added to
+    /// an axis leaves every existing id as it was.
+    #[test]
+    fn matrix_products_have_stable_unique_ids(
+        axes in prop::collection::btree_map("[a-z][a-z0-9_]{0,6}", prop::collection::btree_set("[A-Za-z0-9._+:@-]{1,6}", 1..4), 1..4),
+        added in "[A-Za-z0-9]{7}",
+    ) {
+        prop_assume!(!axes.contains_key("os") && !axes.contains_key("repeat"));
+        let file = |axes: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>| {
+            let list: Vec<String> = axes
+                .iter()
+                .map(|(k, vs)| {
+                    let vs: Vec<String> = vs.iter().map(|v| format!("{v:?}")).collect();
+                    format!("{k} = [{}]", vs.join(", "))
+                })
+                .collect();
+            format!("[TestM.testA]\nmatrix = {{ {} }}\nrun = 'true'\n", list.join(", "))
+        };
+        let names = |text: &str| -> Result<Vec<String>, TestCaseError> {
+            let tests = vmcheck::checkfile::parse_file(Path::new("check-m"), text)
+                .map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+            Ok(tests.iter().map(|t| t.name()).collect())
+        };
+        let before = names(&file(&axes))?;
+        let product: usize = axes.values().map(|v| v.len()).product();
+        prop_assert_eq!(before.len(), product);
+        let unique: std::collections::BTreeSet<&String> = before.iter().collect();
+        prop_assert_eq!(unique.len(), product);
+        let mut more = axes.clone();
+        more.values_mut().next().unwrap().insert(added);
+        let after = names(&file(&more))?;
+        for id in &before {
+            prop_assert!(after.contains(id), "{} lost in {:?}", id, after);
+        }
     }
 }
 

@@ -147,6 +147,22 @@ fn the_own_suite_passes_with_every_reporter_on() {
         terminal.contains(&format!("vmcheck: {} tests in ", rs.len())),
         "{terminal}"
     );
+    // Trafficlight's matrix of roles (test/verify/check-roles): 8 cases, one excluded, each
+    // with its own id, and the summary by axis value.
+    let roles: Vec<&str> = rs
+        .iter()
+        .filter_map(|r| r.1.split(' ').nth(1))
+        .filter(|n| n.starts_with("TestRoles.testClientsReachTheServer["))
+        .collect();
+    assert_eq!(roles.len(), 7, "{roles:?}");
+    assert!(roles.contains(
+        &"TestRoles.testClientsReachTheServer[alice=debian-12,bob=busybox,server=debian-12]"
+    ));
+    assert!(
+        terminal.contains("matrix values (cases failed / cases):"),
+        "{terminal}"
+    );
+    assert!(terminal.contains("server=debian-12  0/3"), "{terminal}");
 
     // The status file ends with every test finished.
     let snapshot: serde_json::Value =

@@ -163,12 +163,9 @@ fn test(
             memory_mib: Some(MEMORY_MIB),
             ..MachineReq::default_machine()
         }],
-        todo: None,
-        skip: skip.map(|reason| OsCondition {
-            os: vec!["*".into()],
-            reason,
-        }),
-        only: None,
+        todo: vec![],
+        skip: skip.into_iter().map(OsCondition::always).collect(),
+        only: vec![],
         restore: vec![],
         artifacts: vec!["/tmp/autopkgtest/artifacts".into()],
         env: Default::default(),
@@ -194,6 +191,7 @@ fn test(
         })),
         covers: vec![],
         repeat: None,
+        case: None,
     })
 }
 

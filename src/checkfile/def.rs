@@ -1,7 +1,8 @@
 //! [`TestDef`]: one test of a check file with every setting resolved, plain data for the
 //! planner, the scheduler and the reporters.
 
-use super::condition::OsCondition;
+use super::condition::{OsCondition, first_match};
+use super::matrix::Case;
 use super::provision::MachineReq;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -25,12 +26,12 @@ pub struct TestDef {
     /// The machines to boot, in the order written; never empty (default: `machine1`).
     /// Always `[machine1]` for a nondestructive test.
     pub provision: Vec<MachineReq>,
-    /// Expected failure, with its reason.
-    pub todo: Option<String>,
-    /// Skip when TEST_OS matches.
-    pub skip: Option<OsCondition>,
-    /// Skip unless TEST_OS matches.
-    pub only: Option<OsCondition>,
+    /// Expected to fail where one of these holds on TEST_OS, with the first one's reason.
+    pub todo: Vec<OsCondition>,
+    /// Skipped where one of these holds on TEST_OS.
+    pub skip: Vec<OsCondition>,
+    /// Skipped unless one of these holds on TEST_OS (none: never skipped).
+    pub only: Vec<OsCondition>,
     /// Absolute guest paths a nondestructive test changes, restored after it.
     pub restore: Vec<String>,
     /// Absolute guest paths collected after each attempt.
@@ -47,6 +48,8 @@ pub struct TestDef {
     pub covers: Vec<String>,
     /// Which run of a repeated test this is (`run --repeat N`); its name says so.
     pub repeat: Option<Repeat>,
+    /// The case of the test's matrix this is; its name says so.
+    pub case: Option<Case>,
 }
 
 /// Run `index` (from 1) of `total` runs of one test (`run --repeat N`).
@@ -105,15 +108,29 @@ impl TestDef {
         }
     }
 
-    /// `TestClass.testMethod`; for an autopkgtest `source/test`, as autopkgtest names it:
-    /// what runs it (`--vmcheck-run NAME`, `VMCHECK_TEST`) and what its durations are
-    /// recorded under.
+    /// The test's own name: [`TestDef::method_name`], and for a case of a matrix its
+    /// values (`TestClass.testMethod[fs=ext4,server=busybox]`): `VMCHECK_TEST`, and what
+    /// its durations and outcomes are recorded under.
     pub fn base_name(&self) -> String {
+        match &self.case {
+            Some(case) => format!("{}[{}]", self.method_name(), case.id()),
+            None => self.method_name(),
+        }
+    }
+
+    /// `TestClass.testMethod`; for an autopkgtest `source/test`, as autopkgtest names it:
+    /// the name the check file knows (what `--vmcheck-run NAME` runs).
+    pub fn method_name(&self) -> String {
         let separator = match self.body {
             Body::Autopkgtest(_) => '/',
             _ => '.',
         };
         format!("{}{separator}{}", self.class, self.method)
+    }
+
+    /// The reason the test is expected to fail on `test_os`, if it is.
+    pub fn todo_reason(&self, test_os: &str) -> Option<&str> {
+        first_match(&self.todo, test_os)
     }
 
     /// The memory all of the test's machines need together, in MiB: each machine's
@@ -143,9 +160,9 @@ impl TestDef {
             nondestructive: false,
             timeout: Duration::from_secs(600),
             provision: vec![MachineReq::default_machine()],
-            todo: None,
-            skip: None,
-            only: None,
+            todo: vec![],
+            skip: vec![],
+            only: vec![],
             restore: vec![],
             artifacts: vec![],
             env: BTreeMap::new(),
@@ -157,6 +174,7 @@ impl TestDef {
             },
             covers: vec![],
             repeat: None,
+            case: None,
         }
     }
 }

@@ -56,6 +56,7 @@ pub(super) struct Diagnostics<'a> {
     /// Byte offset of the start of every line.
     line_starts: Vec<usize>,
     errors: Vec<CheckFileError>,
+    warnings: Vec<CheckFileError>,
 }
 
 impl<'a> Diagnostics<'a> {
@@ -68,18 +69,40 @@ impl<'a> Diagnostics<'a> {
             text,
             line_starts,
             errors: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    fn at(&self, span: Range<usize>, message: impl Into<String>) -> CheckFileError {
+        let (line, col) = self.position(span.start);
+        CheckFileError {
+            path: self.path.to_path_buf(),
+            line,
+            col,
+            message: message.into(),
         }
     }
 
     /// Records an error at the start of `span`.
     pub(super) fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
-        let (line, col) = self.position(span.start);
+        let e = self.at(span, message);
+        self.errors.push(e);
+    }
+
+    /// Records an error at a (line, column) already worked out.
+    pub(super) fn error_at(&mut self, (line, col): (usize, usize), message: impl Into<String>) {
         self.errors.push(CheckFileError {
             path: self.path.to_path_buf(),
             line,
             col,
             message: message.into(),
         });
+    }
+
+    /// Records a warning (not an error: the file is still used) at the start of `span`.
+    pub(super) fn warn(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let w = self.at(span, message);
+        self.warnings.push(w);
     }
 
     /// The 1-based (line, column) of a byte offset.
@@ -104,10 +127,18 @@ impl<'a> Diagnostics<'a> {
     }
 
     /// The errors in the order of their positions.
-    pub(super) fn finish(mut self) -> Vec<CheckFileError> {
-        self.errors.sort_by_key(|e| (e.line, e.col));
-        self.errors.dedup();
-        self.errors
+    pub(super) fn finish(self) -> Vec<CheckFileError> {
+        self.finish_with_warnings().0
+    }
+
+    /// The errors and the warnings, each in the order of their positions, once each.
+    pub(super) fn finish_with_warnings(mut self) -> (Vec<CheckFileError>, Vec<CheckFileError>) {
+        for list in [&mut self.errors, &mut self.warnings] {
+            list.sort_by_key(|e| (e.line, e.col));
+            let mut seen = std::collections::HashSet::new();
+            list.retain(|e| seen.insert((e.line, e.col, e.message.clone())));
+        }
+        (self.errors, self.warnings)
     }
 }
 

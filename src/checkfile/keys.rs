@@ -19,6 +19,10 @@ pub(super) const SETTINGS: &[&str] = &[
     "env",
     "no_retry_when_changed",
     "allow_journal",
+    "matrix",
+    "matrix_exclude",
+    "matrix_include",
+    "matrix_limit",
 ];
 
 /// Keys valid only at the top level of a file.

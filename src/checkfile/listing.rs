@@ -9,7 +9,7 @@
 
 use super::error::CheckFileError;
 use super::keys::{is_class_name, is_test_name};
-use super::parse::{Parsed, parse_partial_with};
+use super::parse::{FileRead, parse_partial_with};
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::io::Read;
@@ -87,20 +87,15 @@ fn shebang_program(line: &str) -> Option<String> {
 
 /// Lists the tests of the executable check file `file` (shown as `display`): runs it with
 /// [`LIST_ARG`] in `root`, and parses its output. Every problem is an error naming the file.
-pub(super) fn list(
-    file: &Path,
-    display: &Path,
-    root: &Path,
-    python_path: &OsStr,
-) -> (Vec<Parsed>, Vec<CheckFileError>) {
+pub(super) fn list(file: &Path, display: &Path, root: &Path, python_path: &OsStr) -> FileRead {
     let whole_file = |message: String| CheckFileError::whole_file(display, message);
     let program = match std::path::absolute(file) {
         Ok(p) => p,
-        Err(e) => return (vec![], vec![whole_file(format!("cannot run it: {e}"))]),
+        Err(e) => return FileRead::failed(vec![whole_file(format!("cannot run it: {e}"))]),
     };
     match run_listing(&program, root, python_path, LIST_TIME_LIMIT) {
         Ok(stdout) => from_listing(display, &program, &stdout),
-        Err(message) => (vec![], vec![whole_file(message)]),
+        Err(message) => FileRead::failed(vec![whole_file(message)]),
     }
 }
 
@@ -228,7 +223,7 @@ struct Origin {
 }
 
 /// The tests of a listing (`json`, known to be JSON), each run by `program`.
-fn from_listing(display: &Path, program: &Path, json: &[u8]) -> (Vec<Parsed>, Vec<CheckFileError>) {
+fn from_listing(display: &Path, program: &Path, json: &[u8]) -> FileRead {
     let error = |line: usize, message: String| CheckFileError {
         path: display.to_path_buf(),
         line,
@@ -237,33 +232,27 @@ fn from_listing(display: &Path, program: &Path, json: &[u8]) -> (Vec<Parsed>, Ve
     };
     let value: serde_json::Value = match serde_json::from_slice(json) {
         Ok(v) => v,
-        Err(e) => return (vec![], vec![error(0, e.to_string())]),
+        Err(e) => return FileRead::failed(vec![error(0, e.to_string())]),
     };
     let Some(top) = value.as_object() else {
-        return (vec![], vec![error(0, "not a JSON object".into())]);
+        return FileRead::failed(vec![error(0, "not a JSON object".into())]);
     };
     match top.get("version").and_then(serde_json::Value::as_u64) {
         Some(PROTOCOL_VERSION) => {}
         Some(v) => {
-            return (
-                vec![],
-                vec![error(
-                    0,
-                    format!(
-                        "version {v}, but this vmcheck reads version {PROTOCOL_VERSION}: use \
+            return FileRead::failed(vec![error(
+                0,
+                format!(
+                    "version {v}, but this vmcheck reads version {PROTOCOL_VERSION}: use \
                          the testlib of this vmcheck (or a vmcheck as new as the file's)"
-                    ),
-                )],
-            );
+                ),
+            )]);
         }
         None => {
-            return (
-                vec![],
-                vec![error(
-                    0,
-                    format!("no \"version\": {PROTOCOL_VERSION} (a number)"),
-                )],
-            );
+            return FileRead::failed(vec![error(
+                0,
+                format!("no \"version\": {PROTOCOL_VERSION} (a number)"),
+            )]);
         }
     }
     let mut errors = Vec::new();
@@ -277,7 +266,7 @@ fn from_listing(display: &Path, program: &Path, json: &[u8]) -> (Vec<Parsed>, Ve
     }
     let Some(tests) = top.get("tests").and_then(serde_json::Value::as_array) else {
         errors.push(error(0, "no \"tests\" array".into()));
-        return (vec![], errors);
+        return FileRead::failed(errors);
     };
 
     // The document the listing stands for, and where each of its lines came from.
@@ -357,26 +346,34 @@ fn from_listing(display: &Path, program: &Path, json: &[u8]) -> (Vec<Parsed>, Ve
         errors.push(error(0, "no tests".into()));
     }
 
-    let (mut parsed, parse_errors) = parse_partial_with(display, &doc, Some(program));
+    let FileRead {
+        tests: mut parsed,
+        errors: parse_errors,
+        warnings: parse_warnings,
+    } = parse_partial_with(display, &doc, Some(program));
     let cross_line = regex::Regex::new(r" \(line \d+\)").expect("valid regex");
-    for e in parse_errors {
-        let origin = e.line.checked_sub(1).and_then(|i| origins.get(i));
-        let (line, message) = match origin.and_then(|o| o.test.as_ref()) {
-            Some((name, line)) if !e.message.contains(name.as_str()) => {
-                (*line, format!("test {name}: {}", e.message))
-            }
-            Some((_, line)) => (*line, e.message.clone()),
-            None => (0, e.message.clone()),
-        };
-        // Keys that only TOML check files have are not offered.
-        let message = cross_line
-            .replace_all(&message, "")
-            .replace(", run, host)", ")");
-        errors.push(error(line, message));
+    let mut warnings = Vec::new();
+    let kinds = [(parse_errors, &mut errors), (parse_warnings, &mut warnings)];
+    for (found, into) in kinds {
+        for e in found {
+            let origin = e.line.checked_sub(1).and_then(|i| origins.get(i));
+            let (line, message) = match origin.and_then(|o| o.test.as_ref()) {
+                Some((name, line)) if !e.message.contains(name.as_str()) => {
+                    (*line, format!("test {name}: {}", e.message))
+                }
+                Some((_, line)) => (*line, e.message.clone()),
+                None => (0, e.message.clone()),
+            };
+            // Keys that only TOML check files have are not offered.
+            let message = cross_line
+                .replace_all(&message, "")
+                .replace(", run, host)", ")");
+            into.push(error(line, message));
+        }
     }
     // Positions in the generated document mean nothing to the user: the test's line does.
     for p in &mut parsed {
-        let line = lines.get(&p.def.name()).copied().unwrap_or(0);
+        let line = lines.get(&p.def.method_name()).copied().unwrap_or(0);
         p.def.line = line;
         p.col = 1;
         for m in &mut p.def.provision {
@@ -385,7 +382,11 @@ fn from_listing(display: &Path, program: &Path, json: &[u8]) -> (Vec<Parsed>, Ve
             }
         }
     }
-    (parsed, errors)
+    FileRead {
+        tests: parsed,
+        errors,
+        warnings,
+    }
 }
 
 /// `value` as an inline TOML value on one line (JSON's string escapes are TOML's).
@@ -475,9 +476,12 @@ mod tests {
         );
     }
 
-    fn listing(json: &str) -> (Vec<Parsed>, Vec<String>) {
-        let (tests, errors) = from_listing(Path::new("test/check-x"), &program(), json.as_bytes());
-        (tests, errors.iter().map(ToString::to_string).collect())
+    fn listing(json: &str) -> (Vec<crate::checkfile::parse::Parsed>, Vec<String>) {
+        let read = from_listing(Path::new("test/check-x"), &program(), json.as_bytes());
+        (
+            read.tests,
+            read.errors.iter().map(ToString::to_string).collect(),
+        )
     }
 
     #[test]
@@ -497,7 +501,7 @@ mod tests {
         assert_eq!(one.line, 12);
         assert!(one.nondestructive);
         assert_eq!(one.restore, ["/etc/motd"]);
-        assert_eq!(one.todo.as_deref(), Some("not yet"));
+        assert_eq!(one.todo_reason("any"), Some("not yet"));
         assert_eq!(one.body, crate::checkfile::Body::Executable(program()));
         assert_eq!(one.covers, ["src/x/*"]);
         let two = by_name("TestB.testTwo");
@@ -507,7 +511,7 @@ mod tests {
         assert_eq!(two.provision[1].memory_mib, Some(1024));
         assert_eq!(two.provision[1].image_at, Some((30, 1)));
         assert_eq!(two.env["A"], "x \"y\"\n");
-        assert!(two.skip.is_some());
+        assert!(!two.skip.is_empty());
     }
 
     #[test]
@@ -525,7 +529,7 @@ mod tests {
             ]}"#,
         );
         let expect = [
-            "test/check-x:7:1: in its listing (--vmcheck-list): unknown key 'timout' in test TestA.testOne, did you mean 'timeout'? (valid: nondestructive, timeout, provision, todo, skip, only, restore, artifacts, env, no_retry_when_changed, allow_journal)",
+            "test/check-x:7:1: in its listing (--vmcheck-list): unknown key 'timout' in test TestA.testOne, did you mean 'timeout'? (valid: nondestructive, timeout, provision, todo, skip, only, restore, artifacts, env, no_retry_when_changed, allow_journal, matrix, matrix_exclude, matrix_include, matrix_limit)",
             "test/check-x:9:1: in its listing (--vmcheck-list): test TestA.testTwo: ",
             "test/check-x:11:1: in its listing (--vmcheck-list): 'provision' conflicts with 'nondestructive = true' for test TestA.testThree",
             "test/check-x: in its listing (--vmcheck-list): ",
@@ -585,7 +589,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let run = |body: &str| {
             let p = script(dir.path(), "check-x", body);
-            let (_, errors) = list(&p, Path::new("check-x"), dir.path(), OsStr::new("/py"));
+            let errors = list(&p, Path::new("check-x"), dir.path(), OsStr::new("/py")).errors;
             errors.iter().map(ToString::to_string).collect::<Vec<_>>()
         };
         let ok = run(&format!(

@@ -6,7 +6,7 @@ use super::def::TestDef;
 use super::error::{CheckFileError, Diagnostics};
 use super::glob::name_glob;
 use super::listing::{Kind, kind, list};
-use super::parse::{Parsed, parse_partial};
+use super::parse::{FileRead, parse_partial};
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::io;
@@ -80,7 +80,7 @@ pub fn discover(dir: &Path, glob: &str) -> io::Result<Discovered> {
 /// its tests, several at once. A file is shown (in `TestDef::file` and errors) relative to
 /// `root` when it is under it, else as given. A file listed twice is read once. A test name
 /// (`TestFoo.testBar`) defined in two files is an error at the second, naming the first.
-pub fn load(files: &[PathBuf], root: &Path) -> Result<Vec<TestDef>, Vec<CheckFileError>> {
+pub fn load(files: &[PathBuf], root: &Path) -> Result<Loaded, Vec<CheckFileError>> {
     let mut seen = std::collections::HashSet::new();
     let sources: Vec<(&PathBuf, PathBuf)> = files
         .iter()
@@ -109,9 +109,11 @@ pub fn load(files: &[PathBuf], root: &Path) -> Result<Vec<TestDef>, Vec<CheckFil
     results.sort_by_key(|(i, _)| *i);
     let mut tests = Vec::new();
     let mut errors = Vec::new();
-    for (_, (file_tests, file_errors)) in results {
-        tests.extend(file_tests);
-        errors.extend(file_errors);
+    let mut warnings = Vec::new();
+    for (_, read) in results {
+        tests.extend(read.tests);
+        errors.extend(read.errors);
+        warnings.extend(read.warnings);
     }
     tests.sort_by(|a, b| {
         let key = |t: &TestDef| (t.file.clone(), t.class.clone(), t.method.clone());
@@ -142,11 +144,24 @@ pub fn load(files: &[PathBuf], root: &Path) -> Result<Vec<TestDef>, Vec<CheckFil
     }
 
     if errors.is_empty() {
-        Ok(tests.into_iter().map(|t| t.def).collect())
+        Ok(Loaded {
+            tests: tests.into_iter().map(|t| t.def).collect(),
+            warnings,
+        })
     } else {
         errors.sort_by(|a, b| (&a.path, a.line, a.col).cmp(&(&b.path, b.line, b.col)));
         Err(errors)
     }
+}
+
+/// The tests of a set of check files, and what is worth a warning in them.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Sorted by (file, class, method); a test's matrix cases in matrix order.
+    pub tests: Vec<TestDef>,
+    /// Problems that do not stop the run (`path:line:col: message`), e.g. a
+    /// `matrix_exclude` entry that matches no case.
+    pub warnings: Vec<CheckFileError>,
 }
 
 /// Check files read (and executable ones listed) at once, at most.
@@ -168,16 +183,16 @@ fn load_one(
     display: &Path,
     root: &Path,
     python_path: &std::sync::OnceLock<Result<std::ffi::OsString, String>>,
-) -> (Vec<Parsed>, Vec<CheckFileError>) {
+) -> FileRead {
     let whole_file = |message: String| CheckFileError::whole_file(display, message);
     let bytes = match std::fs::read(file) {
         Ok(b) => b,
-        Err(e) => return (vec![], vec![whole_file(format!("cannot read: {e}"))]),
+        Err(e) => return FileRead::failed(vec![whole_file(format!("cannot read: {e}"))]),
     };
     match kind(file, &bytes) {
         Kind::Toml => match utf8(bytes, display) {
             Ok(text) => parse_partial(display, &text),
-            Err(e) => (vec![], vec![e]),
+            Err(e) => FileRead::failed(vec![e]),
         },
         Kind::Executable => {
             let path = python_path.get_or_init(|| {
@@ -186,16 +201,13 @@ fn load_one(
             });
             match path {
                 Ok(path) => list(file, display, root, path),
-                Err(e) => (vec![], vec![whole_file(e.clone())]),
+                Err(e) => FileRead::failed(vec![whole_file(e.clone())]),
             }
         }
-        Kind::NotExecutable { program } => (
-            vec![],
-            vec![whole_file(format!(
-                "its #! line names {program}, but it is not executable: `chmod +x` it to run \
+        Kind::NotExecutable { program } => FileRead::failed(vec![whole_file(format!(
+            "its #! line names {program}, but it is not executable: `chmod +x` it to run \
                  it as an executable check file (a TOML check file's #! line names vmcheck)"
-            ))],
-        ),
+        ))]),
     }
 }
 
@@ -325,7 +337,7 @@ mod tests {
             "[TestB.testZ]\nrun = 'z'\n[TestB.testA]\nrun = 'a'\n",
         );
         let a = write(&verify, "check-a", "[TestZ.testOne]\nrun = '1'\n");
-        let tests = load(&[b.clone(), a.clone(), b], root.path()).unwrap();
+        let tests = load(&[b.clone(), a.clone(), b], root.path()).unwrap().tests;
         let names: Vec<_> = tests
             .iter()
             .map(|t| format!("{} {}", t.file.display(), t.name()))
@@ -340,7 +352,9 @@ mod tests {
         );
         // Outside the root: shown as given.
         let elsewhere = tempfile::tempdir().unwrap();
-        let tests = load(std::slice::from_ref(&a), elsewhere.path()).unwrap();
+        let tests = load(std::slice::from_ref(&a), elsewhere.path())
+            .unwrap()
+            .tests;
         assert_eq!(tests[0].file, a);
     }
 

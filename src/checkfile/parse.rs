@@ -2,12 +2,14 @@
 //! records every error, checks the rules that span levels, and resolves each test into a
 //! [`TestDef`].
 
+use super::condition::{Condition, OsCondition};
 use super::def::{Body, TestDef};
 use super::error::{CheckFileError, Diagnostics};
 use super::glob::path_glob;
 use super::keys::{
     FILE_ONLY, Level, TEST_ONLY, is_class_name, is_test_name, misplaced_key, unknown_key,
 };
+use super::matrix::{self, Case, Declared};
 use super::provision::{DEFAULT_MACHINE, MachineReq};
 use super::settings::{DEFAULT_TIMEOUT, Levels, Settings, Slot};
 use super::value::{Key, Value, a_type, entries, non_empty_string, string_array};
@@ -22,11 +24,31 @@ use toml::de::{DeTable, DeValue};
 /// sorted by position. TOML syntax errors are reported alone (with toml's message), since
 /// what follows a syntax error is unreliable.
 pub fn parse_file(display_path: &Path, text: &str) -> Result<Vec<TestDef>, Vec<CheckFileError>> {
-    let (tests, errors) = parse_partial(display_path, text);
-    if errors.is_empty() {
-        Ok(tests.into_iter().map(|t| t.def).collect())
+    let read = parse_partial(display_path, text);
+    if read.errors.is_empty() {
+        Ok(read.tests.into_iter().map(|t| t.def).collect())
     } else {
-        Err(errors)
+        Err(read.errors)
+    }
+}
+
+/// What reading one check file gave: its tests (every test whose name is valid, even when
+/// the file has errors, so that duplicates across files are found even then), its errors
+/// and its warnings.
+#[derive(Default)]
+pub(super) struct FileRead {
+    pub(super) tests: Vec<Parsed>,
+    pub(super) errors: Vec<CheckFileError>,
+    pub(super) warnings: Vec<CheckFileError>,
+}
+
+impl FileRead {
+    /// A file that could not be read at all, for this reason.
+    pub(super) fn failed(errors: Vec<CheckFileError>) -> FileRead {
+        FileRead {
+            errors,
+            ..FileRead::default()
+        }
     }
 }
 
@@ -36,27 +58,23 @@ pub(super) struct Parsed {
     pub(super) col: usize,
 }
 
-/// Like [`parse_file`], but also returns the tests of a file that has errors (every test
-/// whose name is valid), so that duplicates across files are found even then.
-pub(super) fn parse_partial(path: &Path, text: &str) -> (Vec<Parsed>, Vec<CheckFileError>) {
+/// Like [`parse_file`], but also returns the tests of a file that has errors, and its
+/// warnings.
+pub(super) fn parse_partial(path: &Path, text: &str) -> FileRead {
     parse_partial_with(path, text, None)
 }
 
 /// [`parse_partial`] of a TOML check file, or (with `executable`) of the document an
 /// executable check file's listing stands for: its tests have no `run` or `host`, the
 /// program runs them.
-pub(super) fn parse_partial_with(
-    path: &Path,
-    text: &str,
-    executable: Option<&Path>,
-) -> (Vec<Parsed>, Vec<CheckFileError>) {
+pub(super) fn parse_partial_with(path: &Path, text: &str, executable: Option<&Path>) -> FileRead {
     let mut d = Diagnostics::new(path, text);
     let (doc, syntax_errors) = DeTable::parse_recoverable(text);
     if !syntax_errors.is_empty() {
         for error in syntax_errors {
             d.error(error.span().unwrap_or(0..0), error.message());
         }
-        return (Vec::new(), d.finish());
+        return FileRead::failed(d.finish());
     }
     let mut walk = Walk {
         d,
@@ -71,8 +89,14 @@ pub(super) fn parse_partial_with(
     walk.file(doc.get_ref());
     walk.report_cross_level_errors();
     let mut tests = walk.tests;
+    // Stable: a test's cases stay in matrix order.
     tests.sort_by(|a, b| (&a.def.class, &a.def.method).cmp(&(&b.def.class, &b.def.method)));
-    (tests, walk.d.finish())
+    let (errors, warnings) = walk.d.finish_with_warnings();
+    FileRead {
+        tests,
+        errors,
+        warnings,
+    }
 }
 
 type NondestructiveProvision = BTreeMap<(usize, usize), (Range<usize>, Range<usize>, Vec<String>)>;
@@ -241,45 +265,79 @@ impl Walk<'_> {
 
         let (line, _) = self.d.position(value.span().start);
         let (_, col) = self.d.position(method_key.span().start);
-        let def = TestDef {
-            file: self.path.to_path_buf(),
-            class: class.to_owned(),
-            method: method.to_owned(),
-            line,
-            nondestructive: levels
-                .value(|s| &s.nondestructive)
-                .copied()
-                .unwrap_or(false),
-            timeout: levels
-                .value(|s| &s.timeout)
-                .copied()
-                .unwrap_or(DEFAULT_TIMEOUT),
-            provision: levels
-                .value(|s| &s.provision)
-                .cloned()
-                .unwrap_or_else(|| vec![MachineReq::default_machine()]),
-            todo: levels.value(|s| &s.todo).cloned(),
-            skip: levels.value(|s| &s.skip).cloned(),
-            only: levels.value(|s| &s.only).cloned(),
-            restore: levels.value(|s| &s.restore).cloned().unwrap_or_default(),
-            artifacts: levels.value(|s| &s.artifacts).cloned().unwrap_or_default(),
-            env: levels.value(|s| &s.env).cloned().unwrap_or_default(),
-            no_retry_when_changed: levels
-                .value(|s| &s.no_retry_when_changed)
-                .copied()
-                .unwrap_or(false),
-            allow_journal: levels
-                .value(|s| &s.allow_journal)
-                .cloned()
-                .unwrap_or_default(),
-            body: match self.executable {
-                Some(program) => Body::Executable(program.to_path_buf()),
-                None => Body::Scripts { run, host },
-            },
-            covers: self.covers.clone(),
-            repeat: None,
+        let Some(cases) = matrix_cases(&mut self.d, &name, levels) else {
+            return;
         };
-        self.tests.push(Parsed { def, col });
+        let provision = levels
+            .value(|s| &s.provision)
+            .cloned()
+            .unwrap_or_else(|| vec![MachineReq::default_machine()]);
+        let per_case = |conditions: Option<&Vec<Condition>>, case: Option<&Case>, keep_never| {
+            conditions
+                .into_iter()
+                .flatten()
+                .map(|c| c.for_case(case))
+                .filter(|c: &OsCondition| keep_never || !c.os.is_empty())
+                .collect::<Vec<_>>()
+        };
+        for case in cases {
+            let case = case.as_ref();
+            let Some(provision) = provision_for(&mut self.d, &name, &provision, case) else {
+                // One error for the test, not one per case.
+                return;
+            };
+            let mut env = levels.value(|s| &s.env).cloned().unwrap_or_default();
+            if let Some(case) = case {
+                env.insert("VMCHECK_MATRIX".into(), case.id());
+                for (k, v) in case.values() {
+                    env.insert(
+                        format!("VMCHECK_MATRIX_{}", k.to_ascii_uppercase()),
+                        v.into(),
+                    );
+                }
+            }
+            let def = TestDef {
+                file: self.path.to_path_buf(),
+                class: class.to_owned(),
+                method: method.to_owned(),
+                line,
+                nondestructive: levels
+                    .value(|s| &s.nondestructive)
+                    .copied()
+                    .unwrap_or(false),
+                timeout: levels
+                    .value(|s| &s.timeout)
+                    .and_then(|t| t.for_case(case))
+                    .unwrap_or(DEFAULT_TIMEOUT),
+                provision,
+                todo: per_case(levels.value(|s| &s.todo), case, false),
+                skip: per_case(levels.value(|s| &s.skip), case, false),
+                // A case that no `only` condition can hold for is skipped on every TEST_OS.
+                only: per_case(levels.value(|s| &s.only), case, true),
+                restore: levels.value(|s| &s.restore).cloned().unwrap_or_default(),
+                artifacts: levels.value(|s| &s.artifacts).cloned().unwrap_or_default(),
+                env,
+                no_retry_when_changed: levels
+                    .value(|s| &s.no_retry_when_changed)
+                    .copied()
+                    .unwrap_or(false),
+                allow_journal: levels
+                    .value(|s| &s.allow_journal)
+                    .cloned()
+                    .unwrap_or_default(),
+                body: match self.executable {
+                    Some(program) => Body::Executable(program.to_path_buf()),
+                    None => Body::Scripts {
+                        run: run.clone(),
+                        host: host.clone(),
+                    },
+                },
+                covers: self.covers.clone(),
+                repeat: None,
+                case: case.cloned(),
+            };
+            self.tests.push(Parsed { def, col });
+        }
     }
 
     fn report_cross_level_errors(&mut self) {
@@ -307,6 +365,141 @@ impl Walk<'_> {
             );
         }
     }
+}
+
+/// The cases of test `name`'s matrix (`[None]` without one), after checking that every
+/// matrix key its settings name is one; `None` when the matrix is wrong.
+fn matrix_cases(d: &mut Diagnostics, name: &str, levels: Levels) -> Option<Vec<Option<Case>>> {
+    let cases: Vec<Option<Case>> = match levels.pick(|s| &s.matrix) {
+        Some(Slot::Set { value: axes, .. }) => {
+            let (cases, problems) = matrix::expand(&Declared {
+                axes,
+                exclude: levels
+                    .value(|s| &s.matrix_exclude)
+                    .map_or(&[], Vec::as_slice),
+                include: levels
+                    .value(|s| &s.matrix_include)
+                    .map_or(&[], Vec::as_slice),
+                limit: levels
+                    .value(|s| &s.matrix_limit)
+                    .copied()
+                    .unwrap_or(matrix::DEFAULT_LIMIT),
+            });
+            let mut failed = false;
+            for p in problems {
+                if p.warning {
+                    d.warn(p.span, format!("test {name}: {}", p.message));
+                } else {
+                    d.error(p.span, p.message);
+                    failed = true;
+                }
+            }
+            if failed {
+                return None;
+            }
+            cases.into_iter().map(Some).collect()
+        }
+        Some(_) => return None,
+        None => {
+            for (setting, slot) in [
+                (
+                    "matrix_exclude",
+                    levels.pick(|s| &s.matrix_exclude).map(slot_key),
+                ),
+                (
+                    "matrix_include",
+                    levels.pick(|s| &s.matrix_include).map(slot_key),
+                ),
+            ] {
+                if let Some(Some(key)) = slot {
+                    d.error(
+                        key,
+                        format!("'{setting}' applies to test {name}, which has no 'matrix'"),
+                    );
+                }
+            }
+            vec![None]
+        }
+    };
+    // Every matrix key a condition names must be one of the test's.
+    let some: Vec<Case> = cases.iter().flatten().cloned().collect();
+    let known = matrix::keys(&some);
+    let mut terms = Vec::new();
+    for (setting, field) in [
+        (
+            "skip",
+            (|s| &s.skip) as fn(&Settings) -> &Slot<Vec<Condition>>,
+        ),
+        ("only", |s| &s.only),
+        ("todo", |s| &s.todo),
+    ] {
+        for c in levels.value(field).into_iter().flatten() {
+            terms.extend(c.matrix.iter().map(|t| (setting, t)));
+        }
+    }
+    if let Some(t) = levels.value(|s| &s.timeout) {
+        terms.extend(t.terms().map(|t| ("timeout", t)));
+    }
+    let mut ok = true;
+    for (setting, term) in terms {
+        if !known.contains(term.key.as_str()) {
+            d.error(
+                term.span.clone(),
+                format!(
+                    "'{setting}': '{}' is not a matrix key of test {name} ({})",
+                    term.key,
+                    keys_of(&known)
+                ),
+            );
+            ok = false;
+        }
+    }
+    ok.then_some(cases)
+}
+
+/// The machines of one case: `{matrix.KEY}` in images replaced by the case's values.
+fn provision_for(
+    d: &mut Diagnostics,
+    name: &str,
+    machines: &[MachineReq],
+    case: Option<&Case>,
+) -> Option<Vec<MachineReq>> {
+    let mut result = Vec::with_capacity(machines.len());
+    let mut ok = true;
+    for m in machines {
+        let mut m = m.clone();
+        if let Some(image) = m.image.as_deref().filter(|i| i.contains('{')) {
+            let at = m.image_at.unwrap_or((0, 0));
+            let id = case.map(|c| format!(" [{}]", c.id())).unwrap_or_default();
+            match matrix::substitute(image, case) {
+                Ok(value) if super::provision::is_image_name(&value) => m.image = Some(value),
+                Ok(value) => {
+                    d.error_at(
+                        at,
+                        format!(
+                            "'provision.{}.image' is \"{value}\" for test {name}{id}: image \
+                             names are ASCII letters, digits, '.', '_' and '-'",
+                            m.name
+                        ),
+                    );
+                    ok = false;
+                }
+                Err(key) => {
+                    d.error_at(
+                        at,
+                        format!(
+                            "'provision.{}.image': test {name}{id} has no matrix value \
+                             '{key}'",
+                            m.name
+                        ),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        result.push(m);
+    }
+    ok.then_some(result)
 }
 
 /// Records the rules between settings of possibly different levels, as resolved for
@@ -348,6 +541,26 @@ fn check_cross_level(
             .or_insert_with(|| (provision_key.clone(), Vec::new()))
             .1
             .push(name.to_owned());
+    }
+}
+
+/// Where a setting is written, when it is (valid or not).
+fn slot_key<T>(slot: &Slot<T>) -> Option<Range<usize>> {
+    match slot {
+        Slot::Set { key, .. } => Some(key.clone()),
+        _ => None,
+    }
+}
+
+/// "its keys: a, b" or "it has no matrix".
+fn keys_of(known: &std::collections::BTreeSet<&str>) -> String {
+    if known.is_empty() {
+        "it has no matrix".into()
+    } else {
+        format!(
+            "its keys: {}",
+            known.iter().copied().collect::<Vec<_>>().join(", ")
+        )
     }
 }
 
@@ -477,9 +690,7 @@ vm reboot machine2
         assert!(!t.nondestructive);
         assert_eq!(t.timeout, DEFAULT_TIMEOUT);
         assert_eq!(t.provision, [MachineReq::default_machine()]);
-        assert_eq!(t.todo, None);
-        assert_eq!(t.skip, None);
-        assert_eq!(t.only, None);
+        assert!(t.todo.is_empty() && t.skip.is_empty() && t.only.is_empty());
         assert!(t.restore.is_empty() && t.artifacts.is_empty() && t.allow_journal.is_empty());
         assert!(t.env.is_empty() && t.covers.is_empty());
         assert!(!t.no_retry_when_changed);
@@ -529,7 +740,7 @@ run = "x"
                     t.name(),
                     t.timeout.as_secs(),
                     env.join(","),
-                    t.todo.clone().unwrap_or_default(),
+                    t.todo_reason("any").unwrap_or_default().to_owned(),
                     t.artifacts.len(),
                     t.no_retry_when_changed,
                     t.allow_journal.len(),
@@ -583,7 +794,7 @@ memory = 1024
             ]
         );
         assert_eq!(tests[0].provision[0].memory_mib, Some(1024));
-        assert_eq!(tests[1].skip.as_ref().unwrap().reason, "r");
+        assert_eq!(tests[1].skip[0].reason, "r");
     }
 
     #[test]
@@ -603,11 +814,15 @@ memory = 1024
     #[test]
     fn invalid() {
         let valid_top = "nondestructive, timeout, provision, todo, skip, only, restore, \
-                         artifacts, env, no_retry_when_changed, allow_journal, covers, and classes [Test…]";
+                         artifacts, env, no_retry_when_changed, allow_journal, matrix, \
+                         matrix_exclude, matrix_include, matrix_limit, covers, and classes \
+                         [Test…]";
         let valid_class = "nondestructive, timeout, provision, todo, skip, only, restore, \
-                           artifacts, env, no_retry_when_changed, allow_journal, and tests [TestA.test…]";
+                           artifacts, env, no_retry_when_changed, allow_journal, matrix, \
+                           matrix_exclude, matrix_include, matrix_limit, and tests [TestA.test…]";
         let valid_test = "nondestructive, timeout, provision, todo, skip, only, restore, \
-                          artifacts, env, no_retry_when_changed, allow_journal, run, host";
+                          artifacts, env, no_retry_when_changed, allow_journal, matrix, \
+                          matrix_exclude, matrix_include, matrix_limit, run, host";
         let cases: Vec<(&str, Vec<String>)> = vec![
             // TOML syntax errors keep toml's message.
             (
@@ -719,7 +934,7 @@ memory = 1024
                     "1:18: 'nondestructive' must be true or false, found an integer".into(),
                     "3:11: 'timeout': invalid duration \"1x\": unknown unit \"x\"; use h, m or s, as in \"90s\", \"10m\" or \"1h30m\"".into(),
                     format!("6:1: unknown key 'memory' in test TestA.testB (valid: {valid_test})"),
-                    "7:8: 'skip' needs 'os', a list of TEST_OS globs, e.g. os = [\"debian-*\"]".into(),
+                    "7:8: 'skip' needs 'os', a list of TEST_OS globs (e.g. os = [\"debian-*\"]), or 'matrix', values of the test's matrix (e.g. matrix = { fs = \"xfs\" })".into(),
                     "7:8: 'skip' needs a 'reason'".into(),
                 ],
             ),
@@ -782,10 +997,143 @@ allow_journal = ['(']
 
     #[test]
     fn tests_of_a_file_with_errors_are_still_returned_internally() {
-        let (tests, errors) =
+        let FileRead { tests, errors, .. } =
             parse_partial(Path::new("f"), "[TestA.testB]\ntimout = 1\nrun = 'x'\n");
         assert_eq!(errors.len(), 1);
         assert_eq!(tests.len(), 1);
         assert_eq!((tests[0].def.line, tests[0].col), (1, 8));
+    }
+
+    const MATRIX: &str = r#"
+matrix = { server = ["busybox", "debian-12"], client = ["busybox", "debian-12"] }
+timeout = [{ matrix = { server = "debian-*" }, timeout = "15m" }, "5m"]
+
+[TestNet]
+matrix_exclude = [{ server = "busybox", client = "busybox" }]
+matrix_include = [{ client = "debian-12", extra = "yes" }, { server = "debian-13", client = "debian-12" }]
+
+[TestNet.testPing]
+skip = { matrix = { server = "debian-13" }, reason = "no image yet" }
+todo = { matrix = { client = "busybox", server = "debian-12" }, reason = "bug #7" }
+provision.server = { image = "{matrix.server}" }
+provision.client = { image = "{matrix.client}", memory = "256M" }
+host = "vm exec client ping -c1 $VMCHECK_SERVER_IP"
+
+[TestNet.testPlain]
+matrix = { fs = ["ext4"] }
+timeout = "5m"
+matrix_exclude = [{ fs = "xfs" }]
+matrix_include = []
+only = [{ matrix = { fs = "btrfs" }, reason = "btrfs only" }]
+run = "true"
+"#;
+
+    #[test]
+    fn matrix_cases_are_tests_with_their_values() {
+        let read = parse_partial(Path::new("check-m"), MATRIX);
+        assert!(read.errors.is_empty(), "{:?}", read.errors);
+        let rows: Vec<String> = read
+            .tests
+            .iter()
+            .map(|p| {
+                let t = &p.def;
+                let images: Vec<_> = t.provision.iter().map(|m| m.image_or("-")).collect();
+                format!(
+                    "{} {}s {} skip={:?} todo={:?} extra={:?}",
+                    t.name(),
+                    t.timeout.as_secs(),
+                    images.join(","),
+                    plan_skip(t),
+                    t.todo_reason("debian-12"),
+                    t.env.get("VMCHECK_MATRIX_EXTRA"),
+                )
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                "TestNet.testPing[client=debian-12,server=busybox] 300s busybox,debian-12 skip=None todo=None extra=Some(\"yes\")",
+                "TestNet.testPing[client=busybox,server=debian-12] 900s debian-12,busybox skip=None todo=Some(\"bug #7\") extra=None",
+                "TestNet.testPing[client=debian-12,server=debian-12] 900s debian-12,debian-12 skip=None todo=None extra=Some(\"yes\")",
+                "TestNet.testPing[client=debian-12,server=debian-13] 900s debian-13,debian-12 skip=Some(\"no image yet\") todo=None extra=None",
+                "TestNet.testPlain[fs=ext4] 300s - skip=Some(\"btrfs only\") todo=None extra=None",
+            ]
+        );
+        let ping = &read.tests[0].def;
+        assert_eq!(
+            ping.env["VMCHECK_MATRIX"],
+            "client=debian-12,server=busybox"
+        );
+        assert_eq!(ping.env["VMCHECK_MATRIX_SERVER"], "busybox");
+        assert_eq!(ping.base_name(), ping.name());
+        assert_eq!(ping.method_name(), "TestNet.testPing");
+        // The exclude entry of testPlain matches nothing: a warning, not an error.
+        let warnings: Vec<String> = read.warnings.iter().map(|w| w.to_string()).collect();
+        assert_eq!(
+            warnings,
+            [
+                "check-m:19:19: test TestNet.testPlain: 'matrix_exclude': this entry matches no case of the matrix"
+            ]
+        );
+    }
+
+    fn plan_skip(t: &TestDef) -> Option<String> {
+        crate::plan::skip_reason(t, "debian-12")
+    }
+
+    #[test]
+    fn matrix_references_must_be_declared() {
+        let cases = [
+            (
+                "[TestA.testB]\nmatrix = { a = [1] }\nskip = { matrix = { b = \"1\" }, reason = \"r\" }\nrun = 'x'\n",
+                "3:21: 'skip': 'b' is not a matrix key of test TestA.testB (its keys: a)",
+            ),
+            (
+                "[TestA.testB]\ntodo = { matrix = { b = \"1\" }, reason = \"r\" }\nrun = 'x'\n",
+                "2:21: 'todo': 'b' is not a matrix key of test TestA.testB (it has no matrix)",
+            ),
+            (
+                "[TestA.testB]\nmatrix = { a = [1] }\ntimeout = [{ matrix = { c = \"1\" }, timeout = 5 }]\nrun = 'x'\n",
+                "3:25: 'timeout': 'c' is not a matrix key of test TestA.testB (its keys: a)",
+            ),
+            (
+                "[TestA.testB]\nmatrix = { a = [1] }\nprovision.machine1 = { image = \"{matrix.b}\" }\nrun = 'x'\n",
+                "3:32: 'provision.machine1.image': test TestA.testB [a=1] has no matrix value 'b'",
+            ),
+            (
+                "[TestA.testB]\nmatrix = { a = [\"x\"] }\nmatrix_include = [{ b = \"y\" }]\nprovision.machine1 = { image = \"img-{matrix.b}\" }\nrun = 'x'\n",
+                "",
+            ),
+            (
+                "[TestA]\nmatrix_exclude = [{ a = 1 }]\n[TestA.testB]\nrun = 'x'\n",
+                "2:1: 'matrix_exclude' applies to test TestA.testB, which has no 'matrix'",
+            ),
+            (
+                "[TestA.testB]\nprovision.machine1 = { image = \"{matrix}\" }\nrun = 'x'\n",
+                "2:32: 'provision.machine1.image': invalid image name \"{matrix}\"",
+            ),
+        ];
+        for (text, want) in cases {
+            let read = parse_partial(Path::new("f"), text);
+            let errors: Vec<String> = read
+                .errors
+                .iter()
+                .map(|e| format!("{}:{}: {}", e.line, e.col, e.message))
+                .collect();
+            if want.is_empty() {
+                assert!(errors.is_empty(), "{text}: {errors:?}");
+                let images: Vec<_> = read
+                    .tests
+                    .iter()
+                    .map(|t| t.def.provision[0].image.clone())
+                    .collect();
+                assert_eq!(images, [None.or(Some("img-y".into())); 1], "{text}");
+                continue;
+            }
+            assert!(
+                errors.iter().any(|e| e.starts_with(want)),
+                "{text}: {errors:?}"
+            );
+        }
     }
 }

@@ -5,7 +5,8 @@
 //! provision.machine2 = { image = "debian-12", cpus = 2 }
 //! ```
 //!
-//! Machine names match `^[a-z][a-z0-9_-]*$`; each machine may set `image` (default: TEST_OS),
+//! Machine names match `^[a-z][a-z0-9_-]*$`; each machine may set `image` (default: TEST_OS;
+//! it may take values of the test's matrix, `image = "{matrix.server}"`),
 //! `memory` (`"512M"`, `"1G"` or integer MiB; default: the image's) and `cpus` (1..=64,
 //! default 1). Without `provision` a test gets one machine, `machine1`, with no overrides.
 
@@ -50,8 +51,20 @@ impl MachineReq {
 
 const MACHINE_KEYS: &[&str] = &["image", "memory", "cpus"];
 
+/// An image name that takes matrix values, `"{matrix.server}"` or `"debian-{matrix.v}"`:
+/// one with every reference replaced by `x` is a valid name (the values are checked for
+/// each case).
+fn is_image_template(name: &str) -> bool {
+    let refs = super::matrix::references(name);
+    let mut plain = name.to_owned();
+    for key in refs.iter() {
+        plain = plain.replacen(&format!("{{matrix.{key}}}"), "x", 1);
+    }
+    !refs.is_empty() && is_image_name(&plain)
+}
+
 /// `^[A-Za-z0-9_][A-Za-z0-9._-]*$`: a name that is also a safe file name.
-fn is_image_name(name: &str) -> bool {
+pub(super) fn is_image_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars
         .next()
@@ -114,7 +127,7 @@ fn machine(d: &mut Diagnostics, name: &str, value: &Value) -> Option<MachineReq>
         let field_key = format!("{path}.{}", key.get_ref());
         match key.get_ref().as_ref() {
             "image" => match string(d, &field_key, field) {
-                Some(image) if is_image_name(image) => {
+                Some(image) if is_image_name(image) || is_image_template(image) => {
                     machine.image = Some(image.to_owned());
                     machine.image_at = Some(d.position(field.span().start));
                 }

@@ -5,12 +5,12 @@
 //! The small settings are parsed here; `timeout`, `provision`, `skip`/`only` have their own
 //! files. Each setting's syntax is listed in the module documentation of `checkfile`.
 
-use super::condition::{OsCondition, condition};
-use super::duration::timeout;
+use super::condition::{Condition, Timeouts, conditions, timeouts};
 use super::error::Diagnostics;
 use super::keys::is_env_name;
+use super::matrix::{Axes, Combination, axes, combinations, limit};
 use super::provision::{MachineReq, provision};
-use super::value::{Key, Value, boolean, entries, non_empty_string, string, string_array, table};
+use super::value::{Key, Value, boolean, entries, string, string_array, table};
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::time::Duration;
@@ -53,16 +53,20 @@ impl<T> Slot<T> {
 #[derive(Debug, Default)]
 pub(super) struct Settings {
     pub(super) nondestructive: Slot<bool>,
-    pub(super) timeout: Slot<Duration>,
+    pub(super) timeout: Slot<Timeouts>,
     pub(super) provision: Slot<Vec<MachineReq>>,
-    pub(super) todo: Slot<String>,
-    pub(super) skip: Slot<OsCondition>,
-    pub(super) only: Slot<OsCondition>,
+    pub(super) todo: Slot<Vec<Condition>>,
+    pub(super) skip: Slot<Vec<Condition>>,
+    pub(super) only: Slot<Vec<Condition>>,
     pub(super) restore: Slot<Vec<String>>,
     pub(super) artifacts: Slot<Vec<String>>,
     pub(super) env: Slot<BTreeMap<String, String>>,
     pub(super) no_retry_when_changed: Slot<bool>,
     pub(super) allow_journal: Slot<Vec<String>>,
+    pub(super) matrix: Slot<Axes>,
+    pub(super) matrix_exclude: Slot<Vec<Combination>>,
+    pub(super) matrix_include: Slot<Vec<Combination>>,
+    pub(super) matrix_limit: Slot<usize>,
 }
 
 impl Settings {
@@ -73,14 +77,11 @@ impl Settings {
         let name: &str = key.get_ref();
         match name {
             "nondestructive" => self.nondestructive = Slot::new(boolean(d, name, value), span),
-            "timeout" => self.timeout = Slot::new(timeout(d, name, value), span),
+            "timeout" => self.timeout = Slot::new(timeouts(d, value), span),
             "provision" => self.provision = Slot::new(provision(d, value), span),
-            "todo" => {
-                let reason = non_empty_string(d, name, value, ": give the reason it fails");
-                self.todo = Slot::new(reason, span);
-            }
-            "skip" => self.skip = Slot::new(condition(d, name, value), span),
-            "only" => self.only = Slot::new(condition(d, name, value), span),
+            "todo" => self.todo = Slot::new(conditions(d, name, value, true), span),
+            "skip" => self.skip = Slot::new(conditions(d, name, value, false), span),
+            "only" => self.only = Slot::new(conditions(d, name, value, false), span),
             "restore" => self.restore = Slot::new(guest_paths(d, name, value), span),
             "artifacts" => self.artifacts = Slot::new(guest_paths(d, name, value), span),
             "env" => self.env = Slot::new(env(d, value), span),
@@ -88,6 +89,14 @@ impl Settings {
                 self.no_retry_when_changed = Slot::new(boolean(d, name, value), span);
             }
             "allow_journal" => self.allow_journal = Slot::new(regexes(d, name, value), span),
+            "matrix" => self.matrix = Slot::new(axes(d, value), span),
+            "matrix_exclude" => {
+                self.matrix_exclude = Slot::new(combinations(d, name, value), span);
+            }
+            "matrix_include" => {
+                self.matrix_include = Slot::new(combinations(d, name, value), span);
+            }
+            "matrix_limit" => self.matrix_limit = Slot::new(limit(d, value), span),
             _ => return false,
         }
         true
@@ -244,11 +253,14 @@ allow_journal = ['audit: .*denied', '^kernel: x\d+$']
         );
         assert_eq!(errors, []);
         assert_eq!(s.nondestructive.value(), Some(&true));
-        assert_eq!(s.timeout.value(), Some(&Duration::from_secs(5400)));
+        assert_eq!(
+            s.timeout.value().unwrap().for_case(None),
+            Some(Duration::from_secs(5400))
+        );
         assert_eq!(s.provision.value().unwrap()[0].memory_mib, Some(1024));
-        assert_eq!(s.todo.value().unwrap(), "fails on arch (#12)");
-        assert_eq!(s.skip.value().unwrap().os, ["arch"]);
-        assert_eq!(s.only.value().unwrap().reason, "apt");
+        assert_eq!(s.todo.value().unwrap()[0].reason, "fails on arch (#12)");
+        assert_eq!(s.skip.value().unwrap()[0].os, Some(vec!["arch".into()]));
+        assert_eq!(s.only.value().unwrap()[0].reason, "apt");
         assert_eq!(s.restore.value().unwrap(), &["/etc/motd", "/var/lib/x"]);
         assert_eq!(s.artifacts.value().unwrap(), &Vec::<String>::new());
         let env = s.env.value().unwrap();
@@ -301,7 +313,7 @@ allow_journal = ['audit: .*denied', '^kernel: x\d+$']
             (
                 "todo = true",
                 (1, 8),
-                "'todo' must be a string, found a boolean",
+                "'todo' must be the reason it fails (a string) or conditions like { os = [\"debian-*\"], reason = \"…\" }, found a boolean",
             ),
             (
                 "restore = ['etc/motd']",
@@ -379,7 +391,7 @@ allow_journal = ['audit: .*denied', '^kernel: x\d+$']
         // Class replaces the file's env as a whole.
         let env = levels.value(|s| &s.env).unwrap();
         assert_eq!(env.keys().collect::<Vec<_>>(), ["B"]);
-        assert_eq!(levels.value(|s| &s.todo).unwrap(), "f");
+        assert_eq!(levels.value(|s| &s.todo).unwrap()[0].reason, "f");
         assert_eq!(levels.pick(|s| &s.skip), None);
     }
 

@@ -113,9 +113,14 @@ pub struct RunArgs {
     /// Filters must equal the whole `TestClass.testMethod` name, not just be part of it.
     #[arg(long)]
     pub exact: bool,
-    /// Drop the test with exactly this name (repeatable).
+    /// Drop the test with exactly this name, every case of its matrix, or one case
+    /// (`TestClass.testMethod[fs=xfs]`) (repeatable).
     #[arg(long, value_name = "TestClass.testMethod")]
     pub exclude: Vec<String>,
+    /// Run only the matrix cases with this value (repeatable: values of one key are
+    /// alternatives, and every key given must match), e.g. `--matrix fs=xfs`.
+    #[arg(long, value_name = "KEY=VALUE", value_parser = matrix_value)]
+    pub matrix: Vec<(String, String)>,
     /// List the selected tests and exit; boots nothing, runs no test code.
     #[arg(short, long)]
     pub list: bool,
@@ -400,6 +405,14 @@ pub struct VmRunArgs {
     /// Seconds the command given with -e may run.
     #[arg(long, default_value_t = 600, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: u64,
+}
+
+/// `--matrix KEY=VALUE`.
+fn matrix_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() && !v.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("expected KEY=VALUE (e.g. fs=xfs), found {s:?}")),
+    }
 }
 
 #[cfg(test)]

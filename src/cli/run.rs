@@ -170,7 +170,12 @@ pub async fn run(
             collect_autopkgtests(&catalog, sources, &how, cancel).await?
         }
         None => match (checkfile::load(&found.files, &root), found.unusable) {
-            (Ok(tests), unusable) if unusable.is_empty() => tests,
+            (Ok(loaded), unusable) if unusable.is_empty() => {
+                for w in &loaded.warnings {
+                    eprintln!("vmcheck: warning: {w}");
+                }
+                loaded.tests
+            }
             (loaded, mut unusable) => {
                 unusable.extend(loaded.err().unwrap_or_default());
                 return Err(CliError::CheckFiles(unusable));
@@ -182,6 +187,7 @@ pub async fn run(
         filters: args.filters.clone(),
         exact: args.exact,
         exclude: args.exclude.clone(),
+        matrix: args.matrix.clone(),
         nondestructive_only: args.nondestructive,
     };
     if let Some(name) = args.scenario.as_deref().filter(|s| !s.is_empty()) {
@@ -224,6 +230,7 @@ pub async fn run(
         && shard.is_none()
         && opts.filters.is_empty()
         && opts.exclude.is_empty()
+        && opts.matrix.is_empty()
         && !opts.nondestructive_only;
     let store = vmcheck::results::store::path_of(args.results_db.as_deref());
     let project = super::results::project_name(&root, autopkgtest.is_some());
@@ -247,7 +254,8 @@ pub async fn run(
     let estimates = vmcheck::estimate::estimate(&plan, &durations, args.cold_boot);
     if !plan.unknown_excludes.is_empty() {
         return Err(CliError::Usage(format!(
-            "--exclude names no test: {} (it takes exact TestClass.testMethod names)",
+            "--exclude names no test: {} (it takes exact TestClass.testMethod names or case \
+             ids, TestClass.testMethod[fs=xfs])",
             plan.unknown_excludes.join(", ")
         )));
     }
@@ -277,6 +285,9 @@ pub async fn run(
     }
     for f in &plan.unmatched_filters {
         eprintln!("vmcheck: warning: filter '{f}' matches no test");
+    }
+    for m in &plan.unmatched_matrix {
+        eprintln!("vmcheck: warning: --matrix {m} matches no matrix case");
     }
     if plan.tests.is_empty() {
         return Err(CliError::NoTests);
@@ -414,6 +425,10 @@ pub async fn run(
         naughty,
         boots: BootGate::new(args.max_boots.unwrap_or(cpus as u32)),
     });
+    if ctx.host.is_some() {
+        never_fits(&plan, &ctx, vmcheck::machine::qemu::mem_total_mib())
+            .map_err(CliError::CheckFiles)?;
+    }
     let meta = super::results::run_meta(&root, &project, image_id);
     let cfg = RunConfig {
         jobs,
@@ -964,6 +979,46 @@ fn remote_targets(args: &RunArgs) -> Result<Vec<SshTarget>, CliError> {
             })
         })
         .collect()
+}
+
+/// The destructive tests whose machines need more RAM than the host has in all
+/// (`total_mib`): they could never start, so they are errors before anything starts
+/// rather than a wait without end (Trafficlight's defect). A test bigger than what is free
+/// now only waits, and one bigger than the run's budget runs alone.
+fn never_fits(
+    plan: &vmcheck::plan::TestPlan,
+    ctx: &AttemptContext,
+    total_mib: Option<u64>,
+) -> Result<(), Vec<vmcheck::checkfile::CheckFileError>> {
+    let Some(total) = total_mib else {
+        return Ok(());
+    };
+    let gib = |mib: u64| mib as f64 / 1024.0;
+    let errors: Vec<_> = plan
+        .tests
+        .iter()
+        .filter(|t| !t.def.nondestructive && t.skip_reason.is_none())
+        .filter_map(|t| {
+            let need = vmcheck::runner::dispatcher::test_cost(&t.def, ctx).ram_mib;
+            (need > total).then(|| vmcheck::checkfile::CheckFileError {
+                path: t.def.file.clone(),
+                line: t.def.line,
+                col: usize::from(t.def.line > 0),
+                message: format!(
+                    "{} needs {:.1} GiB of RAM for its machines (with qemu's own), more than \
+                     this host's {:.1} GiB in all: it can never run here",
+                    t.def.name(),
+                    gib(need),
+                    gib(total)
+                ),
+            })
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
 }
 
 #[cfg(test)]

@@ -180,13 +180,22 @@ pub const QEMU_OVERHEAD_MIB: u64 = 128;
 
 /// `MemAvailable` from `/proc/meminfo`, in MiB.
 pub fn mem_available_mib() -> Option<u64> {
-    parse_mem_available(&std::fs::read_to_string("/proc/meminfo").ok()?)
+    parse_meminfo(
+        &std::fs::read_to_string("/proc/meminfo").ok()?,
+        "MemAvailable:",
+    )
 }
 
-fn parse_mem_available(meminfo: &str) -> Option<u64> {
+/// The host's memory in all, in MiB (`MemTotal` of `/proc/meminfo`).
+pub fn mem_total_mib() -> Option<u64> {
+    parse_meminfo(&std::fs::read_to_string("/proc/meminfo").ok()?, "MemTotal:")
+}
+
+/// A field of `/proc/meminfo` (`field` with its colon), in MiB.
+fn parse_meminfo(meminfo: &str, field: &str) -> Option<u64> {
     meminfo
         .lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map(|kb| kb / 1024)
 }
@@ -340,7 +349,8 @@ mod tests {
     #[test]
     fn meminfo() {
         let text = "MemTotal:       24000000 kB\nMemFree: 1 kB\nMemAvailable:    2097152 kB\n";
-        assert_eq!(parse_mem_available(text), Some(2048));
-        assert_eq!(parse_mem_available("MemTotal: 5 kB\n"), None);
+        assert_eq!(parse_meminfo(text, "MemAvailable:"), Some(2048));
+        assert_eq!(parse_meminfo("MemTotal: 5120 kB\n", "MemAvailable:"), None);
+        assert_eq!(parse_meminfo("MemTotal: 5120 kB\n", "MemTotal:"), Some(5));
     }
 }

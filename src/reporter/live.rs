@@ -90,6 +90,7 @@ impl<W: Write> Reporter for LiveReporter<W> {
                 )?;
             }
             Event::TestRunning { .. }
+            | Event::TestWaiting { .. }
             | Event::RunCancelled { .. }
             | Event::RunFinished { .. }
             | Event::KnownIssuePassed { .. } => {}

@@ -162,6 +162,11 @@ impl<W: Write> Reporter for LinesReporter<W> {
                 "vmcheck: machine {label} failed: {}",
                 one_line(message)
             )?,
+            Event::TestWaiting { name, reason, .. } => writeln!(
+                self.out,
+                "{}",
+                one_line(&format!("  WAIT {name}: {reason}"))
+            )?,
             _ => return Ok(()),
         }
         self.out.flush()
@@ -173,6 +178,8 @@ pub struct BarReporter {
     multi: MultiProgress,
     main: ProgressBar,
     running: HashMap<usize, ProgressBar>,
+    /// The test that waits for capacity, and what the main line says about it.
+    waiting: Option<(usize, String)>,
     stats: RunStats,
     series: Series,
 }
@@ -195,9 +202,17 @@ impl BarReporter {
             multi,
             main,
             running: HashMap::new(),
+            waiting: None,
             stats: RunStats::default(),
             series: Series::default(),
         }
+    }
+
+    /// The counts so far, and which test waits for capacity and why.
+    fn set_main_message(&self) {
+        let waiting = self.waiting.as_ref().map_or("", |(_, w)| w.as_str());
+        self.main
+            .set_message(format!("{}{waiting}", counts(&self.stats)));
     }
 
     fn stop_running(&mut self, id: usize) {
@@ -219,14 +234,22 @@ impl Reporter for BarReporter {
         match event {
             Event::RunStarted { tests, .. } => {
                 self.main.set_length(tests.len() as u64);
-                self.main.set_message(counts(&self.stats));
+                self.set_main_message();
                 self.main.enable_steady_tick(Duration::from_millis(500));
+            }
+            Event::TestWaiting { id, name, reason } => {
+                self.waiting = Some((*id, one_line(&format!(" — next: {name} ({reason})"))));
+                self.set_main_message();
             }
             Event::TestStarted {
                 test,
                 attempt,
                 placement,
             } => {
+                if self.waiting.as_ref().is_some_and(|(id, _)| *id == test.id) {
+                    self.waiting = None;
+                    self.set_main_message();
+                }
                 // Added before anything is set: a bar that drew on its own before it joined
                 // the display leaves stale lines behind (indicatif #645).
                 let bar = self.multi.add(ProgressBar::new_spinner());
@@ -278,7 +301,7 @@ impl Reporter for BarReporter {
                     .multi
                     .println(finished_line(test, verdict, attempts) + &note);
                 self.main.inc(1);
-                self.main.set_message(counts(&self.stats));
+                self.set_main_message();
             }
             Event::MachineFailed { label, message } => {
                 let _ = self.multi.println(format!(

@@ -1,7 +1,7 @@
 //! A status file (`--status-file FILE`): a JSON snapshot of the run, rewritten atomically
 //! (temporary file + rename) for dashboards and for people looking at a long CI run from
-//! outside. It holds every test's state (`queued`, `running`, `retrying`, `finished` with
-//! its verdict), the counts by state, and every shared machine's state with the test it is
+//! outside. It holds every test's state (`queued`, `waiting` with the reason it waits,
+//! `preparing`, `running`, `retrying`, `finished` with its verdict), the counts by state, and every shared machine's state with the test it is
 //! running or since when it is idle.
 //!
 //! Events only update the snapshot in memory (O(1) each); a writer thread rewrites the
@@ -28,9 +28,13 @@ struct TestStatus {
     id: usize,
     name: String,
     file: PathBuf,
-    /// `queued`, `preparing` (machines are handed over or booting), `running`, `retrying`
+    /// `queued`, `waiting` (first in line, but the host has no room for it yet: see
+    /// `reason`), `preparing` (machines are handed over or booting), `running`, `retrying`
     /// (an attempt failed, the next one is waiting) or `finished`.
     state: &'static str,
+    /// Why a `waiting` test waits, e.g. `needs 1.6 GiB of RAM, 0.9 GiB free`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
     attempt: u32,
     /// Where it runs: `nd1` (a shared machine) or `own`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -248,6 +252,7 @@ impl StatusReporter {
                         name: t.name.clone(),
                         file: t.file.clone(),
                         state: "queued",
+                        reason: None,
                         attempt: 0,
                         machine: None,
                         machines: Vec::new(),
@@ -280,6 +285,7 @@ impl StatusReporter {
                 if let Some(i) = test(s, info.id) {
                     let t = &mut s.tests[i];
                     t.state = "preparing";
+                    t.reason = None;
                     t.attempt = *attempt;
                     t.machine = where_runs(placement);
                     t.since = Some(now());
@@ -314,6 +320,12 @@ impl StatusReporter {
                     };
                     t.since = None;
                     t.verdict = verdict;
+                }
+            }
+            Event::TestWaiting { id, reason, .. } => {
+                if let Some(i) = test(s, *id) {
+                    s.tests[i].state = "waiting";
+                    s.tests[i].reason = Some(reason.clone());
                 }
             }
             Event::TestRunning { id, machines, .. } => {

@@ -1,7 +1,8 @@
 //! The end-of-run summary on stderr: counts by outcome, wall time, the slowest tests, how
-//! busy each machine was, how many runs of each repeated test passed (`--repeat`), each
-//! failure with its artifact directory, and the exact command line that re-runs only the
-//! failed tests.
+//! busy each machine was, how many runs of each repeated test passed (`--repeat`), how
+//! many matrix cases failed for each axis value (so that "everything with `fs=xfs` fails"
+//! shows), each failure with its artifact directory, and the exact command line that
+//! re-runs only the failed tests.
 
 use super::Reporter;
 use super::text::one_line;
@@ -45,6 +46,8 @@ pub struct SummaryReporter<W: Write> {
     failures: Vec<Failure>,
     /// Per repeated test (its own name): runs that passed, runs.
     repeats: BTreeMap<String, (u32, u32)>,
+    /// Per matrix value (`fs=xfs`): cases that failed, cases that finished.
+    by_value: BTreeMap<String, (u32, u32)>,
 }
 
 impl<W: Write> SummaryReporter<W> {
@@ -61,6 +64,7 @@ impl<W: Write> SummaryReporter<W> {
             boots: BTreeMap::new(),
             failures: Vec::new(),
             repeats: BTreeMap::new(),
+            by_value: BTreeMap::new(),
         }
     }
 
@@ -162,6 +166,18 @@ impl<W: Write> SummaryReporter<W> {
                 )?;
             }
         }
+        if !self.by_value.is_empty() {
+            let w = self.by_value.keys().map(String::len).max().unwrap_or(0);
+            writeln!(o, "matrix values (cases failed / cases):")?;
+            for (value, (failed, n)) in &self.by_value {
+                let all = if failed == n && *n > 0 {
+                    "  all failed"
+                } else {
+                    ""
+                };
+                writeln!(o, "  {value:<w$}  {failed}/{n}{all}")?;
+            }
+        }
         if !self.failures.is_empty() {
             writeln!(o, "failed:")?;
             for f in &self.failures {
@@ -221,10 +237,18 @@ impl<W: Write> Reporter for SummaryReporter<W> {
                 }
                 let total = attempts.iter().map(|a| a.duration).sum();
                 self.durations.push((total, test.name.clone()));
-                if let (name, 1..) = crate::checkfile::split_repeat(&test.name) {
+                let (name, run) = crate::checkfile::split_repeat(&test.name);
+                if run > 0 {
                     let r = self.repeats.entry(name.to_string()).or_default();
                     r.0 += u32::from(matches!(verdict, Verdict::Passed | Verdict::Flaky));
                     r.1 += 1;
+                }
+                if let (_, Some(id)) = crate::checkfile::split_case(name) {
+                    for value in id.split(',') {
+                        let v = self.by_value.entry(value.to_owned()).or_default();
+                        v.0 += u32::from(!verdict.is_success());
+                        v.1 += 1;
+                    }
                 }
                 if !verdict.is_success() {
                     self.failures.push(failure(test, verdict, attempts));
@@ -471,6 +495,56 @@ mod tests {
         assert!(
             text.ends_with("re-run the failed tests with:\n  vmcheck run --exact TestA.a\n"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn matrix_cases_are_counted_by_value() {
+        let mut out = Vec::new();
+        let mut r = SummaryReporter::new(&mut out, argv("vmcheck run"));
+        let cases = [
+            ("T.m[fs=ext4,s=busybox]", true),
+            ("T.m[fs=xfs,s=busybox]", false),
+            ("T.m[fs=xfs,s=debian-12]", false),
+            ("T.m[fs=ext4,s=debian-12][repeat=2]", true),
+            ("T.plain", false),
+        ];
+        for (i, (name, ok)) in cases.iter().enumerate() {
+            let outcome = if *ok {
+                AttemptOutcome::Passed
+            } else {
+                AttemptOutcome::Failed {
+                    status: "exit code 1".into(),
+                }
+            };
+            r.report(&Event::TestFinished {
+                test: info(i + 1, name),
+                placement: Placement::Own,
+                verdict: if *ok {
+                    Verdict::Passed
+                } else {
+                    Verdict::Failed
+                },
+                attempts: vec![attempt(outcome, 1, "m")],
+            })
+            .unwrap();
+        }
+        r.report(&Event::RunFinished {
+            stats: RunStats::default(),
+            wall: Duration::from_secs(1),
+            unmatched_known: vec![],
+        })
+        .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let start = text.find("matrix values").unwrap();
+        let end = text.find("failed:\n").unwrap();
+        assert_eq!(
+            &text[start..end],
+            "matrix values (cases failed / cases):\n\
+             \x20 fs=ext4      0/2\n\
+             \x20 fs=xfs       2/2  all failed\n\
+             \x20 s=busybox    1/2\n\
+             \x20 s=debian-12  1/2\n"
         );
     }
 }

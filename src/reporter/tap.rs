@@ -297,7 +297,8 @@ impl<W: Write> Reporter for TapReporter<W> {
             | Event::MachineReset { .. }
             | Event::TestStarted { .. }
             | Event::TestOutput { .. }
-            | Event::TestRunning { .. } => {}
+            | Event::TestRunning { .. }
+            | Event::TestWaiting { .. } => {}
         }
         self.out.flush()
     }

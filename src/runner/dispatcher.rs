@@ -136,7 +136,7 @@ impl<'r> Dispatcher<'r> {
                         timeout: t.def.timeout,
                         machines: t.def.provision.len(),
                     },
-                    todo: t.def.todo.clone(),
+                    todo: t.def.todo_reason(&ctx.test_os).map(str::to_owned),
                     affected: !t.def.no_retry_when_changed
                         && !cfg.affected.reasons(&t.def.file).is_empty(),
                     skip: t.skip_reason.clone(),

@@ -64,6 +64,30 @@ impl Ledger {
     pub fn running(&self) -> usize {
         self.running
     }
+
+    /// Why work of `cost` is not admitted now, if it is not.
+    pub fn wait_reason(&self, cost: Cost) -> Option<String> {
+        if self.admits(cost) {
+            return None;
+        }
+        let gib = |mib: u64| format!("{:.1} GiB", mib as f64 / 1024.0);
+        let free = |cap: u64, used: u64| cap.saturating_sub(used);
+        Some(if self.running >= self.jobs {
+            format!("{} of {} jobs (-j) are running", self.running, self.jobs)
+        } else if self.used.ram_mib + cost.ram_mib > self.capacity.ram_mib {
+            format!(
+                "needs {} of RAM, {} free",
+                gib(cost.ram_mib),
+                gib(free(self.capacity.ram_mib, self.used.ram_mib))
+            )
+        } else {
+            format!(
+                "needs {} CPUs, {} free",
+                cost.cpus,
+                free(u64::from(self.capacity.cpus), u64::from(self.used.cpus))
+            )
+        })
+    }
 }
 
 /// What the host can give to machines: its CPUs (under TCG each busy vCPU takes a core),
@@ -171,5 +195,26 @@ mod tests {
         assert_eq!(default_jobs(8, 2_000, 1_000), 1);
         assert_eq!(default_jobs(8, 100, 1_000), 1);
         assert_eq!(default_jobs(0, 0, 0), 1);
+    }
+
+    #[test]
+    fn the_reason_work_waits() {
+        let mut l = Ledger::new(c(2048, 2), 2);
+        assert_eq!(l.wait_reason(c(4096, 8)), None, "nothing runs: admitted");
+        l.reserve(c(1024, 1));
+        assert_eq!(
+            l.wait_reason(c(1536, 1)).as_deref(),
+            Some("needs 1.5 GiB of RAM, 1.0 GiB free")
+        );
+        assert_eq!(
+            l.wait_reason(c(512, 2)).as_deref(),
+            Some("needs 2 CPUs, 1 free")
+        );
+        assert_eq!(l.wait_reason(c(512, 1)), None);
+        l.reserve(c(512, 1));
+        assert_eq!(
+            l.wait_reason(c(1, 0)).as_deref(),
+            Some("2 of 2 jobs (-j) are running")
+        );
     }
 }

@@ -287,6 +287,8 @@ pub struct DispatcherState<M> {
     next_unit: u64,
     phase: Phase,
     started: Option<Instant>,
+    /// The test last told to be waiting, and why.
+    waiting: Option<(usize, String)>,
 }
 
 impl<M> DispatcherState<M> {
@@ -333,6 +335,7 @@ impl<M> DispatcherState<M> {
             next_unit: 0,
             phase: Phase::Running,
             started: None,
+            waiting: None,
         }
     }
 
@@ -610,6 +613,7 @@ impl<M> DispatcherState<M> {
             let i = self.dequeue_at(false, at).expect("in the queue");
             self.spawn_attempt(i, None, None, now, out);
         }
+        self.tell_waiting(out);
         let attempts = self.nd_running + self.d_running.len();
         if self.nd_queue.is_empty() && self.d_queue.is_empty() && attempts == 0 {
             // The work is done: a machine still booting (or a host not answering) must not
@@ -772,6 +776,26 @@ impl<M> DispatcherState<M> {
             }
         }
         retired || (!dead && self.cfg.remote.is_empty())
+    }
+
+    /// Tell why the first destructive test in line waits, when that changed (Trafficlight's
+    /// "waiting" state, with its reason).
+    fn tell_waiting(&mut self, out: &mut Vec<Action<M>>) {
+        let Some(&head) = self.d_queue.front() else {
+            return;
+        };
+        let Some(reason) = self.ledger.wait_reason(self.tests[head].spec.cost) else {
+            return;
+        };
+        if self.waiting.as_ref() == Some(&(head, reason.clone())) {
+            return;
+        }
+        self.waiting = Some((head, reason.clone()));
+        out.push(Action::Emit(Event::TestWaiting {
+            id: self.tests[head].spec.info.id,
+            name: self.tests[head].spec.info.name.clone(),
+            reason,
+        }));
     }
 
     /// The position in the destructive queue of the test to start now, if any: the first

@@ -844,3 +844,33 @@ fn until_fail_skips_the_runs_of_a_repeated_test_not_started_at_its_first_failure
     }
     assert_eq!(sim.finished(5), [&Verdict::Passed]);
 }
+
+#[test]
+fn the_first_test_in_line_says_why_it_waits_once_per_reason() {
+    // Room for one 600 MiB test at a time: the second waits for RAM, told once.
+    let mut cfg = config(2, &[]);
+    cfg.capacity.ram_mib = 1000;
+    let mut sim = Sim::new(vec![spec(1, false), spec(2, false)], cfg);
+    let waits = |sim: &Sim| -> Vec<(usize, String)> {
+        sim.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::TestWaiting { id, reason, .. } => Some((*id, reason.clone())),
+                _ => None,
+            })
+            .collect()
+    };
+    let first = sim.units(false);
+    assert_eq!(first.len(), 1);
+    assert_eq!(
+        waits(&sim),
+        [(2, "needs 0.6 GiB of RAM, 0.4 GiB free".to_string())]
+    );
+    sim.done(first[0], passed());
+    // The second started once the first was done; nothing more was said.
+    assert_eq!(sim.units(false).len(), 1);
+    assert_eq!(waits(&sim).len(), 1);
+    let done = sim.units(false)[0];
+    sim.done(done, passed());
+    sim.check_end(2);
+}

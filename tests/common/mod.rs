@@ -471,6 +471,23 @@ pub fn busybox_project() -> tempfile::TempDir {
     dir
 }
 
+/// [`busybox_project`] with one check file, `test/verify/NAME`, holding `check`.
+pub fn busybox_project_with(name: &str, check: &str) -> tempfile::TempDir {
+    let dir = busybox_project();
+    std::fs::write(dir.path().join("test/verify").join(name), check).unwrap();
+    dir
+}
+
+/// `vmcheck --project-dir ROOT run`, with the progress display left to the caller.
+pub fn vmcheck_run_in(root: &Path) -> std::process::Command {
+    let mut cmd = vmcheck();
+    cmd.arg("--project-dir")
+        .arg(root)
+        .arg("run")
+        .env_remove("VMCHECK_PROGRESS");
+    cmd
+}
+
 /// `PATH` with this build's vmcheck first, as after `cargo install`.
 pub fn path_with_vmcheck() -> String {
     format!(
