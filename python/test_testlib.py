@@ -61,6 +61,8 @@ class FakeRunner:
         self.requests = []
         self.errors = {}
         self.canned = None
+        # The answer to every `net` request (None: an empty success).
+        self.net_answer = None
         fake = self
 
         class Handler(socketserver.StreamRequestHandler):
@@ -79,6 +81,8 @@ class FakeRunner:
             error, infrastructure = self.errors[request["machine"]]
             return {"exit": 255, "stdout": "", "stderr": "", "error": error,
                     "infrastructure": infrastructure}
+        if request["op"] == "net" and self.net_answer is not None:
+            return self.net_answer
         if request["op"] != "exec":
             return {"exit": 0, "stdout": "", "stderr": "", "error": None}
         if self.canned is not None:
@@ -615,6 +619,61 @@ class Requests(CheckFileTest):
             {"op": "reboot", "machine": "machine2"},
             {"op": "wait-reboot", "machine": "machine1"},
         ])
+
+    def test_network_faults(self):
+        done = self.run_test("""\
+            class TestFoo(testlib.MachineCase):
+                def testBar(self):
+                    m2 = self.machines["machine2"]
+                    self.network.block(self.machine, m2)
+                    self.network.unblock("machine1", "machine2")
+                    self.network.delay(m2, self.machine, "200ms")
+                    self.network.delay(m2, self.machine, 0.25)
+                    self.network.drop(self.machine, m2, 30)
+                    self.network.drop(self.machine, m2, "0.5%")
+                    self.network.heal(self.machine, m2)
+                    self.network.heal()
+                    assert self.network.show() == ""
+                    try:
+                        self.network.heal(self.machine)
+                    except ValueError:
+                        pass
+                    else:
+                        raise AssertionError("heal of one machine")
+            """)
+        self.assertExit(done, 0)
+        pair = ["machine1", "machine2"]
+        self.assertEqual(self.runner.ops("net"), [
+            {"op": "net", "action": "block", "machines": pair},
+            {"op": "net", "action": "unblock", "machines": pair},
+            {"op": "net", "action": "delay", "machines": pair[::-1], "value": "200ms"},
+            {"op": "net", "action": "delay", "machines": pair[::-1], "value": "250ms"},
+            {"op": "net", "action": "drop", "machines": pair, "value": "30%"},
+            {"op": "net", "action": "drop", "machines": pair, "value": "0.5%"},
+            {"op": "net", "action": "heal", "machines": pair},
+            {"op": "net", "action": "heal"},
+            {"op": "net", "action": "show"},
+        ])
+
+    def test_network_errors_and_show(self):
+        self.runner.net_answer = {"exit": 0, "stdout": "machine1 -> machine2: blocked\n",
+                                  "stderr": "", "error": None}
+        done = self.run_test("""\
+            class TestFoo(testlib.MachineCase):
+                def testBar(self):
+                    assert "blocked" in self.network.show()
+            """)
+        self.assertExit(done, 0)
+        error = "no machine 'nobody' on this test's private network (machines: machine1, machine2)"
+        self.runner.net_answer = {"exit": 255, "stdout": "", "stderr": "", "error": error}
+        done = self.run_test("""\
+            class TestFoo(testlib.MachineCase):
+                def testBar(self):
+                    self.network.block("machine1", "nobody")
+            """)
+        self.assertExit(done, 1)
+        self.assertIn(f"testlib.Error: vmcheck could not carry out 'net': {error}", done.stdout)
+        self.assertFalse(os.path.exists(self.infra_file))
 
 
 class Infrastructure(CheckFileTest):

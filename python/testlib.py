@@ -34,6 +34,7 @@ __all__ = [
     "ExecuteError",
     "Machine",
     "MachineCase",
+    "Network",
     "nondestructive",
     "destructive",
     "timeout",
@@ -230,14 +231,76 @@ class Machine:
         self._call("wait-reboot")
 
 
+def _number(x):
+    """A number as vmcheck reads it: plain decimals, no exponent (`200`, `0.5`)."""
+    return f"{x:.3f}".rstrip("0").rstrip(".")
+
+
+class Network:
+    """The private network between the test's machines (tests with two machines or more).
+
+    Trafficlight's network proxy, for VMs: vmcheck's switch between the machines applies
+    these faults to the frames between two machines, in both directions, until they are
+    undone or healed; every fault is healed when the test ends. Machines are `Machine`
+    objects or their names. A machine name the test does not have, a bad delay or
+    percentage raises `Error`. In a test: `self.network`.
+    """
+
+    @staticmethod
+    def _names(a, b):
+        return [m.name if isinstance(m, Machine) else m for m in (a, b)]
+
+    def _call(self, action, machines=(), value=None):
+        request = {"op": "net", "action": action}
+        if machines:
+            request["machines"] = self._names(*machines)
+        if value is not None:
+            request["value"] = value
+        return _request(request)
+
+    def block(self, a, b):
+        """Cut all traffic between `a` and `b`."""
+        self._call("block", (a, b))
+
+    def unblock(self, a, b):
+        """Undo `block` between `a` and `b` (their other faults stay)."""
+        self._call("unblock", (a, b))
+
+    def delay(self, a, b, delay):
+        """Hold every frame between `a` and `b` back by `delay`, each way.
+
+        `delay` is a string ("200ms", "1.5s") or seconds as a number; 0 removes the delay.
+        """
+        if isinstance(delay, (int, float)):
+            delay = _number(delay * 1000) + "ms"
+        self._call("delay", (a, b), delay)
+
+    def drop(self, a, b, percent):
+        """Lose `percent` (0 to 100, or a string "30%") of the frames between `a` and `b`."""
+        if isinstance(percent, (int, float)):
+            percent = _number(percent) + "%"
+        self._call("drop", (a, b), percent)
+
+    def heal(self, a=None, b=None):
+        """Remove every fault, or (given two machines) those between `a` and `b`."""
+        if (a is None) != (b is None):
+            raise ValueError("heal takes two machines or none")
+        self._call("heal", () if a is None else (a, b))
+
+    def show(self):
+        """The faults and the frames that crossed, one line per direction, as a string."""
+        return self._call("show").get("stdout", "")
+
+
 class MachineCase(unittest.TestCase):
     """A test run against the machines vmcheck booted for it.
 
     `provision` (class attribute, Cockpit's form) names the machines and their options:
     `{"machine1": {}, "machine2": {"image": "debian-12", "memory_mb": 1024, "cpus": 2}}`;
     None means vmcheck's default, one `machine1`. In a test, `self.machine` is the first
-    machine of the topology and `self.machines` maps every name to its `Machine`; in a case
-    of a matrix (`@matrix`), `self.matrix` maps each key to the case's value (else `{}`).
+    machine of the topology, `self.machines` maps every name to its `Machine`,
+    `self.network` breaks and heals the private network between them (`Network`), and in a
+    case of a matrix (`@matrix`), `self.matrix` maps each key to the case's value (else `{}`).
     """
 
     provision = None
@@ -255,6 +318,7 @@ class MachineCase(unittest.TestCase):
             address = f"{ssh['host']}:{ssh['port']}" if "host" in ssh else None
             self.machines[m["name"]] = Machine(m["name"], m.get("image"), m.get("ip"), address)
         self.machine = next(iter(self.machines.values()))
+        self.network = Network()
         prefix = "VMCHECK_MATRIX_"
         self.matrix = {k[len(prefix):].lower(): v for k, v in os.environ.items()
                        if k.startswith(prefix)}

@@ -249,10 +249,21 @@ pub struct RunStats {
     pub nondestructive: usize,
 }
 
+/// `3 passed, 1 flaky`: the non-zero counts of `counts` (count, what), in their order.
+pub fn nonzero<N: std::fmt::Display + PartialEq + Default>(
+    counts: impl IntoIterator<Item = (N, &'static str)>,
+) -> Vec<String> {
+    counts
+        .into_iter()
+        .filter(|(n, _)| *n != N::default())
+        .map(|(n, what)| format!("{n} {what}"))
+        .collect()
+}
+
 impl RunStats {
     /// `3 passed, 1 flaky, 2 retries`: the non-zero counts, in a fixed order.
     pub fn nonzero_counts(&self) -> Vec<String> {
-        [
+        nonzero([
             (self.passed, "passed"),
             (self.flaky, "flaky"),
             (self.failed, "failed"),
@@ -260,11 +271,7 @@ impl RunStats {
             (self.skipped, "skipped"),
             (self.todo, "todo"),
             (self.retries, "retries"),
-        ]
-        .into_iter()
-        .filter(|(n, _)| *n > 0)
-        .map(|(n, what)| format!("{n} {what}"))
-        .collect()
+        ])
     }
 
     pub fn finished(&self) -> usize {

@@ -3,9 +3,9 @@
 mod common;
 
 use std::time::Duration;
-use vmcheck::machine::ports::{self, PortKind};
 use vmcheck::machine::qemu::PrivateNet;
 use vmcheck::machine::ssh::ExitStatus;
+use vmcheck::machine::switch::Switch;
 use vmcheck::machine::vm::{MachineError, MachineSpec, VirtualMachine};
 use vmcheck::signal::Cancel;
 
@@ -120,20 +120,30 @@ async fn lifecycle_execute_files_timeout_reboot_kill() {
     assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
 }
 
+async fn ping(from: &VirtualMachine, to: &str, count: u32) -> vmcheck::machine::vm::Completed {
+    let command = format!("ping -c {count} -W 2 {to}");
+    from.shell().execute(&command, CMD).await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_machines_on_a_private_network_one_booted_one_restored() {
     // In a store of its own: the first machine boots and saves a snapshot with the second
-    // NIC, the second is restored from it and must still get its own address.
+    // NIC, the second is restored from it (onto its own sockets to the switch) and must
+    // still get its own address.
     let (_store, image) = common::in_own_store(&common::image("busybox"));
     let host = common::host(&image).await;
     let cancel = Cancel::new();
-    let net = ports::lease(PortKind::Udp).unwrap();
+    // A directory with a comma in its name: qemu's option syntax must keep the path whole.
+    let net_dir = tempfile::Builder::new().prefix("net,").tempdir().unwrap();
+    let switch = Switch::start(net_dir.path(), 2, 1).unwrap();
     let mut machines = Vec::new();
     let mut boot_ids = Vec::new();
     for n in 1..=2 {
         let mut s = spec(&format!("e2e-pair{n}"), &image);
+        let port = switch.port(n - 1);
         s.private_net = Some(PrivateNet {
-            mcast_port: net.port,
+            socket: port.machine.clone(),
+            switch: port.switch.clone(),
             mac: format!("52:54:01:00:00:0{n}"),
         });
         let mut m = VirtualMachine::start(&host, s).await.unwrap();
@@ -161,13 +171,15 @@ async fn two_machines_on_a_private_network_one_booted_one_restored() {
         assert_eq!(done.stdout_text().trim(), format!("52:54:01:00:00:0{n}"));
     }
     for (from, to) in [(a, "10.111.0.2"), (b, "10.111.0.1")] {
-        let done = from
-            .shell()
-            .execute(&format!("ping -c 2 -W 5 {to}"), CMD)
-            .await
-            .unwrap();
+        let done = ping(from, to, 2).await;
         assert!(done.status.success(), "ping failed: {}", done.stdout_text());
     }
+    // The switch between them: a block cuts them apart, a heal joins them again.
+    switch.update(0, 1, |l| l.blocked = true);
+    assert!(!ping(a, "10.111.0.2", 1).await.status.success());
+    assert!(switch.counts(0, 1).blocked > 0);
+    switch.heal();
+    assert!(ping(a, "10.111.0.2", 1).await.status.success());
     let pids: Vec<u32> = machines.iter().filter_map(|m| m.pid()).collect();
     for m in machines {
         m.kill().await;

@@ -16,6 +16,7 @@ pub mod shell;
 pub mod snapshot;
 pub mod spawn;
 pub mod ssh;
+pub mod switch;
 pub mod vm;
 
 use std::path::PathBuf;

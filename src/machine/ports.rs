@@ -1,4 +1,4 @@
-//! Host ports for machines (SSH forwards, private-network multicast groups), allocated
+//! Host ports for machines (SSH forwards), allocated
 //! without races between concurrent vmcheck processes.
 //!
 //! A port is held by binding the *abstract* Unix socket `vmcheck/port/<port>` for as long

@@ -18,10 +18,15 @@ use std::path::{Path, PathBuf};
 /// doesn't work!"), as virtualized guests commonly do (cloud images set it too).
 pub const BASE_CMDLINE: &str = "console=ttyS0 quiet panic=-1 no_timer_check";
 
-/// A second NIC on a multicast socket network shared by the machines of one test.
+/// A second NIC on the private network of a test's machines: a port of the attempt's
+/// switch (`switch.rs`), reached through a pair of Unix datagram sockets in a private
+/// directory (`-netdev dgram`, QEMU 7.2 and later).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PrivateNet {
-    pub mcast_port: u16,
+    /// The machine's socket, which qemu binds and receives its frames on.
+    pub socket: PathBuf,
+    /// The switch's socket, which qemu sends the guest's frames to.
+    pub switch: PathBuf,
     pub mac: String,
 }
 
@@ -86,21 +91,22 @@ impl QemuConfig {
             "-device",
             "virtio-net-pci,netdev=n0,romfile=",
         ]);
-        if let Some(net) = &self.private_net {
-            push(&[
-                "-netdev",
-                &format!(
-                    "socket,id=n1,mcast=230.0.0.1:{},localaddr=127.0.0.1",
-                    net.mcast_port
-                ),
-                "-device",
-                &format!("virtio-net-pci,netdev=n1,mac={},romfile=", net.mac),
-            ]);
-        }
         let cmdline = format!("{BASE_CMDLINE} {}", self.cmdline)
             .trim()
             .to_string();
         push(&["-append", &cmdline]);
+        // After the last `push`: the value holds paths (OsString). Its place among the
+        // `-device`s is what decides the NIC's PCI slot (and name, `eth1`), as before.
+        if let Some(net) = &self.private_net {
+            let mut netdev = OsString::from("dgram,id=n1,local.type=unix,local.path=");
+            netdev.push(escape_commas(&net.socket));
+            netdev.push(",remote.type=unix,remote.path=");
+            netdev.push(escape_commas(&net.switch));
+            a.push("-netdev".into());
+            a.push(netdev);
+            a.push("-device".into());
+            a.push(format!("virtio-net-pci,netdev=n1,mac={},romfile=", net.mac).into());
+        }
         a.push("-kernel".into());
         a.push(self.kernel.clone().into());
         a.push("-initrd".into());
@@ -244,7 +250,7 @@ mod tests {
             "-drive file=/run/x/overlay.qcow2,if=virtio,id=disk0,format=qcow2,cache=unsafe"
         ));
         assert!(s.contains("-action panic=exit-failure"));
-        assert!(!s.contains("mcast"));
+        assert!(!s.contains("dgram"));
         assert!(s.contains("-device vmgenid,guid=auto"));
         assert!(!s.contains("-incoming") && !s.contains("-qmp"));
     }
@@ -336,14 +342,21 @@ mod tests {
         c.accel = Accel::Kvm;
         c.disk = None;
         c.private_net = Some(PrivateNet {
-            mcast_port: 24000,
+            socket: "/run/a,b/machine-2.sock".into(),
+            switch: "/run/a,b/switch-2.sock".into(),
             mac: "52:54:01:00:00:02".into(),
         });
         let s = joined(&c);
         assert!(s.contains("-accel kvm -cpu host"));
         assert!(!s.contains("-drive"));
-        assert!(s.contains("mcast=230.0.0.1:24000,localaddr=127.0.0.1"));
-        assert!(s.contains("mac=52:54:01:00:00:02"));
+        assert!(
+            s.contains(
+                "-netdev dgram,id=n1,local.type=unix,local.path=/run/a,,b/machine-2.sock,\
+                 remote.type=unix,remote.path=/run/a,,b/switch-2.sock -device \
+                 virtio-net-pci,netdev=n1,mac=52:54:01:00:00:02,romfile="
+            ),
+            "{s}"
+        );
     }
 
     #[test]

@@ -83,10 +83,12 @@ impl SnapshotKey {
             ssh_port: 1,
             // Whether the guest may reach out is the host's side of its NIC, not saved.
             isolated: false,
-            // The second NIC is a device of the saved machine; its network (the multicast
-            // port) is the host's side and not saved, its address is set after a restore.
+            // The second NIC is a device of the saved machine; its network (the sockets to
+            // the switch) is the host's side and not saved, its address is set after a
+            // restore.
             private_net: private_net.then(|| super::qemu::PrivateNet {
-                mcast_port: 1,
+                socket: "S".into(),
+                switch: "W".into(),
                 mac: "52:54:01:00:00:00".into(),
             }),
             qmp: None,

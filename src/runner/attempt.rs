@@ -1,6 +1,7 @@
-//! One attempt of one test: get its machines (fresh ones for a destructive test, the
-//! global machine handed over for a nondestructive one), run its bodies within the test's
-//! deadline, collect artifacts, sit if asked, restore and hand machines back or kill them.
+//! One attempt of one test: get its machines (fresh ones for a destructive test, booted by
+//! `fresh.rs`, the global machine handed over for a nondestructive one), run its bodies
+//! within the test's deadline, heal its private network (`net.rs`) and say what the faults
+//! did, collect artifacts, sit if asked, restore and hand machines back or kill them.
 //!
 //! The result is plain data ([`AttemptDone`]): the attempt's outcome and output, and for
 //! nondestructive tests the machine itself with a health verdict, so the dispatcher alone
@@ -10,6 +11,7 @@
 use super::artifacts::{AttemptDir, console_offset};
 use super::host::{Granted, HostProgram, HostTask};
 use super::journal;
+use super::net::Network;
 pub use super::output::{LiveOutput, Log, Progress};
 use super::sit::sit;
 use crate::checkfile::{Body, TestDef};
@@ -17,11 +19,9 @@ use crate::events::{AttemptOutcome, AttemptReport};
 use crate::image::Image;
 use crate::machine::Machine;
 use crate::machine::error::MachineError;
-use crate::machine::ports::{self, PortKind, PortLease};
-use crate::machine::qemu::PrivateNet;
 use crate::machine::shell::Exec;
 use crate::machine::ssh::{ExitStatus, Stream};
-use crate::machine::vm::{Host, MachineSpec, VirtualMachine};
+use crate::machine::vm::Host;
 use crate::shell::quote;
 use crate::signal::Cancel;
 use std::collections::BTreeMap;
@@ -108,7 +108,7 @@ pub async fn run_attempt(
     let test = req.test.clone();
     let dir = AttemptDir::fresh(&ctx.artifacts_dir, &test.name(), req.attempt);
     let log = Log::new(&dir.path.join("output.txt"), live);
-    let (mut machines, _net, global) = match std::mem::replace(&mut req.machines, Machines::Fresh) {
+    let (mut machines, net, global) = match std::mem::replace(&mut req.machines, Machines::Fresh) {
         Machines::Global { machine } => (
             vec![Named {
                 name: test.provision[0].name.clone(),
@@ -118,7 +118,7 @@ pub async fn run_attempt(
             None,
             true,
         ),
-        Machines::Fresh => match boot_fresh(&ctx, &req, &log).await {
+        Machines::Fresh => match super::fresh::boot_fresh(&ctx, &req, &log).await {
             Ok((machines, net)) => (machines, net, false),
             Err((e, machines)) => {
                 log.note(&format!("vmcheck: {e}"));
@@ -185,8 +185,20 @@ pub async fn run_attempt(
                 .execute(&mark, Duration::from_secs(30))
                 .await;
         }
-        let mark = marked_by_body.then_some(mark.as_str());
-        outcome = run_bodies(&ctx, &req, &mut machines, &log, mark, global, &mut granted).await;
+        let terms = Terms {
+            mark: marked_by_body.then_some(mark.as_str()),
+            shared: global,
+            net: net.as_ref(),
+        };
+        outcome = run_bodies(&ctx, &req, &mut machines, &log, terms, &mut granted).await;
+    }
+    if let Some(net) = &net {
+        // No fault outlives the test's body: the checks after it, artifacts and `--sit`
+        // see the network whole.
+        net.heal();
+        if let Some(summary) = net.summary() {
+            log.note(&summary);
+        }
     }
     if matches!(
         outcome,
@@ -398,7 +410,7 @@ fn report(
 }
 
 /// `None` if the command ran and succeeded, else what went wrong.
-fn command_problem(
+pub(super) fn command_problem(
     done: Result<crate::machine::shell::Completed, MachineError>,
     what: &str,
 ) -> Option<String> {
@@ -411,140 +423,6 @@ fn command_problem(
         )),
         Err(e) => Some(format!("{what}: {e}")),
     }
-}
-
-/// A failed boot: the error, and the machines that were started (for `--sit`).
-type BootFailure = (MachineError, Vec<Named>);
-
-/// Boot a destructive test's machines in parallel; configure hostnames and, for several
-/// machines, a private network (`10.111.0.N/24` on `eth1`).
-async fn boot_fresh(
-    ctx: &AttemptContext,
-    req: &AttemptRequest,
-    log: &Log,
-) -> Result<(Vec<Named>, Option<PortLease>), BootFailure> {
-    let mut started: Vec<Named> = Vec::new();
-    match boot_machines(ctx, req, log, &mut started).await {
-        Ok(net) => Ok((started, net)),
-        Err(e) => Err((e, started)),
-    }
-}
-
-async fn boot_machines(
-    ctx: &AttemptContext,
-    req: &AttemptRequest,
-    log: &Log,
-    started: &mut Vec<Named>,
-) -> Result<Option<PortLease>, MachineError> {
-    let test = &req.test;
-    let host = ctx.host.as_ref().ok_or_else(|| MachineError::Failed {
-        label: test.name(),
-        message: "destructive tests need machines vmcheck boots (not --machine)".into(),
-    })?;
-    let multi = test.provision.len() > 1;
-    let net = if multi {
-        Some(
-            ports::lease(PortKind::Udp).map_err(|source| MachineError::Io {
-                label: test.name(),
-                context: "reserving a private network".into(),
-                source,
-            })?,
-        )
-    } else {
-        None
-    };
-    // Boots run concurrently inside this task, not as tasks of their own: when the attempt is
-    // aborted (Ctrl-C), dropping it drops every machine, before the run ends.
-    let boots = futures_util::stream::FuturesUnordered::new();
-    let (layer, isolated) = super::pools::extras(test);
-    for (i, mreq) in test.provision.iter().enumerate() {
-        let image_name = mreq.image.clone().unwrap_or_else(|| ctx.test_os.clone());
-        let image = ctx
-            .images
-            .get(&image_name)
-            .cloned()
-            .ok_or_else(|| MachineError::Failed {
-                label: mreq.name.clone(),
-                message: format!("image {image_name} was not prepared"),
-            })?;
-        let spec = MachineSpec {
-            label: format!("t{}-{}", req.id, mreq.name),
-            image,
-            memory_mib: mreq.memory_mib,
-            cpus: mreq.cpus,
-            private_net: net.as_ref().map(|n| PrivateNet {
-                mcast_port: n.port,
-                mac: format!("52:54:01:00:00:{:02x}", i + 1),
-            }),
-            cold_boot: ctx.cold_boot,
-            layer: layer.clone(),
-            isolated,
-        };
-        let vcpus = mreq.cpus;
-        boots.push(async move {
-            let _booting = ctx.boots.enter(vcpus).await;
-            let t0 = Instant::now();
-            let mut vm = VirtualMachine::start(host, spec).await?;
-            let booted = vm
-                .wait_boot(ctx.boot_timeout, &ctx.cancel)
-                .await
-                .map(|_| ());
-            Ok::<_, MachineError>((i, vm, booted, t0.elapsed()))
-        });
-    }
-    let mut first_error = None;
-    let mut boots = std::pin::pin!(boots);
-    while let Some(result) = futures_util::StreamExt::next(&mut boots).await {
-        let (i, vm, booted, took) = match result {
-            Ok(x) => x,
-            Err(e) => {
-                first_error.get_or_insert(e);
-                continue;
-            }
-        };
-        let name = test.provision[i].name.clone();
-        match booted {
-            Ok(()) => log.note(&format!(
-                "vmcheck: {name} booted ({}) in {:.1}s",
-                vm.image.short_id(),
-                took.as_secs_f64()
-            )),
-            Err(e) => {
-                first_error.get_or_insert(e);
-            }
-        }
-        started.push(Named {
-            name,
-            machine: Machine::Virtual(Box::new(vm)),
-            ip: multi.then(|| format!("10.111.0.{}", i + 1)),
-        });
-    }
-    if let Some(e) = first_error {
-        return Err(e);
-    }
-    // In provision order, machine1 first.
-    started.sort_by_key(|m| test.provision.iter().position(|p| p.name == m.name));
-    let machines: &[Named] = started;
-    for m in machines {
-        let mut cmd = format!("hostname {}", quote(&m.name));
-        if let Some(ip) = &m.ip {
-            cmd.push_str(&format!(
-                " && ip link set eth1 up && ip addr add {ip}/24 dev eth1"
-            ));
-        }
-        let done = m
-            .machine
-            .shell()
-            .execute(&cmd, Duration::from_secs(30))
-            .await;
-        if let Some(problem) = command_problem(done, "setting up the machine") {
-            return Err(MachineError::Failed {
-                label: m.machine.label().to_string(),
-                message: problem,
-            });
-        }
-    }
-    Ok(net)
 }
 
 /// Environment every body sees.
@@ -597,16 +475,24 @@ fn env_name(machine: &str) -> String {
         .collect()
 }
 
-/// Run `run` in the first machine (after `mark`, the journal's start marker, if given), then
-/// `host` on the host, or the executable check file's test, until the test's deadline.
-/// `shared`: the machine is a nondestructive test's.
+/// What an attempt's bodies run with beside its machines.
+struct Terms<'a> {
+    /// The journal's start marker, run before the guest body (if given).
+    mark: Option<&'a str>,
+    /// The machine is a nondestructive test's.
+    shared: bool,
+    /// The machines' private network (tests with several machines).
+    net: Option<&'a Network>,
+}
+
+/// Run `run` in the first machine (after the start marker, if given), then `host` on the
+/// host, or the executable check file's test, until the test's deadline.
 async fn run_bodies(
     ctx: &AttemptContext,
     req: &AttemptRequest,
     machines: &mut [Named],
     log: &Log,
-    mark: Option<&str>,
-    shared: bool,
+    terms: Terms<'_>,
     granted: &mut Granted,
 ) -> AttemptOutcome {
     let test = &req.test;
@@ -621,7 +507,7 @@ async fn run_bodies(
             "export VMCHECK_MACHINE={}\n",
             quote(&machines[0].name)
         ));
-        let command = format!("{exports}{}\nset -e\n{script}", mark.unwrap_or(""));
+        let command = format!("{exports}{}\nset -e\n{script}", terms.mark.unwrap_or(""));
         let mut sink = |_: Stream, data: &[u8]| log.write(data);
         let result = machines[0]
             .machine
@@ -671,7 +557,8 @@ async fn run_bodies(
         program,
         env: &env,
         deadline,
-        shared,
+        shared: terms.shared,
+        net: terms.net,
     };
     super::host::run_host(ctx, req, machines, log, &task, granted).await
 }

@@ -53,6 +53,16 @@ pub enum Request {
     AllowJournal {
         patterns: Vec<String>,
     },
+    /// A fault on the private network between two machines, or healing it (see `net.rs`).
+    Net {
+        action: super::net::NetAction,
+        /// Two machines, or none (`heal` of every fault, `show`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        machines: Vec<String>,
+        /// The delay (`200ms`) or the percentage of frames lost (`30%`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        value: Option<String>,
+    },
 }
 
 impl Request {
@@ -66,7 +76,7 @@ impl Request {
             | Request::Download { machine, .. }
             | Request::Ssh { machine }
             | Request::Restore { machine, .. } => Some(machine),
-            Request::AllowJournal { .. } => None,
+            Request::AllowJournal { .. } | Request::Net { .. } => None,
         }
     }
 
@@ -96,6 +106,16 @@ impl Request {
                 format!("vm restore {machine} {}", quoted(paths))
             }
             Request::AllowJournal { patterns } => format!("vm allow-journal {}", quoted(patterns)),
+            Request::Net {
+                action,
+                machines,
+                value,
+            } => {
+                let words: Vec<String> = machines.iter().chain(value).cloned().collect();
+                format!("vm net {} {}", action.word(), quoted(&words))
+                    .trim_end()
+                    .to_string()
+            }
         }
     }
 }
@@ -150,7 +170,12 @@ impl Response {
 pub fn parse_args(args: &[String]) -> Result<Request, String> {
     let usage = "usage: vm exec MACHINE CMD… | vm reboot MACHINE | vm wait-reboot MACHINE | \
                  vm upload MACHINE LOCAL REMOTE | vm download MACHINE REMOTE LOCAL | vm ssh MACHINE | \
-                 vm restore MACHINE PATH… | vm allow-journal REGEX…";
+                 vm restore MACHINE PATH… | vm allow-journal REGEX… | vm net …";
+    if let [op, rest @ ..] = args
+        && op == "net"
+    {
+        return super::net::parse_args(rest);
+    }
     if let [op, patterns @ ..] = args
         && op == "allow-journal"
         && !patterns.is_empty()

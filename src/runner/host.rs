@@ -45,6 +45,8 @@ pub(super) struct HostTask<'a> {
     pub deadline: Instant,
     /// The machine is shared (a nondestructive test): `restore` requests save paths.
     pub shared: bool,
+    /// The machines' private network, where `net` requests put their faults.
+    pub net: Option<&'a super::net::Network>,
 }
 
 /// What the test's process asked for that outlives it.
@@ -384,7 +386,18 @@ async fn serve(
     let Some(machine) = request.machine() else {
         return Ok(match request {
             Request::AllowJournal { patterns } => allow_journal(patterns, granted),
-            _ => unreachable!("only allow-journal is for no machine"),
+            Request::Net {
+                action,
+                machines,
+                value,
+            } => match task.net {
+                Some(net) => net.serve(action, &machines, value.as_deref()),
+                None => Response::error(
+                    "this test has no private network: `vm net` needs a test with two \
+                     machines or more",
+                ),
+            },
+            _ => unreachable!("only allow-journal and net are for no machine"),
         });
     };
     let Some(m) = machines.iter_mut().find(|m| m.name == machine) else {
@@ -503,7 +516,7 @@ async fn serve(
             granted.restore.extend(paths);
             Ok(Response::default())
         }
-        Request::AllowJournal { .. } => unreachable!("handled above"),
+        Request::AllowJournal { .. } | Request::Net { .. } => unreachable!("handled above"),
     }
 }
 
