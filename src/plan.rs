@@ -440,13 +440,12 @@ mod tests {
     #[test]
     fn matrix_values_and_whole_tests_select_cases() {
         let case = |name: &str, values: &[(&str, &str)]| TestDef {
-            case: Some(crate::checkfile::Case {
-                id_values: values
+            case: Some(crate::checkfile::Case::new(
+                values
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect(),
-                extra: Default::default(),
-            }),
+            )),
             ..TestDef::sample("check-m", name)
         };
         let tests = vec![

@@ -508,13 +508,11 @@ mod tests {
         let mut d = Diagnostics::new(Path::new("f"), text);
         let parsed = conditions(&mut d, key, value, key == "todo").unwrap();
         assert!(d.finish().is_empty());
-        let case = Case {
-            id_values: case
-                .iter()
+        let case = Case::new(
+            case.iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-            extra: Default::default(),
-        };
+        );
         let os: Vec<OsCondition> = parsed.iter().map(|c| c.for_case(Some(&case))).collect();
         first_match(&os, test_os).map(str::to_owned)
     }
@@ -571,10 +569,7 @@ mod tests {
         let doc = DeTable::parse(text).unwrap();
         let mut d = Diagnostics::new(Path::new("f"), text);
         let t = timeouts(&mut d, doc.get_ref().get("timeout").unwrap()).unwrap();
-        let case = |v: &str| Case {
-            id_values: [("server".to_string(), v.to_string())].into(),
-            extra: Default::default(),
-        };
+        let case = |v: &str| Case::new([("server".to_string(), v.to_string())].into());
         assert_eq!(
             t.for_case(Some(&case("debian-12"))),
             Some(Duration::from_secs(900))

@@ -6,7 +6,7 @@ use super::def::TestDef;
 use super::error::{CheckFileError, Diagnostics};
 use super::glob::name_glob;
 use super::listing::{Kind, kind, list};
-use super::parse::{FileRead, parse_partial};
+use super::parse::{FileRead, Parsed, parse_partial};
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::io;
@@ -115,10 +115,11 @@ pub fn load(files: &[PathBuf], root: &Path) -> Result<Loaded, Vec<CheckFileError
         errors.extend(read.errors);
         warnings.extend(read.warnings);
     }
-    tests.sort_by(|a, b| {
-        let key = |t: &TestDef| (t.file.clone(), t.class.clone(), t.method.clone());
-        key(&a.def).cmp(&key(&b.def))
-    });
+    // Stable, by reference (no copies per comparison): a test's cases keep their order.
+    fn key(t: &Parsed) -> (&PathBuf, &String, &String) {
+        (&t.def.file, &t.def.class, &t.def.method)
+    }
+    tests.sort_by(|a, b| key(a).cmp(&key(b)));
 
     let mut first: HashMap<String, (PathBuf, usize)> = HashMap::new();
     for test in &tests {

@@ -288,11 +288,11 @@ impl Walk<'_> {
             };
             let mut env = levels.value(|s| &s.env).cloned().unwrap_or_default();
             if let Some(case) = case {
-                env.insert("VMCHECK_MATRIX".into(), case.id());
-                for (k, v) in case.values() {
+                env.insert("VMCHECK_MATRIX".into(), case.id().to_owned());
+                for (k, v) in case.id_values().iter().chain(&case.extra) {
                     env.insert(
                         format!("VMCHECK_MATRIX_{}", k.to_ascii_uppercase()),
-                        v.into(),
+                        v.clone(),
                     );
                 }
             }

@@ -237,7 +237,14 @@ pub async fn run(
     // A store that cannot be read is one warning, and the run goes on without it.
     let mut names: Vec<String> = plan.tests.iter().map(|t| t.def.base_name()).collect();
     names.dedup();
-    let (durations, record) = match super::results::durations(&store, &project, &test_os, &names) {
+    // A plain listing shows no estimate and splits no shard: it reads no durations.
+    let needs_durations = !args.list || verbose || shard.is_some();
+    let looked_up = if needs_durations {
+        super::results::durations(&store, &project, &test_os, &names)
+    } else {
+        Ok(Default::default())
+    };
+    let (durations, record) = match looked_up {
         Ok(d) => (d, true),
         Err(e) => {
             eprintln!(

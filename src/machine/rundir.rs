@@ -155,9 +155,27 @@ mod tests {
         assert!(live.exists());
         assert!(!dead.exists());
         assert!(other.exists());
-        use std::os::unix::process::ExitStatusExt;
-        assert_eq!(orphan.wait().unwrap().signal(), Some(libc::SIGKILL));
-        assert_eq!(removed.wait().unwrap().signal(), Some(libc::SIGKILL));
+        // Bounded waits (a miss fails in seconds, not when `sleep 1000` ends), and what the
+        // sweep could read of the process when it missed it.
+        let killed = |child: &mut std::process::Child| {
+            use std::os::unix::process::ExitStatusExt;
+            for _ in 0..600 {
+                if let Some(status) = child.try_wait().unwrap() {
+                    return status.signal();
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            let environ = std::fs::read(format!("/proc/{}/environ", child.id()));
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!(
+                "pid {} not killed; its environ: {:?}",
+                child.id(),
+                environ.map(|e| String::from_utf8_lossy(&e).into_owned())
+            );
+        };
+        assert_eq!(killed(&mut orphan), Some(libc::SIGKILL));
+        assert_eq!(killed(&mut removed), Some(libc::SIGKILL));
         assert!(
             kept.try_wait().unwrap().is_none(),
             "a live owner's process runs on"
