@@ -62,7 +62,7 @@ pub fn estimate(plan: &TestPlan, history: &Durations, cold_boot: bool) -> Estima
         plan.tests
             .iter()
             .filter(|t| t.def.nondestructive == nd && t.skip_reason.is_none())
-            .filter_map(|t| history.test(&t.def.base_name()))
+            .filter_map(|t| history.test(&t.def.case_name()))
             .collect()
     };
     let typical = [median(&recorded(false)), median(&recorded(true))];
@@ -71,7 +71,7 @@ pub fn estimate(plan: &TestPlan, history: &Durations, cold_boot: bool) -> Estima
         .iter()
         .map(|t| {
             let name = t.def.name();
-            let estimate = match (&t.skip_reason, history.test(&t.def.base_name())) {
+            let estimate = match (&t.skip_reason, history.test(&t.def.case_name())) {
                 (Some(_), _) => Estimate {
                     duration: Duration::ZERO,
                     recorded: true,

@@ -47,6 +47,9 @@ pub struct TestInfo {
     pub nondestructive: bool,
     /// RAM of the test's own machines (destructive tests), for display.
     pub ram_mib: u64,
+    /// Its TEST_OS, when the run has several (its name says so too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os: Option<String>,
 }
 
 /// The label of shared machine `k` (`Placement::Global(k)`, `[ND@k]` in TAP).

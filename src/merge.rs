@@ -431,6 +431,7 @@ mod tests {
             file: "test/verify/check-a".into(),
             nondestructive: false,
             ram_mib: 256,
+            os: None,
         }
     }
 

@@ -18,6 +18,8 @@ use std::sync::Arc;
 /// What to select.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PlanOptions {
+    /// The run's TEST_OS: one, or several separated by commas (`busybox,debian-12`), when
+    /// every test runs on each (see [`run_oses`]).
     pub test_os: String,
     /// Keep only tests whose `Class.method` contains one of these; empty keeps all.
     pub filters: Vec<String>,
@@ -96,8 +98,46 @@ impl fmt::Display for ExcludeReason {
     }
 }
 
-/// Selects the tests to run, keeping their order, and numbers them from 1.
+/// The OSes of a run's TEST_OS (`busybox,debian-12`: both), in the order given. Several
+/// make TEST_OS an axis of the run: each test runs on each, named for it
+/// (`T.m[TEST_OS=busybox]`). The values must have been checked ([`check_test_os`]).
+pub fn run_oses(test_os: &str) -> Vec<&str> {
+    test_os.split(',').collect()
+}
+
+/// The error in a TEST_OS value, if any: every OS a valid image name, none twice.
+pub fn check_test_os(test_os: &str) -> Result<(), String> {
+    let oses = run_oses(test_os);
+    for (i, os) in oses.iter().enumerate() {
+        if !crate::image::valid_name(os) {
+            return Err(format!(
+                "TEST_OS={test_os}: \"{os}\" is not an image name (lower-case letters, \
+                 digits, '.' and '-'; several are separated by commas)"
+            ));
+        }
+        if oses[..i].contains(os) {
+            return Err(format!("TEST_OS={test_os}: {os} is given twice"));
+        }
+    }
+    Ok(())
+}
+
+/// Selects the tests to run, keeping their order, and numbers them from 1. With several
+/// TEST_OS, each test is there once per OS, next to each other.
 pub fn plan(tests: Vec<TestDef>, opts: &PlanOptions) -> TestPlan {
+    let oses = run_oses(&opts.test_os);
+    let tests: Box<dyn Iterator<Item = TestDef>> = if oses.len() > 1 {
+        Box::new(tests.into_iter().flat_map(move |def| {
+            oses.iter()
+                .map(|os| TestDef {
+                    os: Some(os.to_string()),
+                    ..def.clone()
+                })
+                .collect::<Vec<_>>()
+        }))
+    } else {
+        Box::new(tests.into_iter())
+    };
     let mut result = TestPlan::default();
     let mut matched_filters = HashSet::new();
     let mut names = HashSet::new();
@@ -105,11 +145,9 @@ pub fn plan(tests: Vec<TestDef>, opts: &PlanOptions) -> TestPlan {
     for def in tests {
         let name = def.name();
         let method = def.method_name();
-        if let Some(case) = &def.case {
-            for (k, v) in &opts.matrix {
-                if case.get(k) == Some(v.as_str()) {
-                    matrix_seen.insert((k.as_str(), v.as_str()));
-                }
+        for (k, v) in &opts.matrix {
+            if axis_value(&def, k) == Some(v.as_str()) {
+                matrix_seen.insert((k.as_str(), v.as_str()));
             }
         }
         let matching: Vec<&str> = opts
@@ -128,15 +166,22 @@ pub fn plan(tests: Vec<TestDef>, opts: &PlanOptions) -> TestPlan {
         matched_filters.extend(matching);
         let reason = if filtered_out {
             Some(ExcludeReason::Filtered)
-        } else if opts.exclude.iter().any(|e| *e == name || *e == method) {
+        } else if opts
+            .exclude
+            .iter()
+            .any(|e| *e == name || *e == method || (def.os.is_some() && *e == def.base_name()))
+        {
             Some(ExcludeReason::Excluded)
-        } else if !matrix_selects(def.case.as_ref(), &opts.matrix) {
+        } else if !matrix_selects(&def, &opts.matrix) {
             Some(ExcludeReason::Matrix)
         } else if opts.nondestructive_only && !def.nondestructive {
             Some(ExcludeReason::Destructive)
         } else {
             None
         };
+        if def.os.is_some() {
+            names.insert(def.base_name());
+        }
         names.insert(name.clone());
         names.insert(method);
         match reason {
@@ -147,7 +192,7 @@ pub fn plan(tests: Vec<TestDef>, opts: &PlanOptions) -> TestPlan {
             }),
             None => result.tests.push(PlannedTest {
                 id: result.tests.len() + 1,
-                skip_reason: skip_reason(&def, &opts.test_os),
+                skip_reason: skip_reason(&def, def.os(&opts.test_os)),
                 def: Arc::new(def),
             }),
         }
@@ -173,20 +218,23 @@ pub fn plan(tests: Vec<TestDef>, opts: &PlanOptions) -> TestPlan {
     result
 }
 
-/// Whether a test (`case`: its matrix case, if any) is selected by `--matrix` values: for
-/// every key given, its value is one of those given for the key.
-fn matrix_selects(case: Option<&crate::checkfile::Case>, wanted: &[(String, String)]) -> bool {
-    if wanted.is_empty() {
-        return true;
+/// A test's value on axis `key`: its matrix case's, or its TEST_OS when the run has
+/// several (`TEST_OS`).
+fn axis_value<'a>(def: &'a TestDef, key: &str) -> Option<&'a str> {
+    if key == crate::checkfile::OS_KEY {
+        return def.os.as_deref();
     }
-    let Some(case) = case else {
-        return false;
-    };
+    def.case.as_ref().and_then(|case| case.get(key))
+}
+
+/// Whether a test is selected by `--matrix` values: for every key given, its value is one
+/// of those given for the key.
+fn matrix_selects(def: &TestDef, wanted: &[(String, String)]) -> bool {
     let keys: std::collections::BTreeSet<&str> = wanted.iter().map(|(k, _)| k.as_str()).collect();
     keys.into_iter().all(|key| {
         wanted
             .iter()
-            .any(|(k, v)| k == key && case.get(k) == Some(v.as_str()))
+            .any(|(k, v)| k == key && axis_value(def, k) == Some(v.as_str()))
     })
 }
 
@@ -406,6 +454,94 @@ mod tests {
                 .map(|t| t.skip_reason.as_deref())
                 .collect();
             assert_eq!(reasons, expected, "{test_os}");
+        }
+    }
+
+    #[test]
+    fn several_test_os_are_an_axis_of_the_run() {
+        let condition = |os: &[&str], reason: &str| OsCondition {
+            os: os.iter().map(|s| s.to_string()).collect(),
+            reason: reason.into(),
+        };
+        let mut only = def("check-a", "TestA.testOnly", false);
+        only.only = vec![condition(&["debian-*"], "needs apt")];
+        let mut case = def("check-b", "TestB.testCase", true);
+        case.case = Some(crate::checkfile::Case::new(
+            [("fs".to_string(), "xfs".to_string())].into(),
+        ));
+        let mut o = opts(&[], &[], false);
+        o.test_os = "busybox,debian-12".into();
+        let all = plan(vec![only.clone(), case.clone()], &o);
+        let got: Vec<(usize, String, Option<&str>)> = all
+            .tests
+            .iter()
+            .map(|t| (t.id, t.def.name(), t.skip_reason.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    1,
+                    "TestA.testOnly[TEST_OS=busybox]".into(),
+                    Some("needs apt")
+                ),
+                (2, "TestA.testOnly[TEST_OS=debian-12]".into(), None),
+                (3, "TestB.testCase[TEST_OS=busybox,fs=xfs]".into(), None),
+                (4, "TestB.testCase[TEST_OS=debian-12,fs=xfs]".into(), None),
+            ]
+        );
+        assert_eq!(all.tests[1].def.os("busybox,debian-12"), "debian-12");
+        let names = |p: TestPlan| -> Vec<String> { p.tests.iter().map(|t| t.def.name()).collect() };
+        // --matrix TEST_OS=… picks one OS's cases, with other keys too.
+        o.matrix = vec![("TEST_OS".into(), "debian-12".into())];
+        assert_eq!(
+            names(plan(vec![only.clone(), case.clone()], &o)),
+            [
+                "TestA.testOnly[TEST_OS=debian-12]",
+                "TestB.testCase[TEST_OS=debian-12,fs=xfs]"
+            ]
+        );
+        o.matrix.push(("fs".into(), "xfs".into()));
+        assert_eq!(
+            names(plan(vec![only.clone(), case.clone()], &o)),
+            ["TestB.testCase[TEST_OS=debian-12,fs=xfs]"]
+        );
+        // --exclude takes a test on every OS, a case on every OS, or one OS's.
+        o.matrix.clear();
+        for (exclude, left) in [
+            ("TestA.testOnly", 2),
+            ("TestB.testCase[fs=xfs]", 2),
+            ("TestB.testCase[TEST_OS=busybox,fs=xfs]", 3),
+        ] {
+            o.exclude = vec![exclude.into()];
+            let p = plan(vec![only.clone(), case.clone()], &o);
+            assert_eq!(p.tests.len(), left, "{exclude}");
+            assert!(p.unknown_excludes.is_empty(), "{exclude}");
+        }
+        // One TEST_OS: names as ever, and TEST_OS is no axis.
+        o.exclude.clear();
+        o.test_os = "debian-12".into();
+        o.matrix = vec![("TEST_OS".into(), "debian-12".into())];
+        let p = plan(vec![only, case], &o);
+        assert!(p.tests.is_empty());
+        assert_eq!(p.unmatched_matrix, ["TEST_OS=debian-12"]);
+    }
+
+    #[test]
+    fn test_os_values_are_image_names_given_once() {
+        assert_eq!(check_test_os("debian-12"), Ok(()));
+        assert_eq!(check_test_os("busybox,debian-12"), Ok(()));
+        for (bad, says) in [
+            ("busybox,", "\"\" is not an image name"),
+            ("busybox,,debian-12", "\"\" is not an image name"),
+            ("busybox, debian-12", "\" debian-12\" is not an image name"),
+            ("Debian", "\"Debian\" is not an image name"),
+            ("a]b", "\"a]b\" is not an image name"),
+            ("busybox,busybox", "busybox is given twice"),
+        ] {
+            let err = check_test_os(bad).unwrap_err();
+            assert!(err.starts_with(&format!("TEST_OS={bad}: ")), "{err}");
+            assert!(err.contains(says), "{bad}: {err}");
         }
     }
 

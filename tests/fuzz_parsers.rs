@@ -423,13 +423,15 @@ fn test_info() -> impl Strategy<Value = TestInfo> {
         path(),
         any::<bool>(),
         any::<u64>(),
+        proptest::option::of(any_text(8)),
     )
-        .prop_map(|(id, name, file, nondestructive, ram_mib)| TestInfo {
+        .prop_map(|(id, name, file, nondestructive, ram_mib, os)| TestInfo {
             id,
             name,
             file,
             nondestructive,
             ram_mib,
+            os,
         })
 }
 

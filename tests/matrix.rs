@@ -144,3 +144,217 @@ fn bad_matrices_and_cases_bigger_than_the_host_start_nothing() {
         "{err}"
     );
 }
+
+const ON_EACH_OS: &str = r#"
+[TestOs.testShared]
+nondestructive = true
+run = '''
+echo "shared on $TEST_OS"
+test "$VMCHECK_TEST" = TestOs.testShared
+'''
+
+[TestOs.testOwn]
+matrix = { fs = ["ext4", "xfs"] }
+run = '''
+echo "own on $TEST_OS $VMCHECK_MATRIX"
+if [ "$TEST_OS" = tiny ] && [ "$VMCHECK_MATRIX_FS" = xfs ]; then echo "tiny xfs trouble"; exit 1; fi
+'''
+
+[TestOs.testOnlyBusybox]
+only = [{ os = ["busybox"], reason = "busybox only" }]
+run = "test $TEST_OS = busybox"
+"#;
+
+/// `TEST_OS=busybox,tiny`: every test runs on each OS, on shared machines and machines of its
+/// own booted from that OS's image, named for it in every report; skips and known issues
+/// are per OS; the outcome store keeps each OS's outcomes apart, under the tests' own names.
+#[test]
+fn several_test_os_are_an_axis_of_the_run() {
+    let dir = project(ON_EACH_OS);
+    let root = dir.path();
+    common::busybox_as(root, "tiny");
+    std::fs::create_dir_all(root.join("bots/naughty/tiny")).unwrap();
+    std::fs::write(
+        root.join("bots/naughty/tiny/42-xfs"),
+        "*tiny xfs trouble*\n",
+    )
+    .unwrap();
+    let store = root.join("results.sqlite");
+    let run = || {
+        let mut cmd = common::vmcheck_run_in(root);
+        cmd.env("TEST_OS", "busybox,tiny")
+            .arg("--results-db")
+            .arg(&store);
+        cmd
+    };
+    let out = run().arg("--list").output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "TestOs.testOnlyBusybox[TEST_OS=busybox]\n\
+         TestOs.testOnlyBusybox[TEST_OS=tiny]\n\
+         TestOs.testOwn[TEST_OS=busybox,fs=ext4]\n\
+         TestOs.testOwn[TEST_OS=tiny,fs=ext4]\n\
+         TestOs.testOwn[TEST_OS=busybox,fs=xfs]\n\
+         TestOs.testOwn[TEST_OS=tiny,fs=xfs]\n\
+         TestOs.testShared[TEST_OS=busybox]\n\
+         TestOs.testShared[TEST_OS=tiny]\n"
+    );
+    let out = run()
+        .args(["--list", "--matrix", "TEST_OS=tiny", "--exclude"])
+        .arg("TestOs.testOwn[fs=ext4]")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "TestOs.testOnlyBusybox[TEST_OS=tiny]\n\
+         TestOs.testOwn[TEST_OS=tiny,fs=xfs]\n\
+         TestOs.testShared[TEST_OS=tiny]\n"
+    );
+
+    let junit = root.join("junit.xml");
+    let out = common::output_leaving_nothing(
+        run()
+            .args(["--progress", "lines", "--no-retry-fail", "--junit"])
+            .arg(&junit),
+    );
+    let tap = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    common::assert_code(&out, &tap, exit_codes::OK);
+    assert!(common::prove(&tap).0, "{tap}");
+    let mut results: Vec<&str> = tap
+        .lines()
+        .filter(|l| l.starts_with("ok ") || l.starts_with("not ok "))
+        .map(|l| l.split_once(" test/verify/check-m ").unwrap().1)
+        .collect();
+    results.sort();
+    assert_eq!(
+        results,
+        [
+            "TestOs.testOnlyBusybox[TEST_OS=busybox] (0.4GB)",
+            "TestOs.testOnlyBusybox[TEST_OS=tiny] # SKIP busybox only",
+            "TestOs.testOwn[TEST_OS=busybox,fs=ext4] (0.4GB)",
+            "TestOs.testOwn[TEST_OS=busybox,fs=xfs] (0.4GB)",
+            "TestOs.testOwn[TEST_OS=tiny,fs=ext4] (0.4GB)",
+            "TestOs.testOwn[TEST_OS=tiny,fs=xfs] (0.4GB) # SKIP Known issue #42",
+            "TestOs.testShared[TEST_OS=busybox] [ND@1]",
+            "TestOs.testShared[TEST_OS=tiny] [ND@2]",
+        ],
+        "{tap}"
+    );
+    // Each OS's machines booted its own image.
+    assert!(tap.contains("machine1 booted (tiny-"), "{tap}");
+    assert!(err.contains("TEST_OS=busybox  0/4"), "{err}");
+    assert!(err.contains("TEST_OS=tiny     0/4"), "{err}");
+    common::assert_valid_junit(&junit);
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(
+        xml.contains("name=\"testOwn[TEST_OS=tiny,fs=xfs]\""),
+        "{xml}"
+    );
+
+    // The store: a run per OS, the tests under their own names.
+    let conn = rusqlite::Connection::open(&store).unwrap();
+    let rows: Vec<(String, String, String)> = conn
+        .prepare(
+            "SELECT r.os, a.test, a.outcome FROM attempts a JOIN runs r ON r.id = a.run \
+             ORDER BY r.os, a.test",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let rows: Vec<(&str, &str, &str)> = rows
+        .iter()
+        .map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str()))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("busybox", "TestOs.testOnlyBusybox", "passed"),
+            ("busybox", "TestOs.testOwn[fs=ext4]", "passed"),
+            ("busybox", "TestOs.testOwn[fs=xfs]", "passed"),
+            ("busybox", "TestOs.testShared", "passed"),
+            ("tiny", "TestOs.testOwn[fs=ext4]", "passed"),
+            ("tiny", "TestOs.testOwn[fs=xfs]", "failed"),
+            ("tiny", "TestOs.testShared", "passed"),
+        ]
+    );
+    // A later run on one OS, or on both, estimates each case from what its OS recorded.
+    let recorded = |os: &str| -> String {
+        let ms: i64 = conn
+            .query_row(
+                "SELECT a.duration_ms FROM attempts a JOIN runs r ON r.id = a.run \
+                 WHERE r.os = ?1 AND a.test = 'TestOs.testOwn[fs=ext4]'",
+                [os],
+                |r| r.get(0),
+            )
+            .unwrap();
+        format!("estimate={:.1}s", ms as f64 / 1000.0)
+    };
+    for test_os in ["tiny", "tiny,busybox"] {
+        let out = common::vmcheck()
+            .args(["-v", "--project-dir"])
+            .arg(root)
+            .args(["run", "--list", "--exact", "--results-db"])
+            .arg(&store)
+            .args(if test_os == "tiny" {
+                &["TestOs.testOwn[fs=ext4]"][..]
+            } else {
+                &[
+                    "TestOs.testOwn[TEST_OS=busybox,fs=ext4]",
+                    "TestOs.testOwn[TEST_OS=tiny,fs=ext4]",
+                ][..]
+            })
+            .env("TEST_OS", test_os)
+            .output()
+            .unwrap();
+        let list = String::from_utf8_lossy(&out.stdout);
+        let estimates: Vec<&str> = list
+            .lines()
+            .map(|l| l.split(' ').find(|w| w.starts_with("estimate=")).unwrap())
+            .collect();
+        let expected = if test_os == "tiny" {
+            vec![recorded("tiny")]
+        } else {
+            vec![recorded("tiny"), recorded("busybox")]
+        };
+        assert_eq!(estimates, expected, "{list}");
+    }
+}
+
+/// A TEST_OS that is not a list of image names, or names one twice, is an input error
+/// before anything starts; so are several with existing hosts or autopkgtest.
+#[test]
+fn bad_test_os_lists_start_nothing() {
+    let dir = project(ON_EACH_OS);
+    let root = dir.path();
+    for (test_os, args, says) in [
+        (
+            "busybox,",
+            &[][..],
+            "TEST_OS=busybox,: \"\" is not an image name",
+        ),
+        (
+            "busybox,busybox",
+            &[][..],
+            "TEST_OS=busybox,busybox: busybox is given twice",
+        ),
+        (
+            "busybox,debian-12",
+            &["--machine", "127.0.0.1:22"][..],
+            "--machine runs on existing hosts of one TEST_OS",
+        ),
+    ] {
+        let out = common::output_leaving_nothing(
+            common::vmcheck_run_in(root)
+                .env("TEST_OS", test_os)
+                .args(args),
+        );
+        assert_eq!(out.status.code(), Some(exit_codes::INPUT_ERROR), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(says), "{err}");
+        assert!(out.stdout.is_empty(), "{out:?}");
+    }
+}

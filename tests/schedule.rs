@@ -90,9 +90,10 @@ fn a_corrupt_store_is_one_warning_and_listing_creates_none() {
     let dir = tempfile::tempdir().unwrap();
     let corrupt = dir.path().join("results.sqlite");
     std::fs::write(&corrupt, "{\"version\": 1, \"os\": [").unwrap();
+    // A verbose listing shows estimates: it reads durations, and warns once.
     for how in ["env", "option"] {
         let mut cmd = common::vmcheck();
-        cmd.args(["run", "--list"]);
+        cmd.args(["-v", "run", "--list"]);
         if how == "env" {
             cmd.env("VMCHECK_RESULTS_DB", &corrupt);
         } else {
@@ -111,16 +112,30 @@ fn a_corrupt_store_is_one_warning_and_listing_creates_none() {
         );
         assert!(!out.stdout.is_empty());
     }
-    // Listing reads durations, and creates no store.
-    let new = dir.path().join("new/results.sqlite");
+    // A plain listing shows no estimate: it does not open the store at all.
     let out = common::vmcheck()
         .args(["run", "--list", "--results-db"])
-        .arg(&new)
+        .arg(&corrupt)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(exit_codes::OK), "{out:?}");
     assert!(out.stderr.is_empty(), "{out:?}");
-    assert!(!new.exists() && !new.parent().unwrap().exists());
+    // Neither listing creates a store.
+    let new = dir.path().join("new/results.sqlite");
+    for verbose in [false, true] {
+        let mut cmd = common::vmcheck();
+        if verbose {
+            cmd.arg("-v");
+        }
+        let out = cmd
+            .args(["run", "--list", "--results-db"])
+            .arg(&new)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(exit_codes::OK), "{out:?}");
+        assert!(out.stderr.is_empty(), "{out:?}");
+        assert!(!new.exists() && !new.parent().unwrap().exists());
+    }
 }
 
 /// A run whose store is corrupt, locked by another process for longer than a write waits,

@@ -192,6 +192,7 @@ fn test(
         covers: vec![],
         repeat: None,
         case: None,
+        os: None,
     })
 }
 

@@ -50,7 +50,14 @@ pub struct TestDef {
     pub repeat: Option<Repeat>,
     /// The case of the test's matrix this is; its name says so.
     pub case: Option<Case>,
+    /// Its TEST_OS, when the run has several (`TEST_OS=busybox,debian-12`): TEST_OS is then
+    /// an axis of the run, and the test's name says which
+    /// (`TestClass.testMethod[TEST_OS=busybox,fs=ext4]`).
+    pub os: Option<String>,
 }
+
+/// The key of the run's TEST_OS axis in a test's name (`T.m[TEST_OS=busybox]`).
+pub const OS_KEY: &str = "TEST_OS";
 
 /// Run `index` (from 1) of `total` runs of one test (`run --repeat N`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +77,21 @@ pub fn split_repeat(name: &str) -> (&str, u32) {
         return (base, index);
     }
     (name, 0)
+}
+
+/// A test's name without its TEST_OS `os` (`T.m[TEST_OS=busybox,fs=ext4]` →
+/// `T.m[fs=ext4]`, `T.m[TEST_OS=busybox][repeat=2]` → `T.m[repeat=2]`): what its outcomes
+/// are recorded under, beside the OS.
+pub fn strip_os(name: &str, os: &str) -> String {
+    let alone = format!("[{OS_KEY}={os}]");
+    let first = format!("[{OS_KEY}={os},");
+    if let Some(i) = name.find(&first) {
+        format!("{}[{}", &name[..i], &name[i + first.len()..])
+    } else if let Some(i) = name.find(&alone) {
+        format!("{}{}", &name[..i], &name[i + alone.len()..])
+    } else {
+        name.to_string()
+    }
 }
 
 /// What runs a test.
@@ -103,14 +125,33 @@ impl TestDef {
     /// and for a repeated test which run it is (`TestClass.testMethod[repeat=3]`).
     pub fn name(&self) -> String {
         match self.repeat {
-            Some(r) => format!("{}[repeat={}]", self.base_name(), r.index),
-            None => self.base_name(),
+            Some(r) => format!("{}[repeat={}]", self.case_name(), r.index),
+            None => self.case_name(),
         }
+    }
+
+    /// The name of the test's case in this run: [`TestDef::base_name`], with its TEST_OS
+    /// when the run has several (`TestClass.testMethod[TEST_OS=busybox,fs=ext4]`); what its
+    /// estimated duration is known by.
+    pub fn case_name(&self) -> String {
+        match (&self.os, &self.case) {
+            // Upper case sorts before every matrix key (lower case): keys stay sorted.
+            (Some(os), Some(case)) => {
+                format!("{}[{OS_KEY}={os},{}]", self.method_name(), case.id())
+            }
+            (Some(os), None) => format!("{}[{OS_KEY}={os}]", self.method_name()),
+            (None, _) => self.base_name(),
+        }
+    }
+
+    /// The test's TEST_OS: its own when the run has several, else the run's `run_os`.
+    pub fn os<'a>(&'a self, run_os: &'a str) -> &'a str {
+        self.os.as_deref().unwrap_or(run_os)
     }
 
     /// The test's own name: [`TestDef::method_name`], and for a case of a matrix its
     /// values (`TestClass.testMethod[fs=ext4,server=busybox]`): `VMCHECK_TEST`, and what
-    /// its durations and outcomes are recorded under.
+    /// its durations and outcomes are recorded under (with its TEST_OS beside it, not in it).
     pub fn base_name(&self) -> String {
         match &self.case {
             Some(case) => format!("{}[{}]", self.method_name(), case.id()),
@@ -175,6 +216,7 @@ impl TestDef {
             covers: vec![],
             repeat: None,
             case: None,
+            os: None,
         }
     }
 }
@@ -182,6 +224,36 @@ impl TestDef {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_with_several_test_os_names_each_tests_os() {
+        let mut t = TestDef::sample("check-a", "TestA.testB");
+        t.os = Some("busybox".into());
+        assert_eq!(t.name(), "TestA.testB[TEST_OS=busybox]");
+        assert_eq!(t.base_name(), "TestA.testB");
+        assert_eq!(t.os("debian-12"), "busybox");
+        t.case = Some(Case::new(BTreeMap::from([
+            ("fs".to_string(), "ext4".to_string()),
+            ("a".to_string(), "1".to_string()),
+        ])));
+        assert_eq!(t.case_name(), "TestA.testB[TEST_OS=busybox,a=1,fs=ext4]");
+        assert_eq!(t.base_name(), "TestA.testB[a=1,fs=ext4]");
+        t.repeat = Some(Repeat { index: 2, total: 3 });
+        let name = t.name();
+        assert_eq!(name, "TestA.testB[TEST_OS=busybox,a=1,fs=ext4][repeat=2]");
+        assert_eq!(
+            strip_os(&name, "busybox"),
+            "TestA.testB[a=1,fs=ext4][repeat=2]"
+        );
+        t.case = None;
+        let name = t.name();
+        assert_eq!(strip_os(&name, "busybox"), "TestA.testB[repeat=2]");
+        // Another OS, or a name without one, is left as it is.
+        assert_eq!(strip_os(&name, "debian-12"), name);
+        assert_eq!(strip_os("TestA.testB", "busybox"), "TestA.testB");
+        t.os = None;
+        assert_eq!(t.os("debian-12"), "debian-12");
+    }
 
     #[test]
     fn repeated_names_split_back() {

@@ -74,7 +74,7 @@ mod settings;
 mod value;
 
 pub use condition::{OsCondition, first_match};
-pub use def::{Body, Repeat, TestDef, split_repeat};
+pub use def::{Body, OS_KEY, Repeat, TestDef, split_repeat, strip_os};
 pub use duration::parse_duration;
 pub use error::CheckFileError;
 pub use glob::covers_matcher;

@@ -334,6 +334,7 @@ impl Walk<'_> {
                 },
                 covers: self.covers.clone(),
                 repeat: None,
+                os: None,
                 case: case.cloned(),
             };
             self.tests.push(Parsed { def, col });

@@ -148,6 +148,12 @@ pub fn hunt(root: &Path, h: &Hunt) -> Result<i32, CliError> {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| super::run::DEFAULT_TEST_OS.to_string());
+    vmcheck::plan::check_test_os(&test_os).map_err(CliError::Usage)?;
+    if vmcheck::plan::run_oses(&test_os).len() > 1 {
+        return Err(CliError::Usage(format!(
+            "TEST_OS={test_os}: hunt measures a failure rate on one TEST_OS; give one"
+        )));
+    }
     let project = super::results::project_name(root, false);
     let store_path = store::path_of(h.results_db.as_deref());
     let query = Query {

@@ -33,7 +33,7 @@ use vmcheck::reporter::tap::TapReporter;
 use vmcheck::results::writer::LiveStore;
 use vmcheck::runner::attempt::AttemptContext;
 use vmcheck::runner::boots::BootGate;
-use vmcheck::runner::dispatcher::{Dispatcher, RunConfig, test_cost};
+use vmcheck::runner::dispatcher::{Dispatcher, RunConfig, test_info};
 use vmcheck::runner::ledger::{default_jobs, host_capacity};
 use vmcheck::shard::Shard;
 use vmcheck::signal::Cancel;
@@ -131,6 +131,19 @@ pub async fn run(
             }
             .to_string()
         });
+    vmcheck::plan::check_test_os(&test_os).map_err(CliError::Usage)?;
+    let several_os = vmcheck::plan::run_oses(&test_os).len() > 1;
+    if several_os && autopkgtest.is_some() {
+        return Err(CliError::Usage(format!(
+            "TEST_OS={test_os}: autopkgtest runs on one TEST_OS at a time (its dependencies \
+             are resolved against that image)"
+        )));
+    }
+    if several_os && !args.machine.is_empty() {
+        return Err(CliError::Usage(format!(
+            "TEST_OS={test_os}: --machine runs on existing hosts of one TEST_OS; give one"
+        )));
+    }
 
     // Check files, scenario, plan: all input errors before anything starts.
     let found = match &file {
@@ -235,12 +248,10 @@ pub async fn run(
     let store = vmcheck::results::store::path_of(args.results_db.as_deref());
     let project = super::results::project_name(&root, autopkgtest.is_some());
     // A store that cannot be read is one warning, and the run goes on without it.
-    let mut names: Vec<String> = plan.tests.iter().map(|t| t.def.base_name()).collect();
-    names.dedup();
     // A plain listing shows no estimate and splits no shard: it reads no durations.
     let needs_durations = !args.list || verbose || shard.is_some();
     let looked_up = if needs_durations {
-        super::results::durations(&store, &project, &test_os, &names)
+        durations_of(&plan, &store, &project, &test_os)
     } else {
         Ok(Default::default())
     };
@@ -396,9 +407,12 @@ pub async fn run(
         }
         _ => None,
     };
+    // Shared machines of the first TEST_OS, for the default number of jobs.
     let nd_mem = args
         .nondestructive_memory
-        .or(images.get(&test_os).map(|i| i.manifest.boot.memory_mib))
+        .or(images
+            .get(vmcheck::plan::run_oses(&test_os)[0])
+            .map(|i| i.manifest.boot.memory_mib))
         .unwrap_or(512);
     let available = mem_available_mib().unwrap_or(4096);
     let cpus = std::thread::available_parallelism()
@@ -584,6 +598,37 @@ impl Output {
     }
 }
 
+/// The recorded durations of the tests of `plan` on their TEST_OS, by the names of their
+/// cases ([`TestDef::case_name`]); with several TEST_OS, the boots of all of them.
+fn durations_of(
+    plan: &TestPlan,
+    store: &Path,
+    project: &str,
+    test_os: &str,
+) -> Result<vmcheck::results::durations::Durations, vmcheck::results::store::StoreError> {
+    let oses = vmcheck::plan::run_oses(test_os);
+    if oses.len() == 1 {
+        let mut names: Vec<String> = plan.tests.iter().map(|t| t.def.base_name()).collect();
+        names.dedup();
+        return super::results::durations(store, project, test_os, &names);
+    }
+    let mut all = vmcheck::results::durations::Durations::default();
+    for os in oses {
+        let on_os = || plan.tests.iter().filter(|t| t.def.os(test_os) == os);
+        let mut names: Vec<String> = on_os().map(|t| t.def.base_name()).collect();
+        names.dedup();
+        let mut d = super::results::durations(store, project, os, &names)?;
+        for t in on_os() {
+            if let Some(v) = d.tests.get(&t.def.base_name()) {
+                all.tests.insert(t.def.case_name(), v.clone());
+            }
+        }
+        all.boot.append(&mut d.boot);
+        all.restore.append(&mut d.restore);
+    }
+    Ok(all)
+}
+
 /// The images the tests that will run boot, sorted. One that is neither built nor has a
 /// recipe is an input error, at the `image = …` that names it (or TEST_OS's name).
 fn needed_images(
@@ -598,12 +643,13 @@ fn needed_images(
     let mut needed = std::collections::BTreeSet::new();
     let mut errors = Vec::new();
     for t in plan.tests.iter().filter(|t| t.skip_reason.is_none()) {
+        let os = t.def.os(test_os);
         if t.def.nondestructive {
-            needed.insert(test_os.to_string());
+            needed.insert(os.to_string());
             continue;
         }
         for m in &t.def.provision {
-            let name = m.image_or(test_os);
+            let name = m.image_or(os);
             match m.image_at {
                 Some((line, col)) if !known.iter().any(|k| k == name) => {
                     errors.push(checkfile::CheckFileError {
@@ -848,17 +894,7 @@ fn report_interrupted(
     let started = std::time::Instant::now();
     let mut report = fan_out(reporters, ctx.cancel.clone(), report_failed);
     let reason = ctx.cancel.describe();
-    let infos: Vec<TestInfo> = plan
-        .tests
-        .iter()
-        .map(|t| TestInfo {
-            id: t.id,
-            name: t.def.name(),
-            file: t.def.file.clone(),
-            nondestructive: t.def.nondestructive,
-            ram_mib: test_cost(&t.def, ctx).ram_mib,
-        })
-        .collect();
+    let infos: Vec<TestInfo> = plan.tests.iter().map(|t| test_info(t, ctx)).collect();
     report(&Event::RunStarted {
         test_os: ctx.test_os.clone(),
         jobs: cfg.jobs,

@@ -110,6 +110,7 @@ mod tests {
             file: "check-a".into(),
             nondestructive: false,
             ram_mib: 0,
+            os: None,
         };
         let report = |attempt| AttemptReport {
             attempt,
@@ -161,6 +162,7 @@ mod tests {
             file: "test/verify/check-a".into(),
             nondestructive: true,
             ram_mib: 0,
+            os: None,
         };
         let l = line(
             &Event::TestFinished {

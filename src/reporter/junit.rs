@@ -215,6 +215,7 @@ mod tests {
             file: "test/verify/check-foo".into(),
             nondestructive: false,
             ram_mib: 256,
+            os: None,
         }
     }
 

@@ -334,6 +334,7 @@ mod tests {
             file: "check-x".into(),
             nondestructive: false,
             ram_mib: 0,
+            os: None,
         }
     }
 

@@ -389,6 +389,7 @@ mod tests {
             file: "check-a".into(),
             nondestructive: true,
             ram_mib: 0,
+            os: None,
         }
     }
 

@@ -358,6 +358,7 @@ mod tests {
             file: "check-x".into(),
             nondestructive: true,
             ram_mib: 0,
+            os: None,
         }
     }
 

@@ -316,6 +316,7 @@ mod tests {
             file: PathBuf::from("test/verify/check-foo"),
             nondestructive: nd,
             ram_mib: 384,
+            os: None,
         }
     }
 

@@ -9,10 +9,13 @@ use crate::events::{AttemptOutcome, AttemptReport, BootOrigin, Event, Verdict};
 /// What one event adds to the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Row {
-    Run(RunRow),
-    /// The attempts of one finished test.
-    Attempts(Vec<AttemptRow>),
-    Boot(BootRow),
+    /// The run: one row per TEST_OS (`<id>/<os>` for a run on several), so that each OS's
+    /// outcomes and durations are kept apart as if each had been a run of its own.
+    Run(Vec<RunRow>),
+    /// The attempts of one finished test, in the run row they belong to (an index into
+    /// `Row::Run`'s).
+    Attempts(usize, Vec<AttemptRow>),
+    Boot(usize, BootRow),
 }
 
 /// How the events reach the store.
@@ -52,7 +55,8 @@ impl From<&crate::events::RunMeta> for Fallback {
 pub struct Recorder {
     source: Source,
     fallback: Fallback,
-    run: Option<RunRow>,
+    /// The rows of the run, one per TEST_OS; empty before `run-started`.
+    runs: Vec<RunRow>,
     boots: u32,
 }
 
@@ -61,9 +65,31 @@ impl Recorder {
         Recorder {
             source,
             fallback,
-            run: None,
+            runs: Vec::new(),
             boots: 0,
         }
+    }
+
+    /// The run row the events of OS `os` (none: the run's own) belong to.
+    fn run_of(&self, os: Option<&str>) -> Option<usize> {
+        match os {
+            _ if self.runs.len() <= 1 => (!self.runs.is_empty()).then_some(0),
+            Some(os) => self.runs.iter().position(|r| r.os == os),
+            None => Some(0),
+        }
+    }
+
+    /// The run row a boot of `image` (`<name>` or `<name>-<id>`) belongs to: the OS it
+    /// is, else the run's first.
+    fn run_of_image(&self, image: &str) -> Option<usize> {
+        let is = |os: &str| {
+            image == os
+                || image
+                    .strip_prefix(os)
+                    .and_then(|rest| rest.strip_prefix('-'))
+                    .is_some_and(|id| !id.is_empty() && id.chars().all(|c| c.is_ascii_hexdigit()))
+        };
+        (!self.runs.is_empty()).then(|| self.runs.iter().position(|r| is(&r.os)).unwrap_or(0))
     }
 
     /// What `event` adds, if anything.
@@ -95,8 +121,20 @@ impl Recorder {
                     shard: shard.as_ref().map(|s| format!("{}/{}", s.index, s.total)),
                     settled: shard.is_none() || self.source == Source::Import,
                 };
-                self.run = Some(row.clone());
-                Some(Row::Run(row))
+                let oses = crate::plan::run_oses(test_os);
+                self.runs = if oses.len() > 1 {
+                    oses.iter()
+                        .map(|os| RunRow {
+                            id: format!("{}/{os}", row.id),
+                            os: os.to_string(),
+                            image: None,
+                            ..row.clone()
+                        })
+                        .collect()
+                } else {
+                    vec![row]
+                };
+                Some(Row::Run(self.runs.clone()))
             }
             Event::MachineReady {
                 label,
@@ -104,20 +142,23 @@ impl Recorder {
                 boot,
                 origin,
             } => {
-                self.run.as_ref()?;
+                let run = self.run_of_image(image)?;
                 self.boots += 1;
                 let origin = match origin {
                     Some(o) => Some(origin_tag(*o)),
                     None if image == crate::runner::EXISTING_HOST => Some("existing"),
                     None => None,
                 };
-                Some(Row::Boot(BootRow {
-                    seq: self.boots,
-                    label: label.clone(),
-                    image: image.clone(),
-                    origin,
-                    duration_ms: boot.as_millis() as u64,
-                }))
+                Some(Row::Boot(
+                    run,
+                    BootRow {
+                        seq: self.boots,
+                        label: label.clone(),
+                        image: image.clone(),
+                        origin,
+                        duration_ms: boot.as_millis() as u64,
+                    },
+                ))
             }
             Event::TestFinished {
                 test,
@@ -125,14 +166,20 @@ impl Recorder {
                 attempts,
                 ..
             } => {
-                let run = self.run.as_ref()?;
+                let run = self.run_of(test.os.as_deref())?;
+                let start_ms = self.runs[run].start_ms;
+                // Recorded under its own name, beside its OS.
+                let name = match &test.os {
+                    Some(os) => crate::checkfile::strip_os(&test.name, os),
+                    None => test.name.clone(),
+                };
                 let n = attempts.len();
                 let rows: Vec<AttemptRow> = attempts
                     .iter()
                     .enumerate()
-                    .map(|(i, a)| attempt_row(&test.name, a, verdict, i + 1 == n, run.start_ms))
+                    .map(|(i, a)| attempt_row(&name, a, verdict, i + 1 == n, start_ms))
                     .collect();
-                (!rows.is_empty()).then_some(Row::Attempts(rows))
+                (!rows.is_empty()).then_some(Row::Attempts(run, rows))
             }
             _ => None,
         }
@@ -141,15 +188,19 @@ impl Recorder {
     /// Write what `event` adds to `store`.
     pub fn record(&mut self, store: &mut Store, event: &Event) -> Result<Recorded, StoreError> {
         Ok(match self.observe(event) {
-            Some(Row::Run(run)) => Recorded::Run {
-                new: store.add_run(&run)?,
-            },
-            Some(Row::Attempts(rows)) => {
-                store.add_attempts(self.run.as_ref().expect("observed"), &rows)?;
+            Some(Row::Run(runs)) => {
+                let mut new = false;
+                for run in &runs {
+                    new |= store.add_run(run)?;
+                }
+                Recorded::Run { new }
+            }
+            Some(Row::Attempts(run, rows)) => {
+                store.add_attempts(&self.runs[run], &rows)?;
                 Recorded::Attempts(rows.len())
             }
-            Some(Row::Boot(boot)) => {
-                store.add_boot(self.run.as_ref().expect("observed"), &boot)?;
+            Some(Row::Boot(run, boot)) => {
+                store.add_boot(&self.runs[run], &boot)?;
                 Recorded::Boot
             }
             None => Recorded::Nothing,

@@ -65,6 +65,7 @@ fn finished(name: &str, verdict: Verdict, attempts: Vec<AttemptReport>) -> Event
             file: "test/verify/check-a".into(),
             nondestructive: true,
             ram_mib: 0,
+            os: None,
         },
         placement: Placement::Global(1),
         verdict,
@@ -465,4 +466,81 @@ fn known_issues_are_counted_per_os_and_stale_outside_the_window() {
     // #7 on debian-12 never matched.
     let never = occurrences(&store, "proj", 7, "debian-12", Window::Since(0)).unwrap();
     assert_eq!((never.count, never.last_ms, never.stale), (0, None, true));
+}
+
+/// A run on several TEST_OS is recorded as one run per OS (`<id>/<os>`), each test under its
+/// own name beside its OS, and each boot under the OS it booted: what a later run on one of
+/// them reads back is that OS's.
+#[test]
+fn a_run_on_several_test_os_is_recorded_per_os() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("results.sqlite")).unwrap();
+    let on = |os: &str, name: &str, secs: u64| match finished(
+        &format!("T.testA[TEST_OS={os}{name}]"),
+        Verdict::Passed,
+        vec![attempt(1, AttemptOutcome::Passed, secs, NOW - 10)],
+    ) {
+        Event::TestFinished {
+            mut test,
+            placement,
+            verdict,
+            attempts,
+        } => {
+            test.os = Some(os.into());
+            Event::TestFinished {
+                test,
+                placement,
+                verdict,
+                attempts,
+            }
+        }
+        _ => unreachable!(),
+    };
+    let mut start = started(Some(meta("r1", "c1", "h1", NOW - 100)), None);
+    if let Event::RunStarted { test_os, .. } = &mut start {
+        *test_os = "busybox,debian-12".into();
+    }
+    let boot = |image: &str, ms: u64| Event::MachineReady {
+        label: "nd1".into(),
+        image: image.into(),
+        boot: Duration::from_millis(ms),
+        origin: Some(BootOrigin::Restored),
+    };
+    let events = [
+        start,
+        boot("debian-12-0123abcd", 9000),
+        boot("busybox-7fc128435cc5", 1000),
+        on("busybox", "", 2),
+        on("debian-12", "", 20),
+        on("debian-12", ",fs=xfs", 30),
+    ];
+    let wrote = record(&mut store, Source::Live, &events);
+    assert_eq!(
+        wrote,
+        [
+            Recorded::Run { new: true },
+            Recorded::Boot,
+            Recorded::Boot,
+            Recorded::Attempts(1),
+            Recorded::Attempts(1),
+            Recorded::Attempts(1)
+        ]
+    );
+    assert_eq!(count(&store, "runs"), 2);
+    let names = ["T.testA".to_string(), "T.testA[fs=xfs]".to_string()];
+    let busybox = Durations::read(&store, "proj", "busybox", &names, NOW).unwrap();
+    assert_eq!(busybox.test("T.testA"), Some(Duration::from_secs(2)));
+    assert_eq!(busybox.test("T.testA[fs=xfs]"), None);
+    assert_eq!(busybox.restore, [Duration::from_millis(1000)]);
+    let debian = Durations::read(&store, "proj", "debian-12", &names, NOW).unwrap();
+    assert_eq!(debian.test("T.testA"), Some(Duration::from_secs(20)));
+    assert_eq!(
+        debian.test("T.testA[fs=xfs]"),
+        Some(Duration::from_secs(30))
+    );
+    assert_eq!(debian.restore, [Duration::from_millis(9000)]);
+    // Imported again, it adds nothing.
+    let again = record(&mut store, Source::Import, &events);
+    assert_eq!(again[0], Recorded::Run { new: false });
+    assert_eq!(count(&store, "attempts"), 3);
 }

@@ -258,7 +258,7 @@ pub async fn run_attempt(
             test.file.display(),
             test.name()
         );
-        let m = ctx.naughty.matches(&ctx.test_os, &input);
+        let m = ctx.naughty.matches(test.os(&ctx.test_os), &input);
         report.known = crate::events::KnownIssues {
             own: m.own_issues(),
             other: m.other_issues(),
@@ -438,7 +438,7 @@ fn body_env(
             "VMCHECK_MAX_ATTEMPTS".to_string(),
             req.max_attempts.to_string(),
         ),
-        ("TEST_OS".to_string(), ctx.test_os.clone()),
+        ("TEST_OS".to_string(), req.test.os(&ctx.test_os).to_owned()),
         (
             // Which run of a repeated test this is (`run --repeat N`), else 0.
             "VMCHECK_REPEAT".to_string(),

@@ -86,7 +86,7 @@ pub struct Dispatcher<'r> {
 /// The cost of a destructive test: its machines' RAM (plus qemu's) and CPUs.
 pub fn test_cost(def: &TestDef, ctx: &AttemptContext) -> Cost {
     def.provision.iter().fold(Cost::default(), |acc, m| {
-        let image = m.image.as_deref().unwrap_or(&ctx.test_os);
+        let image = m.image_or(def.os(&ctx.test_os));
         let mem = m
             .memory_mib
             .or_else(|| ctx.images.get(image).map(|i| i.manifest.boot.memory_mib))
@@ -98,6 +98,18 @@ pub fn test_cost(def: &TestDef, ctx: &AttemptContext) -> Cost {
     })
 }
 
+/// What every event says of planned test `t`.
+pub fn test_info(t: &crate::plan::PlannedTest, ctx: &AttemptContext) -> TestInfo {
+    TestInfo {
+        id: t.id,
+        name: t.def.name(),
+        file: t.def.file.clone(),
+        nondestructive: t.def.nondestructive,
+        ram_mib: test_cost(&t.def, ctx).ram_mib,
+        os: t.def.os.clone(),
+    }
+}
+
 impl<'r> Dispatcher<'r> {
     pub fn new(
         plan: TestPlan,
@@ -105,7 +117,9 @@ impl<'r> Dispatcher<'r> {
         ctx: Arc<AttemptContext>,
         report: &'r mut dyn FnMut(&Event),
     ) -> Dispatcher<'r> {
+        let oses = crate::plan::run_oses(&ctx.test_os);
         let mut pools = Pools::new(Pool {
+            os: oses[0].to_owned(),
             memory_mib: cfg.nd_memory_mib,
             cpus: cfg.nd_cpus,
             layer: None,
@@ -116,19 +130,14 @@ impl<'r> Dispatcher<'r> {
             .iter()
             .map(|t| {
                 let cost = test_cost(&t.def, &ctx);
+                let os = t.def.os(&ctx.test_os);
                 let pool = if t.def.nondestructive {
-                    pools.of(&t.def)
+                    pools.of(&t.def, os)
                 } else {
                     0
                 };
                 TestSpec {
-                    info: TestInfo {
-                        id: t.id,
-                        name: t.def.name(),
-                        file: t.def.file.clone(),
-                        nondestructive: t.def.nondestructive,
-                        ram_mib: cost.ram_mib,
-                    },
+                    info: test_info(t, &ctx),
                     method: t.def.method.clone(),
                     cost,
                     weight: Weight {
@@ -136,7 +145,7 @@ impl<'r> Dispatcher<'r> {
                         timeout: t.def.timeout,
                         machines: t.def.provision.len(),
                     },
-                    todo: t.def.todo_reason(&ctx.test_os).map(str::to_owned),
+                    todo: t.def.todo_reason(os).map(str::to_owned),
                     affected: !t.def.no_retry_when_changed
                         && !cfg.affected.reasons(&t.def.file).is_empty(),
                     skip: t.skip_reason.clone(),
@@ -150,10 +159,7 @@ impl<'r> Dispatcher<'r> {
             .map(|p| {
                 let mem = p
                     .memory_mib
-                    .or(ctx
-                        .images
-                        .get(&ctx.test_os)
-                        .map(|i| i.manifest.boot.memory_mib))
+                    .or(ctx.images.get(&p.os).map(|i| i.manifest.boot.memory_mib))
                     .unwrap_or(512);
                 Cost {
                     ram_mib: u64::from(mem) + QEMU_OVERHEAD_MIB,
@@ -161,11 +167,11 @@ impl<'r> Dispatcher<'r> {
                 }
             })
             .collect();
-        let known = ctx
-            .naughty
-            .for_os(&ctx.test_os)
-            .into_iter()
-            .map(|n| KnownIssue {
+        let known = oses
+            .iter()
+            .flat_map(|os| ctx.naughty.for_os(os).into_iter().map(move |n| (os, n)))
+            .map(|(os, n)| KnownIssue {
+                os: os.to_string(),
                 issue: n.issue,
                 path: n
                     .path
@@ -398,11 +404,11 @@ async fn boot_global(
     })?;
     let image = ctx
         .images
-        .get(&ctx.test_os)
+        .get(&pool.os)
         .cloned()
         .ok_or_else(|| MachineError::Failed {
             label: label.to_string(),
-            message: format!("image {} was not prepared", ctx.test_os),
+            message: format!("image {} was not prepared", pool.os),
         })?;
     let spec = MachineSpec {
         label: label.to_string(),

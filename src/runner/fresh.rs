@@ -57,7 +57,7 @@ async fn boot_machines(
     let boots = futures_util::stream::FuturesUnordered::new();
     let (layer, isolated) = super::pools::extras(test);
     for (i, mreq) in test.provision.iter().enumerate() {
-        let image_name = mreq.image.clone().unwrap_or_else(|| ctx.test_os.clone());
+        let image_name = mreq.image_or(test.os(&ctx.test_os)).to_owned();
         let image = ctx
             .images
             .get(&image_name)

@@ -127,7 +127,9 @@ fn command(
                     .provision
                     .iter()
                     .find(|p| p.name == name)
-                    .map_or(ctx.test_os.as_str(), |p| p.image_or(&ctx.test_os))
+                    .map_or(req.test.os(&ctx.test_os), |p| {
+                        p.image_or(req.test.os(&ctx.test_os))
+                    })
                     .to_owned()
             })?;
             for note in &written.notes {

@@ -1,6 +1,7 @@
-//! The kinds of global machine a run boots (*pools*): the run's usual machine, and one more
-//! per distinct machine that nondestructive tests need beyond it (an autopkgtest's
-//! dependencies, installed as a layer, and its closed network). The state machine knows a
+//! The kinds of global machine a run boots (*pools*): the run's usual machine, one per other
+//! TEST_OS of a run on several, and one more per distinct machine that nondestructive tests
+//! need beyond it (an autopkgtest's dependencies, installed as a layer, and its closed
+//! network). The state machine knows a
 //! pool by its index and its cost; the driver boots a machine of a pool from its [`Pool`].
 
 use crate::checkfile::{Body, TestDef};
@@ -20,6 +21,8 @@ pub fn extras(def: &TestDef) -> (Option<Arc<Layer>>, bool) {
 /// A kind of global machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pool {
+    /// The image it boots: a TEST_OS of the run.
+    pub os: String,
     /// The image's default when `None`.
     pub memory_mib: Option<u32>,
     pub cpus: u32,
@@ -37,19 +40,25 @@ impl Pools {
         Pools(vec![usual])
     }
 
-    /// The index of the pool nondestructive test `def` runs on, added if it is new.
-    pub fn of(&mut self, def: &TestDef) -> usize {
+    /// The index of the pool nondestructive test `def` runs on (`os`: its TEST_OS), added
+    /// if it is new.
+    pub fn of(&mut self, def: &TestDef, os: &str) -> usize {
         let pool = match (&def.body, def.provision.first()) {
             (Body::Autopkgtest(_), Some(m)) => {
                 let (layer, isolated) = extras(def);
                 Pool {
+                    os: os.to_owned(),
                     memory_mib: m.memory_mib,
                     cpus: m.cpus,
                     layer,
                     isolated,
                 }
             }
-            _ => return 0,
+            _ if os == self.0[0].os => return 0,
+            _ => Pool {
+                os: os.to_owned(),
+                ..self.0[0].clone()
+            },
         };
         match self.0.iter().position(|p| *p == pool) {
             Some(i) => i,
@@ -66,5 +75,35 @@ impl Pools {
 
     pub fn iter(&self) -> impl Iterator<Item = &Pool> {
         self.0.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_test_os_has_a_pool_of_its_own() {
+        let usual = Pool {
+            os: "busybox".into(),
+            memory_mib: Some(300),
+            cpus: 1,
+            layer: None,
+            isolated: false,
+        };
+        let mut pools = Pools::new(usual.clone());
+        let def = TestDef::sample("check-a", "TestA.testB");
+        assert_eq!(pools.of(&def, "busybox"), 0);
+        assert_eq!(pools.of(&def, "debian-12"), 1);
+        assert_eq!(pools.of(&def, "debian-12"), 1);
+        assert_eq!(pools.of(&def, "busybox"), 0);
+        assert_eq!(
+            pools.get(1),
+            &Pool {
+                os: "debian-12".into(),
+                ..usual
+            }
+        );
+        assert_eq!(pools.iter().count(), 2);
     }
 }

@@ -86,9 +86,11 @@ pub struct TestSpec {
     pub series: Option<String>,
 }
 
-/// A known issue of this OS, as far as scheduling is concerned.
+/// A known issue of one of the run's OSes, as far as scheduling is concerned.
 #[derive(Debug, Clone)]
 pub struct KnownIssue {
+    /// The TEST_OS it is known on.
+    pub os: String,
     pub issue: u64,
     /// The pattern file, as shown to users.
     pub path: PathBuf,
@@ -96,11 +98,14 @@ pub struct KnownIssue {
 }
 
 impl KnownIssue {
-    /// Whether the pattern names the test (its `TestClass.testMethod`, or `in testMethod`
-    /// as a traceback does).
-    fn names(&self, spec: &TestSpec) -> bool {
-        self.pattern.contains(&spec.info.name)
-            || self.pattern.contains(&format!("in {}", spec.method))
+    /// Whether the pattern names the test (its `TestClass.testMethod`, without any matrix
+    /// case, or `in testMethod` as a traceback does) on the test's OS (`run_os`: the run's,
+    /// for a test without one of its own).
+    fn names(&self, spec: &TestSpec, run_os: &str) -> bool {
+        let name = spec.info.name.split('[').next().unwrap_or_default();
+        spec.info.os.as_deref().unwrap_or(run_os) == self.os
+            && (self.pattern.contains(name)
+                || self.pattern.contains(&format!("in {}", spec.method)))
     }
 }
 
@@ -669,15 +674,18 @@ impl<M> DispatcherState<M> {
                 || self
                     .tests
                     .iter()
-                    .any(|t| t.spec.skip.is_none() && n.names(&t.spec))
+                    .any(|t| t.spec.skip.is_none() && n.names(&t.spec, &self.cfg.test_os))
         };
-        let unmatched_known = self
+        let mut unmatched_known: Vec<String> = self
             .cfg
             .known
             .iter()
             .filter(|n| !matched.contains(&n.issue) && relevant(n))
             .map(|n| format!("#{} {}", n.issue, n.path.display()))
             .collect();
+        // OSes of a run that share their known issues (an alias) list each once.
+        let mut seen = BTreeSet::new();
+        unmatched_known.retain(|line| seen.insert(line.clone()));
         let wall = self.started.map(|s| now - s).unwrap_or_default();
         out.push(Action::Finish(self.stats.clone()));
         out.push(Action::Emit(Event::RunFinished {
@@ -1074,7 +1082,7 @@ impl<M> DispatcherState<M> {
         if matches!(verdict, Verdict::Passed | Verdict::Flaky) {
             // A pattern that names a passing test (as tracebacks do) may be stale.
             for n in &self.cfg.known {
-                if n.names(&t.spec) {
+                if n.names(&t.spec, &self.cfg.test_os) {
                     out.push(Action::Emit(Event::KnownIssuePassed {
                         test: t.spec.info.clone(),
                         issue: n.issue,

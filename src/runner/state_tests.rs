@@ -13,6 +13,7 @@ fn info(id: usize, nondestructive: bool) -> TestInfo {
         file: "test/verify/check-a".into(),
         nondestructive,
         ram_mib: 0,
+        os: None,
     }
 }
 
@@ -403,11 +404,13 @@ fn a_repeated_result_is_ignored() {
 /// that name one of the tests it ran; a whole-suite run lists them all.
 #[test]
 fn unmatched_known_issues_are_those_the_run_could_have_matched() {
-    let known = |issue: u64, pattern: &str| KnownIssue {
+    let on = |os: &str, issue: u64, pattern: &str| KnownIssue {
+        os: os.into(),
         issue,
-        path: format!("bots/naughty/busybox/{issue}-x").into(),
+        path: format!("bots/naughty/{os}/{issue}-x").into(),
         pattern: pattern.into(),
     };
+    let known = |issue: u64, pattern: &str| on("busybox", issue, pattern);
     for whole_suite in [false, true] {
         let mut cfg = config(1, &[]);
         cfg.whole_suite = whole_suite;
@@ -415,6 +418,8 @@ fn unmatched_known_issues_are_those_the_run_could_have_matched() {
             known(1, "*Traceback*in test1*"),
             known(2, "*TestA.test2 failed*"),
             known(3, "*TestOther.testX*"),
+            // test1 does not run on that OS.
+            on("debian-12", 4, "*TestA.test1 failed*"),
         ];
         let mut skipped = spec(2, false);
         skipped.skip = Some("not here".into());
@@ -433,6 +438,7 @@ fn unmatched_known_issues_are_those_the_run_could_have_matched() {
                 "#1 bots/naughty/busybox/1-x",
                 "#2 bots/naughty/busybox/2-x",
                 "#3 bots/naughty/busybox/3-x",
+                "#4 bots/naughty/debian-12/4-x",
             ]
         } else {
             &["#1 bots/naughty/busybox/1-x"]

@@ -471,6 +471,33 @@ pub fn busybox_project() -> tempfile::TempDir {
     dir
 }
 
+/// The real busybox image under another name, `name`, in `root/images` (a store of its own
+/// in `root/store`): a second TEST_OS that boots as fast. Its files are hard links (copies
+/// across file systems); its manifest names it, and its directory is named for the
+/// manifest's hash, as the store checks.
+pub fn busybox_as(root: &Path, name: &str) {
+    let image = image("busybox");
+    let tmp = root.join("store").join(format!("{name}-new"));
+    std::fs::create_dir_all(&tmp).unwrap();
+    for entry in std::fs::read_dir(&image.dir).unwrap() {
+        let entry = entry.unwrap();
+        let to = tmp.join(entry.file_name());
+        if entry.file_name() == "manifest.toml" {
+            let text = std::fs::read_to_string(entry.path()).unwrap();
+            let renamed = text.replacen("name = \"busybox\"", &format!("name = \"{name}\""), 1);
+            assert_ne!(renamed, text, "the manifest names its image");
+            std::fs::write(&to, renamed).unwrap();
+        } else if std::fs::hard_link(entry.path(), &to).is_err() {
+            std::fs::copy(entry.path(), &to).unwrap();
+        }
+    }
+    let manifest = std::fs::read(tmp.join("manifest.toml")).unwrap();
+    let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&manifest));
+    let dir = root.join("store").join(format!("{name}-{hash}"));
+    std::fs::rename(&tmp, &dir).unwrap();
+    std::os::unix::fs::symlink(&dir, root.join("images").join(name)).unwrap();
+}
+
 /// [`busybox_project`] with one check file, `test/verify/NAME`, holding `check`.
 pub fn busybox_project_with(name: &str, check: &str) -> tempfile::TempDir {
     let dir = busybox_project();
