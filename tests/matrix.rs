@@ -22,11 +22,11 @@ fn vmcheck_in(root: &Path) -> Command {
 const CASES: &str = r#"
 [TestM]
 matrix = { n = [1, 2, 3], size = ["small"] }
-matrix_include = [{ n = 2, label = "two" }]
+matrix_include = [{ n = 2, label = "two" }, { n = 4, size = "big" }]
 
 [TestM.testCase]
 run = '''
-test "$VMCHECK_MATRIX" = "n=$VMCHECK_MATRIX_N,size=small"
+test "$VMCHECK_MATRIX" = "n=$VMCHECK_MATRIX_N,size=$VMCHECK_MATRIX_SIZE"
 test "$VMCHECK_TEST" = "TestM.testCase[$VMCHECK_MATRIX]"
 if [ "$VMCHECK_MATRIX_N" = 2 ]; then test "$VMCHECK_MATRIX_LABEL" = two; fi
 echo "case $VMCHECK_MATRIX ran"
@@ -41,7 +41,16 @@ fn cases_run_under_their_ids_one_waiting_for_the_other() {
     let out = vmcheck_in(root).arg("--list").output().unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "TestM.testCase[n=1,size=small]\nTestM.testCase[n=2,size=small]\nTestM.testCase[n=3,size=small]\n"
+        "TestM.testCase[n=1,size=small]\nTestM.testCase[n=2,size=small]\nTestM.testCase[n=3,size=small]\n\
+         TestM.testCase[n=4,size=big]\n"
+    );
+    // The include that fits no case is a case of its own, and runs as one.
+    let out = common::output_leaving_nothing(vmcheck_in(root).args(["--matrix", "size=big"]));
+    let tap = String::from_utf8_lossy(&out.stdout);
+    common::assert_code(&out, &tap, exit_codes::OK);
+    assert!(
+        tap.contains("ok 1 test/verify/check-m TestM.testCase[n=4,size=big]"),
+        "{tap}"
     );
     let junit = root.join("junit.xml");
     let out = common::output_leaving_nothing(
