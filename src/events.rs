@@ -52,6 +52,39 @@ pub struct TestInfo {
     pub os: Option<String>,
 }
 
+/// One execution of a soak's event, as every report keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SoakRun {
+    /// The event's name.
+    pub name: String,
+    /// 1-based, per event.
+    pub run: u32,
+    /// `startup`, `periodic`, `teardown`, or `invariant` (after a fault).
+    pub why: String,
+    /// When it was due and when it started, from the soak's start.
+    #[serde(with = "secs")]
+    pub due: Duration,
+    #[serde(with = "secs")]
+    pub started: Duration,
+    #[serde(with = "secs")]
+    pub duration: Duration,
+    /// `passed`, `failed`, `timed-out`, `skipped` (its previous run still ran), or
+    /// `interrupted` (the soak ended first).
+    pub outcome: String,
+    /// How it failed (`exit code 1`), or why it was skipped; empty when it passed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+    /// The last lines of its output, for a run that did not pass.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tail: String,
+}
+
+impl SoakRun {
+    pub fn failed(&self) -> bool {
+        matches!(self.outcome.as_str(), "failed" | "timed-out")
+    }
+}
+
 /// The label of shared machine `k` (`Placement::Global(k)`, `[ND@k]` in TAP).
 pub fn global_label(k: usize) -> String {
     format!("nd{k}")
@@ -395,6 +428,23 @@ pub enum Event {
         id: usize,
         name: String,
         reason: String,
+    },
+    /// A soak starts (its machines are ready): its scaled duration, the seed its schedule
+    /// was drawn from (`--seed` replays it) and its events' names.
+    SoakStarted {
+        id: usize,
+        attempt: u32,
+        #[serde(with = "secs")]
+        duration: Duration,
+        seed: u64,
+        events: Vec<String>,
+    },
+    /// One execution of a soak's event ended (or was skipped: still running when due).
+    SoakEvent {
+        id: usize,
+        attempt: u32,
+        #[serde(flatten)]
+        run: SoakRun,
     },
     /// The attempt's machines are ready (labels) and its body starts.
     TestRunning {

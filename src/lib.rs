@@ -25,4 +25,5 @@ pub mod scenario;
 pub mod shard;
 pub mod shell;
 pub mod signal;
+pub mod soak;
 pub mod testlib;

@@ -44,6 +44,9 @@ pub struct TestFacts {
     pub todo: Option<String>,
     /// Affected by the change under test (and not opted out with `no_retry_when_changed`).
     pub affected: bool,
+    /// Its own failures are final (a soak: hours are not retried, and its failure is
+    /// evidence, not noise).
+    pub no_retry_fail: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,7 +120,10 @@ pub fn decide(
                 }
                 AttemptOutcome::UnexpectedMessages { .. } => Decision::Final(Verdict::Failed),
                 _ if test.affected => Decision::Final(Verdict::Failed),
-                _ if !opts.no_retry_fail && count(is_failure) <= FAILURE_RETRIES => {
+                _ if !opts.no_retry_fail
+                    && !test.no_retry_fail
+                    && count(is_failure) <= FAILURE_RETRIES =>
+                {
                     retry(REASON_UNSTABLE)
                 }
                 _ => Decision::Final(Verdict::Failed),
@@ -155,7 +161,28 @@ mod tests {
         TestFacts {
             todo: todo.map(String::from),
             affected,
+            no_retry_fail: false,
         }
+    }
+
+    #[test]
+    fn a_soak_failure_is_final_but_a_harness_failure_is_retried() {
+        let soak = TestFacts {
+            no_retry_fail: true,
+            ..TestFacts::default()
+        };
+        let opts = PolicyOptions::default();
+        let fail = AttemptOutcome::Failed {
+            status: "soak event check #3 failed".into(),
+        };
+        assert_eq!(
+            decide(&[fail], &Known::default(), &soak, &opts),
+            Decision::Final(Verdict::Failed)
+        );
+        assert!(matches!(
+            decide(&[harness()], &Known::default(), &soak, &opts),
+            Decision::Retry { .. }
+        ));
     }
     fn run(history: &[AttemptOutcome], todo: Option<&str>, no_retry: bool) -> Decision {
         decide(

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use vmcheck::events::{
     AttemptOutcome, AttemptReport, BootOrigin, Event, KnownIssues, Placement, RunMeta, RunStats,
-    ShardInfo, TestInfo, Verdict,
+    ShardInfo, SoakRun, TestInfo, Verdict,
 };
 
 /// `PROPTEST_CASES` cases (default 256), with no failure files written into the tree: a
@@ -626,6 +626,48 @@ fn event() -> impl Strategy<Value = Event> {
                 verdict,
                 attempts
             }),
+        (
+            any::<usize>(),
+            any::<u32>(),
+            millis(),
+            any::<u64>(),
+            prop::collection::vec(any_text(6), 0..3)
+        )
+            .prop_map(|(id, attempt, duration, seed, events)| Event::SoakStarted {
+                id,
+                attempt,
+                duration,
+                seed,
+                events
+            }),
+        (
+            (any::<usize>(), any::<u32>(), any_text(6), any::<u32>()),
+            (any_text(6), millis(), millis(), millis()),
+            (any_text(6), any_text(10), any_text(20))
+        )
+            .prop_map(
+                |(
+                    (id, attempt, name, run),
+                    (why, due, started, duration),
+                    (outcome, detail, tail),
+                )| {
+                    Event::SoakEvent {
+                        id,
+                        attempt,
+                        run: SoakRun {
+                            name,
+                            run,
+                            why,
+                            due,
+                            started,
+                            duration,
+                            outcome,
+                            detail,
+                            tail,
+                        },
+                    }
+                }
+            ),
         any_text(10).prop_map(|reason| Event::RunCancelled { reason }),
         (test_info(), any::<u64>(), path())
             .prop_map(|(test, issue, path)| Event::KnownIssuePassed { test, issue, path }),

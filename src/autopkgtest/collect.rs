@@ -193,6 +193,7 @@ fn test(
         repeat: None,
         case: None,
         os: None,
+        soak: None,
     })
 }
 

@@ -54,6 +54,8 @@ pub struct TestDef {
     /// an axis of the run, and the test's name says which
     /// (`TestClass.testMethod[TEST_OS=busybox,fs=ext4]`).
     pub os: Option<String>,
+    /// A soak: the test runs for a duration while its events fire (`soak.rs`).
+    pub soak: Option<std::sync::Arc<crate::soak::Soak>>,
 }
 
 /// The key of the run's TEST_OS axis in a test's name (`T.m[TEST_OS=busybox]`).
@@ -217,6 +219,7 @@ impl TestDef {
             repeat: None,
             case: None,
             os: None,
+            soak: None,
         }
     }
 }

@@ -126,6 +126,11 @@ impl<'a> Diagnostics<'a> {
         !self.errors.is_empty()
     }
 
+    /// How many errors are recorded so far.
+    pub(super) fn error_count(&self) -> usize {
+        self.errors.len()
+    }
+
     /// The errors in the order of their positions.
     pub(super) fn finish(self) -> Vec<CheckFileError> {
         self.finish_with_warnings().0

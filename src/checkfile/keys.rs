@@ -29,7 +29,7 @@ pub(super) const SETTINGS: &[&str] = &[
 pub(super) const FILE_ONLY: &[&str] = &["covers"];
 
 /// Keys valid only in a test.
-pub(super) const TEST_ONLY: &[&str] = &["run", "host"];
+pub(super) const TEST_ONLY: &[&str] = &["run", "host", "soak", "events"];
 
 /// Where a key is: the file's top level, a class, or a test.
 #[derive(Debug, Clone, Copy)]

@@ -367,7 +367,7 @@ fn from_listing(display: &Path, program: &Path, json: &[u8]) -> FileRead {
             // Keys that only TOML check files have are not offered.
             let message = cross_line
                 .replace_all(&message, "")
-                .replace(", run, host)", ")");
+                .replace(", run, host, soak, events)", ")");
             into.push(error(line, message));
         }
     }

@@ -71,6 +71,7 @@ mod memory;
 mod parse;
 mod provision;
 mod settings;
+mod soak;
 mod value;
 
 pub use condition::{OsCondition, first_match};
@@ -85,3 +86,4 @@ pub use memory::{MEMORY_RANGE_MIB, parse_memory};
 pub use parse::parse_file;
 pub use provision::{DEFAULT_MACHINE, MachineReq};
 pub use settings::DEFAULT_TIMEOUT;
+pub use soak::DEFAULT_EVENT_TIMEOUT;

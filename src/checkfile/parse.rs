@@ -213,6 +213,7 @@ impl Walk<'_> {
         let level = Level::Test(class, method);
         let mut settings = Settings::default();
         let (mut run, mut host) = (None, None);
+        let (mut soak_value, mut events_value) = (None, None);
         let mut has_script = false;
         for (key, value) in entries(table) {
             let key_name: &str = key.get_ref();
@@ -230,8 +231,26 @@ impl Walk<'_> {
                     );
                     continue;
                 }
+                "soak" | "events" if self.executable.is_some() => {
+                    self.d.error(
+                        key.span(),
+                        format!(
+                            "'{key_name}': soaks are declared in TOML check files (test {name} \
+                             of an executable check file cannot be one yet)"
+                        ),
+                    );
+                    continue;
+                }
                 "run" => &mut run,
                 "host" => &mut host,
+                "soak" => {
+                    soak_value = Some(value);
+                    continue;
+                }
+                "events" => {
+                    events_value = Some(value);
+                    continue;
+                }
                 _ if FILE_ONLY.contains(&key_name) => {
                     misplaced_key(&mut self.d, level, key);
                     continue;
@@ -244,7 +263,7 @@ impl Walk<'_> {
             has_script = true;
             *script = non_empty_string(&mut self.d, key_name, value, ": write the script to run");
         }
-        if !has_script && self.executable.is_none() {
+        if !has_script && self.executable.is_none() && soak_value.is_none() {
             self.d.error(
                 method_key.span(),
                 format!(
@@ -272,6 +291,24 @@ impl Walk<'_> {
             .value(|s| &s.provision)
             .cloned()
             .unwrap_or_else(|| vec![MachineReq::default_machine()]);
+        let machine_names: Vec<&str> = provision.iter().map(|m| m.name.as_str()).collect();
+        let soak = super::soak::soak(&mut self.d, &name, soak_value, events_value, &machine_names)
+            .map(std::sync::Arc::new);
+        if let (Some(v), true) = (
+            soak_value,
+            levels
+                .value(|s| &s.nondestructive)
+                .copied()
+                .unwrap_or(false),
+        ) {
+            self.d.error(
+                v.span(),
+                format!(
+                    "test {name} is a soak: its faults and hours are not for a shared machine; \
+                     make it destructive"
+                ),
+            );
+        }
         let per_case = |conditions: Option<&Vec<Condition>>, case: Option<&Case>, keep_never| {
             conditions
                 .into_iter()
@@ -336,6 +373,7 @@ impl Walk<'_> {
                 repeat: None,
                 os: None,
                 case: case.cloned(),
+                soak: soak.clone(),
             };
             self.tests.push(Parsed { def, col });
         }
@@ -823,7 +861,7 @@ memory = 1024
                            matrix_exclude, matrix_include, matrix_limit, and tests [TestA.test…]";
         let valid_test = "nondestructive, timeout, provision, todo, skip, only, restore, \
                           artifacts, env, no_retry_when_changed, allow_journal, matrix, \
-                          matrix_exclude, matrix_include, matrix_limit, run, host";
+                          matrix_exclude, matrix_include, matrix_limit, run, host, soak, events";
         let cases: Vec<(&str, Vec<String>)> = vec![
             // TOML syntax errors keep toml's message.
             (

@@ -184,6 +184,14 @@ pub struct RunArgs {
     /// Virtual CPUs that may boot at once; more boots wait [default: one per host CPU].
     #[arg(long, env = "VMCHECK_MAX_BOOTS", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub max_boots: Option<u32>,
+    /// Multiply soaks' durations, intervals and fault durations by F (0.01 runs a two-hour
+    /// soak in 72 s; timeouts stay).
+    #[arg(long, env = "VMCHECK_SOAK_SCALE", value_name = "F", value_parser = soak_scale)]
+    pub soak_scale: Option<f64>,
+    /// The seed soaks' schedules are drawn from (each soak prints the one it used) [default:
+    /// drawn for the run].
+    #[arg(long, env = "VMCHECK_SEED", value_name = "N")]
+    pub seed: Option<u64>,
     /// Detect tests affected by the changes since the merge-base with REF (plus uncommitted
     /// and untracked files): they must pass 3 times, and are not retried when they fail.
     #[arg(long, env = "BASE_BRANCH", value_name = "REF", hide_env_values = true)]
@@ -405,6 +413,17 @@ pub struct VmRunArgs {
     /// Seconds the command given with -e may run.
     #[arg(long, default_value_t = 600, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: u64,
+}
+
+/// `--soak-scale F`: a finite number in (0, 1000].
+fn soak_scale(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if f.is_finite() && f > 0.0 && f <= 1000.0 => Ok(f),
+        _ => Err(format!(
+            "expected a number greater than 0 and at most 1000 (0.01: a hundred times \
+             shorter), found {s:?}"
+        )),
+    }
 }
 
 /// `--matrix KEY=VALUE`.

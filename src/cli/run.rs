@@ -445,6 +445,8 @@ pub async fn run(
         cancel: cancel.clone(),
         naughty,
         boots: BootGate::new(args.max_boots.unwrap_or(cpus as u32)),
+        soak_scale: args.soak_scale.unwrap_or(1.0),
+        seed: args.seed.unwrap_or_else(random_seed),
     });
     if ctx.host.is_some() {
         never_fits(&plan, &ctx, vmcheck::machine::qemu::mem_total_mib())
@@ -596,6 +598,16 @@ impl Output {
             reporter: Box::new(reporter),
         }
     }
+}
+
+/// A seed for soaks' schedules when none is given: from the clock and the process.
+fn random_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut rng = vmcheck::soak::schedule::Rng::new(nanos ^ (u64::from(std::process::id()) << 32));
+    // Small enough to type back.
+    rng.next_u64() % 1_000_000_000
 }
 
 /// The recorded durations of the tests of `plan` on their TEST_OS, by the names of their

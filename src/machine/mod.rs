@@ -65,6 +65,23 @@ impl Machine {
         }
     }
 
+    /// Run one QMP command on a machine vmcheck booted (a fault done from the host); an
+    /// existing host has no QMP.
+    pub async fn qmp(
+        &self,
+        command: &str,
+        arguments: serde_json::Value,
+        limit: std::time::Duration,
+    ) -> Result<serde_json::Value, String> {
+        match self {
+            Machine::Virtual(m) => m.qmp(command, arguments, limit).await,
+            Machine::Remote(m) => Err(format!(
+                "{} is an existing host: faults need a machine vmcheck booted",
+                m.label
+            )),
+        }
+    }
+
     /// The serial console log, for machines vmcheck booted.
     pub fn console_log(&self) -> Option<PathBuf> {
         match self {

@@ -318,6 +318,19 @@ impl VirtualMachine {
         qmp_socket(self.dir.path())
     }
 
+    /// Run one QMP command (its own connection, closed after it: QMP serves one client at
+    /// a time) within `limit`; its return value, or why not.
+    pub async fn qmp(
+        &self,
+        command: &str,
+        arguments: serde_json::Value,
+        limit: Duration,
+    ) -> Result<serde_json::Value, String> {
+        let deadline = Instant::now() + limit;
+        let mut qmp = Qmp::connect(&self.qmp_socket(), deadline).await?;
+        qmp.execute(command, arguments, deadline).await
+    }
+
     pub fn ssh_port(&self) -> u16 {
         self.ssh_port.port
     }

@@ -6,12 +6,14 @@
 //! - known issues of this OS and `todo` tests are `<skipped>` with the issue or reason;
 //! - machine or harness failures are `<error type="infrastructure">`, not `<failure>`;
 //! - a non-success carries the attempt's output in `<system-out>` and names its artifact
-//!   directory.
+//!   directory;
+//! - a soak's events follow its test, one `<testcase>` each (`testMethod/event`) with the
+//!   counts of its last attempt's executions as properties, failed if any failed.
 //!
 //! `test/junit.xsd` is the schema the output is checked against.
 
 use super::Reporter;
-use crate::events::{AttemptOutcome, AttemptReport, Event, TestInfo, Verdict};
+use crate::events::{AttemptOutcome, AttemptReport, Event, SoakRun, TestInfo, Verdict};
 use quick_junit::{
     NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestRerun, TestSuite,
 };
@@ -28,6 +30,8 @@ pub struct JunitReporter<W: Write> {
     /// Plan order of tests, and each finished test's case.
     tests: Vec<TestInfo>,
     cases: BTreeMap<usize, TestCase>,
+    /// Per soak test: its events in order, and the executions of its latest attempt.
+    soaks: BTreeMap<usize, (Vec<String>, Vec<SoakRun>)>,
 }
 
 impl<W: Write> JunitReporter<W> {
@@ -37,6 +41,7 @@ impl<W: Write> JunitReporter<W> {
             test_os: String::new(),
             tests: Vec::new(),
             cases: BTreeMap::new(),
+            soaks: BTreeMap::new(),
         }
     }
 
@@ -66,6 +71,11 @@ impl<W: Write> JunitReporter<W> {
                 new_case(t, status)
             });
             suites[i].1.add_test_case(case);
+            if let Some((events, runs)) = self.soaks.remove(&t.id) {
+                for event in &events {
+                    suites[i].1.add_test_case(soak_case(t, event, &runs));
+                }
+            }
         }
         for (_, mut suite) in suites {
             let time = suite.test_cases.iter().filter_map(|c| c.time).sum();
@@ -93,6 +103,14 @@ impl<W: Write> Reporter for JunitReporter<W> {
                 ..
             } => {
                 self.cases.insert(test.id, case(test, verdict, attempts));
+            }
+            Event::SoakStarted { id, events, .. } => {
+                self.soaks.insert(*id, (events.clone(), Vec::new()));
+            }
+            Event::SoakEvent { id, run, .. } => {
+                if let Some((_, runs)) = self.soaks.get_mut(id) {
+                    runs.push(run.clone());
+                }
             }
             Event::RunFinished { wall, .. } => self.write(*wall)?,
             _ => {}
@@ -153,6 +171,56 @@ pub fn case(test: &TestInfo, verdict: &Verdict, attempts: &[AttemptReport]) -> T
         if !success {
             case.set_system_out(a.output.as_str());
         }
+    }
+    case
+}
+
+/// One soak event of test `test` as a case: the counts of its executions, failed if one did.
+fn soak_case(test: &TestInfo, event: &str, runs: &[SoakRun]) -> TestCase {
+    let mine: Vec<&SoakRun> = runs.iter().filter(|r| r.name == event).collect();
+    let failed: Vec<&&SoakRun> = mine.iter().filter(|r| r.failed()).collect();
+    let count = |outcome: &str| mine.iter().filter(|r| r.outcome == outcome).count();
+    let status = match failed.first() {
+        None => TestCaseStatus::success(),
+        Some(first) => {
+            let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);
+            s.set_type("failure").set_message(format!(
+                "{} of {} runs failed; the first, #{} ({}), {}{}",
+                failed.len(),
+                mine.len(),
+                first.run,
+                first.why,
+                first.outcome,
+                if first.detail.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", first.detail)
+                }
+            ));
+            if !first.tail.is_empty() {
+                s.set_description(first.tail.as_str());
+            }
+            s
+        }
+    };
+    let (class, method) = test.name.split_once('.').unwrap_or(("", &test.name));
+    let mut case = TestCase::new(format!("{method}/{event}"), status);
+    case.set_classname(class);
+    case.set_time(mine.iter().map(|r| r.duration).sum());
+    for (name, value) in [
+        ("runs", mine.len()),
+        ("passed", count("passed")),
+        ("failed", failed.len()),
+        ("skipped", count("skipped")),
+        ("interrupted", count("interrupted")),
+    ] {
+        case.properties.push(Property::new(name, value.to_string()));
+    }
+    if let Some(slowest) = mine.iter().map(|r| r.duration).max() {
+        case.properties.push(Property::new(
+            "slowest",
+            format!("{:.3}", slowest.as_secs_f64()),
+        ));
     }
     case
 }

@@ -89,7 +89,10 @@ impl<W: Write> Reporter for LiveReporter<W> {
                     one_line(reason)
                 )?;
             }
+            // A soak's executions are in the test's output already.
             Event::TestRunning { .. }
+            | Event::SoakStarted { .. }
+            | Event::SoakEvent { .. }
             | Event::TestWaiting { .. }
             | Event::RunCancelled { .. }
             | Event::RunFinished { .. }

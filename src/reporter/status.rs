@@ -336,6 +336,8 @@ impl StatusReporter {
             }
             Event::RunFinished { .. } => s.finished = true,
             Event::TestOutput { .. }
+            | Event::SoakStarted { .. }
+            | Event::SoakEvent { .. }
             | Event::RunCancelled { .. }
             | Event::KnownIssuePassed { .. } => return,
         }

@@ -1,8 +1,9 @@
 //! The end-of-run summary on stderr: counts by outcome, wall time, the slowest tests, how
 //! busy each machine was, how many runs of each repeated test passed (`--repeat`), how
 //! many matrix cases failed for each axis value (so that "everything with `fs=xfs` fails"
-//! shows), each failure with its artifact directory, and the exact command line that
-//! re-runs only the failed tests.
+//! shows), each soak's events (runs, failures, skips, the slowest), each failure with its
+//! artifact directory, and the exact command line that re-runs only the failed tests (with
+//! the seed of their soaks' schedules).
 
 use super::Reporter;
 use super::text::one_line;
@@ -48,6 +49,21 @@ pub struct SummaryReporter<W: Write> {
     repeats: BTreeMap<String, (u32, u32)>,
     /// Per matrix value (`fs=xfs`): cases that failed, cases that finished.
     by_value: BTreeMap<String, (u32, u32)>,
+    /// Test names by id (from `run-started`).
+    names: BTreeMap<usize, String>,
+    /// Per soak test and event, in the order first seen: its executions.
+    soaks: Vec<(String, String, SoakCount)>,
+    /// The seed soaks' schedules were drawn from.
+    seed: Option<u64>,
+}
+
+/// One soak event's executions in a run.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct SoakCount {
+    runs: u32,
+    failed: u32,
+    skipped: u32,
+    slowest: Duration,
 }
 
 impl<W: Write> SummaryReporter<W> {
@@ -65,6 +81,9 @@ impl<W: Write> SummaryReporter<W> {
             failures: Vec::new(),
             repeats: BTreeMap::new(),
             by_value: BTreeMap::new(),
+            names: BTreeMap::new(),
+            soaks: Vec::new(),
+            seed: None,
         }
     }
 
@@ -178,6 +197,26 @@ impl<W: Write> SummaryReporter<W> {
                 writeln!(o, "  {value:<w$}  {failed}/{n}{all}")?;
             }
         }
+        if !self.soaks.is_empty() {
+            let w = self
+                .soaks
+                .iter()
+                .map(|(t, e, _)| t.len() + e.len() + 1)
+                .max()
+                .unwrap_or(0);
+            writeln!(o, "soak events (runs, failed, skipped, slowest):")?;
+            for (test, event, c) in &self.soaks {
+                writeln!(
+                    o,
+                    "  {:<w$}  {:>5} {:>5} {:>5} {:>8}",
+                    format!("{test}/{event}"),
+                    c.runs,
+                    c.failed,
+                    c.skipped,
+                    secs(c.slowest)
+                )?;
+            }
+        }
         if !self.failures.is_empty() {
             writeln!(o, "failed:")?;
             for f in &self.failures {
@@ -194,6 +233,16 @@ impl<W: Write> SummaryReporter<W> {
                 if !names.contains(&name) {
                     names.push(name);
                 }
+            }
+            // A soak replays with the schedule it failed with.
+            if let Some(seed) = self.seed
+                && !self
+                    .rerun
+                    .iter()
+                    .any(|w| w == "--seed" || w.starts_with("--seed="))
+            {
+                let at = words.len().saturating_sub(1);
+                words.splice(at..at, ["--seed".to_string(), seed.to_string()]);
             }
             words.extend(names.iter().map(|n| quote(n)));
             writeln!(o, "re-run the failed tests with:\n  {}", words.join(" "))?;
@@ -253,6 +302,30 @@ impl<W: Write> Reporter for SummaryReporter<W> {
                 if !verdict.is_success() {
                     self.failures.push(failure(test, verdict, attempts));
                 }
+            }
+            Event::RunStarted { tests, .. } => {
+                self.names = tests.iter().map(|t| (t.id, t.name.clone())).collect();
+            }
+            Event::SoakStarted { seed, .. } => self.seed = Some(*seed),
+            Event::SoakEvent { id, run, .. } => {
+                let test = self.names.get(id).cloned().unwrap_or_default();
+                let i = match self
+                    .soaks
+                    .iter()
+                    .position(|(t, e, _)| *t == test && *e == run.name)
+                {
+                    Some(i) => i,
+                    None => {
+                        self.soaks
+                            .push((test, run.name.clone(), SoakCount::default()));
+                        self.soaks.len() - 1
+                    }
+                };
+                let c = &mut self.soaks[i].2;
+                c.runs += 1;
+                c.failed += u32::from(run.failed());
+                c.skipped += u32::from(run.outcome == "skipped");
+                c.slowest = c.slowest.max(run.duration);
             }
             Event::RunFinished { stats, wall, .. } => self.render(stats, *wall)?,
             _ => {}
@@ -374,6 +447,83 @@ mod tests {
             start_ms: None,
             boot: None,
         }
+    }
+
+    #[test]
+    fn a_soak_is_counted_per_event_and_re_run_with_its_seed() {
+        let mut out = Vec::new();
+        let mut r = SummaryReporter::new(&mut out, argv("vmcheck run --exact"));
+        let run = |name: &str, n: u32, outcome: &str, secs: u64| Event::SoakEvent {
+            id: 1,
+            attempt: 1,
+            run: crate::events::SoakRun {
+                name: name.into(),
+                run: n,
+                why: "periodic".into(),
+                due: Duration::ZERO,
+                started: Duration::ZERO,
+                duration: Duration::from_secs(secs),
+                outcome: outcome.into(),
+                detail: String::new(),
+                tail: String::new(),
+            },
+        };
+        let events = [
+            Event::RunStarted {
+                test_os: "busybox".into(),
+                jobs: 1,
+                tests: vec![info(1, "TestS.soak")],
+                shard: None,
+                rerun: Vec::new(),
+                run: None,
+            },
+            Event::SoakStarted {
+                id: 1,
+                attempt: 1,
+                duration: Duration::from_secs(60),
+                seed: 42,
+                events: vec!["check".into(), "pause".into()],
+            },
+            run("check", 1, "passed", 1),
+            run("pause", 1, "passed", 2),
+            run("check", 2, "skipped", 0),
+            run("check", 3, "failed", 3),
+            Event::TestFinished {
+                test: info(1, "TestS.soak"),
+                placement: Placement::Own,
+                verdict: Verdict::Failed,
+                attempts: vec![attempt(
+                    AttemptOutcome::Failed {
+                        status: "soak event check #3 failed".into(),
+                    },
+                    9,
+                    "t1",
+                )],
+            },
+            Event::RunFinished {
+                stats: RunStats::default(),
+                wall: Duration::from_secs(10),
+                unmatched_known: Vec::new(),
+            },
+        ];
+        for e in &events {
+            r.report(e).unwrap();
+        }
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains(
+                "soak events (runs, failed, skipped, slowest):\n\
+                 \x20 TestS.soak/check      3     1     1     3.0s\n\
+                 \x20 TestS.soak/pause      1     0     0     2.0s\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.ends_with(
+                "re-run the failed tests with:\n  vmcheck run --seed 42 --exact TestS.soak\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

@@ -298,6 +298,8 @@ impl<W: Write> Reporter for TapReporter<W> {
             | Event::TestStarted { .. }
             | Event::TestOutput { .. }
             | Event::TestRunning { .. }
+            | Event::SoakStarted { .. }
+            | Event::SoakEvent { .. }
             | Event::TestWaiting { .. } => {}
         }
         self.out.flush()

@@ -58,6 +58,10 @@ pub struct AttemptContext {
     pub naughty: crate::naughty::NaughtyDb,
     /// Paces cold boots (shared with the dispatcher's boots of shared machines).
     pub boots: super::boots::BootGate,
+    /// Soaks' durations, intervals and faults are multiplied by this (`--soak-scale`).
+    pub soak_scale: f64,
+    /// The seed of every soak's schedule (`--seed`, else drawn for the run).
+    pub seed: u64,
 }
 
 /// The machines an attempt runs on.
@@ -498,6 +502,21 @@ async fn run_bodies(
     let test = &req.test;
     let deadline = Instant::now() + test.timeout;
     let env = body_env(ctx, req, machines);
+    if let Some(soak) = &test.soak {
+        let exports: String = env
+            .iter()
+            .map(|(k, v)| format!("export {k}={}\n", quote(v)))
+            .collect();
+        let scaled = soak.scaled(ctx.soak_scale);
+        let task = super::soak::SoakTask {
+            soak: &scaled,
+            seed: ctx.seed,
+            exports: &exports,
+            workload: test.body.guest_script(),
+            grace: test.timeout,
+        };
+        return super::soak::run_soak(machines, log, task).await;
+    }
     if let Some(script) = test.body.guest_script() {
         let mut exports: String = env
             .iter()

@@ -19,8 +19,8 @@ use super::ledger::Cost;
 use super::order::Weight;
 use super::pools::{Pool, Pools};
 use super::state::{
-    Action, Booted, CancelReason, DispatcherState, KnownIssue, Msg, RetryData, StateConfig,
-    TestSpec, UnitId,
+    Action, Booted, CancelReason, DispatcherState, KnownIssue, Msg, RetryData, SoakMsg,
+    StateConfig, TestSpec, UnitId,
 };
 use crate::checkfile::TestDef;
 use crate::estimate::Estimates;
@@ -151,6 +151,7 @@ impl<'r> Dispatcher<'r> {
                     skip: t.skip_reason.clone(),
                     pool,
                     series: t.def.repeat.map(|_| t.def.base_name()),
+                    no_retry_fail: t.def.soak.is_some(),
                 }
             })
             .collect();
@@ -379,6 +380,18 @@ impl<'r> Dispatcher<'r> {
                 Progress::Running(machines) => Msg::Running {
                     unit,
                     machines: machines.to_vec(),
+                },
+                Progress::SoakStarted(duration, seed, events) => Msg::Soak {
+                    unit,
+                    soak: SoakMsg::Started {
+                        duration,
+                        seed,
+                        events: events.to_vec(),
+                    },
+                },
+                Progress::Soak(run) => Msg::Soak {
+                    unit,
+                    soak: SoakMsg::Run(run.clone()),
                 },
             });
         });

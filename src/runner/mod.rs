@@ -24,6 +24,7 @@ pub mod output;
 pub mod pools;
 pub mod restore;
 pub mod sit;
+pub mod soak;
 pub mod state;
 pub mod topology;
 

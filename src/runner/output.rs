@@ -27,6 +27,10 @@ pub enum Progress<'a> {
     Output(&'a [u8]),
     /// The machines (labels) are ready and the test's body starts.
     Running(&'a [String]),
+    /// A soak started: its duration, seed and events.
+    SoakStarted(std::time::Duration, u64, &'a [String]),
+    /// One execution of a soak's event ended.
+    Soak(&'a crate::events::SoakRun),
 }
 
 /// A callback that sees an attempt's progress as it happens.

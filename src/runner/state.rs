@@ -84,6 +84,19 @@ pub struct TestSpec {
     pub pool: usize,
     /// For a run of a repeated test (`--repeat`): the test's own name, shared by its runs.
     pub series: Option<String>,
+    /// Its own failures are not retried (a soak).
+    pub no_retry_fail: bool,
+}
+
+/// What a running soak tells.
+#[derive(Debug, Clone)]
+pub enum SoakMsg {
+    Started {
+        duration: Duration,
+        seed: u64,
+        events: Vec<String>,
+    },
+    Run(crate::events::SoakRun),
 }
 
 /// A known issue of one of the run's OSes, as far as scheduling is concerned.
@@ -162,6 +175,11 @@ pub enum Msg<M> {
     Output {
         unit: UnitId,
         data: Vec<u8>,
+    },
+    /// A soak of a running attempt started, or one execution of its event ended.
+    Soak {
+        unit: UnitId,
+        soak: SoakMsg,
     },
     AttemptDone {
         unit: UnitId,
@@ -424,6 +442,24 @@ impl<M> DispatcherState<M> {
                     out.push(Action::Emit(Event::TestOutput { id, attempt, data }));
                 }
             }
+            Msg::Soak { unit, soak } => {
+                if let Some((id, attempt)) = self.live_attempt(unit) {
+                    out.push(Action::Emit(match soak {
+                        SoakMsg::Started {
+                            duration,
+                            seed,
+                            events,
+                        } => Event::SoakStarted {
+                            id,
+                            attempt,
+                            duration,
+                            seed,
+                            events,
+                        },
+                        SoakMsg::Run(run) => Event::SoakEvent { id, attempt, run },
+                    }));
+                }
+            }
             Msg::Running { unit, machines } => {
                 if let Some((id, attempt)) = self.live_attempt(unit) {
                     out.push(Action::Emit(Event::TestRunning {
@@ -527,7 +563,7 @@ impl<M> DispatcherState<M> {
         let t = &mut self.tests[i];
         let retry = RetryData {
             attempt: t.history.len() as u32 + 1,
-            total_attempts: if self.cfg.policy.no_retry_fail {
+            total_attempts: if self.cfg.policy.no_retry_fail || t.spec.no_retry_fail {
                 1
             } else {
                 1 + policy::FAILURE_RETRIES as u32
@@ -1043,6 +1079,7 @@ impl<M> DispatcherState<M> {
         let facts = TestFacts {
             todo: t.spec.todo.clone(),
             affected: t.spec.affected,
+            no_retry_fail: t.spec.no_retry_fail,
         };
         match policy::decide(&t.history, &report.known, &facts, &self.cfg.policy) {
             Decision::Retry { reason } => {

@@ -35,6 +35,7 @@ fn spec(id: usize, nondestructive: bool) -> TestSpec {
         skip: None,
         pool: 0,
         series: None,
+        no_retry_fail: false,
     }
 }
 
