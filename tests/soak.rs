@@ -258,3 +258,46 @@ fn bad_soak_options_start_nothing() {
         assert!(err.contains(says), "{err}");
     }
 }
+
+/// A soak with a matrix: each case soaks on its own machine, under its own id, with its
+/// values in its events' environment.
+#[test]
+fn each_matrix_case_soaks_under_its_id() {
+    let dir = common::busybox_project_with(
+        "check-soak",
+        r#"
+[TestSoak.testCases]
+matrix = { n = [1, 2] }
+soak = { duration = "3s" }
+
+[[TestSoak.testCases.events]]
+name = "check"
+run = 'test "$VMCHECK_MATRIX_N" -ge 1 && test "$VMCHECK_TEST" = "TestSoak.testCases[n=$VMCHECK_MATRIX_N]"'
+interval = "1s"
+"#,
+    );
+    let root = dir.path();
+    let events = root.join("events.jsonl");
+    let out = common::output_leaving_nothing(run_in(root).arg("--events").arg(&events));
+    let tap = String::from_utf8_lossy(&out.stdout);
+    common::assert_code(&out, &tap, exit_codes::OK);
+    let text = std::fs::read_to_string(&events).unwrap();
+    let ids: Vec<(u64, String)> = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["event"] == "soak-event")
+        .map(|e| {
+            (
+                e["id"].as_u64().unwrap(),
+                e["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    // Per case: the startup run and the periodic ones at 1 s and 2 s, all passed.
+    for id in [1, 2] {
+        let runs: Vec<_> = ids.iter().filter(|(i, _)| *i == id).collect();
+        assert_eq!(runs.len(), 3, "{text}");
+        assert!(runs.iter().all(|(_, o)| o == "passed"), "{text}");
+    }
+    assert!(tap.contains("TestSoak.testCases[n=2]"), "{tap}");
+}

@@ -3,12 +3,14 @@
 //! how long it has been running; finished tests scroll above it as status lines. Elsewhere
 //! (CI logs): the same status lines only, one per finished test or retry. A run of a
 //! repeated test (`--repeat`, `--until-fail`, `--stress-below`) also gives its test's tally
-//! so far and the 95 % interval of its failure rate. Never stdout: TAP stays clean whichever
+//! so far and the 95 % interval of its failure rate. A running soak shows its clock of its
+//! duration and each event's runs (on a terminal in its test's line; in CI logs a line each
+//! minute of the soak, and at each failed execution). Never stdout: TAP stays clean whichever
 //! mode is used.
 
 use super::Reporter;
 use super::text::one_line;
-use crate::events::{AttemptReport, Event, Placement, RunStats, TestInfo, Verdict};
+use crate::events::{AttemptReport, Event, Placement, RunStats, SoakRun, TestInfo, Verdict};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::HashMap;
 use std::io::Write;
@@ -93,6 +95,90 @@ impl Series {
     }
 }
 
+/// A running soak as the progress shows it.
+#[derive(Debug, Default)]
+struct SoakState {
+    duration: Duration,
+    /// The soak's clock when its latest execution ended.
+    clock: Duration,
+    /// Per event in the order declared: name, runs, failed.
+    events: Vec<(String, u32, u32)>,
+    /// The minute of the soak's clock last told in a line.
+    told: u64,
+}
+
+impl SoakState {
+    fn new(duration: Duration, names: &[String]) -> SoakState {
+        SoakState {
+            duration,
+            events: names.iter().map(|n| (n.clone(), 0, 0)).collect(),
+            ..SoakState::default()
+        }
+    }
+
+    /// Count `run`; whether a line is due (a failure, or a new minute of the soak).
+    fn update(&mut self, run: &SoakRun) -> bool {
+        self.clock = self.clock.max(run.started + run.duration);
+        if let Some(e) = self.events.iter_mut().find(|e| e.0 == run.name) {
+            e.1 += 1;
+            e.2 += u32::from(run.failed());
+        }
+        let minute = self.clock.as_secs() / 60;
+        let new_minute = minute > self.told;
+        self.told = self.told.max(minute);
+        run.failed() || new_minute
+    }
+
+    /// `soak 1m10s/2h0m0s: check 14 (1 failed), pause 2, collect 0`
+    fn line(&self) -> String {
+        let events: Vec<String> = self
+            .events
+            .iter()
+            .map(|(name, runs, failed)| match failed {
+                0 => format!("{name} {runs}"),
+                f => format!("{name} {runs} ({f} failed)"),
+            })
+            .collect();
+        format!(
+            "soak {}/{}: {}",
+            hms(self.clock),
+            hms(self.duration),
+            events.join(", ")
+        )
+    }
+}
+
+/// `1h2m3s`, `2m0s`, `12s`.
+fn hms(d: Duration) -> String {
+    let s = d.as_secs();
+    match (s / 3600, s / 60 % 60, s % 60) {
+        (0, 0, sec) => format!("{sec}s"),
+        (0, m, sec) => format!("{m}m{sec}s"),
+        (h, m, sec) => format!("{h}h{m}m{sec}s"),
+    }
+}
+
+/// The CI line of a soak: `   SOAK TestS.x: soak 2m0s/1h0m0s: …`, with the failed
+/// execution first when there is one.
+fn soak_line(test: &str, run: &SoakRun, state: &SoakState) -> String {
+    let failed = if run.failed() {
+        format!(
+            "{} #{} {} at {:.1}s; ",
+            run.name,
+            run.run,
+            if run.detail.is_empty() {
+                run.outcome.clone()
+            } else {
+                format!("{} ({})", run.outcome, run.detail)
+            },
+            run.started.as_secs_f64()
+        )
+    } else {
+        String::new()
+    };
+    one_line(&format!("   SOAK {test}: {failed}{}", state.line()))
+}
+
 fn retry_line(test: &TestInfo, report: &AttemptReport, reason: &str) -> String {
     one_line(&format!(
         "  RETRY [{:>6.1}s] {} (attempt {}: {reason})",
@@ -118,6 +204,8 @@ pub struct LinesReporter<W: Write> {
     total: usize,
     done: usize,
     series: Series,
+    names: HashMap<usize, String>,
+    soaks: HashMap<usize, SoakState>,
 }
 
 impl<W: Write> LinesReporter<W> {
@@ -127,6 +215,8 @@ impl<W: Write> LinesReporter<W> {
             total: 0,
             done: 0,
             series: Series::default(),
+            names: HashMap::new(),
+            soaks: HashMap::new(),
         }
     }
 }
@@ -134,7 +224,29 @@ impl<W: Write> LinesReporter<W> {
 impl<W: Write> Reporter for LinesReporter<W> {
     fn report(&mut self, event: &Event) -> std::io::Result<()> {
         match event {
-            Event::RunStarted { tests, .. } => self.total = tests.len(),
+            Event::RunStarted { tests, .. } => {
+                self.total = tests.len();
+                self.names = tests.iter().map(|t| (t.id, t.name.clone())).collect();
+            }
+            Event::SoakStarted {
+                id,
+                duration,
+                events,
+                ..
+            } => {
+                self.soaks.insert(*id, SoakState::new(*duration, events));
+                return Ok(());
+            }
+            Event::SoakEvent { id, run, .. } => {
+                let Some(state) = self.soaks.get_mut(id) else {
+                    return Ok(());
+                };
+                if !state.update(run) {
+                    return Ok(());
+                }
+                let name = self.names.get(id).map_or("", String::as_str);
+                writeln!(self.out, "{}", soak_line(name, run, state))?;
+            }
             Event::TestFinished {
                 test,
                 verdict,
@@ -182,6 +294,7 @@ pub struct BarReporter {
     waiting: Option<(usize, String)>,
     stats: RunStats,
     series: Series,
+    soaks: HashMap<usize, SoakState>,
 }
 
 impl BarReporter {
@@ -205,6 +318,7 @@ impl BarReporter {
             waiting: None,
             stats: RunStats::default(),
             series: Series::default(),
+            soaks: HashMap::new(),
         }
     }
 
@@ -277,6 +391,26 @@ impl Reporter for BarReporter {
                         msg.push_str(&format!(", attempt {attempt}"));
                     }
                     bar.set_message(msg);
+                }
+            }
+            Event::SoakStarted {
+                id,
+                duration,
+                events,
+                ..
+            } => {
+                let state = SoakState::new(*duration, events);
+                if let Some(bar) = self.running.get(id) {
+                    bar.set_message(state.line());
+                }
+                self.soaks.insert(*id, state);
+            }
+            Event::SoakEvent { id, run, .. } => {
+                if let Some(state) = self.soaks.get_mut(id) {
+                    state.update(run);
+                    if let Some(bar) = self.running.get(id) {
+                        bar.set_message(state.line());
+                    }
                 }
             }
             Event::AttemptRetry {
@@ -429,6 +563,63 @@ mod tests {
                 failed
             ),
             "  ERROR [   1.2s] TestA.a (machine1 died \\x1b[2Jforged)"
+        );
+    }
+
+    #[test]
+    fn a_soak_tells_its_clock_and_counts_each_minute_and_at_each_failure() {
+        let mut out = Vec::new();
+        let mut r = LinesReporter::new(&mut out);
+        let run = |name: &str, n: u32, outcome: &str, at: u64| Event::SoakEvent {
+            id: 1,
+            attempt: 1,
+            run: SoakRun {
+                name: name.into(),
+                run: n,
+                why: "periodic".into(),
+                due: Duration::from_secs(at),
+                started: Duration::from_secs(at),
+                duration: Duration::from_secs(1),
+                outcome: outcome.into(),
+                detail: if outcome == "failed" {
+                    "exit code 1".into()
+                } else {
+                    String::new()
+                },
+                tail: String::new(),
+            },
+        };
+        let events = [
+            Event::RunStarted {
+                test_os: "busybox".into(),
+                jobs: 1,
+                tests: vec![info("TestS.soak")],
+                shard: None,
+                rerun: vec![],
+                run: None,
+            },
+            Event::SoakStarted {
+                id: 1,
+                attempt: 1,
+                duration: Duration::from_secs(7200),
+                seed: 1,
+                events: vec!["check".into(), "pause".into()],
+            },
+            run("check", 1, "passed", 30),
+            run("check", 2, "passed", 60),
+            run("pause", 1, "passed", 70),
+            run("check", 3, "passed", 90),
+            run("check", 4, "failed", 100),
+            run("check", 5, "passed", 3700),
+        ];
+        for e in &events {
+            r.report(e).unwrap();
+        }
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "   SOAK TestS.soak: soak 1m1s/2h0m0s: check 2, pause 0\n   \
+             SOAK TestS.soak: check #4 failed (exit code 1) at 100.0s; soak 1m41s/2h0m0s: check 4 (1 failed), pause 1\n   \
+             SOAK TestS.soak: soak 1h1m41s/2h0m0s: check 5 (1 failed), pause 1\n"
         );
     }
 

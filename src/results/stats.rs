@@ -447,6 +447,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn rates_written_as_json_are_read_back_exactly() {
+        // `stats --json` and event streams are read back by programs (and by vmcheck's own
+        // tests, which compare bounds exactly): serde_json parses floats exactly only with
+        // its float_roundtrip feature. Without it this bound came back one ulp off.
+        let mut values = vec![0.375_030_967_423_100_27_f64];
+        for n in 1..=60 {
+            for k in 0..=n {
+                let (lo, hi) = wilson(k, n);
+                values.extend([lo, hi]);
+            }
+        }
+        for x in values {
+            let text = serde_json::to_string(&x).unwrap();
+            let back: f64 = serde_json::from_str(&text).unwrap();
+            assert_eq!(
+                x.to_bits(),
+                back.to_bits(),
+                "{x} written as {text}, read as {back}"
+            );
+        }
+    }
+
+    #[test]
     fn wilson_matches_known_values() {
         // Reference values (Wilson score, z = 1.96).
         let (lo, hi) = wilson(0, 300);
