@@ -41,36 +41,6 @@ fn result<'a>(rs: &'a [(bool, String, String)], name: &str) -> &'a (bool, String
     hits[0]
 }
 
-/// Start `cmd` with piped standard streams; return it and its stderr, line by line.
-fn spawn_reading_stderr(
-    cmd: &mut std::process::Command,
-) -> (
-    std::process::Child,
-    std::io::Lines<BufReader<std::process::ChildStderr>>,
-) {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let err = BufReader::new(child.stderr.take().unwrap()).lines();
-    (child, err)
-}
-
-/// Read a `--sit` prompt from `err`: the lines up to and including "Press Enter …".
-fn sit_prompt(err: &mut impl Iterator<Item = std::io::Result<String>>) -> Vec<String> {
-    let mut lines = Vec::new();
-    loop {
-        let line = err.next().expect("sit prompt").unwrap();
-        let done = line.starts_with("Press Enter");
-        lines.push(line);
-        if done {
-            return lines;
-        }
-    }
-}
-
 fn run(args: &[&str]) -> (Output, String) {
     let out = common::vmcheck().arg("run").args(args).output().unwrap();
     let tap = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -620,8 +590,8 @@ fn sit_keeps_the_failed_machine_until_enter() {
     cmd.current_dir(common::project_root())
         .env("PATH", common::path_with_vmcheck())
         .args(["TestExample.testFails", "--sit"]);
-    let (mut child, mut err) = spawn_reading_stderr(&mut cmd);
-    let ssh = sit_prompt(&mut err)
+    let (mut child, mut err) = common::spawn_reading_stderr(&mut cmd);
+    let ssh = common::sit_prompt(&mut err)
         .iter()
         .find_map(|l| l.strip_prefix("  machine1: ").map(String::from));
     // The failed machine is still there and reachable with the printed command.
@@ -654,8 +624,8 @@ fn sit_also_holds_a_machine_that_did_not_boot() {
         // A restore could be ready within the second: this is about a boot that is not.
         "--cold-boot",
     ]);
-    let (mut child, mut err) = spawn_reading_stderr(&mut cmd);
-    let console = sit_prompt(&mut err)
+    let (mut child, mut err) = common::spawn_reading_stderr(&mut cmd);
+    let console = common::sit_prompt(&mut err)
         .iter()
         .find_map(|l| {
             l.trim_start()

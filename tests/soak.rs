@@ -118,7 +118,7 @@ fn a_soak_runs_its_events_on_schedule_with_faults_and_checks() {
     // After each fault ended, the invariant ran, and passed (two faults ending while one
     // check runs share the one after it).
     let invariant = of("check", "invariant");
-    assert!(invariant.len() >= 3, "{runs:?}");
+    assert!(invariant.len() >= 2, "{runs:?}");
     for f in of("pause", "periodic")
         .into_iter()
         .chain(of("unplug", "periodic"))
@@ -300,4 +300,224 @@ interval = "1s"
         assert!(runs.iter().all(|(_, o)| o == "passed"), "{text}");
     }
     assert!(tap.contains("TestSoak.testCases[n=2]"), "{tap}");
+}
+
+/// Three minutes scaled by 1/6: 30 s on two machines. machine1 is rebooted once (QMP
+/// `system_reset`) under the test's own script, machine2's clock jumps an hour ahead; host
+/// events reach both with the `vm` helper, and one, an invariant, checks after each fault
+/// that machine1 is back on the private network under its name.
+const FAULTS: &str = r#"
+[TestSoak.testFaults]
+provision.machine1 = {}
+provision.machine2 = {}
+soak = { duration = "3m" }
+timeout = 240
+run = "while true; do echo x >> /tmp/workload; sleep 1; done"
+
+[[TestSoak.testFaults.events]]
+name = "first"
+host = "vm exec machine1 cat /proc/sys/kernel/random/boot_id"
+
+[[TestSoak.testFaults.events]]
+name = "reboot"
+fault = "reboot"
+interval = "3m"
+at_startup = false
+
+[[TestSoak.testFaults.events]]
+name = "jump"
+fault = "clock-jump"
+machine = "machine2"
+by = "1h"
+interval = "3m"
+at_startup = false
+
+[[TestSoak.testFaults.events]]
+name = "reach"
+host = "vm exec machine2 ping -c 1 -W 10 10.111.0.1 && test $(vm exec machine1 hostname) = machine1"
+invariant = true
+at_startup = false
+
+[[TestSoak.testFaults.events]]
+name = "last"
+host = """
+vm exec machine1 cat /proc/sys/kernel/random/boot_id
+skew=$(( $(vm exec machine2 date +%s) - $(date +%s) ))
+echo "skew $skew"
+test "$skew" -ge 3500 && test "$skew" -le 3700
+"""
+at_startup = false
+at_teardown = true
+"#;
+
+#[test]
+fn a_reboot_and_a_clock_jump_under_host_events() {
+    let dir = common::busybox_project_with("check-soak", FAULTS);
+    let root = dir.path();
+    let events = root.join("events.jsonl");
+    let artifacts = root.join("artifacts");
+    let out = common::output_leaving_nothing(
+        run_in(root)
+            .args([
+                "--soak-scale",
+                "0.1666667",
+                "--seed",
+                "3",
+                "--keep-artifacts",
+            ])
+            .arg("--artifacts")
+            .arg(&artifacts)
+            .arg("--events")
+            .arg(&events),
+    );
+    let tap = String::from_utf8_lossy(&out.stdout);
+    common::assert_code(&out, &tap, exit_codes::OK);
+    let runs = soak_events(&events);
+    let of = |name: &str| -> Vec<&(String, String, String, f64, f64, f64)> {
+        runs.iter().filter(|r| r.0 == name).collect()
+    };
+    // One reboot and one jump, passed; the invariant after each, passed (twice, or once
+    // when one fault ended while the other ran).
+    for fault in ["reboot", "jump"] {
+        let f = of(fault);
+        assert_eq!(f.len(), 1, "{fault}: {runs:?}");
+        assert_eq!(f[0].2, "passed", "{runs:?}");
+    }
+    let reach = of("reach");
+    assert!(!reach.is_empty(), "{runs:?}");
+    assert!(
+        reach.iter().all(|r| r.1 == "invariant" && r.2 == "passed"),
+        "{runs:?}"
+    );
+    // The test's own script was interrupted by the reboot and started again.
+    let attempt = artifacts.join("TestSoak.testFaults/attempt-1");
+    let output = std::fs::read_to_string(attempt.join("output.txt")).unwrap();
+    assert!(
+        output.contains("starts again once the machine is back"),
+        "{output}"
+    );
+    // Each host execution's output is kept: the boot id changed, the clock is an hour
+    // ahead.
+    let soak = attempt.join("soak");
+    let read = |f: &str| std::fs::read_to_string(soak.join(f)).unwrap();
+    let (first, last) = (read("first.1.txt"), read("last.1.txt"));
+    let id = |text: &str| {
+        text.lines()
+            .find(|l| l.len() == 36 && l.matches('-').count() == 4)
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("no boot id in {text}"))
+    };
+    assert_ne!(id(&first), id(&last), "{first}\n{last}");
+    assert!(last.contains("skew 3"), "{last}");
+}
+
+/// A soak of ten minutes with a check each second, and a pause now and then.
+const LONG: &str = r#"
+[TestSoak.testLong]
+soak = { duration = "10m" }
+
+[[TestSoak.testLong.events]]
+name = "check"
+run = "true"
+interval = "1s"
+
+[[TestSoak.testLong.events]]
+name = "pause"
+fault = "pause"
+for = "1s"
+interval = "5s"
+at_startup = false
+
+[[TestSoak.testLong.events]]
+name = "collect"
+run = "true"
+at_startup = false
+at_teardown = true
+"#;
+
+/// Ctrl-C ends a soak at once, its machine with it, and the reports hold every execution
+/// so far.
+#[test]
+fn ctrl_c_stops_a_soak_with_its_results_so_far() {
+    let dir = common::busybox_project_with("check-soak", LONG);
+    let root = dir.path();
+    let (events, junit) = (root.join("events.jsonl"), root.join("junit.xml"));
+    let mut cmd = run_in(root);
+    cmd.env("VMCHECK_PROGRESS", "none")
+        .arg("--events")
+        .arg(&events)
+        .arg("--junit")
+        .arg(&junit);
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ran = || {
+        std::fs::read_to_string(&events)
+            .unwrap_or_default()
+            .matches("\"soak-event\"")
+            .count()
+    };
+    // Waits for the precondition (a cold boot on a loaded host), times nothing.
+    assert!(common::eventually(300, || ran() >= 5), "the soak runs");
+    let pid = child.id();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::SIGINT,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let tap = String::from_utf8_lossy(&out.stdout);
+    common::assert_code(&out, &tap, exit_codes::INTERRUPTED);
+    assert!(tap.contains("ERROR interrupted by SIGINT"), "{tap}");
+    let runs = soak_events(&events);
+    assert!(runs.len() >= 5, "{runs:?}");
+    // Teardown is not run: Ctrl-C is for stopping now.
+    assert!(runs.iter().all(|r| r.0 != "collect"), "{runs:?}");
+    let stream = std::fs::read_to_string(&events).unwrap();
+    assert!(stream.contains("\"run-cancelled\""), "{stream}");
+    let junit = std::fs::read_to_string(&junit).unwrap();
+    assert!(junit.contains("testLong/check"), "{junit}");
+    assert!(common::run_dirs_of(pid).is_empty(), "run directories left");
+}
+
+/// `--sit` keeps a failed soak's machine, unpaused and reachable.
+#[test]
+fn sit_keeps_a_failed_soaks_machine() {
+    let dir = common::busybox_project_with(
+        "check-soak",
+        r#"
+[TestSoak.testFails]
+soak = { duration = "1m" }
+
+[[TestSoak.testFails.events]]
+name = "pause"
+fault = "pause"
+for = "20s"
+interval = "30s"
+at_startup = false
+
+[[TestSoak.testFails.events]]
+name = "check"
+run = "test ! -e /tmp/once; touch /tmp/once"
+interval = "2s"
+"#,
+    );
+    let mut cmd = run_in(dir.path());
+    cmd.env("VMCHECK_PROGRESS", "none").arg("--sit");
+    let (mut child, mut err) = common::spawn_reading_stderr(&mut cmd);
+    let ssh = common::sit_prompt(&mut err)
+        .iter()
+        .find_map(|l| l.strip_prefix("  machine1: ").map(String::from))
+        .expect("ssh line");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("timeout 30 {ssh} cat /tmp/once"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(exit_codes::TESTS_FAILED));
 }

@@ -1,20 +1,22 @@
 //! A test's `soak` table and its `[[Class.test.events]]` tables, read into a
 //! [`Soak`](crate::soak::Soak), every mistake an error at its `path:line:col`.
 
-use super::duration::timeout;
+use super::duration::{parse_duration, timeout};
 use super::error::Diagnostics;
 use super::value::{Value, a_type, boolean, entries, non_empty_string, string, table};
-use crate::soak::{Action, Fault, Overlap, Soak, SoakEvent};
+use crate::soak::{Action, FAULTS, Fault, Overlap, Soak, SoakEvent};
 use std::time::Duration;
-use toml::de::DeValue;
+use toml::de::{DeTable, DeValue};
 
 /// The keys of an event table.
 const EVENT_KEYS: &[&str] = &[
     "name",
     "run",
+    "host",
     "machine",
     "fault",
     "for",
+    "by",
     "interval",
     "at_startup",
     "at_teardown",
@@ -163,64 +165,18 @@ fn event(
     };
     let for_ = get("for").and_then(|v| timeout(d, "for", v).map(|t| (t, v)));
     let interval = get("interval").and_then(|v| timeout(d, "interval", v).map(|t| (t, v)));
-    let action = match (get("run"), get("fault")) {
-        (Some(run), None) => {
-            if let Some(v) = get("for") {
-                d.error(v.span(), "'for' is a fault's: this event runs a script");
-            }
-            non_empty_string(d, "run", run, ": write the script to run").map(|script| {
-                Action::Guest {
-                    machine: machine.clone().unwrap_or_default(),
-                    script,
-                }
+    let action = action(d, value, t, machine, for_);
+    if let Some(v) = get("by")
+        && !matches!(
+            action,
+            None | Some(Action::Fault {
+                fault: Fault::ClockJump { .. },
+                ..
             })
-        }
-        (None, Some(fault)) => {
-            let lasting = |d: &mut Diagnostics, what: &str| match for_ {
-                Some((t, _)) => Some(t),
-                None => {
-                    d.error(
-                        fault.span(),
-                        format!("a {what} fault needs 'for', how long it lasts (for = \"5s\")"),
-                    );
-                    None
-                }
-            };
-            match string(d, "fault", fault) {
-                Some("pause") => lasting(d, "pause").map(|duration| Fault::Pause { duration }),
-                Some("link-down") => {
-                    lasting(d, "link-down").map(|duration| Fault::LinkDown { duration })
-                }
-                Some(other) => {
-                    d.error(
-                        fault.span(),
-                        format!("unknown fault \"{other}\": faults are pause, link-down"),
-                    );
-                    None
-                }
-                None => None,
-            }
-            .map(|fault| Action::Fault {
-                machine: machine.clone().unwrap_or_default(),
-                fault,
-            })
-        }
-        (Some(_), Some(v)) => {
-            d.error(
-                v.span(),
-                "an event runs a script ('run') or does a fault ('fault'), not both",
-            );
-            None
-        }
-        (None, None) => {
-            d.error(
-                value.span(),
-                "an event needs something to do: 'run' (a script in the machine) or 'fault' \
-                 (pause, link-down)",
-            );
-            None
-        }
-    };
+        )
+    {
+        d.error(v.span(), "'by' is a clock-jump's: how far the clock moves");
+    }
     if let (Some((interval, v)), Some(duration)) = (interval, duration)
         && interval > duration
     {
@@ -261,7 +217,7 @@ fn event(
     {
         d.error(
             v.span(),
-            "a fault cannot be an invariant: only a check ('run') can",
+            "a fault cannot be an invariant: only a check ('run' or 'host') can",
         );
     }
     let overlap = match get("overlap") {
@@ -297,6 +253,147 @@ fn event(
         invariant: invariant?,
         line,
     })
+}
+
+/// What an event does: its `run`, `host` or `fault` (exactly one), with `machine` (the
+/// test's first machine if not given) and `for`.
+fn action(
+    d: &mut Diagnostics,
+    value: &Value,
+    t: &DeTable,
+    machine: Option<String>,
+    for_: Option<(Duration, &Value)>,
+) -> Option<Action> {
+    let get = |k: &str| t.get(k);
+    let given: Vec<(&str, &Value)> = ["run", "host", "fault"]
+        .into_iter()
+        .filter_map(|k| get(k).map(|v| (k, v)))
+        .collect();
+    let (kind, v) = match given.as_slice() {
+        [] => {
+            d.error(
+                value.span(),
+                format!(
+                    "an event needs something to do: 'run' (a script in the machine), 'host' \
+                     (a script on the host) or 'fault' ({})",
+                    FAULTS.join(", ")
+                ),
+            );
+            return None;
+        }
+        [one] => *one,
+        [(a, _), (b, v), ..] => {
+            d.error(
+                v.span(),
+                format!("an event does one thing: '{a}' or '{b}', not both"),
+            );
+            return None;
+        }
+    };
+    if kind != "fault"
+        && let Some(v) = get("for")
+    {
+        d.error(v.span(), "'for' is a fault's: this event runs a script");
+    }
+    match kind {
+        "run" => {
+            non_empty_string(d, "run", v, ": write the script to run").map(|script| Action::Guest {
+                machine: machine.unwrap_or_default(),
+                script,
+            })
+        }
+        "host" => {
+            if let Some(m) = get("machine") {
+                d.error(
+                    m.span(),
+                    "'machine': a host event runs on the host; it reaches machines with \
+                     `vm exec MACHINE ...`",
+                );
+            }
+            non_empty_string(d, "host", v, ": write the script to run")
+                .map(|script| Action::Host { script })
+        }
+        _ => fault(d, v, get("by"), for_).map(|fault| Action::Fault {
+            machine: machine.unwrap_or_default(),
+            fault,
+        }),
+    }
+}
+
+/// A `fault` event's fault, with its `for` (pause, link-down) or `by` (clock-jump).
+fn fault(
+    d: &mut Diagnostics,
+    fault: &Value,
+    by: Option<&Value>,
+    for_: Option<(Duration, &Value)>,
+) -> Option<Fault> {
+    let word = string(d, "fault", fault)?;
+    let lasting = |d: &mut Diagnostics| match for_ {
+        Some((t, _)) => Some(t),
+        None => {
+            d.error(
+                fault.span(),
+                format!("a {word} fault needs 'for', how long it lasts (for = \"5s\")"),
+            );
+            None
+        }
+    };
+    let instant = |d: &mut Diagnostics| {
+        if let Some((_, v)) = for_ {
+            d.error(
+                v.span(),
+                format!("a {word} fault is not held: it takes no 'for'"),
+            );
+        }
+    };
+    match word {
+        "pause" => lasting(d).map(|duration| Fault::Pause { duration }),
+        "link-down" => lasting(d).map(|duration| Fault::LinkDown { duration }),
+        "reboot" => {
+            instant(d);
+            Some(Fault::Reboot)
+        }
+        "clock-jump" => {
+            instant(d);
+            match by {
+                Some(v) => jump(d, v).map(|by| Fault::ClockJump { by }),
+                None => {
+                    d.error(
+                        fault.span(),
+                        "a clock-jump fault needs 'by', how far the clock moves (by = \"1h\", \
+                         or by = \"-10m\" back)",
+                    );
+                    None
+                }
+            }
+        }
+        other => {
+            d.error(
+                fault.span(),
+                format!(
+                    "unknown fault \"{other}\": faults are {}",
+                    FAULTS.join(", ")
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// A clock jump's `by`: a duration, with `-` before it to go back; in seconds.
+fn jump(d: &mut Diagnostics, value: &Value) -> Option<i64> {
+    let text = string(d, "by", value)?;
+    let (sign, rest) = match text.strip_prefix('-') {
+        Some(rest) => (-1, rest),
+        None => (1, text.strip_prefix('+').unwrap_or(text)),
+    };
+    match parse_duration(rest) {
+        Ok(t) => i64::try_from(t.as_secs()).ok().map(|s| sign * s),
+        Err(e) => {
+            d.error(value.span(), format!("'by': {e} (\"-10m\" moves it back)"));
+            None
+        }
+    }
 }
 
 #[cfg(test)]
@@ -377,6 +474,58 @@ at_teardown = true
         assert_eq!(soak.machines(), ["machine1", "machine2"]);
     }
 
+    #[test]
+    fn host_events_reboots_and_clock_jumps() {
+        let text = r#"
+[TestSoak.testFaults]
+soak = { duration = "1h" }
+
+[[TestSoak.testFaults.events]]
+name = "probe"
+host = "vm exec machine1 true"
+interval = "1m"
+
+[[TestSoak.testFaults.events]]
+name = "reboot"
+fault = "reboot"
+interval = "30m"
+
+[[TestSoak.testFaults.events]]
+name = "back"
+fault = "clock-jump"
+by = "-1h30m"
+
+[[TestSoak.testFaults.events]]
+name = "ahead"
+fault = "clock-jump"
+by = "+10m"
+"#;
+        let tests = parse_file(Path::new("check-s"), text).unwrap();
+        let soak = tests[0].soak.as_deref().unwrap();
+        let actions: Vec<&Action> = soak.events.iter().map(|e| &e.action).collect();
+        let fault = |fault| Action::Fault {
+            machine: "machine1".into(),
+            fault,
+        };
+        assert_eq!(
+            actions,
+            [
+                &Action::Host {
+                    script: "vm exec machine1 true".into()
+                },
+                &fault(Fault::Reboot),
+                &fault(Fault::ClockJump { by: -5400 }),
+                &fault(Fault::ClockJump { by: 600 }),
+            ]
+        );
+        // Host events name no machine; a clock jump's size is not scaled.
+        assert_eq!(soak.machines(), ["machine1"]);
+        assert_eq!(
+            soak.scaled(0.01).events[2].action,
+            fault(Fault::ClockJump { by: -5400 })
+        );
+    }
+
     fn errors(text: &str) -> Vec<String> {
         parse_file(Path::new("check-x"), text)
             .unwrap_err()
@@ -419,11 +568,35 @@ at_teardown = true
             ),
             (
                 "name = 'a'\nrun = 'x'\nfault = 'pause'\n",
-                "6:9: an event runs a script ('run') or does a fault ('fault'), not both",
+                "6:9: an event does one thing: 'run' or 'fault', not both",
+            ),
+            (
+                "name = 'a'\nhost = 'x'\nrun = 'y'\n",
+                "5:8: an event does one thing: 'run' or 'host', not both",
+            ),
+            (
+                "name = 'a'\nhost = 'vm exec machine1 true'\nmachine = 'machine1'\n",
+                "6:11: 'machine': a host event runs on the host",
             ),
             (
                 "name = 'a'\nfault = 'explode'\n",
-                "5:9: unknown fault \"explode\": faults are pause, link-down",
+                "5:9: unknown fault \"explode\": faults are pause, link-down, reboot, clock-jump",
+            ),
+            (
+                "name = 'a'\nfault = 'reboot'\nfor = '5s'\n",
+                "6:7: a reboot fault is not held: it takes no 'for'",
+            ),
+            (
+                "name = 'a'\nfault = 'clock-jump'\n",
+                "5:9: a clock-jump fault needs 'by'",
+            ),
+            (
+                "name = 'a'\nfault = 'clock-jump'\nby = '1 h'\n",
+                "6:6: 'by': invalid duration \"1 h\"",
+            ),
+            (
+                "name = 'a'\nfault = 'pause'\nfor = '1s'\nby = '1h'\n",
+                "7:6: 'by' is a clock-jump's",
             ),
             (
                 "name = 'a'\nfault = 'pause'\n",

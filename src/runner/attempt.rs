@@ -9,7 +9,7 @@
 //! dispatcher aborts it (Ctrl-C), dropping them kills qemu and removes their files.
 
 use super::artifacts::{AttemptDir, console_offset};
-use super::host::{Granted, HostProgram, HostTask};
+use super::host::{Granted, HostProgram, HostTask, Reach};
 use super::journal;
 use super::net::Network;
 pub use super::output::{LiveOutput, Log, Progress};
@@ -181,7 +181,8 @@ pub async fn run_attempt(
     if outcome == AttemptOutcome::Passed {
         // The first machine's start marker goes with its body: one round trip less a test.
         let mark = journal::mark_command(&tag);
-        let marked_by_body = test.body.guest_script().is_some();
+        // (A soak's script runs beside its events, which may look at the log first.)
+        let marked_by_body = test.body.guest_script().is_some() && test.soak.is_none();
         for m in machines.iter().skip(usize::from(marked_by_body)) {
             let _ = m
                 .machine
@@ -190,9 +191,11 @@ pub async fn run_attempt(
                 .await;
         }
         let terms = Terms {
-            mark: marked_by_body.then_some(mark.as_str()),
+            mark: &mark,
+            marked_by_body,
             shared: global,
             net: net.as_ref(),
+            dir: &dir.path,
         };
         outcome = run_bodies(&ctx, &req, &mut machines, &log, terms, &mut granted).await;
     }
@@ -481,8 +484,12 @@ fn env_name(machine: &str) -> String {
 
 /// What an attempt's bodies run with beside its machines.
 struct Terms<'a> {
-    /// The journal's start marker, run before the guest body (if given).
-    mark: Option<&'a str>,
+    /// The command writing the journal's start marker.
+    mark: &'a str,
+    /// The marker is written by the guest body, before it runs.
+    marked_by_body: bool,
+    /// The attempt's directory.
+    dir: &'a std::path::Path,
     /// The machine is a nondestructive test's.
     shared: bool,
     /// The machines' private network (tests with several machines).
@@ -503,19 +510,20 @@ async fn run_bodies(
     let deadline = Instant::now() + test.timeout;
     let env = body_env(ctx, req, machines);
     if let Some(soak) = &test.soak {
-        let exports: String = env
-            .iter()
-            .map(|(k, v)| format!("export {k}={}\n", quote(v)))
-            .collect();
         let scaled = soak.scaled(ctx.soak_scale);
         let task = super::soak::SoakTask {
             soak: &scaled,
-            seed: ctx.seed,
-            exports: &exports,
-            workload: test.body.guest_script(),
+            attempt: super::soak::Attempt {
+                ctx,
+                req,
+                env: &env,
+                net: terms.net,
+                dir: terms.dir,
+                mark: terms.mark,
+            },
             grace: test.timeout,
         };
-        return super::soak::run_soak(machines, log, task).await;
+        return super::soak::run_soak(machines, log, task, &mut granted.allow_journal).await;
     }
     if let Some(script) = test.body.guest_script() {
         let mut exports: String = env
@@ -526,7 +534,8 @@ async fn run_bodies(
             "export VMCHECK_MACHINE={}\n",
             quote(&machines[0].name)
         ));
-        let command = format!("{exports}{}\nset -e\n{script}", terms.mark.unwrap_or(""));
+        let mark = if terms.marked_by_body { terms.mark } else { "" };
+        let command = format!("{exports}{mark}\nset -e\n{script}");
         let mut sink = |_: Stream, data: &[u8]| log.write(data);
         let result = machines[0]
             .machine
@@ -576,10 +585,11 @@ async fn run_bodies(
         program,
         env: &env,
         deadline,
+        timeout: test.timeout,
         shared: terms.shared,
         net: terms.net,
     };
-    super::host::run_host(ctx, req, machines, log, &task, granted).await
+    super::host::run_host(ctx, req, Reach::Attempt(machines), log, &task, granted).await
 }
 
 /// The outcome of a command in a machine that did not end: the test's deadline (`timeout`)

@@ -122,25 +122,31 @@ async fn boot_machines(
     }
     // In provision order, machine1 first.
     started.sort_by_key(|m| test.provision.iter().position(|p| p.name == m.name));
-    let machines: &[Named] = started;
-    for m in machines {
-        let mut cmd = format!("hostname {}", quote(&m.name));
-        if let Some(ip) = &m.ip {
-            cmd.push_str(&format!(
-                " && ip link set eth1 up && ip addr add {ip}/24 dev eth1"
-            ));
-        }
-        let done = m
-            .machine
-            .shell()
-            .execute(&cmd, Duration::from_secs(30))
-            .await;
-        if let Some(problem) = command_problem(done, "setting up the machine") {
-            return Err(MachineError::Failed {
-                label: m.machine.label().to_string(),
-                message: problem,
-            });
-        }
+    for m in started.iter() {
+        set_up(m).await?;
     }
     Ok(net)
+}
+
+/// Give a booted machine its host name and its address on the private network; again after
+/// each reboot, which forgets both.
+pub(super) async fn set_up(m: &Named) -> Result<(), MachineError> {
+    let mut cmd = format!("hostname {}", quote(&m.name));
+    if let Some(ip) = &m.ip {
+        cmd.push_str(&format!(
+            " && ip link set eth1 up && ip addr add {ip}/24 dev eth1"
+        ));
+    }
+    let done = m
+        .machine
+        .shell()
+        .execute(&cmd, Duration::from_secs(30))
+        .await;
+    match command_problem(done, "setting up the machine") {
+        None => Ok(()),
+        Some(problem) => Err(MachineError::Failed {
+            label: m.machine.label().to_string(),
+            message: problem,
+        }),
+    }
 }

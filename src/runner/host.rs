@@ -43,10 +43,30 @@ pub(super) struct HostTask<'a> {
     /// The test's environment (`VMCHECK_TEST`, …, its `env`).
     pub env: &'a [(String, String)],
     pub deadline: Instant,
+    /// What the deadline is, for messages (the test's `timeout`, or a soak event's).
+    pub timeout: Duration,
     /// The machine is shared (a nondestructive test): `restore` requests save paths.
     pub shared: bool,
     /// The machines' private network, where `net` requests put their faults.
     pub net: Option<&'a super::net::Network>,
+}
+
+/// The machines a host process's `vm` requests reach.
+pub(super) enum Reach<'a, 'm> {
+    /// The attempt's own: `vm reboot` may reboot them.
+    Attempt(&'a mut [Named]),
+    /// A soak's, shared with its other executions: each request holds its machine while it
+    /// runs (waiting while a reboot fault reboots it); rebooting is the soak's fault's.
+    Soak(&'a [super::soak::hold::Held<'m, Named>]),
+}
+
+impl Reach<'_, '_> {
+    fn names(&self) -> Vec<&str> {
+        match self {
+            Reach::Attempt(ms) => ms.iter().map(|m| m.name.as_str()).collect(),
+            Reach::Soak(ms) => ms.iter().map(|m| m.name.as_str()).collect(),
+        }
+    }
 }
 
 /// What the test's process asked for that outlives it.
@@ -108,7 +128,7 @@ fn prepare(ctx: &AttemptContext) -> std::io::Result<(tempfile::TempDir, tokio::n
 fn command(
     ctx: &AttemptContext,
     req: &AttemptRequest,
-    machines: &[Named],
+    reach: &Reach,
     dir: &Path,
     program: HostProgram,
     log: &Log,
@@ -120,6 +140,11 @@ fn command(
             cmd
         }
         HostProgram::CheckFile(file) => {
+            let Reach::Attempt(machines) = reach else {
+                return Err(std::io::Error::other(
+                    "an executable check file has no soaks",
+                ));
+            };
             let mut cmd = tokio::process::Command::new(file);
             cmd.arg(crate::checkfile::RUN_ARG).arg(req.test.base_name());
             let written = super::topology::write(dir, &req.test.name(), machines, |name| {
@@ -168,7 +193,7 @@ fn infrastructure_failure(dir: &Path) -> Option<String> {
 pub(super) async fn run_host(
     ctx: &AttemptContext,
     req: &AttemptRequest,
-    machines: &mut [Named],
+    mut reach: Reach<'_, '_>,
     log: &Log,
     task: &HostTask<'_>,
     granted: &mut Granted,
@@ -182,7 +207,7 @@ pub(super) async fn run_host(
         Ok(x) => x,
         Err(e) => return harness(format!("preparing {what}: {e}")),
     };
-    let mut cmd = match command(ctx, req, machines, dir.path(), program, log) {
+    let mut cmd = match command(ctx, req, &reach, dir.path(), program, log) {
         Ok(cmd) => cmd,
         Err(e) => return harness(format!("preparing {what}: {e}")),
     };
@@ -265,7 +290,7 @@ pub(super) async fn run_host(
                 let response = match request {
                     Ok(request) => match tokio::time::timeout_at(
                         deadline.into(),
-                        serve(ctx, req, machines, log, request, task, granted),
+                        serve(ctx, req, &mut reach, log, request, task, granted),
                     )
                     .await
                     {
@@ -306,11 +331,11 @@ pub(super) async fn run_host(
             let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
             (
                 AttemptOutcome::TimedOut {
-                    after: req.test.timeout,
+                    after: task.timeout,
                 },
                 Some(format!(
                     "vmcheck: timed out after {}s",
-                    req.test.timeout.as_secs()
+                    task.timeout.as_secs()
                 )),
             )
         }
@@ -377,7 +402,7 @@ const ANSWER_LIMIT: usize = 16 << 20;
 async fn serve(
     ctx: &AttemptContext,
     req: &AttemptRequest,
-    machines: &mut [Named],
+    reach: &mut Reach<'_, '_>,
     log: &Log,
     request: Request,
     task: &HostTask<'_>,
@@ -402,14 +427,65 @@ async fn serve(
             _ => unreachable!("only allow-journal and net are for no machine"),
         });
     };
-    let Some(m) = machines.iter_mut().find(|m| m.name == machine) else {
-        let names: Vec<&str> = machines.iter().map(|m| m.name.as_str()).collect();
+    let names = reach.names();
+    if !names.contains(&machine) {
         return Ok(Response::error(format!(
             "no machine '{machine}' in this test (machines: {})",
             names.join(", ")
         )));
-    };
+    }
+    let machine = machine.to_owned();
     let left = deadline.saturating_duration_since(Instant::now());
+    match (reach, request) {
+        (Reach::Attempt(ms), request @ (Request::Reboot { .. } | Request::WaitReboot { .. })) => {
+            let m = ms.iter_mut().find(|m| m.name == machine).expect("named");
+            let limit = ctx.boot_timeout.min(left);
+            match request {
+                Request::Reboot { .. } => m.machine.reboot(limit, &ctx.cancel).await?,
+                _ => m.machine.wait_reboot(limit, &ctx.cancel).await?,
+            };
+            // A test's own machines get their names and addresses back (a shared machine
+            // never had them).
+            if !task.shared {
+                super::fresh::set_up(m).await?;
+            }
+            Ok(Response::default())
+        }
+        (Reach::Soak(_), Request::Reboot { .. } | Request::WaitReboot { .. }) => {
+            Ok(Response::error(
+                "a soak's machines are rebooted by its reboot fault (fault = \"reboot\"), not \
+                 by its events",
+            ))
+        }
+        (Reach::Attempt(ms), request) => {
+            let m = ms.iter().find(|m| m.name == machine).expect("named");
+            serve_on(req, m, request, task, granted, left).await
+        }
+        (Reach::Soak(held), request) => {
+            let held = held.iter().find(|m| m.name == machine).expect("named");
+            let mut hold = held.hold().await;
+            let left = deadline.saturating_duration_since(Instant::now());
+            let (m, rebooting) = hold.parts();
+            let served = serve_on(req, m, request, task, granted, left);
+            tokio::select! {
+                r = served => r,
+                _ = rebooting => Ok(Response::error(format!(
+                    "{machine} was rebooted by the soak's reboot fault while this ran"
+                ))),
+            }
+        }
+    }
+}
+
+/// Carry out a request (anything but a reboot) on machine `m`, within `left`.
+async fn serve_on(
+    req: &AttemptRequest,
+    m: &Named,
+    request: Request,
+    task: &HostTask<'_>,
+    granted: &mut Granted,
+    left: Duration,
+) -> Result<Response, MachineError> {
     let shell_done = |r: Result<(), MachineError>| r.map(|()| Response::default());
     match request {
         Request::Exec {
@@ -470,18 +546,6 @@ async fn serve(
                 ..Response::default()
             })
         }
-        Request::Reboot { .. } => shell_done(
-            m.machine
-                .reboot(ctx.boot_timeout.min(left), &ctx.cancel)
-                .await
-                .map(|_| ()),
-        ),
-        Request::WaitReboot { .. } => shell_done(
-            m.machine
-                .wait_reboot(ctx.boot_timeout.min(left), &ctx.cancel)
-                .await
-                .map(|_| ()),
-        ),
         Request::Upload { local, remote, .. } => {
             shell_done(m.machine.shell().upload(&local, &remote).await)
         }
@@ -518,7 +582,10 @@ async fn serve(
             granted.restore.extend(paths);
             Ok(Response::default())
         }
-        Request::AllowJournal { .. } | Request::Net { .. } => unreachable!("handled above"),
+        Request::AllowJournal { .. }
+        | Request::Net { .. }
+        | Request::Reboot { .. }
+        | Request::WaitReboot { .. } => unreachable!("handled by serve"),
     }
 }
 

@@ -45,18 +45,30 @@ pub struct SoakEvent {
 pub enum Action {
     /// A script run as root in `machine` over SSH (`set -e`).
     Guest { machine: String, script: String },
+    /// A script run on the host (`/bin/sh -e`), with the `vm` helper reaching the test's
+    /// machines.
+    Host { script: String },
     /// A fault done to `machine` from the host, with QEMU.
     Fault { machine: String, fault: Fault },
 }
 
-/// A machine fault, done by the host (QMP), never by the guest.
+/// A machine fault, started by the host, never by the test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
-    /// `stop`, then `cont` after `for`.
+    /// QMP `stop`, then `cont` after `for`.
     Pause { duration: Duration },
-    /// Every NIC's link down (`set_link`), up again after `for`.
+    /// Every NIC's link down (QMP `set_link`), up again after `for`.
     LinkDown { duration: Duration },
+    /// A hard reset (QMP `system_reset`); the fault ends when the machine is back.
+    Reboot,
+    /// The guest's wall clock moved by `by` seconds (forward, or back if negative) at
+    /// once. QEMU cannot set a running guest's clock (its RTC is read only at boot), so
+    /// the host sets it through the machine's root channel with `date -s`.
+    ClockJump { by: i64 },
 }
+
+/// The words check files name faults by.
+pub const FAULTS: &[&str] = &["pause", "link-down", "reboot", "clock-jump"];
 
 impl Fault {
     /// The word a check file names it by.
@@ -64,13 +76,29 @@ impl Fault {
         match self {
             Fault::Pause { .. } => "pause",
             Fault::LinkDown { .. } => "link-down",
+            Fault::Reboot => "reboot",
+            Fault::ClockJump { .. } => "clock-jump",
         }
     }
 
-    /// How long the fault lasts.
+    /// How long the fault is held before it is undone (zero: it is not undone).
     pub fn duration(&self) -> Duration {
         match self {
             Fault::Pause { duration } | Fault::LinkDown { duration } => *duration,
+            Fault::Reboot | Fault::ClockJump { .. } => Duration::ZERO,
+        }
+    }
+
+    /// The fault with its hold multiplied by `by` (a clock jump's size stays).
+    fn scaled(self, by: impl Fn(Duration) -> Duration) -> Fault {
+        match self {
+            Fault::Pause { duration } => Fault::Pause {
+                duration: by(duration),
+            },
+            Fault::LinkDown { duration } => Fault::LinkDown {
+                duration: by(duration),
+            },
+            other => other,
         }
     }
 }
@@ -87,7 +115,8 @@ pub enum Overlap {
 
 impl Soak {
     /// The soak with its duration, intervals and fault durations multiplied by `scale`
-    /// (`--soak-scale`: a two-hour soak as a one-minute one is 1/120); timeouts stay.
+    /// (`--soak-scale`: a two-hour soak as a one-minute one is 1/120); timeouts and clock
+    /// jumps stay.
     pub fn scaled(&self, scale: f64) -> Soak {
         // Whole milliseconds: k × a scaled interval stays exact enough that no run is
         // gained or lost at the end.
@@ -104,14 +133,7 @@ impl Soak {
                     action: match &e.action {
                         Action::Fault { machine, fault } => Action::Fault {
                             machine: machine.clone(),
-                            fault: match *fault {
-                                Fault::Pause { duration } => Fault::Pause {
-                                    duration: by(duration),
-                                },
-                                Fault::LinkDown { duration } => Fault::LinkDown {
-                                    duration: by(duration),
-                                },
-                            },
+                            fault: fault.scaled(by),
                         },
                         other => other.clone(),
                     },
@@ -121,12 +143,13 @@ impl Soak {
         }
     }
 
-    /// The machines the soak's events name (each once, in order).
+    /// The machines the soak's events name (each once, in order; host events name none).
     pub fn machines(&self) -> Vec<&str> {
         let mut out: Vec<&str> = Vec::new();
         for e in &self.events {
             let m = match &e.action {
                 Action::Guest { machine, .. } | Action::Fault { machine, .. } => machine.as_str(),
+                Action::Host { .. } => continue,
             };
             if !out.contains(&m) {
                 out.push(m);

@@ -563,3 +563,33 @@ pub fn bin_without_qemu() -> tempfile::TempDir {
     }
     dir
 }
+
+/// Start `cmd` with piped standard streams; return it and its stderr, line by line.
+pub fn spawn_reading_stderr(
+    cmd: &mut std::process::Command,
+) -> (
+    std::process::Child,
+    std::io::Lines<std::io::BufReader<std::process::ChildStderr>>,
+) {
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap()));
+    (child, err)
+}
+
+/// Read a `--sit` prompt from `err`: the lines up to and including "Press Enter …".
+pub fn sit_prompt(err: &mut impl Iterator<Item = std::io::Result<String>>) -> Vec<String> {
+    let mut lines = Vec::new();
+    loop {
+        let line = err.next().expect("sit prompt").unwrap();
+        let done = line.starts_with("Press Enter");
+        lines.push(line);
+        if done {
+            return lines;
+        }
+    }
+}

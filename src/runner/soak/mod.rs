@@ -10,72 +10,47 @@
 //! Faults are done from the host with QMP, and always undone, even when the soak ends
 //! under them.
 
-use super::attempt::Named;
+pub(super) mod execute;
+pub(super) mod fault;
+pub(super) mod hold;
+
+use super::attempt::{AttemptContext, AttemptRequest, Named};
 use super::output::{Log, Progress};
 use crate::events::{AttemptOutcome, SoakRun};
-use crate::machine::error::MachineError;
-use crate::machine::shell::Exec;
-use crate::machine::ssh::ExitStatus;
 use crate::shell::quote;
 use crate::soak::schedule::{Why, schedule};
-use crate::soak::{Action, Fault, Overlap, Soak};
+use crate::soak::{Action, Overlap, Soak};
+use execute::Ended;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use serde_json::json;
+use hold::Held;
 use std::future::Future;
+use std::path::Path;
 use std::pin::Pin;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// The attempt a soak runs in: what its host scripts run with.
+pub(super) struct Attempt<'a> {
+    pub ctx: &'a AttemptContext,
+    pub req: &'a AttemptRequest,
+    /// The test's environment (`VMCHECK_TEST`, …, its `env`).
+    pub env: &'a [(String, String)],
+    /// The machines' private network, for `vm net`.
+    pub net: Option<&'a super::net::Network>,
+    /// The attempt's directory: each host execution's output goes to `soak/`.
+    pub dir: &'a Path,
+    /// The journal's start marker command.
+    pub mark: &'a str,
+}
 
 /// What a soak runs with.
 pub(super) struct SoakTask<'a> {
     /// Scaled already.
     pub soak: &'a Soak,
-    pub seed: u64,
-    /// `export K=V` lines of the test's environment, for event scripts.
-    pub exports: &'a str,
-    /// The test's own guest script, run in machine1 for the duration.
-    pub workload: Option<&'a str>,
+    pub attempt: Attempt<'a>,
     /// What the soak may take beyond its duration (the test's `timeout`).
     pub grace: Duration,
-}
-
-/// How one execution ended, before it is a [`SoakRun`].
-struct Ended {
-    outcome: &'static str,
-    detail: String,
-    tail: String,
-    /// How long it ran (measured where it ran, whenever it is recorded).
-    took: Duration,
-}
-
-impl Ended {
-    fn passed() -> Ended {
-        Ended {
-            outcome: "passed",
-            detail: String::new(),
-            tail: String::new(),
-            took: Duration::ZERO,
-        }
-    }
-
-    fn failed(detail: String, tail: String) -> Ended {
-        Ended {
-            outcome: "failed",
-            detail,
-            tail,
-            took: Duration::ZERO,
-        }
-    }
-
-    /// An execution that did not run to its end (`skipped`, `interrupted`).
-    fn not_run(outcome: &'static str, detail: &str) -> Ended {
-        Ended {
-            outcome,
-            detail: detail.into(),
-            tail: String::new(),
-            took: Duration::ZERO,
-        }
-    }
 }
 
 /// An execution that was started.
@@ -90,45 +65,129 @@ struct Started {
 
 type Execution<'a> = Pin<Box<dyn Future<Output = (Started, Ended)> + Send + 'a>>;
 
-/// How many bytes of a failed execution's output are kept.
-const TAIL: usize = 2000;
+/// The test's own script, run for the duration (its guest script, its host script).
+type Workload<'a> = Pin<Box<dyn Future<Output = (Load, Ended)> + Send + 'a>>;
 
-/// Run the soak; the attempt's outcome.
-pub(super) async fn run_soak(machines: &[Named], log: &Log, task: SoakTask<'_>) -> AttemptOutcome {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Load {
+    Guest,
+    Host,
+}
+
+/// Run the soak on `machines`; the attempt's outcome. Journal messages that its host
+/// scripts allowed go to `allowed`.
+pub(super) async fn run_soak(
+    machines: &mut [Named],
+    log: &Log,
+    task: SoakTask<'_>,
+    allowed: &mut Vec<String>,
+) -> AttemptOutcome {
     let soak = task.soak;
+    let seed = task.attempt.ctx.seed;
     let names: Vec<String> = soak.events.iter().map(|e| e.name.clone()).collect();
-    (log.live)(Progress::SoakStarted(soak.duration, task.seed, &names));
+    (log.live)(Progress::SoakStarted(soak.duration, seed, &names));
     log.note(&format!(
-        "vmcheck: soak for {:.1}s, {} events, seed {} (--seed {} replays this schedule)",
+        "vmcheck: soak for {:.1}s, {} events, seed {seed} (--seed {seed} replays this schedule)",
         soak.duration.as_secs_f64(),
         names.len(),
-        task.seed,
-        task.seed
     ));
+    let private = machines.iter().any(|m| m.ip.is_some());
+    let held: Vec<Held<'_, Named>> = machines
+        .iter_mut()
+        .map(|m| Held::new(&m.name.clone(), m))
+        .collect();
+    let exports: String = task
+        .attempt
+        .env
+        .iter()
+        .map(|(k, v)| format!("export {k}={}\n", quote(v)))
+        .collect();
+    let terms = fault::Terms {
+        private,
+        boot_timeout: task.attempt.ctx.boot_timeout,
+        cancel: &task.attempt.ctx.cancel,
+        mark: task.attempt.mark,
+    };
+    let shared = Shared {
+        soak,
+        machines: &held,
+        attempt: &task.attempt,
+        exports: &exports,
+        terms: &terms,
+        allowed: Mutex::new(Vec::new()),
+    };
     let limit = soak.duration + task.grace;
-    let mut state = State::new(soak, machines, log, task.exports);
-    match tokio::time::timeout(limit, state.run(task.seed, task.workload)).await {
-        Ok(()) => {}
-        Err(_) => {
-            log.note(&format!(
-                "vmcheck: timed out: the soak took more than its {:.0}s and {}s beyond \
-                 (the test's timeout)",
-                soak.duration.as_secs_f64(),
-                task.grace.as_secs()
-            ));
-            return AttemptOutcome::TimedOut { after: limit };
-        }
+    let mut state = State::new(&shared, log);
+    let ran = tokio::time::timeout(limit, state.run(seed)).await;
+    allowed.extend(shared.allowed.lock().expect("poisoned").drain(..));
+    if ran.is_err() {
+        log.note(&format!(
+            "vmcheck: timed out: the soak took more than its {:.0}s and {}s beyond \
+             (the test's timeout)",
+            soak.duration.as_secs_f64(),
+            task.grace.as_secs()
+        ));
+        return AttemptOutcome::TimedOut { after: limit };
     }
     state.summary();
     state.verdict()
 }
 
-/// The soak while it runs: which event runs, what waits, what failed.
-struct State<'a> {
+/// What every execution of a soak reads.
+struct Shared<'a, 'm> {
     soak: &'a Soak,
-    machines: &'a [Named],
-    log: &'a Log,
+    machines: &'a [Held<'m, Named>],
+    attempt: &'a Attempt<'a>,
+    /// `export K=V` lines of the test's environment, for scripts in machines.
     exports: &'a str,
+    terms: &'a fault::Terms<'a>,
+    /// Journal messages allowed by host scripts.
+    allowed: Mutex<Vec<String>>,
+}
+
+impl<'a, 'm> Shared<'a, 'm> {
+    fn find(&self, name: &str) -> Option<&'a Held<'m, Named>> {
+        self.machines.iter().find(|m| m.name == name)
+    }
+
+    /// The test's guest script, in its first machine until the soak ends it (again after
+    /// a reboot fault interrupted it).
+    fn guest_load(&'a self, script: &'a str) -> Workload<'a> {
+        // Past the end, the soak drops this future first: the limit only bounds a soak
+        // that would otherwise not end.
+        let limit = self.soak.duration + Duration::from_secs(60);
+        let m = &self.machines[0];
+        Box::pin(async move {
+            (
+                Load::Guest,
+                execute::in_machine(m, self.exports, script, limit).await,
+            )
+        })
+    }
+
+    /// The test's host script, until the soak ends it.
+    fn host_load(&'a self, script: &'a str) -> Workload<'a> {
+        let limit = self.soak.duration + Duration::from_secs(60);
+        let output = self.attempt.dir.join("soak").join("host-workload.txt");
+        Box::pin(async move {
+            let (ended, allowed) = execute::on_host(execute::OnHost {
+                attempt: self.attempt,
+                machines: self.machines,
+                script,
+                timeout: limit,
+                output: &output,
+            })
+            .await;
+            self.allowed.lock().expect("poisoned").extend(allowed);
+            (Load::Host, ended)
+        })
+    }
+}
+
+/// The soak while it runs: which event runs, what waits, what failed.
+struct State<'a, 'm> {
+    shared: &'a Shared<'a, 'm>,
+    log: &'a Log,
     start: Instant,
     /// Per event: executions started (or skipped), and the one running.
     runs: Vec<u32>,
@@ -144,14 +203,12 @@ struct State<'a> {
     ending: bool,
 }
 
-impl<'a> State<'a> {
-    fn new(soak: &'a Soak, machines: &'a [Named], log: &'a Log, exports: &'a str) -> State<'a> {
-        let n = soak.events.len();
+impl<'a, 'm> State<'a, 'm> {
+    fn new(shared: &'a Shared<'a, 'm>, log: &'a Log) -> State<'a, 'm> {
+        let n = shared.soak.events.len();
         State {
-            soak,
-            machines,
+            shared,
             log,
-            exports,
             start: Instant::now(),
             runs: vec![0; n],
             running: vec![None; n],
@@ -163,8 +220,8 @@ impl<'a> State<'a> {
         }
     }
 
-    async fn run(&mut self, seed: u64, workload: Option<&'a str>) {
-        let all = schedule(self.soak, seed);
+    async fn run(&mut self, seed: u64) {
+        let all = schedule(self.shared.soak, seed);
         let (startup, rest): (Vec<_>, Vec<_>) =
             all.into_iter().partition(|d| d.why == Why::Startup);
         let (timed, teardown): (Vec<_>, Vec<_>) =
@@ -181,20 +238,21 @@ impl<'a> State<'a> {
             self.record(started, ended);
         }
         self.start = Instant::now();
-        let end = self.start + self.soak.duration;
+        let end = self.start + self.shared.soak.duration;
         let mut checks: FuturesUnordered<Execution<'a>> = FuturesUnordered::new();
         let mut faults: FuturesUnordered<Execution<'a>> = FuturesUnordered::new();
-        let machines: &'a [Named] = self.machines;
-        let mut load: Option<Pin<Box<dyn Future<Output = Ended> + Send + 'a>>> =
-            workload.map(|script| {
-                let (machine, exports) = (&machines[0], self.exports);
-                let limit = self.soak.duration;
-                // Past the end, the soak drops this future first: the limit only bounds a
-                // soak that would otherwise not end.
-                let limit = limit + Duration::from_secs(60);
-                Box::pin(async move { guest(machine, exports, script, limit).await })
-                    as Pin<Box<dyn Future<Output = Ended> + Send + 'a>>
-            });
+        let shared = self.shared;
+        let mut loads: FuturesUnordered<Workload<'a>> = FuturesUnordered::new();
+        let body = &shared.attempt.req.test.body;
+        if let Some(script) = body.guest_script() {
+            loads.push(shared.guest_load(script));
+        }
+        if let crate::checkfile::Body::Scripts {
+            host: Some(script), ..
+        } = body
+        {
+            loads.push(shared.host_load(script));
+        }
         let mut next = 0;
         while !self.stopped {
             let next_at = timed.get(next).map(|d| self.start + d.at);
@@ -207,10 +265,21 @@ impl<'a> State<'a> {
                     self.record(started, ended);
                     self.start_queued(&mut checks, &mut faults);
                 }
-                mut ended = async { load.as_mut().expect("checked").await }, if load.is_some() => {
-                    load = None;
+                Some((load, mut ended)) = loads.next(), if !loads.is_empty() => {
                     ended.took = self.start.elapsed();
-                    self.workload_ended(ended);
+                    if ended.outcome == "interrupted" && load == Load::Guest {
+                        self.log.note(&format!(
+                            "vmcheck: soak: the test's own script was interrupted at {:.1}s \
+                             ({}); it starts again once the machine is back",
+                            ended.took.as_secs_f64(),
+                            ended.detail
+                        ));
+                        loads.push(shared.guest_load(
+                            body.guest_script().expect("it ran"),
+                        ));
+                    } else {
+                        self.workload_ended(load, ended);
+                    }
                 }
                 _ = tokio::time::sleep_until(next_at.unwrap_or(end).into()), if next_at.is_some_and(|t| t < end) => {
                     let d = timed[next];
@@ -221,13 +290,13 @@ impl<'a> State<'a> {
             }
         }
         // The workload ran for the duration (or the soak stopped): it ends here.
-        drop(load);
+        drop(loads);
         if self.stopped {
             // Checks are interrupted at once; faults are never left half done.
             drop(checks);
             for (i, r) in self.running.clone().into_iter().enumerate() {
                 if let Some(s) = r
-                    && !matches!(self.soak.events[i].action, Action::Fault { .. })
+                    && !matches!(self.shared.soak.events[i].action, Action::Fault { .. })
                 {
                     self.running[i] = None;
                     self.record(s, Ended::not_run("interrupted", "the soak ended first"));
@@ -265,7 +334,8 @@ impl<'a> State<'a> {
         }
     }
 
-    /// A fault ended: recorded, and every invariant is checked.
+    /// A fault ended: recorded, and every invariant is checked once no fault runs any more
+    /// (an invariant holds of a machine left alone, not of one another fault is under).
     fn fault_ended(
         &mut self,
         started: Started,
@@ -274,8 +344,12 @@ impl<'a> State<'a> {
         faults: &mut FuturesUnordered<Execution<'a>>,
     ) {
         self.record(started, ended);
-        for i in 0..self.soak.events.len() {
-            if self.soak.events[i].invariant && !self.stopped {
+        if !faults.is_empty() {
+            self.start_queued(checks, faults);
+            return;
+        }
+        for i in 0..self.shared.soak.events.len() {
+            if self.shared.soak.events[i].invariant && !self.stopped {
                 let now = self.start.elapsed();
                 self.due(i, now, "invariant", checks, faults);
             }
@@ -297,7 +371,7 @@ impl<'a> State<'a> {
             return;
         }
         if self.running[i].is_some() {
-            match self.soak.events[i].overlap {
+            match self.shared.soak.events[i].overlap {
                 // A check after a fault is never skipped: it runs once the one running (which
                 // saw the fault, not what it left) ends, in place of any periodic one waiting.
                 _ if why == "invariant" => {
@@ -315,9 +389,9 @@ impl<'a> State<'a> {
         let started = self.begin(i, due, why);
         self.running[i] = Some(started.clone());
         let execution = self.execute(started);
-        match self.soak.events[i].action {
+        match self.shared.soak.events[i].action {
             Action::Fault { .. } => faults.push(execution),
-            Action::Guest { .. } => checks.push(execution),
+            Action::Guest { .. } | Action::Host { .. } => checks.push(execution),
         }
     }
 
@@ -358,30 +432,44 @@ impl<'a> State<'a> {
 
     /// The execution of a started event.
     fn execute(&self, started: Started) -> Execution<'a> {
-        let soak: &'a Soak = self.soak;
-        let event = &soak.events[started.event];
-        let private = self.machines.iter().any(|m| m.ip.is_some());
-        let (machines, exports): (&'a [Named], &'a str) = (self.machines, self.exports);
+        let shared = self.shared;
+        let event = &shared.soak.events[started.event];
         Box::pin(async move {
-            let t = Instant::now();
-            let mut ended = match &event.action {
-                Action::Guest { machine, script } => match find(machines, machine) {
-                    Some(m) => guest(m, exports, script, event.timeout).await,
-                    None => Ended::failed(format!("no machine {machine}"), String::new()),
+            let no_machine = |m: &str| Ended::failed(format!("no machine {m}"), String::new());
+            let ended = match &event.action {
+                Action::Guest { machine, script } => match shared.find(machine) {
+                    Some(m) => execute::in_machine(m, shared.exports, script, event.timeout).await,
+                    None => no_machine(machine),
                 },
-                Action::Fault { machine, fault } => match find(machines, machine) {
-                    Some(m) => do_fault(m, *fault, private).await,
-                    None => Ended::failed(format!("no machine {machine}"), String::new()),
+                Action::Fault { machine, fault } => match shared.find(machine) {
+                    Some(m) => fault::fault(m, *fault, shared.terms).await,
+                    None => no_machine(machine),
                 },
+                Action::Host { script } => {
+                    let output = shared
+                        .attempt
+                        .dir
+                        .join("soak")
+                        .join(format!("{}.{}.txt", event.name, started.run));
+                    let (ended, allowed) = execute::on_host(execute::OnHost {
+                        attempt: shared.attempt,
+                        machines: shared.machines,
+                        script,
+                        timeout: event.timeout,
+                        output: &output,
+                    })
+                    .await;
+                    shared.allowed.lock().expect("poisoned").extend(allowed);
+                    ended
+                }
             };
-            ended.took = t.elapsed();
             (started, ended)
         })
     }
 
     /// Record an execution that ended: the test's output, an event, the kill switch.
     fn record(&mut self, s: Started, ended: Ended) {
-        let e = &self.soak.events[s.event];
+        let e = &self.shared.soak.events[s.event];
         if self.running[s.event]
             .as_ref()
             .is_some_and(|r| r.run == s.run)
@@ -393,7 +481,8 @@ impl<'a> State<'a> {
             run: s.run,
             why: s.why.to_string(),
             due: s.due,
-            started: s.started,
+            // It ran once it had its machine (after a reboot, if one had it).
+            started: s.started + ended.waited,
             duration: ended.took,
             outcome: ended.outcome.to_string(),
             detail: ended.detail,
@@ -420,7 +509,7 @@ impl<'a> State<'a> {
                     .note(&format!("soak: {} #{} | {line}", run.name, run.run));
             }
             self.failures.push(run.clone());
-            if !self.soak.keep_going && !self.stopped {
+            if !self.shared.soak.keep_going && !self.stopped {
                 self.stopped = true;
                 self.log.note(&format!(
                     "vmcheck: soak stopped at {:.1}s: {} #{} failed (soak.keep_going = true \
@@ -435,14 +524,18 @@ impl<'a> State<'a> {
         self.done[s.event].push(run);
     }
 
-    fn workload_ended(&mut self, ended: Ended) {
+    fn workload_ended(&mut self, load: Load, ended: Ended) {
+        let what = match load {
+            Load::Guest => "the test's own script",
+            Load::Host => "the test's own host script",
+        };
         if ended.outcome == "passed" {
             self.log
-                .note("vmcheck: soak: the test's own script ended before the soak did");
+                .note(&format!("vmcheck: soak: {what} ended before the soak did"));
             return;
         }
         self.log.note(&format!(
-            "vmcheck: soak: the test's own script {}: {}",
+            "vmcheck: soak: {what} {}: {}",
             ended.outcome, ended.detail
         ));
         for line in ended.tail.lines() {
@@ -459,7 +552,7 @@ impl<'a> State<'a> {
             detail: ended.detail,
             tail: ended.tail,
         });
-        if !self.soak.keep_going {
+        if !self.shared.soak.keep_going {
             self.stopped = true;
         }
     }
@@ -468,7 +561,7 @@ impl<'a> State<'a> {
     fn summary(&self) {
         self.log
             .note("vmcheck: soak events (runs, failed, skipped, slowest):");
-        for (e, done) in self.soak.events.iter().zip(&self.done) {
+        for (e, done) in self.shared.soak.events.iter().zip(&self.done) {
             let failed = done.iter().filter(|r| r.failed()).count();
             let skipped = done.iter().filter(|r| r.outcome == "skipped").count();
             let slowest = done.iter().map(|r| r.duration).max().unwrap_or_default();
@@ -506,110 +599,5 @@ impl<'a> State<'a> {
                 }
             }
         }
-    }
-}
-
-fn find<'m>(machines: &'m [Named], name: &str) -> Option<&'m Named> {
-    machines.iter().find(|m| m.name == name)
-}
-
-/// The last [`TAIL`] bytes of a command's output, stdout then stderr, on line boundaries.
-fn tail(stdout: &[u8], stderr: &[u8]) -> String {
-    let mut all = String::from_utf8_lossy(stdout).into_owned();
-    all.push_str(&String::from_utf8_lossy(stderr));
-    let all = crate::reporter::text::safe_lines(&all).join("\n");
-    if all.len() <= TAIL {
-        return all;
-    }
-    let mut cut = all.len() - TAIL;
-    while !all.is_char_boundary(cut) {
-        cut += 1;
-    }
-    let rest = &all[cut..];
-    rest.split_once('\n').map_or(rest, |(_, r)| r).to_string()
-}
-
-fn command(machine: &Named, exports: &str, script: &str) -> String {
-    format!(
-        "{exports}export VMCHECK_MACHINE={}\nset -e\n{script}",
-        quote(&machine.name)
-    )
-}
-
-/// An event's script in its machine, within its timeout.
-async fn guest(machine: &Named, exports: &str, script: &str, timeout: Duration) -> Ended {
-    let command = command(machine, exports, script);
-    match machine
-        .machine
-        .shell()
-        .run(Exec::new(&command, timeout))
-        .await
-    {
-        Ok(done) => match done.status {
-            ExitStatus::Code(0) => Ended::passed(),
-            status => Ended::failed(
-                status.to_string(),
-                tail(&done.output.stdout, &done.output.stderr),
-            ),
-        },
-        Err(MachineError::CommandTimeout { .. }) => Ended {
-            outcome: "timed-out",
-            detail: format!("after {}s", timeout.as_secs()),
-            tail: String::new(),
-            took: timeout,
-        },
-        Err(e) => Ended::failed(e.to_string(), String::new()),
-    }
-}
-
-/// A QMP command and its arguments.
-type QmpCommand = (&'static str, serde_json::Value);
-
-/// How long one QMP command of a fault may take.
-const QMP_LIMIT: Duration = Duration::from_secs(10);
-
-/// A fault on `m` from the host: done, held for its duration, undone (the undoing is
-/// retried: a machine is never left paused or cut off by a soak).
-async fn do_fault(m: &Named, fault: Fault, private: bool) -> Ended {
-    let nics: &[&str] = if private && m.ip.is_some() {
-        &["n0", "n1"]
-    } else {
-        &["n0"]
-    };
-    let (on, off): (Vec<QmpCommand>, Vec<QmpCommand>) = match fault {
-        Fault::Pause { .. } => (vec![("stop", json!({}))], vec![("cont", json!({}))]),
-        Fault::LinkDown { .. } => (
-            nics.iter()
-                .map(|n| ("set_link", json!({ "name": n, "up": false })))
-                .collect(),
-            nics.iter()
-                .map(|n| ("set_link", json!({ "name": n, "up": true })))
-                .collect(),
-        ),
-    };
-    let mut problem = None;
-    for (command, args) in on {
-        if let Err(e) = m.machine.qmp(command, args, QMP_LIMIT).await {
-            problem = Some(format!("{} {}: {e}", fault.word(), m.name));
-            break;
-        }
-    }
-    if problem.is_none() {
-        tokio::time::sleep(fault.duration()).await;
-    }
-    for (command, args) in off {
-        let mut tries = 0;
-        while let Err(e) = m.machine.qmp(command, args.clone(), QMP_LIMIT).await {
-            tries += 1;
-            if tries == 3 {
-                problem.get_or_insert(format!("undoing {} on {}: {e}", fault.word(), m.name));
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-    match problem {
-        None => Ended::passed(),
-        Some(p) => Ended::failed(p, String::new()),
     }
 }
