@@ -521,3 +521,41 @@ interval = "2s"
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(exit_codes::TESTS_FAILED));
 }
+
+/// The log check covers a soak from its start, its workload's machine included: a kernel
+/// BUG an event provokes fails the test, unless a host event allowed it.
+#[test]
+fn the_log_check_covers_a_soak() {
+    let check = |allow: &str| {
+        format!(
+            r#"
+[TestSoak.testLog]
+soak = {{ duration = "4s" }}
+run = "while true; do sleep 1; done"
+
+[[TestSoak.testLog.events]]
+name = "allow"
+host = "{allow}"
+
+[[TestSoak.testLog.events]]
+name = "oops"
+run = "echo 'BUG: soak provoked' > /dev/kmsg"
+at_startup = false
+interval = "2s"
+"#
+        )
+    };
+    for (allow, code) in [
+        ("true", exit_codes::TESTS_FAILED),
+        ("vm allow-journal 'soak provoked'", exit_codes::OK),
+    ] {
+        let dir = common::busybox_project_with("check-soak", &check(allow));
+        let out = common::output_leaving_nothing(&mut run_in(dir.path()));
+        let tap = String::from_utf8_lossy(&out.stdout);
+        common::assert_code(&out, &tap, code);
+        if code != exit_codes::OK {
+            assert!(tap.contains("unexpected journal messages"), "{tap}");
+            assert!(tap.contains("BUG: soak provoked"), "{tap}");
+        }
+    }
+}
