@@ -52,6 +52,21 @@ pub struct TestInfo {
     pub os: Option<String>,
 }
 
+#[cfg(test)]
+impl TestInfo {
+    /// A destructive test `name` of `test/verify/check-a`, for unit tests of reports.
+    pub fn sample(id: usize, name: &str) -> TestInfo {
+        TestInfo {
+            id,
+            name: name.into(),
+            file: "test/verify/check-a".into(),
+            nondestructive: false,
+            ram_mib: 256,
+            os: None,
+        }
+    }
+}
+
 /// One execution of a soak's event, as every report keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SoakRun {

@@ -425,14 +425,7 @@ mod tests {
     use crate::reporter::json::line;
 
     fn info(id: usize, name: &str) -> TestInfo {
-        TestInfo {
-            id,
-            name: name.into(),
-            file: "test/verify/check-a".into(),
-            nondestructive: false,
-            ram_mib: 256,
-            os: None,
-        }
+        TestInfo::sample(id, name)
     }
 
     fn stream(name: &str, tests: &[&str], finish: bool) -> String {

@@ -757,6 +757,14 @@ fn usage_errors() {
             &["merge", "/nonexistent.jsonl"],
             "cannot read /nonexistent.jsonl",
         ),
+        (
+            &["run", "--html", "/etc/hostname"],
+            "cannot create /etc/hostname",
+        ),
+        (
+            &["report", "/nonexistent.jsonl", "--html", "/tmp"],
+            "cannot read /nonexistent.jsonl",
+        ),
     ] {
         let out = common::vmcheck().args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(exit_codes::INPUT_ERROR), "{args:?}");

@@ -74,6 +74,9 @@ pub enum Command {
     /// Combine the JSON event streams of several runs (e.g. the shards of one suite) into one
     /// TAP stream on stdout, and optionally one JUnit file and one event stream.
     Merge(MergeArgs),
+    /// Write the HTML report of a run from its JSON event stream (several: the shards of one
+    /// suite, combined as `merge` does), e.g. `vmcheck report events.jsonl --html report/`.
+    Report(ReportArgs),
     /// Run python3 with vmcheck's Python testlib on PYTHONPATH: what the first line of a
     /// Python check file runs, so that the file works on its own (see README, "Tests in
     /// Python").
@@ -208,6 +211,10 @@ pub struct RunArgs {
     /// Write a JUnit XML report to FILE (one testsuite per check file).
     #[arg(long, value_name = "FILE")]
     pub junit: Option<PathBuf>,
+    /// Write an HTML report into DIR (DIR/index.html: one page that opens from file://,
+    /// failures first, every attempt's output, a timeline, recent history).
+    #[arg(long, value_name = "DIR")]
+    pub html: Option<PathBuf>,
     /// Keep a JSON snapshot of the run in FILE: every test's state and every shared
     /// machine's, rewritten on each change.
     #[arg(long, value_name = "FILE")]
@@ -268,9 +275,26 @@ pub struct MergeArgs {
     /// Also write the combined events as JSON lines.
     #[arg(long, value_name = "FILE")]
     pub events: Option<PathBuf>,
+    /// Also write an HTML report of the combined run into DIR.
+    #[arg(long, value_name = "DIR")]
+    pub html: Option<PathBuf>,
     /// The outcome store the runs are recorded in (as `results import` does), their
     /// durations from now on ordering and sharding later runs (a shard run does not let its
     /// own durations count until then, so that every shard splits the same way)
+    /// [default: $XDG_DATA_HOME/vmcheck/results.sqlite].
+    #[arg(long, env = "VMCHECK_RESULTS_DB", value_name = "FILE")]
+    pub results_db: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The event streams (`vmcheck run --events FILE`).
+    #[arg(required = true, value_name = "EVENTS")]
+    pub files: Vec<PathBuf>,
+    /// Where the report goes: DIR/index.html.
+    #[arg(long, value_name = "DIR", required = true)]
+    pub html: PathBuf,
+    /// The outcome store each test's recent history is read from
     /// [default: $XDG_DATA_HOME/vmcheck/results.sqlite].
     #[arg(long, env = "VMCHECK_RESULTS_DB", value_name = "FILE")]
     pub results_db: Option<PathBuf>,

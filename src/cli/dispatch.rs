@@ -78,6 +78,7 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
             };
         }
         Command::Merge(args) => return super::run::merge(args),
+        Command::Report(args) => return super::run::report(args),
         Command::Stats(args) => return super::results::stats(args),
         Command::Results(cmd) => return super::results::results(cmd),
         _ => {}
@@ -110,6 +111,7 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
         | Command::Completions { .. }
         | Command::Man
         | Command::Merge(_)
+        | Command::Report(_)
         | Command::Stats(_)
         | Command::Results(_) => {
             unreachable!("handled above")

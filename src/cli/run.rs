@@ -2,7 +2,7 @@
 //! the TAP reporter on stdout. Every input error is found before anything boots.
 
 use super::args::ProgressMode;
-use super::args::{FlakyResult, MergeArgs, RunArgs};
+use super::args::{FlakyResult, MergeArgs, ReportArgs, RunArgs};
 use super::errors::CliError;
 use std::io::BufWriter;
 use std::io::IsTerminal;
@@ -23,6 +23,7 @@ use vmcheck::policy::PolicyOptions;
 use vmcheck::reporter::Reporter;
 use vmcheck::reporter::autopkgtest::Summary as AptSummary;
 use vmcheck::reporter::file::ReportFile;
+use vmcheck::reporter::html::HtmlReporter;
 use vmcheck::reporter::json::JsonReporter;
 use vmcheck::reporter::junit::JunitReporter;
 use vmcheck::reporter::live::LiveReporter;
@@ -370,8 +371,11 @@ pub async fn run(
             .as_deref(),
     );
     let outputs = Outputs {
+        tap: true,
         events: args.events.as_deref(),
         junit: args.junit.as_deref(),
+        html: args.html.as_deref(),
+        store: &store,
         status: args.status_file.as_deref(),
         live: live.then_some(plan.tests.len() > 1),
         progress: args.progress,
@@ -688,8 +692,15 @@ fn needed_images(
     }
 }
 
-/// The outputs a run or a merge writes besides TAP.
+/// The outputs a run or a merge writes.
 struct Outputs<'a> {
+    /// TAP on stdout (unless JSON lines go there) and the summary on stderr: not for
+    /// `vmcheck report`, which writes only its report.
+    tap: bool,
+    /// The HTML report's directory.
+    html: Option<&'a Path>,
+    /// The outcome store, for the HTML report's history.
+    store: &'a Path,
     /// JSON lines (`-`: on stdout, instead of TAP).
     events: Option<&'a Path>,
     junit: Option<&'a Path>,
@@ -725,13 +736,24 @@ fn reporters(outputs: &Outputs, rerun: Vec<String>) -> Result<Vec<Output>, CliEr
             ));
         }
         Some(p) => {
-            reporters.push(tap_on_stdout());
+            if outputs.tap {
+                reporters.push(tap_on_stdout());
+            }
             reporters.push(Output::new(
                 format!("the events file {}", p.display()),
                 JsonReporter::new(streamed(p)?),
             ));
         }
-        None => reporters.push(tap_on_stdout()),
+        None if outputs.tap => reporters.push(tap_on_stdout()),
+        None => {}
+    }
+    if let Some(dir) = outputs.html {
+        let history = vmcheck::reporter::html::store_history(outputs.store.to_path_buf());
+        let html = HtmlReporter::create(dir, Some(history)).map_err(usage(dir))?;
+        reporters.push(Output::new(
+            format!("the HTML report {}", dir.join("index.html").display()),
+            html,
+        ));
     }
     if let Some(p) = outputs.junit {
         reporters.push(Output::new(
@@ -769,10 +791,12 @@ fn reporters(outputs: &Outputs, rerun: Vec<String>) -> Result<Vec<Output>, CliEr
         )),
         ProgressMode::Auto | ProgressMode::None => {}
     }
-    reporters.push(Output::new(
-        "the summary on stderr",
-        SummaryReporter::new(std::io::stderr(), rerun),
-    ));
+    if outputs.tap {
+        reporters.push(Output::new(
+            "the summary on stderr",
+            SummaryReporter::new(std::io::stderr(), rerun),
+        ));
+    }
     Ok(reporters)
 }
 
@@ -818,6 +842,47 @@ fn fan_out(
     }
 }
 
+/// `vmcheck report`: the HTML report of one run's event stream, or of several combined.
+pub fn report(args: &ReportArgs) -> Result<i32, CliError> {
+    let mut streams = Vec::new();
+    for f in &args.files {
+        streams.push(vmcheck::merge::read(f).map_err(|e| CliError::Usage(e.to_string()))?);
+    }
+    let events = match streams.as_slice() {
+        [one] => one.events.clone(),
+        _ => vmcheck::merge::merge(&streams),
+    };
+    let store = vmcheck::results::store::path_of(args.results_db.as_deref());
+    let outputs = Outputs {
+        tap: false,
+        events: None,
+        junit: None,
+        html: Some(&args.html),
+        store: &store,
+        status: None,
+        live: None,
+        progress: ProgressMode::None,
+    };
+    let report_failed = ReportFailed::default();
+    let mut report = fan_out(
+        reporters(&outputs, Vec::new())?,
+        Cancel::new(),
+        report_failed.clone(),
+    );
+    for e in &events {
+        report(e);
+    }
+    drop(report);
+    if report_failed.get() {
+        return Ok(exit_codes::REPORT_FAILED);
+    }
+    eprintln!(
+        "vmcheck: the report is in {}",
+        args.html.join("index.html").display()
+    );
+    Ok(exit_codes::OK)
+}
+
 /// `vmcheck merge`: replay the combined events of several runs through the reporters.
 pub fn merge(args: &MergeArgs) -> Result<i32, CliError> {
     let mut streams = Vec::new();
@@ -834,9 +899,13 @@ pub fn merge(args: &MergeArgs) -> Result<i32, CliError> {
         Some(vmcheck::events::Event::RunStarted { test_os, .. }) => test_os.clone(),
         _ => String::new(),
     };
+    let store = vmcheck::results::store::path_of(args.results_db.as_deref());
     let outputs = Outputs {
+        tap: true,
         events: args.events.as_deref(),
         junit: args.junit.as_deref(),
+        html: args.html.as_deref(),
+        store: &store,
         status: None,
         live: None,
         progress: ProgressMode::None,
@@ -867,7 +936,6 @@ pub fn merge(args: &MergeArgs) -> Result<i32, CliError> {
     }
     // The runs are recorded as `results import` records them, which also lets the shards'
     // durations order later runs.
-    let store = vmcheck::results::store::path_of(args.results_db.as_deref());
     if let Err(e) = super::results::import(&store, &streams) {
         eprintln!("vmcheck: warning: outcome store {e}; the runs were not recorded");
     }

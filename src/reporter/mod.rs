@@ -1,11 +1,12 @@
 //! Reporters: each turns the run's [`Event`](crate::events::Event)s into one output.
 //! `tap.rs` writes TAP to stdout; `json.rs` JSON lines; `junit.rs` JUnit XML; `live.rs`
 //! streams test output to stderr; `progress.rs` shows progress on stderr; `summary.rs`
-//! prints the end-of-run summary; `status.rs` keeps a JSON status file up to date. The CLI fans every event out to all active reporters; no
+//! prints the end-of-run summary; `status.rs` keeps a JSON status file up to date; `html.rs` writes the HTML report. The CLI fans every event out to all active reporters; no
 //! reporter looks at scheduler internals.
 
 pub mod autopkgtest;
 pub mod file;
+pub mod html;
 pub mod json;
 pub mod junit;
 pub mod live;

@@ -48,6 +48,53 @@ pub fn safe_lines(text: &str) -> Vec<String> {
     lines
 }
 
+/// `text` without terminal escape sequences (colours, cursor moves, titles: CSI, OSC and
+/// two-character escapes), for reports that show output as plain text.
+pub fn strip_escapes(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\u{1b}' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            // CSI: parameters and intermediates up to a final byte in @..~.
+            Some('[') => {
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+            // OSC (and DCS, PM, APC): up to BEL or ST (ESC \\).
+            Some(']' | 'P' | '^' | '_') => {
+                while let Some(c) = chars.next() {
+                    if c == '\u{07}' {
+                        break;
+                    }
+                    if c == '\u{1b}' {
+                        if chars.peek() == Some(&'\\') {
+                            chars.next();
+                        }
+                        break;
+                    }
+                }
+            }
+            // nF escapes (`ESC ( B`): intermediates up to a final byte.
+            Some(' '..='/') => {
+                for c in chars.by_ref() {
+                    if ('0'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
 /// `text` as one line: line ends become spaces and control characters visible escapes.
 pub fn one_line(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -105,6 +152,17 @@ mod tests {
         assert_eq!(safe_lines(""), Vec::<String>::new());
         assert_eq!(one_line("a\rb\x07"), "a b\\x07");
         assert_eq!(first_line("\n  reason \r more"), "reason");
+    }
+
+    #[test]
+    fn escapes_are_stripped() {
+        assert_eq!(
+            strip_escapes(
+                "\x1b[1;31mred\x1b[0m \x1b]0;title\x07t \x1b]8;;http://x\x1b\\l\x1b(Bz\x1b"
+            ),
+            "red t lz"
+        );
+        assert_eq!(strip_escapes("plain\ttext"), "plain\ttext");
     }
 
     #[test]

@@ -425,6 +425,51 @@ impl Store {
         Ok(out)
     }
 
+    /// The verdicts of the last `keep` settled runs of each of `tests` (name, TEST_OS) of
+    /// `project`, newest first, leaving out the runs `except` (the one being reported, or
+    /// those a merged stream combines; with their per-OS parts): what a report shows as each
+    /// test's recent history.
+    pub fn recent_verdicts(
+        &self,
+        project: &str,
+        tests: &[(String, String)],
+        except: &[String],
+        keep: usize,
+    ) -> Result<Vec<Vec<String>>, StoreError> {
+        let err = error(&self.path);
+        let read = |e: rusqlite::Error| err("reading verdicts", &e);
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT run, verdict FROM attempts
+                 WHERE project = ?1 AND os = ?2 AND test = ?3 AND last = 1
+                   AND run NOT IN (SELECT id FROM runs WHERE settled = 0)
+                 ORDER BY start_ms DESC",
+            )
+            .map_err(read)?;
+        let left_out = |run: &str| {
+            except.iter().any(|e| {
+                run.strip_prefix(e.as_str())
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            })
+        };
+        let mut out = Vec::with_capacity(tests.len());
+        for (test, os) in tests {
+            let mut rows = stmt.query(params![project, os, test]).map_err(read)?;
+            let mut verdicts = Vec::new();
+            while verdicts.len() < keep
+                && let Some(r) = rows.next().map_err(read)?
+            {
+                let run: String = r.get(0).map_err(read)?;
+                if !left_out(&run) {
+                    verdicts.push(r.get(1).map_err(read)?);
+                }
+            }
+            out.push(verdicts);
+        }
+        Ok(out)
+    }
+
     /// The durations of the last `keep` boots of shared machines of `project` on `os` that
     /// came up as `origin` (`cold`, `restored`) in settled runs since `since_ms`, newest
     /// first. Boots of streams that did not say how count as cold.
