@@ -28,6 +28,7 @@ pub fn spec(image: &Image, cold_boot: bool) -> MachineSpec {
         isolated: false,
         cold_boot,
         layer: None,
+        revive: None,
     }
 }
 

@@ -74,6 +74,11 @@ pub enum Command {
     /// Combine the JSON event streams of several runs (e.g. the shards of one suite) into one
     /// TAP stream on stdout, and optionally one JUnit file and one event stream.
     Merge(MergeArgs),
+    /// Bring back the machines a failed test kept (`run --keep-failed-machines`), running
+    /// as they were when it failed: print how to reach them and wait for Enter, or run one
+    /// command (-e) and exit with its status. DIR: the attempt's artifacts
+    /// (`…/TestFoo.testBar/attempt-3`), or the test's (its latest attempt that kept any).
+    Sit(SitArgs),
     /// Write the HTML report of a run from its JSON event stream (several: the shards of one
     /// suite, combined as `merge` does), e.g. `vmcheck report events.jsonl --html report/`.
     Report(ReportArgs),
@@ -226,6 +231,10 @@ pub struct RunArgs {
     /// Keep the artifacts of passing attempts too.
     #[arg(long)]
     pub keep_artifacts: bool,
+    /// Save the machines of each failed test's last failed attempt as they were when it
+    /// failed (memory and disk) into its artifacts, to be brought back with `vmcheck sit`.
+    #[arg(long)]
+    pub keep_failed_machines: bool,
     /// Progress on stderr: a live display on a terminal (auto), plain lines, or nothing.
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto, env = "VMCHECK_PROGRESS")]
     pub progress: ProgressMode,
@@ -434,6 +443,26 @@ pub struct VmRunArgs {
     /// Boot machines from their images instead of restoring booted snapshots.
     #[arg(long, env = "VMCHECK_COLD_BOOT", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
     pub cold_boot: bool,
+    /// Seconds the command given with -e may run.
+    #[arg(long, default_value_t = 600, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct SitArgs {
+    /// The artifacts of the failed attempt (or of its test).
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Run this shell command as root in the machine, print its output and exit with its
+    /// status.
+    #[arg(short = 'e', long = "execute", value_name = "CMD")]
+    pub execute: Option<String>,
+    /// The machine -e runs in [default: the first].
+    #[arg(long, value_name = "NAME", requires = "execute")]
+    pub machine: Option<String>,
+    /// Seconds to wait for the machines to come back.
+    #[arg(long, default_value_t = 120, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub boot_timeout: u64,
     /// Seconds the command given with -e may run.
     #[arg(long, default_value_t = 600, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: u64,

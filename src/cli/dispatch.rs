@@ -2,7 +2,7 @@
 //! exit code. The only place that reads the process environment or calls `process::exit`
 //! (through `main`'s return value).
 
-use super::args::{Cli, Command, GlobalArgs, ImageCommand, NaughtyCommand, VmRunArgs};
+use super::args::{Cli, Command, GlobalArgs, ImageCommand, NaughtyCommand, SitArgs, VmRunArgs};
 use super::errors::CliError;
 use clap::Parser;
 use std::io::Write;
@@ -79,6 +79,7 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
         }
         Command::Merge(args) => return super::run::merge(args),
         Command::Report(args) => return super::run::report(args),
+        Command::Sit(args) => return sit(args, &cancel).await,
         Command::Stats(args) => return super::results::stats(args),
         Command::Results(cmd) => return super::results::results(cmd),
         _ => {}
@@ -112,6 +113,7 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
         | Command::Man
         | Command::Merge(_)
         | Command::Report(_)
+        | Command::Sit(_)
         | Command::Stats(_)
         | Command::Results(_) => {
             unreachable!("handled above")
@@ -289,6 +291,7 @@ async fn vm_run(
         isolated: false,
         cold_boot: args.cold_boot,
         layer: None,
+        revive: None,
     };
     if verbose {
         eprintln!(
@@ -305,27 +308,9 @@ async fn vm_run(
     let boot_time = started.elapsed();
 
     if let Some(command) = &args.execute {
-        let mut sink = |stream: Stream, data: &[u8]| {
-            let _ = match stream {
-                Stream::Stdout => std::io::stdout().lock().write_all(data),
-                Stream::Stderr => std::io::stderr().lock().write_all(data),
-            };
-        };
-        let req = Exec {
-            sink: Some(&mut sink),
-            ..Exec::new(command, Duration::from_secs(args.timeout))
-        };
-        let result = tokio::select! {
-            r = machine.shell().run(req) => r,
-            _ = cancel.cancelled() => {
-                machine.kill().await;
-                return Err(CliError::Interrupted);
-            }
-        };
-        let _ = std::io::stdout().flush();
-        let done = result?;
+        let result = execute(machine.shell(), command, args.timeout, cancel).await;
         machine.kill().await;
-        return Ok(command_exit_code(&done.status));
+        return result;
     }
 
     out!(
@@ -347,6 +332,38 @@ async fn vm_run(
         machine.known_hosts().display()
     );
     out!("Press Enter or Ctrl-C to stop the machine.");
+    let outcome = until_enter(cancel).await;
+    machine.kill().await;
+    outcome
+}
+
+/// Run `command` as root in a machine, its output on ours; its exit status.
+async fn execute(
+    shell: &vmcheck::machine::shell::Shell,
+    command: &str,
+    timeout: u64,
+    cancel: &Cancel,
+) -> Result<i32, CliError> {
+    let mut sink = |stream: Stream, data: &[u8]| {
+        let _ = match stream {
+            Stream::Stdout => std::io::stdout().lock().write_all(data),
+            Stream::Stderr => std::io::stderr().lock().write_all(data),
+        };
+    };
+    let req = Exec {
+        sink: Some(&mut sink),
+        ..Exec::new(command, Duration::from_secs(timeout))
+    };
+    let result = tokio::select! {
+        r = shell.run(req) => r,
+        _ = cancel.cancelled() => return Err(CliError::Interrupted),
+    };
+    let _ = std::io::stdout().flush();
+    Ok(command_exit_code(&result?.status))
+}
+
+/// Wait for Enter (or the end of input), or a signal.
+async fn until_enter(cancel: &Cancel) -> Result<i32, CliError> {
     let _ = std::io::stdout().flush();
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
     let mut line = String::new();
@@ -362,11 +379,60 @@ async fn vm_run(
         _ = enter => Ok(exit_codes::OK),
         _ = cancel.cancelled() => Err(CliError::Interrupted),
     };
-    machine.kill().await;
     // A signal wins even if stdin also ended at the same moment.
     if cancel.is_cancelled() {
         return Err(CliError::Interrupted);
     }
+    outcome
+}
+
+/// `vmcheck sit DIR`: a failed test's kept machines, back as they were.
+async fn sit(args: &SitArgs, cancel: &Cancel) -> Result<i32, CliError> {
+    use vmcheck::runner::kept;
+    let found = kept::find(&args.dir).map_err(CliError::Usage)?;
+    if let Some(name) = &args.machine
+        && !found.iter().any(|(_, i)| &i.name == name)
+    {
+        let names: Vec<&str> = found.iter().map(|(_, i)| i.name.as_str()).collect();
+        return Err(CliError::Usage(format!(
+            "--machine {name}: the kept machines are {}",
+            names.join(", ")
+        )));
+    }
+    let test = found[0].1.test.clone();
+    let started = Instant::now();
+    let revived = kept::revive(
+        &ImageStore::from_env(),
+        found,
+        Duration::from_secs(args.boot_timeout),
+        cancel,
+    )
+    .await
+    .map_err(CliError::Usage)?;
+    if let Some(command) = &args.execute {
+        let name = args.machine.as_deref();
+        let (_, m) = revived
+            .machines
+            .iter()
+            .find(|(i, _)| name.is_none_or(|n| i.name == n))
+            .expect("checked");
+        let result = execute(m.machine.shell(), command, args.timeout, cancel).await;
+        revived.kill().await;
+        return result;
+    }
+    out!(
+        "vmcheck: {test}'s machines are back as it failed ({:.1}s):",
+        started.elapsed().as_secs_f64()
+    );
+    for (info, m) in &revived.machines {
+        out!("  {}: {}", info.name, m.machine.ssh_command());
+        if let Some(ip) = &info.private_ip {
+            out!("  {}  private address: {ip}", " ".repeat(info.name.len()));
+        }
+    }
+    out!("Press Enter or Ctrl-C to stop them (what was kept stays as it is).");
+    let outcome = until_enter(cancel).await;
+    revived.kill().await;
     outcome
 }
 

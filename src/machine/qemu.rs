@@ -151,9 +151,24 @@ pub fn escape_commas(path: &Path) -> OsString {
     unsafe { OsString::from_encoded_bytes_unchecked(out) }
 }
 
-/// The `exec:` migration URI that reads a saved state from `path` (incoming).
+/// The `exec:` migration URI that reads a saved state from `path` (incoming); a `.zst`
+/// file (a kept failed machine's) is decompressed on the way.
 pub fn exec_cat_from(path: &Path) -> String {
-    format!("exec:cat {}", crate::shell::quote(&path.to_string_lossy()))
+    let quoted = crate::shell::quote(&path.to_string_lossy());
+    if path.extension().is_some_and(|e| e == "zst") {
+        format!("exec:zstd -dcq {quoted}")
+    } else {
+        format!("exec:cat {quoted}")
+    }
+}
+
+/// The `exec:` migration URI that writes the state compressed to `path` (outgoing): fast
+/// zstd, most of a guest's memory being zero pages or text.
+pub fn exec_zstd_to(path: &Path) -> String {
+    format!(
+        "exec:zstd -1 -q -f -T0 -o {}",
+        crate::shell::quote(&path.to_string_lossy())
+    )
 }
 
 /// The `exec:` migration URI that writes the state to `path` (outgoing).

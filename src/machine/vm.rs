@@ -41,6 +41,8 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 
+pub mod kept;
+
 /// The marker images print on the console when sshd is up (see bots/images/README.md).
 pub use crate::image::READY_MARKER;
 
@@ -104,6 +106,8 @@ pub struct MachineSpec {
     pub cold_boot: bool,
     /// Installed after the boot, and saved with the snapshot (see `layer.rs`).
     pub layer: Option<Arc<super::layer::Layer>>,
+    /// Bring back a kept failed machine instead of booting (see `vm/kept.rs`).
+    pub revive: Option<kept::Revive>,
 }
 
 /// How the current qemu of a machine is coming up.
@@ -114,6 +118,8 @@ enum Origin {
     Making(Maker),
     /// Loading a snapshot's state.
     Restoring(Snapshot),
+    /// Loading a kept failed machine's state, to be resumed as it was.
+    Reviving,
 }
 
 /// What the guest runs right after a restore: the clock jumps from the snapshot's time to
@@ -225,7 +231,9 @@ impl VirtualMachine {
             "creating its run directory in {}",
             rundir::base_dir().display()
         )))?;
-        let origin = if spec.cold_boot {
+        let origin = if spec.revive.is_some() {
+            Origin::Reviving
+        } else if spec.cold_boot {
             Origin::Cold
         } else {
             let key = SnapshotKey::new(
@@ -256,7 +264,9 @@ impl VirtualMachine {
             found.await.unwrap_or(Origin::Cold)
         };
         let disk = spec.image.disk().map(|_| dir.path().join("overlay.qcow2"));
-        if let (Some(backing), Some(overlay)) = (spec.image.disk(), &disk) {
+        if let (Some(revive), Some(overlay)) = (&spec.revive, &disk) {
+            kept::working_disk(host, &spec.image, revive, overlay, &label).await?;
+        } else if let (Some(backing), Some(overlay)) = (spec.image.disk(), &disk) {
             let backing = match &origin {
                 Origin::Restoring(s) => s.disk(),
                 _ => backing,
@@ -264,8 +274,9 @@ impl VirtualMachine {
             create_overlay(&host.qemu_img, &backing, overlay, &label).await?;
         }
         let ssh_port = ports::lease(PortKind::Tcp).map_err(io("reserving an SSH port"))?;
-        let incoming = match &origin {
-            Origin::Restoring(s) => Some(s.state()),
+        let incoming = match (&origin, &spec.revive) {
+            (Origin::Restoring(s), _) => Some(s.state()),
+            (_, Some(revive)) => Some(revive.state.clone()),
             _ => None,
         };
         let (child, console, qemu_stderr) = launch(
@@ -408,6 +419,12 @@ impl VirtualMachine {
         let maker = match origin {
             Origin::Making(maker) => Some(maker),
             Origin::Cold => None,
+            Origin::Reviving => {
+                let boot_id = self.resume_kept(deadline, cancel).await?;
+                self.restored = true;
+                self.boot_id = Some(boot_id.clone());
+                return Ok(boot_id);
+            }
             Origin::Restoring(snapshot) => match self.resume_restored(deadline, cancel).await {
                 Ok(boot_id) => {
                     self.restored = true;
@@ -681,32 +698,9 @@ impl VirtualMachine {
         use serde_json::json;
         qmp.execute("stop", json!({}), limit).await?;
         let saved = async {
-            let mut frozen = None;
-            if let Some(old) = self.disk.clone() {
-                let new = self.dir.path().join("overlay-after-snapshot.qcow2");
-                qmp.execute(
-                    "blockdev-snapshot-sync",
-                    json!({
-                        "device": "disk0",
-                        "snapshot-file": new.to_string_lossy(),
-                        "format": "qcow2",
-                    }),
-                    limit,
-                )
+            let frozen = self
+                .freeze_and_migrate(&mut qmp, &qemu::exec_cat_to(&maker.state()), limit)
                 .await?;
-                self.disk = Some(new);
-                frozen = Some(old);
-            }
-            // The default bandwidth limit would make this take seconds.
-            qmp.execute(
-                "migrate-set-parameters",
-                json!({ "max-bandwidth": 1u64 << 40 }),
-                limit,
-            )
-            .await?;
-            let uri = qemu::exec_cat_to(&maker.state());
-            qmp.execute("migrate", json!({ "uri": uri }), limit).await?;
-            qmp.wait_migrated(limit).await?;
             if let Some(old) = frozen {
                 tokio::fs::copy(&old, maker.disk())
                     .await
@@ -734,6 +728,46 @@ impl VirtualMachine {
             .map_err(|e| format!("publishing it: {e}"))?
             .map_err(|e| format!("publishing it: {e}"))?;
         Ok(())
+    }
+
+    /// Of a stopped machine: move its disk to a new overlay (the old one, returned, is then
+    /// frozen as it was) and migrate its state to `uri`.
+    async fn freeze_and_migrate(
+        &mut self,
+        qmp: &mut Qmp,
+        uri: &str,
+        limit: Instant,
+    ) -> Result<Option<PathBuf>, String> {
+        use serde_json::json;
+        let mut frozen = None;
+        if let Some(old) = self.disk.clone() {
+            let new = self
+                .dir
+                .path()
+                .join(format!("overlay-{}.qcow2", crate::results::now_ms()));
+            qmp.execute(
+                "blockdev-snapshot-sync",
+                json!({
+                    "device": "disk0",
+                    "snapshot-file": new.to_string_lossy(),
+                    "format": "qcow2",
+                }),
+                limit,
+            )
+            .await?;
+            self.disk = Some(new);
+            frozen = Some(old);
+        }
+        // The default bandwidth limit would make this take seconds.
+        qmp.execute(
+            "migrate-set-parameters",
+            json!({ "max-bandwidth": 1u64 << 40 }),
+            limit,
+        )
+        .await?;
+        qmp.execute("migrate", json!({ "uri": uri }), limit).await?;
+        qmp.wait_migrated(limit).await?;
+        Ok(frozen)
     }
 
     /// Connect the shell, retrying while the guest's network settles.

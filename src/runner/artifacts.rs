@@ -36,9 +36,14 @@ pub struct AttemptDir {
 impl AttemptDir {
     /// `<root>/<test>/attempt-<n>`, emptied of what an earlier run left there.
     pub fn fresh(root: &Path, test: &str, attempt: u32) -> AttemptDir {
-        let path = root.join(test).join(format!("attempt-{attempt}"));
+        let path = AttemptDir::path_of(root, test, attempt);
         let _ = std::fs::remove_dir_all(&path);
         AttemptDir { path }
+    }
+
+    /// Where the artifacts of attempt `attempt` of `test` go under `root`.
+    pub fn path_of(root: &Path, test: &str, attempt: u32) -> PathBuf {
+        root.join(test).join(format!("attempt-{attempt}"))
     }
 
     /// Write `name` (relative to the attempt directory), creating directories. Errors are

@@ -45,6 +45,8 @@ pub struct AttemptContext {
     pub artifacts_dir: PathBuf,
     /// Keep the artifacts of passing attempts too (`--keep-artifacts`).
     pub keep_artifacts: bool,
+    /// Save a failed attempt's machines into its artifacts (`--keep-failed-machines`).
+    pub keep_failed_machines: bool,
     /// This vmcheck binary, run as the `vm` helper of host scripts.
     pub vmcheck_exe: PathBuf,
     /// Working directory of host scripts.
@@ -94,7 +96,7 @@ pub struct AttemptDone {
 }
 
 /// A machine of this attempt, by the name the test uses.
-pub(super) struct Named {
+pub struct Named {
     pub name: String,
     pub machine: Machine,
     /// Address on the test's private network, for multi-machine tests.
@@ -198,6 +200,14 @@ pub async fn run_attempt(
             dir: &dir.path,
         };
         outcome = run_bodies(&ctx, &req, &mut machines, &log, terms, &mut granted).await;
+        if ctx.keep_failed_machines
+            && matches!(
+                outcome,
+                AttemptOutcome::Failed { .. } | AttemptOutcome::TimedOut { .. }
+            )
+        {
+            super::kept::keep(&ctx, &req, &mut machines, &dir, &log).await;
+        }
     }
     if let Some(net) = &net {
         // No fault outlives the test's body: the checks after it, artifacts and `--sit`

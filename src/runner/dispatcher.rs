@@ -432,6 +432,7 @@ async fn boot_global(
         isolated: pool.isolated,
         cold_boot: ctx.cold_boot,
         layer: pool.layer,
+        revive: None,
     };
     let mut vm = VirtualMachine::start(host, spec).await?;
     vm.wait_boot(ctx.boot_timeout, &ctx.cancel).await?;

@@ -76,6 +76,7 @@ async fn boot_machines(
                 .map(|n| n.nic(i, format!("52:54:01:00:00:{:02x}", i + 1))),
             cold_boot: ctx.cold_boot,
             layer: layer.clone(),
+            revive: None,
             isolated,
         };
         let vcpus = mreq.cpus;

@@ -17,6 +17,7 @@ pub mod dispatcher;
 pub mod fresh;
 pub mod host;
 pub mod journal;
+pub mod kept;
 pub mod ledger;
 pub mod net;
 pub mod order;

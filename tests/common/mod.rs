@@ -168,6 +168,7 @@ pub fn spec(label: &str, image: &Image) -> vmcheck::machine::vm::MachineSpec {
         isolated: false,
         cold_boot: false,
         layer: None,
+        revive: None,
     }
 }
 
