@@ -123,14 +123,26 @@ class Machine:
     """One machine of the test's topology, driven through vmcheck.
 
     `name` ("machine1"), `image`, `ip` (its private-network address, or None for
-    single-machine tests) and `ssh_address` ("host:port").
+    single-machine tests), `ssh_address` ("host:port") and `forward(port)`.
     """
 
-    def __init__(self, name, image, ip=None, ssh_address=None):
+    def __init__(self, name, image, ip=None, ssh_address=None, forwards=None):
         self.name = name
         self.image = image
         self.ip = ip
         self.ssh_address = ssh_address
+        self._forwards = dict(forwards or {})
+
+    def forward(self, port):
+        """Where the machine's TCP `port` is reached from the host: "127.0.0.1:NNNNN".
+
+        The port must be in the machine's `forward` list (`provision`)."""
+        try:
+            return self._forwards[str(int(port))]
+        except KeyError:
+            raise Error(f"{self.name}: port {port} is not forwarded "
+                        f"(forwarded: {', '.join(sorted(self._forwards)) or 'none'}; "
+                        f"add it to provision's \"forward\")") from None
 
     def __repr__(self):
         return f"<Machine {self.name} ({self.image})>"
@@ -316,7 +328,8 @@ class MachineCase(unittest.TestCase):
         for m in topology["machines"]:
             ssh = m.get("ssh") or {}
             address = f"{ssh['host']}:{ssh['port']}" if "host" in ssh else None
-            self.machines[m["name"]] = Machine(m["name"], m.get("image"), m.get("ip"), address)
+            self.machines[m["name"]] = Machine(m["name"], m.get("image"), m.get("ip"), address,
+                                               m.get("forward"))
         self.machine = next(iter(self.machines.values()))
         self.network = Network()
         prefix = "VMCHECK_MATRIX_"

@@ -22,6 +22,7 @@ async fn debian_boots_runs_commands_keeps_its_disk_across_reboot() {
         cold_boot: false,
         layer: None,
         revive: None,
+        forward: Vec::new(),
     };
     let mut m = VirtualMachine::start(&host, spec).await.unwrap();
     let overlay = m.run_dir().join("overlay.qcow2");

@@ -29,6 +29,7 @@ pub fn spec(image: &Image, cold_boot: bool) -> MachineSpec {
         cold_boot,
         layer: None,
         revive: None,
+        forward: Vec::new(),
     }
 }
 

@@ -7,8 +7,9 @@
 //!
 //! Machine names match `^[a-z][a-z0-9_-]*$`; each machine may set `image` (default: TEST_OS;
 //! it may take values of the test's matrix, `image = "{matrix.server}"`),
-//! `memory` (`"512M"`, `"1G"` or integer MiB; default: the image's) and `cpus` (1..=64,
-//! default 1). Without `provision` a test gets one machine, `machine1`, with no overrides.
+//! `memory` (`"512M"`, `"1G"` or integer MiB; default: the image's), `cpus` (1..=64,
+//! default 1) and `forward` (guest TCP ports reached from the host, e.g. `[80, 9090]`).
+//! Without `provision` a test gets one machine, `machine1`, with no overrides.
 
 use super::error::Diagnostics;
 use super::keys::{is_machine_name, unknown_nested_key};
@@ -27,6 +28,8 @@ pub struct MachineReq {
     /// Memory in MiB; `None` means the image's default.
     pub memory_mib: Option<u32>,
     pub cpus: u32,
+    /// Guest TCP ports forwarded to ports of the host's 127.0.0.1, in the order written.
+    pub forward: Vec<u16>,
     /// Where `image` is written in the check file (line, column), for errors about it.
     pub image_at: Option<(usize, usize)>,
 }
@@ -39,6 +42,7 @@ impl MachineReq {
             image: None,
             memory_mib: None,
             cpus: 1,
+            forward: Vec::new(),
             image_at: None,
         }
     }
@@ -49,7 +53,7 @@ impl MachineReq {
     }
 }
 
-const MACHINE_KEYS: &[&str] = &["image", "memory", "cpus"];
+const MACHINE_KEYS: &[&str] = &["image", "memory", "cpus", "forward"];
 
 /// An image name that takes matrix values, `"{matrix.server}"` or `"debian-{matrix.v}"`:
 /// one with every reference replaced by `x` is a valid name (the values are checked for
@@ -116,7 +120,7 @@ fn machine(d: &mut Diagnostics, name: &str, value: &Value) -> Option<MachineReq>
         d,
         &path,
         value,
-        "a table with optional image, memory and cpus (e.g. { memory = \"1G\" })",
+        "a table with optional image, memory, cpus and forward (e.g. { memory = \"1G\" })",
     )?;
     let mut machine = MachineReq {
         name: name.to_owned(),
@@ -151,6 +155,10 @@ fn machine(d: &mut Diagnostics, name: &str, value: &Value) -> Option<MachineReq>
                 Some(cpus) => machine.cpus = cpus as u32,
                 None => ok = false,
             },
+            "forward" => match forward(d, &field_key, field) {
+                Some(ports) => machine.forward = ports,
+                None => ok = false,
+            },
             _ => {
                 unknown_nested_key(d, &path, key, MACHINE_KEYS);
                 ok = false;
@@ -158,6 +166,38 @@ fn machine(d: &mut Diagnostics, name: &str, value: &Value) -> Option<MachineReq>
         }
     }
     ok.then_some(machine)
+}
+
+/// `forward = [80, 9090]`: distinct guest TCP ports, none of them SSH's 22 (forwarded
+/// already).
+fn forward(d: &mut Diagnostics, key: &str, value: &Value) -> Option<Vec<u16>> {
+    let toml::de::DeValue::Array(items) = value.get_ref() else {
+        d.error(
+            value.span(),
+            format!("'{key}' must be an array of guest TCP ports, e.g. [80, 9090]"),
+        );
+        return None;
+    };
+    let mut ports: Vec<u16> = Vec::new();
+    let mut ok = true;
+    for item in items.iter() {
+        match integer_in(d, key, item, 1..=65535) {
+            Some(22) => {
+                d.error(
+                    item.span(),
+                    format!("'{key}': port 22 is forwarded already (the machine's SSH)"),
+                );
+                ok = false;
+            }
+            Some(p) if ports.contains(&(p as u16)) => {
+                d.error(item.span(), format!("'{key}': port {p} is named twice"));
+                ok = false;
+            }
+            Some(p) => ports.push(p as u16),
+            None => ok = false,
+        }
+    }
+    ok.then_some(ports)
 }
 
 #[cfg(test)]
@@ -195,6 +235,7 @@ mod tests {
             image: image.map(Into::into),
             memory_mib,
             cpus,
+            forward: Vec::new(),
             image_at: None,
         }
     }
@@ -285,12 +326,12 @@ mod tests {
                     (
                         1,
                         17,
-                        "unknown key 'mem' in 'provision.m' (valid: image, memory, cpus)",
+                        "unknown key 'mem' in 'provision.m' (valid: image, memory, cpus, forward)",
                     ),
                     (
                         1,
                         26,
-                        "unknown key 'imag' in 'provision.m', did you mean 'image'? (valid: image, memory, cpus)",
+                        "unknown key 'imag' in 'provision.m', did you mean 'image'? (valid: image, memory, cpus, forward)",
                     ),
                 ],
             ),
@@ -302,6 +343,37 @@ mod tests {
                 assert_eq!((line, col), (eline, ecol), "{text}: {message}");
                 assert!(message.contains(emessage), "{text}: {message}");
             }
+        }
+    }
+
+    #[test]
+    fn forwarded_ports() {
+        let m = parse("provision.web = { forward = [80, 9090] }").unwrap();
+        assert_eq!(m[0].forward, [80, 9090]);
+        for (text, says) in [
+            (
+                "provision.a = { forward = 80 }",
+                "must be an array of guest TCP ports",
+            ),
+            (
+                "provision.a = { forward = [22] }",
+                "port 22 is forwarded already",
+            ),
+            (
+                "provision.a = { forward = [80, 80] }",
+                "port 80 is named twice",
+            ),
+            ("provision.a = { forward = [0] }", "'provision.a.forward'"),
+            (
+                "provision.a = { forward = [\"80\"] }",
+                "'provision.a.forward'",
+            ),
+        ] {
+            let errors = parse(text).unwrap_err();
+            assert!(
+                errors.len() == 1 && errors[0].2.contains(says),
+                "{text}: {errors:?}"
+            );
         }
     }
 

@@ -292,6 +292,7 @@ async fn vm_run(
         cold_boot: args.cold_boot,
         layer: None,
         revive: None,
+        forward: Vec::new(),
     };
     if verbose {
         eprintln!(

@@ -82,6 +82,15 @@ impl Machine {
         }
     }
 
+    /// Each forwarded guest port and the host's 127.0.0.1 port it is reached on (machines
+    /// vmcheck booted; an existing host is reached directly).
+    pub fn forwards(&self) -> Vec<(u16, u16)> {
+        match self {
+            Machine::Virtual(m) => m.forwards(),
+            Machine::Remote(_) => Vec::new(),
+        }
+    }
+
     /// The serial console log, for machines vmcheck booted.
     pub fn console_log(&self) -> Option<PathBuf> {
         match self {

@@ -43,6 +43,8 @@ pub struct QemuConfig {
     pub disk: Option<PathBuf>,
     /// Host port on 127.0.0.1 forwarded to the guest's port 22.
     pub ssh_port: u16,
+    /// More forwards: (host port on 127.0.0.1, guest port).
+    pub forwards: Vec<(u16, u16)>,
     /// The guest reaches nothing through its first NIC (slirp's `restrict=on`): only the SSH
     /// forward from the host comes in.
     pub isolated: bool,
@@ -81,10 +83,15 @@ impl QemuConfig {
         // random numbers (or boot ids, which are drawn on first read).
         push(&["-device", "vmgenid,guid=auto"]);
         push(&["-device", "pvpanic-pci", "-action", "panic=exit-failure"]);
+        let forwards: String = self
+            .forwards
+            .iter()
+            .map(|(host, guest)| format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"))
+            .collect();
         push(&[
             "-netdev",
             &format!(
-                "user,id=n0,{}hostfwd=tcp:127.0.0.1:{}-:22",
+                "user,id=n0,{}hostfwd=tcp:127.0.0.1:{}-:22{forwards}",
                 if self.isolated { "restrict=on," } else { "" },
                 self.ssh_port
             ),
@@ -235,6 +242,7 @@ mod tests {
             cmdline: "root=/dev/vda rw".into(),
             disk: Some("/run/x/overlay.qcow2".into()),
             ssh_port: 22022,
+            forwards: Vec::new(),
             isolated: false,
             private_net: None,
             qmp: None,

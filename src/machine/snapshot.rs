@@ -81,6 +81,8 @@ impl SnapshotKey {
             cmdline: image.manifest.boot.cmdline.clone(),
             disk: image.disk().map(|_| PathBuf::from("D")),
             ssh_port: 1,
+            // Forwards are the host's side of the NIC, like the SSH port: not saved.
+            forwards: Vec::new(),
             // Whether the guest may reach out is the host's side of its NIC, not saved.
             isolated: false,
             // The second NIC is a device of the saved machine; its network (the sockets to

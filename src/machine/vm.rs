@@ -108,6 +108,39 @@ pub struct MachineSpec {
     pub layer: Option<Arc<super::layer::Layer>>,
     /// Bring back a kept failed machine instead of booting (see `vm/kept.rs`).
     pub revive: Option<kept::Revive>,
+    /// Guest TCP ports forwarded to leased ports of the host's 127.0.0.1.
+    pub forward: Vec<u16>,
+}
+
+/// The host ports a machine's qemu listens on: SSH's, and one per forwarded guest port.
+struct HostPorts {
+    ssh: PortLease,
+    /// (guest port, the host's).
+    forwards: Vec<(u16, PortLease)>,
+}
+
+impl HostPorts {
+    fn lease(forward: &[u16], label: &str) -> Result<HostPorts, MachineError> {
+        let lease = |what: String| {
+            ports::lease(PortKind::Tcp).map_err(|source| MachineError::Io {
+                label: label.to_owned(),
+                context: format!("reserving {what}"),
+                source,
+            })
+        };
+        Ok(HostPorts {
+            ssh: lease("an SSH port".into())?,
+            forwards: forward
+                .iter()
+                .map(|&g| Ok((g, lease(format!("a port for its port {g}"))?)))
+                .collect::<Result<_, MachineError>>()?,
+        })
+    }
+
+    /// (host port, guest port) of each forward.
+    fn pairs(&self) -> Vec<(u16, u16)> {
+        self.forwards.iter().map(|(g, l)| (l.port, *g)).collect()
+    }
 }
 
 /// How the current qemu of a machine is coming up.
@@ -174,7 +207,7 @@ pub struct VirtualMachine {
     host: Host,
     spec: MachineSpec,
     dir: tempfile::TempDir,
-    ssh_port: PortLease,
+    ports: HostPorts,
     child: tokio::process::Child,
     qemu_stderr: Arc<Mutex<Vec<u8>>>,
     console: watch::Receiver<ConsoleState>,
@@ -273,7 +306,7 @@ impl VirtualMachine {
             };
             create_overlay(&host.qemu_img, &backing, overlay, &label).await?;
         }
-        let ssh_port = ports::lease(PortKind::Tcp).map_err(io("reserving an SSH port"))?;
+        let host_ports = HostPorts::lease(&spec.forward, &label)?;
         let incoming = match (&origin, &spec.revive) {
             (Origin::Restoring(s), _) => Some(s.state()),
             (_, Some(revive)) => Some(revive.state.clone()),
@@ -284,7 +317,7 @@ impl VirtualMachine {
             &spec,
             memory_mib,
             dir.path(),
-            ssh_port.port,
+            &host_ports,
             disk.as_deref(),
             incoming.as_deref(),
         )
@@ -297,7 +330,7 @@ impl VirtualMachine {
             qmp: qmp_socket(dir.path()),
         }));
         let shell =
-            Shell::new(&label, target(&spec.image, ssh_port.port)).with_probe(probe.clone());
+            Shell::new(&label, target(&spec.image, host_ports.ssh.port)).with_probe(probe.clone());
         Ok(VirtualMachine {
             probe,
             shell,
@@ -307,7 +340,7 @@ impl VirtualMachine {
             host: host.clone(),
             spec,
             dir,
-            ssh_port,
+            ports: host_ports,
             child,
             qemu_stderr,
             console,
@@ -343,7 +376,16 @@ impl VirtualMachine {
     }
 
     pub fn ssh_port(&self) -> u16 {
-        self.ssh_port.port
+        self.ports.ssh.port
+    }
+
+    /// Each forwarded guest port and the host's 127.0.0.1 port it is reached on.
+    pub fn forwards(&self) -> Vec<(u16, u16)> {
+        self.ports
+            .forwards
+            .iter()
+            .map(|(g, l)| (*g, l.port))
+            .collect()
     }
 
     pub fn console_log(&self) -> PathBuf {
@@ -374,7 +416,7 @@ impl VirtualMachine {
             &file,
             format!(
                 "[127.0.0.1]:{} {}\n",
-                self.ssh_port.port, self.image.manifest.host_key
+                self.ports.ssh.port, self.image.manifest.host_key
             ),
         );
         file
@@ -384,7 +426,7 @@ impl VirtualMachine {
     pub fn ssh_access(&self) -> super::access::SshAccess {
         super::access::SshAccess {
             host: "127.0.0.1".into(),
-            port: self.ssh_port.port,
+            port: self.ports.ssh.port,
             user: "root".into(),
             identity: self.image.client_key(),
             known_hosts: Some(self.known_hosts()),
@@ -571,12 +613,8 @@ impl VirtualMachine {
     /// Start qemu again on the same disk overlay (and a new port if `new_port`).
     async fn relaunch(&mut self, new_port: bool) -> Result<(), MachineError> {
         if new_port {
-            self.ssh_port = ports::lease(PortKind::Tcp).map_err(|source| MachineError::Io {
-                label: self.label.clone(),
-                context: "reserving an SSH port".into(),
-                source,
-            })?;
-            self.shell = Shell::new(&self.label, target(&self.image, self.ssh_port.port))
+            self.ports = HostPorts::lease(&self.spec.forward, &self.label)?;
+            self.shell = Shell::new(&self.label, target(&self.image, self.ports.ssh.port))
                 .with_probe(self.probe.clone());
         }
         let (child, console, stderr) = launch(
@@ -584,7 +622,7 @@ impl VirtualMachine {
             &self.spec,
             self.memory_mib,
             self.dir.path(),
-            self.ssh_port.port,
+            &self.ports,
             self.disk.as_deref(),
             None,
         )
@@ -948,7 +986,7 @@ async fn launch(
     spec: &MachineSpec,
     memory_mib: u32,
     dir: &Path,
-    ssh_port: u16,
+    ports: &HostPorts,
     disk: Option<&Path>,
     incoming: Option<&Path>,
 ) -> Result<Launched, MachineError> {
@@ -961,7 +999,8 @@ async fn launch(
         initrd: image.initrd(),
         cmdline: image.manifest.boot.cmdline.clone(),
         disk: disk.map(Path::to_path_buf),
-        ssh_port,
+        ssh_port: ports.ssh.port,
+        forwards: ports.pairs(),
         isolated: spec.isolated,
         private_net: spec.private_net.clone(),
         qmp: Some(qmp_socket(dir)),

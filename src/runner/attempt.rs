@@ -474,6 +474,12 @@ fn body_env(
         if let Some(ip) = &m.ip {
             env.push((format!("VMCHECK_{}_IP", env_name(&m.name)), ip.clone()));
         }
+        for (guest, host) in m.machine.forwards() {
+            env.push((
+                format!("VMCHECK_{}_PORT_{guest}", env_name(&m.name)),
+                format!("127.0.0.1:{host}"),
+            ));
+        }
     }
     env.extend(req.test.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     env

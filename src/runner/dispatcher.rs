@@ -433,6 +433,7 @@ async fn boot_global(
         cold_boot: ctx.cold_boot,
         layer: pool.layer,
         revive: None,
+        forward: Vec::new(),
     };
     let mut vm = VirtualMachine::start(host, spec).await?;
     vm.wait_boot(ctx.boot_timeout, &ctx.cancel).await?;

@@ -77,6 +77,7 @@ async fn boot_machines(
             cold_boot: ctx.cold_boot,
             layer: layer.clone(),
             revive: None,
+            forward: mreq.forward.clone(),
             isolated,
         };
         let vcpus = mreq.cpus;

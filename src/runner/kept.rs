@@ -181,6 +181,7 @@ pub async fn revive(
             isolated: info.isolated,
             cold_boot: false,
             layer: None,
+            forward: info.forward.clone(),
             revive: Some(Revive {
                 state: path.join(kept::STATE),
                 disk: disk.is_file().then_some(disk),

@@ -69,6 +69,12 @@ fn prompt(test: &str, cause: &str, machines: &[Named]) -> String {
             continue;
         }
         text.push_str(&format!("  {}: {}\n", m.name, m.machine.ssh_command()));
+        for (guest, host) in m.machine.forwards() {
+            text.push_str(&format!(
+                "  {}  port {guest}: 127.0.0.1:{host} (http://127.0.0.1:{host}/)\n",
+                " ".repeat(m.name.len())
+            ));
+        }
         if let Some(console) = m.machine.console_log() {
             text.push_str(&format!(
                 "  {}  console: {}\n",

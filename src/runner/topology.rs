@@ -22,6 +22,8 @@ struct Entry<'a> {
     name: &'a str,
     image: &'a str,
     ip: Option<&'a str>,
+    /// Forwarded guest ports: "9090" → "127.0.0.1:NNNNN".
+    forward: std::collections::BTreeMap<String, String>,
     ssh: Ssh,
 }
 
@@ -62,6 +64,12 @@ pub(super) fn write(
                 name: &m.name,
                 image,
                 ip: m.ip.as_deref(),
+                forward: m
+                    .machine
+                    .forwards()
+                    .into_iter()
+                    .map(|(g, h)| (g.to_string(), format!("127.0.0.1:{h}")))
+                    .collect(),
                 ssh: Ssh {
                     host: a.host.clone(),
                     port: a.port,

@@ -169,6 +169,7 @@ pub fn spec(label: &str, image: &Image) -> vmcheck::machine::vm::MachineSpec {
         cold_boot: false,
         layer: None,
         revive: None,
+        forward: Vec::new(),
     }
 }
 

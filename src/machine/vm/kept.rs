@@ -39,6 +39,9 @@ pub struct KeptInfo {
     pub qemu_version: String,
     /// Its first NIC reached nothing outside.
     pub isolated: bool,
+    /// Its forwarded guest ports (forwarded again when it comes back).
+    #[serde(default)]
+    pub forward: Vec<u16>,
     /// Its address and MAC on its test's private network, if it had one.
     pub private_ip: Option<String>,
     pub private_mac: Option<String>,
@@ -108,6 +111,7 @@ impl VirtualMachine {
             accel: self.host.accel.as_str().to_owned(),
             qemu_version: self.host.qemu_version.clone(),
             isolated: self.spec.isolated,
+            forward: self.spec.forward.clone(),
             private_ip: who.private_ip.map(str::to_owned),
             private_mac: self.spec.private_net.as_ref().map(|n| n.mac.clone()),
             kept_ms: crate::results::now_ms(),
@@ -280,6 +284,7 @@ mod tests {
             accel: "tcg".into(),
             qemu_version: "QEMU 7.2".into(),
             isolated: false,
+            forward: vec![80],
             private_ip: Some("10.111.0.1".into()),
             private_mac: Some("52:54:01:00:00:01".into()),
             kept_ms: 1,

@@ -1,0 +1,69 @@
+//! Guest TCP ports forwarded to the host (`provision.machine1 = { forward = [80] }`): a
+//! busybox machine (restored from its booted snapshot) serves a page with its `httpd`; a
+//! host script reaches it at `$VMCHECK_MACHINE1_PORT_80`, and a Python test at
+//! `self.machine.forward(80)`; a port that is not forwarded is a clear error.
+
+mod common;
+
+use vmcheck::exit_codes;
+
+const CHECK: &str = r#"
+[TestWeb.testForward]
+provision.machine1 = { forward = [80, 8080] }
+run = "mkdir -p /www && echo hello-from-guest > /www/index.html && httpd -p 80 -h /www"
+host = '''
+case "$VMCHECK_MACHINE1_PORT_80" in 127.0.0.1:*) ;; *) exit 1;; esac
+test -n "$VMCHECK_MACHINE1_PORT_8080"
+python3 -c 'import sys, urllib.request; print(urllib.request.urlopen("http://" + sys.argv[1] + "/").read().decode())' "$VMCHECK_MACHINE1_PORT_80"
+'''
+"#;
+
+const PYTHON: &str = r#"#!/usr/bin/python3 -cimport os,shutil,sys;v=shutil.which("vmcheck") or sys.exit(sys.argv[1]+": vmcheck is not on PATH");os.execv(v,[v,"python",*sys.argv[1:]])
+import urllib.request
+
+import testlib
+
+
+class TestPyWeb(testlib.MachineCase):
+    provision = {"machine1": {"forward": [80]}}
+
+    def testForward(self):
+        self.machine.execute("mkdir -p /www && echo py-hello > /www/index.html && httpd -p 80 -h /www")
+        address = self.machine.forward(80)
+        self.assertTrue(address.startswith("127.0.0.1:"))
+        print(urllib.request.urlopen(f"http://{address}/").read().decode().strip())
+        with self.assertRaises(testlib.Error) as e:
+            self.machine.forward(9090)
+        print("error:", e.exception)
+
+
+if __name__ == "__main__":
+    testlib.test_main()
+"#;
+
+#[test]
+fn forwarded_ports_reach_the_guest_from_the_host() {
+    let dir = common::busybox_project_with("check-web", CHECK);
+    let root = dir.path();
+    let py = root.join("test/verify/check-pyweb");
+    std::fs::write(&py, PYTHON).unwrap();
+    let mode = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755);
+    std::fs::set_permissions(&py, mode).unwrap();
+    let events = root.join("events.jsonl");
+    let out = common::output_leaving_nothing(
+        common::vmcheck_run_in(root)
+            .env("TEST_OS", "busybox")
+            .env("PATH", common::path_with_vmcheck())
+            .arg("--events")
+            .arg(&events),
+    );
+    let tap = String::from_utf8_lossy(&out.stdout);
+    common::assert_code(&out, &tap, exit_codes::OK);
+    let stream = std::fs::read_to_string(&events).unwrap();
+    assert!(stream.contains("hello-from-guest"), "{stream}");
+    assert!(stream.contains("py-hello"), "{stream}");
+    assert!(
+        stream.contains("error: machine1: port 9090 is not forwarded (forwarded: 80;"),
+        "{stream}"
+    );
+}
