@@ -316,9 +316,12 @@ class MachineCase(unittest.TestCase):
     """
 
     provision = None
+    # The first machine's port that `self.browser.open("/path")` goes to (Cockpit's).
+    web_port = 9090
 
     def setUp(self):
         super().setUp()
+        self._browser = None
         path = os.environ.get("VMCHECK_TOPOLOGY")
         if not path:
             raise Error("VMCHECK_TOPOLOGY is not set: run this test with vmcheck")
@@ -347,6 +350,38 @@ class MachineCase(unittest.TestCase):
     def allow_journal_messages(self, *patterns):
         """Allow journal messages matching these regexes for the rest of this attempt."""
         _request({"op": "allow-journal", "patterns": list(patterns)})
+
+    @property
+    def browser(self):
+        """Headless Chromium on the host (`browser.Browser`), started on first use; its
+        `open("/path")` goes to the first machine's forwarded `web_port`."""
+        if self._browser is None:
+            import browser
+
+            forwarded = self.machine._forwards.get(str(self.web_port))
+            artifacts = os.environ.get("VMCHECK_ARTIFACTS") or os.getcwd()
+            self._browser = browser.Browser(forwarded, artifacts=artifacts)
+        return self._browser
+
+    def allow_browser_errors(self, *patterns):
+        """Allow JavaScript errors (thrown, or console.error) matching these regexes."""
+        self.browser.allow_errors(*patterns)
+
+    def tearDown(self):
+        b, self._browser = self._browser, None
+        if b is not None and b._process is not None:
+            try:
+                failed = not getattr(self._outcome, "success", True)
+                errors = b.errors()
+                if failed or errors:
+                    for path in b.save_evidence(self.id().split(".", 1)[-1]):
+                        print(f"browser: saved {path}")
+            finally:
+                b.kill()
+            if errors and not failed:
+                self.fail("JavaScript errors in the page (allow them with "
+                          "self.allow_browser_errors):\n" + "\n".join(errors))
+        super().tearDown()
 
 
 def _setting(key, value):
@@ -461,6 +496,15 @@ def _def_line(function, main_file):
     return code.co_firstlineno
 
 
+def _uses_browser(function):
+    """Whether the test's own code drives `self.browser` (its browser's memory counts)."""
+    try:
+        source = inspect.getsource(inspect.unwrap(function))
+    except (OSError, TypeError):
+        return False
+    return re.search(r"\bself\.(browser|allow_browser_errors)\b", source) is not None
+
+
 def _listing(covers):
     """The `--vmcheck-list` document of `__main__`'s tests."""
     main_file = os.path.abspath(sys.modules["__main__"].__file__)
@@ -480,6 +524,8 @@ def _listing(covers):
             for key in sorted(keys):
                 # Cockpit's get_decorator: the method's, else the class's (inherited).
                 values[key[len(_PREFIX):]] = getattr(method, key, getattr(cls, key, None))
+            if "browser" not in values and _uses_browser(method):
+                values["browser"] = True
             entry.update(sorted(values.items()))
             tests.append(entry)
     tests.sort(key=lambda t: t["name"])

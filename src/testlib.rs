@@ -8,6 +8,8 @@ use std::path::PathBuf;
 
 /// The library's source, as shipped in this repository.
 pub const SOURCE: &str = include_str!("../python/testlib.py");
+/// Its browser half (`import browser`, on first use of `self.browser`).
+pub const BROWSER: &str = include_str!("../python/browser.py");
 
 /// The directory holding `testlib.py` of this vmcheck:
 /// `$XDG_CACHE_HOME/vmcheck/python/<hash, 16 hex digits>/`, written (0700 directory,
@@ -17,7 +19,14 @@ pub fn python_path() -> std::io::Result<PathBuf> {
 }
 
 fn python_path_in(cache: &std::path::Path) -> std::io::Result<PathBuf> {
-    crate::builtin::written(cache, "python", &[("testlib.py", SOURCE, 0o644)])
+    crate::builtin::written(
+        cache,
+        "python",
+        &[
+            ("testlib.py", SOURCE, 0o644),
+            ("browser.py", BROWSER, 0o644),
+        ],
+    )
 }
 
 /// `PYTHONPATH` with vmcheck's library first, then the caller's.

@@ -114,11 +114,11 @@ fn valid_fixtures_plan() {
 
 /// The errors of `load` on `invalid/`, each after `tests/fixtures/checkfiles/invalid/`.
 const EXPECTED_ERRORS: &[&str] = &[
-    "check-keys:3:1: unknown key 'timout' at the top level, did you mean 'timeout'? (valid: nondestructive, timeout, provision, todo, skip, only, restore, artifacts, env, no_retry_when_changed, allow_journal, matrix, matrix_exclude, matrix_include, matrix_limit, covers, and classes [Test…])",
+    "check-keys:3:1: unknown key 'timout' at the top level, did you mean 'timeout'? (valid: nondestructive, timeout, provision, todo, skip, only, restore, artifacts, env, no_retry_when_changed, allow_journal, browser, matrix, matrix_exclude, matrix_include, matrix_limit, covers, and classes [Test…])",
     "check-keys:5:2: unknown table 'Settings' at the top level (class names start with 'Test', e.g. [TestFoo])",
     "check-keys:9:1: unknown table 'provison' in class TestKeys, did you mean 'provision'? (test names start with 'test', e.g. [TestKeys.testBar])",
     "check-keys:10:1: 'run' is only valid in a test, e.g. under [TestKeys.testBar]",
-    "check-keys:14:1: unknown key 'artifact' in test TestKeys.testTypo, did you mean 'artifacts'? (valid: nondestructive, timeout, provision, todo, skip, only, restore, artifacts, env, no_retry_when_changed, allow_journal, matrix, matrix_exclude, matrix_include, matrix_limit, run, host, soak, events)",
+    "check-keys:14:1: unknown key 'artifact' in test TestKeys.testTypo, did you mean 'artifacts'? (valid: nondestructive, timeout, provision, todo, skip, only, restore, artifacts, env, no_retry_when_changed, allow_journal, browser, matrix, matrix_exclude, matrix_include, matrix_limit, run, host, soak, events)",
     "check-keys:16:11: unknown table 'Basic' in class TestKeys (test names start with 'test', e.g. [TestKeys.testBar])",
     "check-rules:7:12: test TestRules.testNothingToRun has nothing to run: add 'run' (a script run as root in machine1) or 'host' (a script run on the host)",
     "check-rules:11:1: 'provision' conflicts with 'nondestructive = true' (line 5) for test TestRules.testProvision: nondestructive tests run on shared machines and cannot provision their own",

@@ -172,6 +172,7 @@ fn test(
         no_retry_when_changed: false,
         // autopkgtest judges a test by its exit status and stderr alone.
         allow_journal: vec![".*".into()],
+        browser: false,
         body: Body::Autopkgtest(Box::new(AptTest {
             tree: source.root.clone(),
             command,

@@ -42,6 +42,8 @@ pub struct TestDef {
     pub no_retry_when_changed: bool,
     /// Regexes (validated) of journal messages the test may cause.
     pub allow_journal: Vec<String>,
+    /// The test drives a browser on the host: its memory counts in the test's cost.
+    pub browser: bool,
     /// What runs the test.
     pub body: Body,
     /// The file's `covers` globs (the same for every test of a file).
@@ -211,6 +213,7 @@ impl TestDef {
             env: BTreeMap::new(),
             no_retry_when_changed: false,
             allow_journal: vec![],
+            browser: false,
             body: Body::Scripts {
                 run: Some("true".into()),
                 host: None,

@@ -19,6 +19,7 @@ pub(super) const SETTINGS: &[&str] = &[
     "env",
     "no_retry_when_changed",
     "allow_journal",
+    "browser",
     "matrix",
     "matrix_exclude",
     "matrix_include",

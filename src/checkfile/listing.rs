@@ -529,7 +529,7 @@ mod tests {
             ]}"#,
         );
         let expect = [
-            "test/check-x:7:1: in its listing (--vmcheck-list): unknown key 'timout' in test TestA.testOne, did you mean 'timeout'? (valid: nondestructive, timeout, provision, todo, skip, only, restore, artifacts, env, no_retry_when_changed, allow_journal, matrix, matrix_exclude, matrix_include, matrix_limit)",
+            "test/check-x:7:1: in its listing (--vmcheck-list): unknown key 'timout' in test TestA.testOne, did you mean 'timeout'? (valid: nondestructive, timeout, provision, todo, skip, only, restore, artifacts, env, no_retry_when_changed, allow_journal, browser, matrix, matrix_exclude, matrix_include, matrix_limit)",
             "test/check-x:9:1: in its listing (--vmcheck-list): test TestA.testTwo: ",
             "test/check-x:11:1: in its listing (--vmcheck-list): 'provision' conflicts with 'nondestructive = true' for test TestA.testThree",
             "test/check-x: in its listing (--vmcheck-list): ",

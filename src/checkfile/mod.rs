@@ -43,6 +43,7 @@
 //! | `env` | `{ NAME = "value" }` exported to `run` and `host`; `VMCHECK_*` is reserved | `{}` |
 //! | `no_retry_when_changed` | bool | false |
 //! | `allow_journal` | regexes of journal messages the test may cause | `[]` |
+//! | `browser` | bool: the test drives a browser on the host (its memory is counted) | false |
 //!
 //! Rules across settings, checked on each test as resolved: `nondestructive = true` and
 //! `provision` exclude each other (nondestructive tests share machines), and a `provision`

@@ -362,6 +362,7 @@ impl Walk<'_> {
                     .value(|s| &s.allow_journal)
                     .cloned()
                     .unwrap_or_default(),
+                browser: levels.value(|s| &s.browser).copied().unwrap_or(false),
                 body: match self.executable {
                     Some(program) => Body::Executable(program.to_path_buf()),
                     None => Body::Scripts {
@@ -853,14 +854,14 @@ memory = 1024
     #[test]
     fn invalid() {
         let valid_top = "nondestructive, timeout, provision, todo, skip, only, restore, \
-                         artifacts, env, no_retry_when_changed, allow_journal, matrix, \
+                         artifacts, env, no_retry_when_changed, allow_journal, browser, matrix, \
                          matrix_exclude, matrix_include, matrix_limit, covers, and classes \
                          [Test…]";
         let valid_class = "nondestructive, timeout, provision, todo, skip, only, restore, \
-                           artifacts, env, no_retry_when_changed, allow_journal, matrix, \
+                           artifacts, env, no_retry_when_changed, allow_journal, browser, matrix, \
                            matrix_exclude, matrix_include, matrix_limit, and tests [TestA.test…]";
         let valid_test = "nondestructive, timeout, provision, todo, skip, only, restore, \
-                          artifacts, env, no_retry_when_changed, allow_journal, matrix, \
+                          artifacts, env, no_retry_when_changed, allow_journal, browser, matrix, \
                           matrix_exclude, matrix_include, matrix_limit, run, host, soak, events";
         let cases: Vec<(&str, Vec<String>)> = vec![
             // TOML syntax errors keep toml's message.

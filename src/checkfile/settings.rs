@@ -63,6 +63,7 @@ pub(super) struct Settings {
     pub(super) env: Slot<BTreeMap<String, String>>,
     pub(super) no_retry_when_changed: Slot<bool>,
     pub(super) allow_journal: Slot<Vec<String>>,
+    pub(super) browser: Slot<bool>,
     pub(super) matrix: Slot<Axes>,
     pub(super) matrix_exclude: Slot<Vec<Combination>>,
     pub(super) matrix_include: Slot<Vec<Combination>>,
@@ -89,6 +90,7 @@ impl Settings {
                 self.no_retry_when_changed = Slot::new(boolean(d, name, value), span);
             }
             "allow_journal" => self.allow_journal = Slot::new(regexes(d, name, value), span),
+            "browser" => self.browser = Slot::new(boolean(d, name, value), span),
             "matrix" => self.matrix = Slot::new(axes(d, value), span),
             "matrix_exclude" => {
                 self.matrix_exclude = Slot::new(combinations(d, name, value), span);

@@ -83,9 +83,17 @@ pub struct Dispatcher<'r> {
     report: &'r mut dyn FnMut(&Event),
 }
 
-/// The cost of a destructive test: its machines' RAM (plus qemu's) and CPUs.
+/// What a browser on the host takes (Cockpit counts 550 MiB a browser).
+pub const BROWSER_MIB: u64 = 550;
+
+/// The cost of a destructive test: its machines' RAM (plus qemu's) and CPUs, and its
+/// browser's RAM if it drives one.
 pub fn test_cost(def: &TestDef, ctx: &AttemptContext) -> Cost {
-    def.provision.iter().fold(Cost::default(), |acc, m| {
+    let browser = Cost {
+        ram_mib: if def.browser { BROWSER_MIB } else { 0 },
+        cpus: 0,
+    };
+    def.provision.iter().fold(browser, |acc, m| {
         let image = m.image_or(def.os(&ctx.test_os));
         let mem = m
             .memory_mib

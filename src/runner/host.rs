@@ -170,6 +170,13 @@ fn command(
         "VMCHECK_INFRASTRUCTURE_FAILURE_FILE",
         dir.join(INFRASTRUCTURE_FAILURE_FILE),
     );
+    // Where the test may leave files of its own (screenshots): kept with the attempt's
+    // artifacts (which a passing attempt's are not, unless --keep-artifacts).
+    cmd.env(
+        "VMCHECK_ARTIFACTS",
+        super::artifacts::AttemptDir::path_of(&ctx.artifacts_dir, &req.test.name(), req.attempt)
+            .join("test"),
+    );
     Ok(cmd)
 }
 
