@@ -11,6 +11,8 @@ Waits poll a JavaScript condition until it holds or their time (`timeout` second
 import base64
 import fcntl
 import json
+import struct
+import zlib
 import os
 import re
 import shutil
@@ -46,6 +48,91 @@ function ph_seen(sel) {
 
 class Error(Exception):
     """A browser command failed, or a wait timed out."""
+
+
+class PixelsError(AssertionError):
+    """A pixel test failed: vmcheck does not retry the test."""
+
+    no_retry = True
+
+
+def decode_png(data):
+    """(width, height, RGBA bytes) of an 8-bit RGB or RGBA, non-interlaced PNG."""
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        raise Error("not a PNG image")
+    pos, idat, header = 8, b"", None
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        chunk = data[pos + 8:pos + 8 + length]
+        pos += 12 + length
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", chunk)
+        elif kind == b"IDAT":
+            idat += chunk
+        elif kind == b"IEND":
+            break
+    if header is None:
+        raise Error("a PNG image without a header")
+    width, height, depth, color, _, _, interlace = header
+    if depth != 8 or color not in (2, 6) or interlace:
+        raise Error(f"a PNG image of a kind this does not read (depth {depth}, color {color})")
+    channels = 4 if color == 6 else 3
+    raw = zlib.decompress(idat)
+    stride = width * channels
+    rows, previous, at = [], bytearray(stride), 0
+    for _ in range(height):
+        kind, line = raw[at], bytearray(raw[at + 1:at + 1 + stride])
+        at += 1 + stride
+        for i in range(stride):
+            a = line[i - channels] if i >= channels else 0
+            b = previous[i]
+            c = previous[i - channels] if i >= channels else 0
+            if kind == 1:
+                line[i] = (line[i] + a) & 255
+            elif kind == 2:
+                line[i] = (line[i] + b) & 255
+            elif kind == 3:
+                line[i] = (line[i] + (a + b) // 2) & 255
+            elif kind == 4:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
+        rows.append(bytes(line))
+        previous = line
+    pixels = b"".join(rows)
+    if channels == 3:
+        pixels = b"".join(pixels[i:i + 3] + b"\xff" for i in range(0, len(pixels), 3))
+    return width, height, pixels
+
+
+def encode_png(width, height, rgba):
+    """An RGBA PNG image of `rgba`."""
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    stride = width * 4
+    raw = b"".join(b"\0" + rgba[y * stride:(y + 1) * stride] for y in range(height))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def compare(old, new):
+    """How many pixels differ, and a diff image (width, height, RGBA): the new image faded,
+    differing pixels red. Images of different sizes differ in every pixel of either."""
+    (ow, oh, op), (nw, nh, np_) = old, new
+    width, height = max(ow, nw), max(oh, nh)
+    out = bytearray(width * height * 4)
+    differing = 0
+    for y in range(height):
+        for x in range(width):
+            o = op[(y * ow + x) * 4:(y * ow + x) * 4 + 4] if x < ow and y < oh else None
+            n = np_[(y * nw + x) * 4:(y * nw + x) * 4 + 4] if x < nw and y < nh else None
+            at = (y * width + x) * 4
+            if o is None or n is None or o != n:
+                differing += 1
+                out[at:at + 4] = b"\xff\x00\x00\xff"
+            else:
+                out[at:at + 4] = bytes((v + 255) // 2 for v in n[:3]) + b"\xff"
+    return differing, (width, height, bytes(out))
 
 
 def _timeout_factor():
@@ -315,6 +402,51 @@ class Browser:
         with open(path, "wb") as f:
             f.write(data)
         return path
+
+    def assert_pixels(self, selector, key, ignore=(), reference_dir=None, tolerance=20):
+        """Compare the element's pixels with the reference image `<key>-pixels.png`.
+
+        References are in `reference_dir` (default `test/reference` of the project). Up to
+        `tolerance` pixels may differ (Cockpit's 20); `ignore` lists selectors of parts to
+        leave out (painted over on both). On a mismatch, or without a reference, the new
+        image and a diff image (differing pixels in red) are saved as artifacts and the test
+        fails with a `PixelsError`, which vmcheck never retries (a picture does not flake).
+        """
+        self.wait_visible(selector)
+        for sel in ignore:
+            self.eval_js(f"document.querySelectorAll({json.dumps(sel)}).forEach(e => e.style.visibility = 'hidden')")
+        rect = self.eval_js(
+            f"(() => {{ const r = ph_find({json.dumps(selector)}).getBoundingClientRect();"
+            " return [r.left + scrollX, r.top + scrollY, r.width, r.height]; })()"
+        )
+        x, y, w, h = rect
+        data = base64.b64decode(self._send("Page.captureScreenshot", {
+            "format": "png",
+            "clip": {"x": x, "y": y, "width": w, "height": h, "scale": 1},
+            "captureBeyondViewport": True,
+        })["data"])
+        new = decode_png(data)
+        reference_dir = reference_dir or os.path.join(os.getcwd(), "test", "reference")
+        name = f"{key}-pixels.png"
+        os.makedirs(self.artifacts, exist_ok=True)
+        reference = os.path.join(reference_dir, name)
+        if not os.path.exists(reference):
+            with open(os.path.join(self.artifacts, name), "wb") as f:
+                f.write(data)
+            raise PixelsError(f"{reference}: no reference image; the new one is "
+                              f"{os.path.join(self.artifacts, name)} (copy it there if it is right)")
+        with open(reference, "rb") as f:
+            old = decode_png(f.read())
+        differing, diff = compare(old, new)
+        if differing > tolerance:
+            with open(os.path.join(self.artifacts, name), "wb") as f:
+                f.write(data)
+            diff_path = os.path.join(self.artifacts, f"{key}-pixels.diff.png")
+            with open(diff_path, "wb") as f:
+                f.write(encode_png(*diff))
+            size = "" if old[:2] == new[:2] else f" (the reference is {old[0]}x{old[1]}, the page {new[0]}x{new[1]})"
+            raise PixelsError(f"{key}: {differing} pixels differ from {reference}{size}; "
+                              f"the new image and the diff are in {self.artifacts}")
 
     # -- what the page said --------------------------------------------------------------
 

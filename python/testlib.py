@@ -537,17 +537,25 @@ def _listing(covers):
 
 
 class _Result(unittest.TextTestResult):
-    """Keeps the first InfrastructureError a test raised."""
+    """Keeps the first InfrastructureError a test raised, and the first failure that says it
+    is not to be retried (an exception class with `no_retry = True`: a pixel test's)."""
 
     infrastructure = None
+    final = None
 
     def _note(self, err):
         if err is not None and isinstance(err[1], InfrastructureError) and self.infrastructure is None:
             self.infrastructure = err[1]
+        if err is not None and getattr(err[1], "no_retry", False) and self.final is None:
+            self.final = err[1]
 
     def addError(self, test, err):
         self._note(err)
         super().addError(test, err)
+
+    def addFailure(self, test, err):
+        self._note(err)
+        super().addFailure(test, err)
 
     def addSubTest(self, test, subtest, err):
         self._note(err)
@@ -578,6 +586,12 @@ def _run(name):
             print(f"infrastructure failure: {reason}", file=sys.stderr)
         return 1
     if not result.wasSuccessful():
+        if result.final is not None:
+            reason = f"{type(result.final).__name__}: {' '.join(str(result.final).split())}"[:1000]
+            path = os.environ.get("VMCHECK_FINAL_FAILURE_FILE")
+            if path:
+                with open(path, "w") as f:
+                    f.write(reason + "\n")
         return 1
     if result.skipped:
         print(" ".join(result.skipped[-1][1].split()))

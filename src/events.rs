@@ -125,6 +125,10 @@ pub enum AttemptOutcome {
     /// The body failed (`status` says how, e.g. "exit code 1").
     Failed {
         status: String,
+        /// The test said its failure is not to be retried (a pixel test: a picture does not
+        /// flake), with why.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        final_because: Option<String>,
     },
     /// The body exited 77; `reason` is its last output line.
     Skipped {
@@ -185,12 +189,22 @@ pub struct AttemptReport {
     pub boot: Option<BootOrigin>,
 }
 
+impl AttemptOutcome {
+    /// A failure of the test's body (retried as policy says).
+    pub fn failed(status: impl Into<String>) -> AttemptOutcome {
+        AttemptOutcome::Failed {
+            status: status.into(),
+            final_because: None,
+        }
+    }
+}
+
 impl AttemptReport {
     /// How the attempt ended, in one line (`failed (exit code 1)`, `timed out after 3s`).
     pub fn describe(&self) -> String {
         match &self.outcome {
             AttemptOutcome::Passed => "passed".into(),
-            AttemptOutcome::Failed { status } => format!("failed ({status})"),
+            AttemptOutcome::Failed { status, .. } => format!("failed ({status})"),
             AttemptOutcome::Skipped { reason } => format!("skipped: {reason}"),
             AttemptOutcome::TimedOut { after } => format!("timed out after {}s", after.as_secs()),
             AttemptOutcome::UnexpectedMessages { lines } => format!(

@@ -629,9 +629,7 @@ mod tests {
         use crate::events::{AttemptOutcome, AttemptReport};
         let report = AttemptReport {
             attempt: 1,
-            outcome: AttemptOutcome::Failed {
-                status: "exit code 1".into(),
-            },
+            outcome: AttemptOutcome::failed("exit code 1"),
             output: "part one, part two\n".into(),
             duration: Duration::ZERO,
             machines: vec![],

@@ -118,7 +118,11 @@ pub fn decide(
                         })
                     }
                 }
-                AttemptOutcome::UnexpectedMessages { .. } => Decision::Final(Verdict::Failed),
+                AttemptOutcome::UnexpectedMessages { .. }
+                | AttemptOutcome::Failed {
+                    final_because: Some(_),
+                    ..
+                } => Decision::Final(Verdict::Failed),
                 _ if test.affected => Decision::Final(Verdict::Failed),
                 _ if !opts.no_retry_fail
                     && !test.no_retry_fail
@@ -147,9 +151,7 @@ mod tests {
     use std::time::Duration;
 
     fn failed() -> AttemptOutcome {
-        AttemptOutcome::Failed {
-            status: "exit code 1".into(),
-        }
+        AttemptOutcome::failed("exit code 1")
     }
     fn harness() -> AttemptOutcome {
         AttemptOutcome::Harness {
@@ -166,15 +168,39 @@ mod tests {
     }
 
     #[test]
+    fn a_failure_the_test_calls_final_is_not_retried() {
+        let pixels = AttemptOutcome::Failed {
+            status: "test: exit status: 1".into(),
+            final_because: Some("pixel test failed".into()),
+        };
+        assert_eq!(
+            decide(
+                &[pixels],
+                &Known::default(),
+                &TestFacts::default(),
+                &PolicyOptions::default()
+            ),
+            Decision::Final(Verdict::Failed)
+        );
+        assert!(matches!(
+            decide(
+                &[failed()],
+                &Known::default(),
+                &TestFacts::default(),
+                &PolicyOptions::default()
+            ),
+            Decision::Retry { .. }
+        ));
+    }
+
+    #[test]
     fn a_soak_failure_is_final_but_a_harness_failure_is_retried() {
         let soak = TestFacts {
             no_retry_fail: true,
             ..TestFacts::default()
         };
         let opts = PolicyOptions::default();
-        let fail = AttemptOutcome::Failed {
-            status: "soak event check #3 failed".into(),
-        };
+        let fail = AttemptOutcome::failed("soak event check #3 failed");
         assert_eq!(
             decide(&[fail], &Known::default(), &soak, &opts),
             Decision::Final(Verdict::Failed)

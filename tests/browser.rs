@@ -83,12 +83,8 @@ if __name__ == "__main__":
 
 #[test]
 fn a_real_page_driven_in_a_real_browser() {
-    let dir = common::busybox_project();
+    let dir = common::busybox_project_with_executable("check-browser", CHECK);
     let root = dir.path();
-    let file = root.join("test/verify/check-browser");
-    std::fs::write(&file, CHECK).unwrap();
-    let mode = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755);
-    std::fs::set_permissions(&file, mode).unwrap();
     let (events, artifacts) = (root.join("events.jsonl"), root.join("artifacts"));
     let out = common::output_leaving_nothing(
         common::vmcheck_run_in(root)
@@ -149,4 +145,77 @@ fn a_real_page_driven_in_a_real_browser() {
     ] {
         assert!(evidence.join(f).is_file(), "{f}: {thrown}");
     }
+}
+
+const PIXELS: &str = r##"#!/usr/bin/python3 -cimport os,shutil,sys;v=shutil.which("vmcheck") or sys.exit(sys.argv[1]+": vmcheck is not on PATH");os.execv(v,[v,"python",*sys.argv[1:]])
+import testlib
+
+PAGE = """<!DOCTYPE html><html><body style="margin: 0">
+<div id="box" style="width: 40px; height: 30px; background: COLOR"></div></body></html>
+"""
+
+
+class TestPixels(testlib.MachineCase):
+    provision = {"machine1": {"forward": [80]}}
+    web_port = 80
+
+    def page(self, color):
+        self.machine.execute("mkdir -p /www")
+        self.machine.write("/www/index.html", PAGE.replace("COLOR", color))
+        self.machine.execute("httpd -p 80 -h /www")
+        self.browser.open("/index.html")
+
+    def testSame(self):
+        self.page("rgb(200, 0, 0)")
+        self.browser.assert_pixels("#box", "box")
+
+    def testChanged(self):
+        self.page("rgb(0, 0, 200)")
+        self.browser.assert_pixels("#box", "box")
+
+
+if __name__ == "__main__":
+    testlib.test_main()
+"##;
+
+/// Pixel tests: without a reference the new image is saved and the test fails; with it,
+/// the same page passes and a changed one fails with its diff saved; a pixel failure is
+/// never retried.
+#[test]
+fn pixel_tests_compare_with_a_committed_reference() {
+    let dir = common::busybox_project_with_executable("check-pixels", PIXELS);
+    let root = dir.path();
+    let artifacts = root.join("artifacts");
+    let run = || {
+        let out = common::output_leaving_nothing(
+            common::vmcheck_run_in(root)
+                .env("TEST_OS", "busybox")
+                .env("PATH", common::path_with_vmcheck())
+                .arg("--artifacts")
+                .arg(&artifacts),
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let tap = run();
+    // No reference: both fail at once (not retried), the new images kept.
+    assert!(!tap.contains("RETRY"), "{tap}");
+    assert!(tap.contains("no reference image"), "{tap}");
+    let new = artifacts.join("TestPixels.testSame/attempt-1/test/box-pixels.png");
+    let reference = root.join("test/reference/box-pixels.png");
+    std::fs::create_dir_all(reference.parent().unwrap()).unwrap();
+    std::fs::copy(&new, &reference).unwrap();
+    let tap = run();
+    let line = |t: &str| {
+        tap.lines()
+            .find(|l| l.ends_with(&format!("TestPixels.{t} (0.9GB)")))
+            .unwrap_or_else(|| panic!("{t}: {tap}"))
+            .to_string()
+    };
+    assert!(line("testSame").starts_with("ok "), "{tap}");
+    assert!(line("testChanged").starts_with("not ok "), "{tap}");
+    assert!(!tap.contains("RETRY"), "{tap}");
+    assert!(tap.contains("1200 pixels differ from"), "{tap}");
+    assert!(tap.contains("not retried: PixelsError"), "{tap}");
+    let diff = artifacts.join("TestPixels.testChanged/attempt-1/test/box-pixels.diff.png");
+    assert!(std::fs::read(&diff).unwrap().starts_with(b"\x89PNG"));
 }

@@ -43,12 +43,9 @@ if __name__ == "__main__":
 
 #[test]
 fn forwarded_ports_reach_the_guest_from_the_host() {
-    let dir = common::busybox_project_with("check-web", CHECK);
+    let dir = common::busybox_project_with_executable("check-pyweb", PYTHON);
     let root = dir.path();
-    let py = root.join("test/verify/check-pyweb");
-    std::fs::write(&py, PYTHON).unwrap();
-    let mode = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755);
-    std::fs::set_permissions(&py, mode).unwrap();
+    std::fs::write(root.join("test/verify/check-web"), CHECK).unwrap();
     let events = root.join("events.jsonl");
     let out = common::output_leaving_nothing(
         common::vmcheck_run_in(root)

@@ -446,7 +446,7 @@ fn placement() -> impl Strategy<Value = Placement> {
 fn outcome() -> impl Strategy<Value = AttemptOutcome> {
     prop_oneof![
         Just(AttemptOutcome::Passed),
-        any_text(8).prop_map(|status| AttemptOutcome::Failed { status }),
+        any_text(8).prop_map(AttemptOutcome::failed),
         any_text(8).prop_map(|reason| AttemptOutcome::Skipped { reason }),
         millis().prop_map(|after| AttemptOutcome::TimedOut { after }),
         prop::collection::vec(any_text(8), 0..3)

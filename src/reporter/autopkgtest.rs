@@ -78,7 +78,7 @@ impl Summary {
             | Verdict::UnexpectedPass { .. } => format!(
                 "FAIL {}",
                 match last {
-                    Some(AttemptOutcome::Failed { status }) => status.clone(),
+                    Some(AttemptOutcome::Failed { status, .. }) => status.clone(),
                     Some(AttemptOutcome::TimedOut { .. }) => "timed out".into(),
                     Some(AttemptOutcome::UnexpectedMessages { .. }) => {
                         "unexpected journal messages".into()
@@ -168,9 +168,7 @@ mod tests {
     use super::*;
 
     fn failed(status: &str) -> AttemptOutcome {
-        AttemptOutcome::Failed {
-            status: status.into(),
-        }
+        AttemptOutcome::failed(status)
     }
 
     fn skipped(reason: &str) -> Verdict {

@@ -473,14 +473,7 @@ mod tests {
                 test: tests[0].clone(),
                 placement: Placement::Own,
                 verdict: Verdict::Failed,
-                attempts: vec![attempt(
-                    1,
-                    AttemptOutcome::Failed {
-                        status: evil.into(),
-                    },
-                    evil,
-                    1000,
-                )],
+                attempts: vec![attempt(1, AttemptOutcome::failed(evil), evil, 1000)],
             },
             Event::RunFinished {
                 stats: Default::default(),

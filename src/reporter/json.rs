@@ -114,9 +114,7 @@ mod tests {
         };
         let report = |attempt| AttemptReport {
             attempt,
-            outcome: AttemptOutcome::Failed {
-                status: "exit code 1".into(),
-            },
+            outcome: AttemptOutcome::failed("exit code 1"),
             output: "UNIQUE-OUTPUT\n".into(),
             duration: Default::default(),
             machines: vec![],

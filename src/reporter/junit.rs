@@ -331,9 +331,7 @@ mod tests {
     }
 
     fn failed() -> AttemptOutcome {
-        AttemptOutcome::Failed {
-            status: "exit code 1".into(),
-        }
+        AttemptOutcome::failed("exit code 1")
     }
 
     #[test]

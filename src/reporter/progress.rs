@@ -499,9 +499,7 @@ mod tests {
             run: None,
         })
         .unwrap();
-        let failed = attempt(AttemptOutcome::Failed {
-            status: "exit code 1".into(),
-        });
+        let failed = attempt(AttemptOutcome::failed("exit code 1"));
         r.report(&Event::AttemptRetry {
             test: info("TestA.a"),
             placement: Placement::Own,
@@ -542,9 +540,7 @@ mod tests {
             ),
             "   FAIL [   1.2s] TestA.a (a todo test passed: bug 7)"
         );
-        let failed = AttemptOutcome::Failed {
-            status: "exit code 1".into(),
-        };
+        let failed = AttemptOutcome::failed("exit code 1");
         assert_eq!(
             line(
                 Verdict::KnownElsewhere {

@@ -493,9 +493,7 @@ mod tests {
                 placement: Placement::Own,
                 verdict: Verdict::Failed,
                 attempts: vec![attempt(
-                    AttemptOutcome::Failed {
-                        status: "soak event check #3 failed".into(),
-                    },
+                    AttemptOutcome::failed("soak event check #3 failed"),
                     9,
                     "t1",
                 )],
@@ -548,9 +546,7 @@ mod tests {
                 placement: Placement::Own,
                 verdict: Verdict::Failed,
                 attempts: vec![attempt(
-                    AttemptOutcome::Failed {
-                        status: "exit code 1".into(),
-                    },
+                    AttemptOutcome::failed("exit code 1"),
                     7,
                     "t2-machine1",
                 )],
@@ -596,9 +592,7 @@ mod tests {
     fn repeated_tests_give_their_passes_out_of_their_runs_and_rerun_once() {
         let mut out = Vec::new();
         let mut r = SummaryReporter::new(&mut out, argv("vmcheck run --exact"));
-        let failed = || AttemptOutcome::Failed {
-            status: "exit code 1".into(),
-        };
+        let failed = || AttemptOutcome::failed("exit code 1");
         let mut events = Vec::new();
         for (i, (name, pass)) in [
             ("TestA.a[repeat=1]", true),
@@ -664,9 +658,7 @@ mod tests {
             let outcome = if *ok {
                 AttemptOutcome::Passed
             } else {
-                AttemptOutcome::Failed {
-                    status: "exit code 1".into(),
-                }
+                AttemptOutcome::failed("exit code 1")
             };
             r.report(&Event::TestFinished {
                 test: info(i + 1, name),

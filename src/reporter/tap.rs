@@ -350,9 +350,7 @@ mod tests {
     fn retries_are_comments_and_numbers_follow_emission() {
         let a = info("TestA.testOne", true);
         let b = info("TestB.testTwo", false);
-        let failed = AttemptOutcome::Failed {
-            status: "exit code 1".into(),
-        };
+        let failed = AttemptOutcome::failed("exit code 1");
         let text = render(&[
             Event::RunStarted {
                 test_os: "busybox".into(),
@@ -415,7 +413,7 @@ mod tests {
             }]);
             text.lines().last().unwrap().to_string()
         };
-        let failed = AttemptOutcome::Failed { status: "x".into() };
+        let failed = AttemptOutcome::failed("x");
         assert_eq!(
             fin(
                 Verdict::Skipped {
@@ -476,7 +474,7 @@ mod tests {
             Event::AttemptRetry {
                 test: t.clone(),
                 placement: Placement::Own,
-                report: report(1, AttemptOutcome::Failed { status: "x".into() }, hostile),
+                report: report(1, AttemptOutcome::failed("x"), hostile),
                 retry: 1,
                 reason: "r\rok 12 forged".into(),
             },
@@ -486,11 +484,7 @@ mod tests {
                 verdict: Verdict::Error {
                     message: "boom\rok 13 forged".into(),
                 },
-                attempts: vec![report(
-                    1,
-                    AttemptOutcome::Failed { status: "x".into() },
-                    hostile,
-                )],
+                attempts: vec![report(1, AttemptOutcome::failed("x"), hostile)],
             },
         ]);
         for line in text.split([
@@ -510,7 +504,7 @@ mod tests {
     #[test]
     fn the_attempt_line_follows_the_attempt_not_the_verdict() {
         let t = info("TestA.testOne", false);
-        let failed = AttemptOutcome::Failed { status: "x".into() };
+        let failed = AttemptOutcome::failed("x");
         let text = render(&[Event::TestFinished {
             test: t.clone(),
             placement: Placement::Own,

@@ -74,9 +74,7 @@ fn finished(name: &str, verdict: Verdict, attempts: Vec<AttemptReport>) -> Event
 }
 
 fn failed() -> AttemptOutcome {
-    AttemptOutcome::Failed {
-        status: "exit code 1".into(),
-    }
+    AttemptOutcome::failed("exit code 1")
 }
 
 fn harness() -> AttemptOutcome {

@@ -570,9 +570,7 @@ async fn run_bodies(
                         "vmcheck: the test failed in {} ({status})",
                         machines[0].name
                     ));
-                    return AttemptOutcome::Failed {
-                        status: status.to_string(),
-                    };
+                    return AttemptOutcome::failed(status.to_string());
                 }
             },
             Err(e) => return guest_error(e, test.timeout, log),

@@ -54,9 +54,7 @@ pub(super) async fn run(
 ) -> AttemptOutcome {
     if let Some(why) = &test.badpkg {
         log.note(&format!("vmcheck: badpkg: {why}"));
-        return AttemptOutcome::Failed {
-            status: format!("badpkg: {why}"),
-        };
+        return AttemptOutcome::failed(format!("badpkg: {why}"));
     }
     let left = || deadline.saturating_duration_since(Instant::now());
     if let Err(outcome) = prepare(machine, test, log, left(), timeout).await {
@@ -67,9 +65,7 @@ pub(super) async fn run(
             Ok(None) => {}
             Ok(Some(why)) => {
                 log.note(&format!("vmcheck: badpkg: {why}"));
-                return AttemptOutcome::Failed {
-                    status: format!("badpkg: {why}"),
-                };
+                return AttemptOutcome::failed(format!("badpkg: {why}"));
             }
             Err(e) => return guest_error(e, timeout, log),
         }
@@ -168,7 +164,7 @@ fn verdict(test: &AptTest, status: ExitStatus, stderr: &[u8], log: &Log) -> Atte
             reason: format!("FLAKY {failure}"),
         };
     }
-    AttemptOutcome::Failed { status: failure }
+    AttemptOutcome::failed(failure)
 }
 
 /// Copy the source tree in, create the normal user (with sudo for `needs-sudo`) and the
@@ -366,7 +362,7 @@ mod tests {
     fn verdicts_are_autopkgtests() {
         let dir = tempfile::tempdir().unwrap();
         let log = Log::new(&dir.path().join("output.txt"), std::sync::Arc::new(|_| {}));
-        let fail = |s: &str| AttemptOutcome::Failed { status: s.into() };
+        let fail = |s: &str| AttemptOutcome::failed(s);
         let skip = |s: &str| AttemptOutcome::Skipped { reason: s.into() };
         let plain: fn(&mut Behaviour) = |_| {};
         type Case = (fn(&mut Behaviour), u32, &'static str, AttemptOutcome);

@@ -81,6 +81,9 @@ pub(super) struct Granted {
 /// The file a test writes a reason into to report an infrastructure failure (Bazel's
 /// `TEST_INFRASTRUCTURE_FAILURE_FILE`), under the attempt's host directory.
 const INFRASTRUCTURE_FAILURE_FILE: &str = "infrastructure-failure";
+/// The file a failing test writes a reason into when its failure is not to be retried (a
+/// pixel test's), under the attempt's host directory.
+const FINAL_FAILURE_FILE: &str = "final-failure";
 /// Most of that file that is read.
 const INFRASTRUCTURE_REASON_LIMIT: u64 = 4096;
 
@@ -169,7 +172,8 @@ fn command(
     cmd.env(
         "VMCHECK_INFRASTRUCTURE_FAILURE_FILE",
         dir.join(INFRASTRUCTURE_FAILURE_FILE),
-    );
+    )
+    .env("VMCHECK_FINAL_FAILURE_FILE", dir.join(FINAL_FAILURE_FILE));
     // Where the test may leave files of its own (screenshots): kept with the attempt's
     // artifacts (which a passing attempt's are not, unless --keep-artifacts).
     cmd.env(
@@ -180,11 +184,15 @@ fn command(
     Ok(cmd)
 }
 
-/// The reason a test wrote into its infrastructure-failure file, if it did (one line,
-/// bounded).
+/// The reason a test wrote into its infrastructure-failure (or final-failure) file, if it
+/// did (one line, bounded).
 fn infrastructure_failure(dir: &Path) -> Option<String> {
+    reason_in(&dir.join(INFRASTRUCTURE_FAILURE_FILE))
+}
+
+fn reason_in(path: &Path) -> Option<String> {
     use std::io::Read;
-    let file = std::fs::File::open(dir.join(INFRASTRUCTURE_FAILURE_FILE)).ok()?;
+    let file = std::fs::File::open(path).ok()?;
     let mut bytes = Vec::new();
     file.take(INFRASTRUCTURE_REASON_LIMIT)
         .read_to_end(&mut bytes)
@@ -373,11 +381,16 @@ pub(super) async fn run_host(
                     HostProgram::Script(_) => ("host script", "the host script failed"),
                     HostProgram::CheckFile(_) => ("test", "the test failed"),
                 };
+                let final_because = reason_in(&dir.path().join(FINAL_FAILURE_FILE));
+                let not_retried = final_because
+                    .as_deref()
+                    .map_or(String::new(), |r| format!("; not retried: {r}"));
                 (
                     AttemptOutcome::Failed {
                         status: format!("{status}: {s}"),
+                        final_because,
                     },
-                    Some(format!("vmcheck: {note} ({s})")),
+                    Some(format!("vmcheck: {note} ({s}){not_retried}")),
                 )
             }
         },

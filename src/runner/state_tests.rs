@@ -82,9 +82,7 @@ fn passed() -> AttemptReport {
 }
 
 fn failed() -> AttemptReport {
-    report(AttemptOutcome::Failed {
-        status: "exit code 1".into(),
-    })
+    report(AttemptOutcome::failed("exit code 1"))
 }
 
 fn booted(machine: M) -> Result<Booted<M>, String> {

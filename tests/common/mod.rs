@@ -507,6 +507,14 @@ pub fn busybox_project_with(name: &str, check: &str) -> tempfile::TempDir {
     dir
 }
 
+/// A busybox project whose `test/verify/<name>` is the executable check file `text`.
+pub fn busybox_project_with_executable(name: &str, text: &str) -> tempfile::TempDir {
+    let dir = busybox_project_with(name, text);
+    let mode = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755);
+    std::fs::set_permissions(dir.path().join("test/verify").join(name), mode).unwrap();
+    dir
+}
+
 /// `vmcheck --project-dir ROOT run`, with the progress display left to the caller.
 pub fn vmcheck_run_in(root: &Path) -> std::process::Command {
     let mut cmd = vmcheck();

@@ -170,7 +170,9 @@ pub(super) async fn on_host(run: OnHost<'_, '_>) -> (Ended, Vec<String>) {
         AttemptOutcome::TimedOut { after } => {
             Ended::not_run("timed-out", &format!("after {}s", after.as_secs()))
         }
-        AttemptOutcome::Failed { status } => Ended::failed(status, tail(output.as_bytes(), b"")),
+        AttemptOutcome::Failed { status, .. } => {
+            Ended::failed(status, tail(output.as_bytes(), b""))
+        }
         AttemptOutcome::Harness { message, .. } => {
             Ended::failed(message, tail(output.as_bytes(), b""))
         }

@@ -584,19 +584,17 @@ impl<'a, 'm> State<'a, 'm> {
                     1 => String::new(),
                     n => format!(" (and {} more)", n - 1),
                 };
-                AttemptOutcome::Failed {
-                    status: format!(
-                        "soak event {} #{} {}{}{more}",
-                        first.name,
-                        first.run,
-                        first.outcome,
-                        if first.detail.is_empty() {
-                            String::new()
-                        } else {
-                            format!(" ({})", first.detail)
-                        }
-                    ),
-                }
+                AttemptOutcome::failed(format!(
+                    "soak event {} #{} {}{}{more}",
+                    first.name,
+                    first.run,
+                    first.outcome,
+                    if first.detail.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", first.detail)
+                    }
+                ))
             }
         }
     }
