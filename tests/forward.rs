@@ -16,6 +16,23 @@ case "$VMCHECK_MACHINE1_PORT_80" in 127.0.0.1:*) ;; *) exit 1;; esac
 test -n "$VMCHECK_MACHINE1_PORT_8080"
 python3 -c 'import sys, urllib.request; print(urllib.request.urlopen("http://" + sys.argv[1] + "/").read().decode())' "$VMCHECK_MACHINE1_PORT_80"
 '''
+
+# Nondestructive tests whose shared machine forwards a port: they share it.
+[TestShared]
+nondestructive = true
+provision.machine1 = { forward = [80] }
+
+[TestShared.testOne]
+run = "mkdir -p /www && cat /proc/sys/kernel/random/boot_id > /www/index.html && (pidof httpd >/dev/null || httpd -p 80 -h /www)"
+host = '''
+python3 -c 'import sys, urllib.request; print("shared:", urllib.request.urlopen("http://" + sys.argv[1] + "/").read().decode())' "$VMCHECK_MACHINE1_PORT_80"
+'''
+
+[TestShared.testTwo]
+run = "mkdir -p /www && cat /proc/sys/kernel/random/boot_id > /www/index.html && (pidof httpd >/dev/null || httpd -p 80 -h /www)"
+host = '''
+python3 -c 'import sys, urllib.request; print("shared:", urllib.request.urlopen("http://" + sys.argv[1] + "/").read().decode())' "$VMCHECK_MACHINE1_PORT_80"
+'''
 "#;
 
 const PYTHON: &str = r#"#!/usr/bin/python3 -cimport os,shutil,sys;v=shutil.which("vmcheck") or sys.exit(sys.argv[1]+": vmcheck is not on PATH");os.execv(v,[v,"python",*sys.argv[1:]])
@@ -51,7 +68,7 @@ fn forwarded_ports_reach_the_guest_from_the_host() {
         common::vmcheck_run_in(root)
             .env("TEST_OS", "busybox")
             .env("PATH", common::path_with_vmcheck())
-            .arg("--events")
+            .args(["-j", "1", "--events"])
             .arg(&events),
     );
     let tap = String::from_utf8_lossy(&out.stdout);
@@ -63,4 +80,12 @@ fn forwarded_ports_reach_the_guest_from_the_host() {
         stream.contains("error: machine1: port 9090 is not forwarded (forwarded: 80;"),
         "{stream}"
     );
+    // The two nondestructive tests reached the same shared machine (one boot id).
+    let ids: std::collections::BTreeSet<&str> = stream
+        .split("shared: ")
+        .skip(1)
+        .map(|rest| &rest[..36])
+        .collect();
+    assert_eq!(ids.len(), 1, "{stream}");
+    assert_eq!(stream.matches("shared: ").count(), 2, "{stream}");
 }

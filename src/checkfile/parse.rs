@@ -389,7 +389,9 @@ impl Walk<'_> {
                 provision_key,
                 format!(
                     "'provision' conflicts with 'nondestructive = true' (line {line}) for {}: \
-                     nondestructive tests run on shared machines and cannot provision their own",
+                     nondestructive tests run on shared machines and cannot provision their own \
+                     (they may only have machine1 forward ports: provision.machine1 = \
+                     {{ forward = [9090] }})",
                     test_list(&tests)
                 ),
             );
@@ -558,10 +560,17 @@ fn check_cross_level(
     else {
         return;
     };
+    // A shared machine may forward ports: `provision.machine1 = { forward = [9090] }` alone
+    // is what a nondestructive test may ask of its machine.
+    let forwards_only = matches!(machines.as_slice(), [m] if !m.forward.is_empty() && MachineReq {
+        forward: m.forward.clone(),
+        ..MachineReq::default_machine()
+    } == MachineReq { image_at: None, ..m.clone() });
     if let Some(Slot::Set {
         value: true,
         key: nondestructive_key,
     }) = levels.pick(|s| &s.nondestructive)
+        && !forwards_only
     {
         nondestructive_provision
             .entry((provision_key.start, nondestructive_key.start))
@@ -672,6 +681,14 @@ vm reboot machine2
                 format!("{}:{}: {}", e.line, e.col, e.message)
             })
             .collect()
+    }
+
+    #[test]
+    fn a_nondestructive_test_may_have_its_shared_machine_forward_ports() {
+        let text = "[TestA.testB]\nnondestructive = true\nprovision.machine1 = { forward = [80] }\nhost = 'x'\n";
+        let tests = parse_file(Path::new("check-a"), text).unwrap();
+        assert!(tests[0].nondestructive);
+        assert_eq!(tests[0].provision[0].forward, [80]);
     }
 
     #[test]
@@ -981,11 +998,11 @@ memory = 1024
             // nondestructive with provision, on the resolved test, once per pair of keys.
             (
                 "[TestA.testB]\nnondestructive = true\nprovision.machine1 = {}\nrun = 'x'\n",
-                vec!["3:1: 'provision' conflicts with 'nondestructive = true' (line 2) for test TestA.testB: nondestructive tests run on shared machines and cannot provision their own".into()],
+                vec!["3:1: 'provision' conflicts with 'nondestructive = true' (line 2) for test TestA.testB: nondestructive tests run on shared machines and cannot provision their own (they may only have machine1 forward ports: provision.machine1 = { forward = [9090] })".into()],
             ),
             (
                 "nondestructive = true\n[TestA]\nprovision.machine1 = {}\n[TestA.testB]\nrun = 'x'\n[TestA.testC]\nhost = 'x'\n[TestA.testD]\nhost = 'x'\nnondestructive = false\n",
-                vec!["3:1: 'provision' conflicts with 'nondestructive = true' (line 1) for tests TestA.testB, TestA.testC: nondestructive tests run on shared machines and cannot provision their own".into()],
+                vec!["3:1: 'provision' conflicts with 'nondestructive = true' (line 1) for tests TestA.testB, TestA.testC: nondestructive tests run on shared machines and cannot provision their own (they may only have machine1 forward ports: provision.machine1 = { forward = [9090] })".into()],
             ),
             // run needs machine1.
             (

@@ -132,6 +132,7 @@ impl<'r> Dispatcher<'r> {
             cpus: cfg.nd_cpus,
             layer: None,
             isolated: false,
+            forward: Vec::new(),
         });
         let specs = plan
             .tests
@@ -441,7 +442,7 @@ async fn boot_global(
         cold_boot: ctx.cold_boot,
         layer: pool.layer,
         revive: None,
-        forward: Vec::new(),
+        forward: pool.forward,
     };
     let mut vm = VirtualMachine::start(host, spec).await?;
     vm.wait_boot(ctx.boot_timeout, &ctx.cancel).await?;

@@ -29,6 +29,8 @@ pub struct Pool {
     pub layer: Option<Arc<Layer>>,
     /// Its NIC reaches nothing outside (see `MachineSpec::isolated`).
     pub isolated: bool,
+    /// Guest ports it forwards to the host (nondestructive tests that ask for them).
+    pub forward: Vec<u16>,
 }
 
 /// The pools of a run, by index: `[0]` is the usual one.
@@ -52,8 +54,14 @@ impl Pools {
                     cpus: m.cpus,
                     layer,
                     isolated,
+                    forward: Vec::new(),
                 }
             }
+            (_, Some(m)) if !m.forward.is_empty() => Pool {
+                os: os.to_owned(),
+                forward: m.forward.clone(),
+                ..self.0[0].clone()
+            },
             _ if os == self.0[0].os => return 0,
             _ => Pool {
                 os: os.to_owned(),
@@ -90,6 +98,7 @@ mod tests {
             cpus: 1,
             layer: None,
             isolated: false,
+            forward: Vec::new(),
         };
         let mut pools = Pools::new(usual.clone());
         let def = TestDef::sample("check-a", "TestA.testB");
@@ -105,5 +114,11 @@ mod tests {
             }
         );
         assert_eq!(pools.iter().count(), 2);
+        // Tests whose shared machine forwards ports have a pool of their own.
+        let mut web = TestDef::sample("check-a", "TestA.testWeb");
+        web.provision[0].forward = vec![9090];
+        assert_eq!(pools.of(&web, "busybox"), 2);
+        assert_eq!(pools.get(2).forward, [9090]);
+        assert_eq!(pools.of(&web, "busybox"), 2);
     }
 }
