@@ -358,9 +358,14 @@ class MachineCase(unittest.TestCase):
         if self._browser is None:
             import browser
 
-            forwarded = self.machine._forwards.get(str(self.web_port))
+            # `--browser HOST:PORT` names an existing machine's web interface.
+            address = (os.environ.get("VMCHECK_BROWSER")
+                       or self.machine._forwards.get(str(self.web_port)))
+            if address is None:
+                raise Error(f"{self.machine.name} does not forward web_port {self.web_port}: "
+                            f"add it to provision's \"forward\" (or give --browser HOST:PORT)")
             artifacts = os.environ.get("VMCHECK_ARTIFACTS") or os.getcwd()
-            self._browser = browser.Browser(forwarded, artifacts=artifacts)
+            self._browser = browser.Browser(address, artifacts=artifacts)
         return self._browser
 
     def allow_browser_errors(self, *patterns):

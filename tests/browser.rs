@@ -219,3 +219,76 @@ fn pixel_tests_compare_with_a_committed_reference() {
     let diff = artifacts.join("TestPixels.testChanged/attempt-1/test/box-pixels.diff.png");
     assert!(std::fs::read(&diff).unwrap().starts_with(b"\x89PNG"));
 }
+
+const ELSEWHERE: &str = r##"#!/usr/bin/python3 -cimport os,shutil,sys;v=shutil.which("vmcheck") or sys.exit(sys.argv[1]+": vmcheck is not on PATH");os.execv(v,[v,"python",*sys.argv[1:]])
+import testlib
+
+
+class TestElsewhere(testlib.MachineCase):
+    def testOpen(self):
+        self.browser.open("/page.html")
+        self.browser.wait_text("#where", "the host's server")
+
+
+if __name__ == "__main__":
+    testlib.test_main()
+"##;
+
+/// `--browser HOST:PORT`: the browser opens that web address (here a server on the host)
+/// instead of the machine's forwarded port; without either, the test says what is missing.
+#[test]
+fn browser_names_the_web_address_of_another_machine() {
+    let dir = common::busybox_project_with_executable("check-elsewhere", ELSEWHERE);
+    let root = dir.path();
+    let www = root.join("www");
+    std::fs::create_dir(&www).unwrap();
+    std::fs::write(
+        www.join("page.html"),
+        r#"<!DOCTYPE html><p id="where">the host's server</p>"#,
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = std::process::Command::new("python3")
+        .args(["-m", "http.server", "--bind", "127.0.0.1", "--directory"])
+        .arg(&www)
+        .arg(port.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(common::eventually(30, || std::net::TcpStream::connect((
+        "127.0.0.1",
+        port
+    ))
+    .is_ok()));
+    let run = |extra: &[&str]| {
+        let out = common::output_leaving_nothing(
+            common::vmcheck_run_in(root)
+                .env("TEST_OS", "busybox")
+                .env("PATH", common::path_with_vmcheck())
+                .arg("--no-retry-fail")
+                .args(extra),
+        );
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, tap) = run(&["--browser", &format!("127.0.0.1:{port}")]);
+    assert_eq!(code, Some(exit_codes::OK), "{tap}");
+    let (code, tap) = run(&[]);
+    server.kill().unwrap();
+    let _ = server.wait();
+    assert_eq!(code, Some(exit_codes::TESTS_FAILED), "{tap}");
+    assert!(
+        tap.contains("machine1 does not forward web_port 9090"),
+        "{tap}"
+    );
+    // A bad address is a usage error before anything starts.
+    let (code, _) = run(&["--browser", "http://x"]);
+    assert_eq!(code, Some(exit_codes::INPUT_ERROR));
+}

@@ -154,6 +154,10 @@ pub struct RunArgs {
     /// User to log in as on --machine hosts.
     #[arg(long, default_value = "root", requires = "machine")]
     pub user: String,
+    /// The web address browser tests open (Cockpit's --browser): an existing machine's
+    /// web interface, instead of the first machine's forwarded web port.
+    #[arg(long, value_name = "HOST:PORT", value_parser = web_address)]
+    pub browser: Option<String>,
     /// Directory of check files [default: test/verify in the project].
     #[arg(long, env = "TEST_DIR", value_name = "DIR")]
     pub test_dir: Option<PathBuf>,
@@ -466,6 +470,21 @@ pub struct SitArgs {
     /// Seconds the command given with -e may run.
     #[arg(long, default_value_t = 600, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: u64,
+}
+
+/// `--browser HOST:PORT`: a host name or address (IPv6 in brackets) and a port.
+fn web_address(s: &str) -> Result<String, String> {
+    let bad = || format!("expected HOST:PORT (127.0.0.1:9090, [::1]:9090, name:9090), found {s:?}");
+    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    let host_ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '[' | ']' | ':'))
+        && (!host.contains(':') || (host.starts_with('[') && host.ends_with(']')));
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 && host_ok => Ok(s.to_owned()),
+        _ => Err(bad()),
+    }
 }
 
 /// `--soak-scale F`: a finite number in (0, 1000].

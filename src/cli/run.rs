@@ -442,6 +442,7 @@ pub async fn run(
         artifacts_dir: artifacts_dir.clone(),
         keep_artifacts: args.keep_artifacts,
         keep_failed_machines: args.keep_failed_machines,
+        browser: args.browser.clone(),
         vmcheck_exe: std::env::current_exe()
             .map_err(|e| CliError::Usage(format!("cannot find the vmcheck binary: {e}")))?,
         workdir: root.clone(),

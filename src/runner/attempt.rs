@@ -47,6 +47,8 @@ pub struct AttemptContext {
     pub keep_artifacts: bool,
     /// Save a failed attempt's machines into its artifacts (`--keep-failed-machines`).
     pub keep_failed_machines: bool,
+    /// The web address browser tests open (`--browser HOST:PORT`).
+    pub browser: Option<String>,
     /// This vmcheck binary, run as the `vm` helper of host scripts.
     pub vmcheck_exe: PathBuf,
     /// Working directory of host scripts.

@@ -174,6 +174,9 @@ fn command(
         dir.join(INFRASTRUCTURE_FAILURE_FILE),
     )
     .env("VMCHECK_FINAL_FAILURE_FILE", dir.join(FINAL_FAILURE_FILE));
+    if let Some(address) = &ctx.browser {
+        cmd.env("VMCHECK_BROWSER", address);
+    }
     // Where the test may leave files of its own (screenshots): kept with the attempt's
     // artifacts (which a passing attempt's are not, unless --keep-artifacts).
     cmd.env(
