@@ -3,6 +3,26 @@
 //! The flow is one-way: images and machines (this crate's foundation) are driven by the
 //! runner; the CLI in `src/cli/` only turns arguments into calls on these modules.
 
+/// A line on stderr, as `eprintln!` writes it, except that a closed or full stderr (a
+/// reader that went away) is not a reason to panic: vmcheck's messages there are for
+/// people, and its exit code still says how it ended.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
+/// `say!` without the line end (as `eprint!`).
+#[macro_export]
+macro_rules! say_raw {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 pub mod affected;
 pub mod autopkgtest;
 pub mod builtin;

@@ -110,7 +110,7 @@ pub fn at_forced_exit(hook: impl Fn() + Send + Sync + 'static) {
 }
 
 fn forced_exit() -> ! {
-    eprintln!("vmcheck: second signal, exiting now");
+    crate::say!("vmcheck: second signal, exiting now");
     for hook in FORCED_EXIT_HOOKS
         .lock()
         .unwrap_or_else(|e| e.into_inner())

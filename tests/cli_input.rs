@@ -316,3 +316,17 @@ fn a_hung_listing_is_stopped_and_named() {
         "the listing's children are killed: {left:?}"
     );
 }
+
+/// A stderr whose reader went away (a broken pipe) does not turn an error into a panic:
+/// the exit code still says what happened.
+#[test]
+fn a_broken_stderr_keeps_the_exit_code() {
+    let (read, write) = nix::unistd::pipe().unwrap();
+    drop(read);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vmcheck"))
+        .args(["run", "--html", "/etc/hostname"])
+        .stderr(std::process::Stdio::from(write))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(exit_codes::INPUT_ERROR), "{out:?}");
+}

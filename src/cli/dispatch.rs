@@ -34,7 +34,7 @@ pub fn main() -> i32 {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("vmcheck: cannot start the async runtime: {e}");
+            vmcheck::say!("vmcheck: cannot start the async runtime: {e}");
             return exit_codes::INFRASTRUCTURE;
         }
     };
@@ -45,11 +45,11 @@ pub fn main() -> i32 {
         Ok(code) => code,
         Err(e @ (CliError::CheckFiles(_) | CliError::Naughty(_))) => {
             // One `path:line: message` per problem, as compilers print them.
-            eprintln!("{e}");
+            vmcheck::say!("{e}");
             e.process_exit_code()
         }
         Err(e) => {
-            eprintln!("vmcheck: error: {e}");
+            vmcheck::say!("vmcheck: error: {e}");
             e.process_exit_code()
         }
     }
@@ -249,7 +249,7 @@ async fn image_build(
         names
     };
     for name in names {
-        eprintln!("vmcheck: building image {name} ...");
+        vmcheck::say!("vmcheck: building image {name} ...");
         let (catalog, cancel) = (catalog.clone(), cancel.clone());
         let image = tokio::task::spawn_blocking(move || catalog.build(&name, &cancel, verbose))
             .await
@@ -295,7 +295,7 @@ async fn vm_run(
         forward: Vec::new(),
     };
     if verbose {
-        eprintln!(
+        vmcheck::say!(
             "vmcheck: booting {} ({}, {} CPU) ...",
             spec.image.short_id(),
             host.accel.as_str(),
@@ -502,23 +502,23 @@ fn vm_ctl(args: &[String]) -> i32 {
     let request = match control::parse_args(args) {
         Ok(r) => r,
         Err(usage) => {
-            eprintln!("vm: {usage}");
+            vmcheck::say!("vm: {usage}");
             return exit_codes::INPUT_ERROR;
         }
     };
     let Some(socket) = std::env::var_os("VMCHECK_CONTROL") else {
-        eprintln!("vm: VMCHECK_CONTROL is not set: vm works only inside a test's host script");
+        vmcheck::say!("vm: VMCHECK_CONTROL is not set: vm works only inside a test's host script");
         return exit_codes::INPUT_ERROR;
     };
     match control::call(std::path::Path::new(&socket), &request) {
         Ok(r) => {
             print!("{}", r.stdout);
-            eprint!("{}", r.stderr);
+            vmcheck::say_raw!("{}", r.stderr);
             let _ = std::io::stdout().flush();
             r.exit
         }
         Err(e) => {
-            eprintln!("vm: cannot reach the runner: {e}");
+            vmcheck::say!("vm: cannot reach the runner: {e}");
             255
         }
     }

@@ -164,7 +164,7 @@ pub fn hunt(root: &Path, h: &Hunt) -> Result<i32, CliError> {
         clean_only: true,
     };
     let mut worktree = Worktree::new(root, &project)?;
-    eprintln!(
+    vmcheck::say!(
         "vmcheck: hunting in {} commits ({}..{}) for the change in {}'s failure rate on {test_os}, {} runs a probe",
         line.len(),
         short(&line[0]),
@@ -200,7 +200,7 @@ pub fn hunt(root: &Path, h: &Hunt) -> Result<i32, CliError> {
             .collect())
     };
     let mut probe = |i: usize, tallies: &[Tally]| -> Result<(), CliError> {
-        eprintln!(
+        vmcheck::say!(
             "vmcheck: probing {} ({runs} runs; {} failed of {} so far) ...",
             short(&line[i]),
             tallies[i].failures,

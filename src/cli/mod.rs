@@ -28,6 +28,6 @@ pub fn stdout_failed(e: std::io::Error) -> ! {
     if e.kind() == std::io::ErrorKind::BrokenPipe {
         std::process::exit(vmcheck::exit_codes::OK);
     }
-    eprintln!("vmcheck: error: writing to stdout: {e}");
+    vmcheck::say!("vmcheck: error: writing to stdout: {e}");
     std::process::exit(vmcheck::exit_codes::INFRASTRUCTURE);
 }

@@ -155,7 +155,7 @@ pub fn results(cmd: &ResultsCommand) -> Result<i32, CliError> {
             }
             let path = store::path_of(results_db.as_deref());
             let done = import(&path, &streams).map_err(|e| CliError::Usage(e.to_string()))?;
-            eprintln!(
+            vmcheck::say!(
                 "vmcheck: {} into {}: {} new run(s), {} attempt(s){}",
                 if done.runs > 0 {
                     "imported"
@@ -231,7 +231,7 @@ pub fn naughty_stale(
         Window::Runs(n) => format!("in the last {n} runs of its OS"),
         Window::Since(_) => format!("in the last {} days", days.unwrap_or(STALE_DAYS)),
     };
-    eprintln!(
+    vmcheck::say!(
         "vmcheck: {stale} of {} known issues matched nothing {how} ({})",
         db.len(),
         path.display()
@@ -291,7 +291,7 @@ pub fn stats(args: &StatsArgs) -> Result<i32, CliError> {
         return Ok(exit_codes::OK);
     }
     if tests.is_empty() {
-        eprintln!(
+        vmcheck::say!(
             "vmcheck: no results{} in {}",
             match &query.project {
                 Some(p) => format!(" of project {p}"),
@@ -339,7 +339,7 @@ fn by_commit(
         return Ok(exit_codes::OK);
     }
     if rows.is_empty() {
-        eprintln!("vmcheck: no results of {test}");
+        vmcheck::say!("vmcheck: no results of {test}");
         return Ok(exit_codes::OK);
     }
     out!("{test}: failure rate at each commit, oldest first");

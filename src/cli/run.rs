@@ -165,7 +165,7 @@ pub async fn run(
         }
     };
     for f in &found.ignored {
-        eprintln!(
+        vmcheck::say!(
             "vmcheck: warning: ignoring {}: an editor backup, not a check file",
             f.strip_prefix(&root).unwrap_or(f).display()
         );
@@ -186,7 +186,7 @@ pub async fn run(
         None => match (checkfile::load(&found.files, &root), found.unusable) {
             (Ok(loaded), unusable) if unusable.is_empty() => {
                 for w in &loaded.warnings {
-                    eprintln!("vmcheck: warning: {w}");
+                    vmcheck::say!("vmcheck: warning: {w}");
                 }
                 loaded.tests
             }
@@ -223,7 +223,7 @@ pub async fn run(
             let changed = vmcheck::affected::changed_files(&root, base).map_err(CliError::Usage)?;
             let a = vmcheck::affected::affected(&tests, &changed, args.pkg_rule);
             for note in &a.notes {
-                eprintln!("vmcheck: {note}");
+                vmcheck::say!("vmcheck: {note}");
             }
             a
         }
@@ -259,7 +259,7 @@ pub async fn run(
     let (durations, record) = match looked_up {
         Ok(d) => (d, true),
         Err(e) => {
-            eprintln!(
+            vmcheck::say!(
                 "vmcheck: warning: outcome store {e}; ordering tests without durations{}",
                 if args.list {
                     ""
@@ -286,7 +286,7 @@ pub async fn run(
             total: shard.total,
             split: selection.fingerprint.clone(),
         });
-        eprintln!(
+        vmcheck::say!(
             "vmcheck: shard {shard}: {} of {} tests, estimated {:.0}s (largest shard {:.0}s, \
              {} of the estimates guessed; split {})",
             selection.plan.tests.len(),
@@ -303,10 +303,10 @@ pub async fn run(
         plan = selection.plan;
     }
     for f in &plan.unmatched_filters {
-        eprintln!("vmcheck: warning: filter '{f}' matches no test");
+        vmcheck::say!("vmcheck: warning: filter '{f}' matches no test");
     }
     for m in &plan.unmatched_matrix {
-        eprintln!("vmcheck: warning: --matrix {m} matches no matrix case");
+        vmcheck::say!("vmcheck: warning: --matrix {m} matches no matrix case");
     }
     if plan.tests.is_empty() {
         return Err(CliError::NoTests);
@@ -837,7 +837,7 @@ fn fan_out(
                 *failed = true;
                 report_failed.set();
                 let why = format!("cannot write {}: {e}", r.what);
-                eprintln!("vmcheck: {why}; stopping the run");
+                vmcheck::say!("vmcheck: {why}; stopping the run");
                 cancel.stop(why);
             }
         }
@@ -878,7 +878,7 @@ pub fn report(args: &ReportArgs) -> Result<i32, CliError> {
     if report_failed.get() {
         return Ok(exit_codes::REPORT_FAILED);
     }
-    eprintln!(
+    vmcheck::say!(
         "vmcheck: the report is in {}",
         args.html.join("index.html").display()
     );
@@ -894,7 +894,7 @@ pub fn merge(args: &MergeArgs) -> Result<i32, CliError> {
     if let Some(warning) =
         vmcheck::merge::check_shards(&streams).map_err(|e| CliError::Usage(e.to_string()))?
     {
-        eprintln!("vmcheck: warning: {warning}");
+        vmcheck::say!("vmcheck: warning: {warning}");
     }
     let events = vmcheck::merge::merge(&streams);
     let test_os = match events.first() {
@@ -939,7 +939,7 @@ pub fn merge(args: &MergeArgs) -> Result<i32, CliError> {
     // The runs are recorded as `results import` records them, which also lets the shards'
     // durations order later runs.
     if let Err(e) = super::results::import(&store, &streams) {
-        eprintln!("vmcheck: warning: outcome store {e}; the runs were not recorded");
+        vmcheck::say!("vmcheck: warning: outcome store {e}; the runs were not recorded");
     }
     Ok(final_code(
         &stats,

@@ -60,13 +60,13 @@ pub(super) fn build(req: &BuildRequest) -> Result<Image, ImageError> {
     if !unmount_below(scratch.path()) {
         // Deleting it would reach into what is still mounted there.
         let kept = scratch.keep();
-        eprintln!(
+        crate::say!(
             "vmcheck: warning: {} still has mounts below it; not removed",
             kept.display()
         );
     }
     result.map(|(image, elapsed)| {
-        eprintln!(
+        crate::say!(
             "vmcheck: built image {} in {:.1}s",
             image.short_id(),
             elapsed.as_secs_f64()
@@ -271,7 +271,7 @@ fn run_recipe(
             let _ = log.write_all(&line);
             let _ = log.write_all(b"\n");
             if verbose {
-                eprintln!("  | {}", String::from_utf8_lossy(&line));
+                crate::say!("  | {}", String::from_utf8_lossy(&line));
             }
             tail.push_back(String::from_utf8_lossy(&line).into_owned());
             if tail.len() > 20 {

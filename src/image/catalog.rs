@@ -161,7 +161,7 @@ impl Catalog {
                     ImageStatus::Stale(_) => "its recipe changed",
                     _ => "it is not built yet",
                 };
-                eprintln!("vmcheck: building image {name} ({why}) ...");
+                crate::say!("vmcheck: building image {name} ({why}) ...");
                 return self.build(name, cancel, verbose);
             }
             (_, None) => {
@@ -202,7 +202,7 @@ impl Catalog {
                 Ok(lock) => break lock,
                 Err((file, nix::errno::Errno::EWOULDBLOCK)) => {
                     if !waited {
-                        eprintln!(
+                        crate::say!(
                             "vmcheck: waiting for another vmcheck that is building {name} ..."
                         );
                         waited = true;

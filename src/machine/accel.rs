@@ -93,7 +93,7 @@ pub async fn choose(qemu: &Path, kernel: &Path, cache_dir: &Path) -> Accel {
     let accel = if kernel_runs(qemu, kernel, Accel::Kvm, Duration::from_secs(5)).await {
         Accel::Kvm
     } else {
-        eprintln!("vmcheck: KVM does not work on this host; using TCG (software emulation)");
+        crate::say!("vmcheck: KVM does not work on this host; using TCG (software emulation)");
         Accel::Tcg
     };
     let _ = std::fs::create_dir_all(cache_dir);

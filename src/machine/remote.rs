@@ -101,7 +101,7 @@ impl RemoteMachine {
     }
 
     fn tell_waiting(&self, deadline: Instant, why: &str) {
-        eprintln!(
+        crate::say!(
             "vmcheck: waiting up to {}s more for {} to answer SSH ({why})",
             deadline.saturating_duration_since(Instant::now()).as_secs(),
             self.label

@@ -286,7 +286,7 @@ impl VirtualMachine {
                     Found::Corrupt(s, why) => Some((s, why)),
                 };
                 if let Some((s, why)) = found {
-                    eprintln!(
+                    crate::say!(
                         "vmcheck: the snapshot {} is corrupt ({why}); discarded, booting cold",
                         s.dir.display()
                     );
@@ -485,7 +485,7 @@ impl VirtualMachine {
                         }
                         _ => why,
                     };
-                    eprintln!(
+                    crate::say!(
                         "vmcheck: {}: restoring the snapshot {} failed ({why}); booting cold",
                         self.label,
                         snapshot.dir.display()
@@ -581,7 +581,7 @@ impl VirtualMachine {
             let saved = self.save_snapshot(maker).await;
             deadline += started.elapsed();
             if let Err(why) = saved {
-                eprintln!(
+                crate::say!(
                     "vmcheck: {}: no snapshot of {} was saved ({why}); its machines boot cold",
                     self.label,
                     self.image.short_id()

@@ -116,7 +116,7 @@ pub fn store_history(path: PathBuf) -> History {
             Ok(Some(store)) => store,
             Ok(None) => return none,
             Err(e) => {
-                eprintln!("vmcheck: warning: outcome store {e}; the report has no history");
+                crate::say!("vmcheck: warning: outcome store {e}; the report has no history");
                 return none;
             }
         };
@@ -133,7 +133,7 @@ pub fn store_history(path: PathBuf) -> History {
         match store.recent_verdicts(&meta.project, &tests, &except, HISTORY) {
             Ok(h) => h,
             Err(e) => {
-                eprintln!("vmcheck: warning: outcome store {e}; the report has no history");
+                crate::say!("vmcheck: warning: outcome store {e}; the report has no history");
                 none
             }
         }

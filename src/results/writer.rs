@@ -70,5 +70,5 @@ impl LiveStore {
 }
 
 fn warn(e: &dyn std::fmt::Display) {
-    eprintln!("vmcheck: warning: outcome store {e}; the rest of this run is not recorded");
+    crate::say!("vmcheck: warning: outcome store {e}; the rest of this run is not recorded");
 }

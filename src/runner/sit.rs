@@ -33,7 +33,7 @@ pub(super) async fn sit(
     };
     if gone.len() == machines.len() {
         let names: Vec<&str> = gone.iter().map(|m| m.name.as_str()).collect();
-        eprint!(
+        crate::say_raw!(
             "\nvmcheck: {test} failed{cause}; {} gone (qemu has exited): nothing to sit on (--sit)\n",
             match names.as_slice() {
                 [one] => format!("its machine {one} is"),
@@ -42,7 +42,7 @@ pub(super) async fn sit(
         );
         return;
     }
-    eprint!("{}", prompt(test, &cause, machines));
+    crate::say_raw!("{}", prompt(test, &cause, machines));
     let lines = input.get_or_insert_with(|| {
         tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(tokio::io::stdin()))
     });
