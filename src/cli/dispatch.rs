@@ -512,10 +512,16 @@ fn vm_ctl(args: &[String]) -> i32 {
     };
     match control::call(std::path::Path::new(&socket), &request) {
         Ok(r) => {
-            print!("{}", r.stdout);
+            let written = std::io::stdout()
+                .write_all(r.stdout.as_bytes())
+                .and_then(|()| std::io::stdout().flush());
             vmcheck::say_raw!("{}", r.stderr);
-            let _ = std::io::stdout().flush();
-            r.exit
+            match written {
+                // A reader that stopped early (`vm exec m cat log | head`): as a command
+                // killed by SIGPIPE exits in a shell.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 128 + 13,
+                _ => r.exit,
+            }
         }
         Err(e) => {
             vmcheck::say!("vm: cannot reach the runner: {e}");
