@@ -121,7 +121,7 @@ const EXPECTED_ERRORS: &[&str] = &[
     "check-keys:14:1: unknown key 'artifact' in test TestKeys.testTypo, did you mean 'artifacts'? (valid: nondestructive, timeout, provision, todo, skip, only, restore, artifacts, env, no_retry_when_changed, allow_journal, browser, matrix, matrix_exclude, matrix_include, matrix_limit, run, host, soak, events)",
     "check-keys:16:11: unknown table 'Basic' in class TestKeys (test names start with 'test', e.g. [TestKeys.testBar])",
     "check-rules:7:12: test TestRules.testNothingToRun has nothing to run: add 'run' (a script run as root in machine1) or 'host' (a script run on the host)",
-    "check-rules:11:1: 'provision' conflicts with 'nondestructive = true' (line 5) for test TestRules.testProvision: nondestructive tests run on shared machines and cannot provision their own",
+    "check-rules:11:1: 'provision' conflicts with 'nondestructive = true' (line 5) for test TestRules.testProvision: nondestructive tests run on shared machines and cannot provision their own (they may only have machine1 forward ports: provision.machine1 = { forward = [9090] })",
     "check-rules:16:1: 'provision' has no machine1, which 'run' needs (test TestRules.testNoMachine1): add machine1 or use 'host' instead of 'run'",
     "check-rules:19:2: class TestEmpty has no tests: add one as [TestEmpty.testSomething]",
     "check-rules:22:11: test TestKeys.testDuplicate is already defined in {dir}/check-keys:19",

@@ -335,7 +335,7 @@ async fn vm_run(
     out!("Press Enter or Ctrl-C to stop the machine.");
     let outcome = until_enter(cancel).await;
     machine.kill().await;
-    outcome
+    after_machines(outcome, cancel)
 }
 
 /// Run `command` as root in a machine, its output on ours; its exit status.
@@ -376,11 +376,15 @@ async fn until_enter(cancel: &Cancel) -> Result<i32, CliError> {
             }
         }
     };
-    let outcome = tokio::select! {
+    tokio::select! {
         _ = enter => Ok(exit_codes::OK),
         _ = cancel.cancelled() => Err(CliError::Interrupted),
-    };
-    // A signal wins even if stdin also ended at the same moment.
+    }
+}
+
+/// How waiting for Enter ended, once the machines are gone: a signal wins even if stdin
+/// also ended at the same moment (the signal may be seen only while they were stopped).
+fn after_machines(outcome: Result<i32, CliError>, cancel: &Cancel) -> Result<i32, CliError> {
     if cancel.is_cancelled() {
         return Err(CliError::Interrupted);
     }
@@ -434,7 +438,7 @@ async fn sit(args: &SitArgs, cancel: &Cancel) -> Result<i32, CliError> {
     out!("Press Enter or Ctrl-C to stop them (what was kept stays as it is).");
     let outcome = until_enter(cancel).await;
     revived.kill().await;
-    outcome
+    after_machines(outcome, cancel)
 }
 
 fn naughty(project: &Project, cmd: NaughtyCommand) -> Result<i32, CliError> {
