@@ -149,6 +149,14 @@ impl<'r> Dispatcher<'r> {
                     info: test_info(t, &ctx),
                     method: t.def.method.clone(),
                     cost,
+                    beside: Cost {
+                        ram_mib: if t.def.nondestructive && t.def.browser {
+                            BROWSER_MIB
+                        } else {
+                            0
+                        },
+                        cpus: 0,
+                    },
                     weight: Weight {
                         estimate: cfg.estimates.duration(&t.def.name()),
                         timeout: t.def.timeout,

@@ -55,6 +55,24 @@ impl Ledger {
         self.running += 1;
     }
 
+    /// Take `cost` beside the running units (a browser on the host next to a shared
+    /// machine): counted against the capacity, not as a job.
+    pub fn take(&mut self, cost: Cost) {
+        self.used = self.used.plus(cost);
+    }
+
+    /// Give back what [`Ledger::take`] took.
+    pub fn give_back(&mut self, cost: Cost) {
+        self.used.ram_mib = self.used.ram_mib.saturating_sub(cost.ram_mib);
+        self.used.cpus = self.used.cpus.saturating_sub(cost.cpus);
+    }
+
+    /// Whether `cost` more fits the capacity now (no job is counted).
+    pub fn fits(&self, cost: Cost) -> bool {
+        let after = self.used.plus(cost);
+        after.ram_mib <= self.capacity.ram_mib && after.cpus <= self.capacity.cpus
+    }
+
     pub fn release(&mut self, cost: Cost) {
         self.used.ram_mib = self.used.ram_mib.saturating_sub(cost.ram_mib);
         self.used.cpus = self.used.cpus.saturating_sub(cost.cpus);

@@ -73,6 +73,9 @@ pub struct TestSpec {
     pub method: String,
     /// RAM and CPUs of its own machines (destructive tests).
     pub cost: Cost,
+    /// What it takes on the host beside its shared machine while it runs (a
+    /// nondestructive test's browser).
+    pub beside: Cost,
     pub weight: Weight,
     pub todo: Option<String>,
     /// Affected by the change under test: must pass 3 times.
@@ -301,6 +304,8 @@ pub struct DispatcherState<M> {
     nd_work: Duration,
     d_work: Duration,
     nd_running: usize,
+    /// Nondestructive tests running that take something beside their machine.
+    beside_running: usize,
     /// Destructive tests running, and when their attempt started.
     d_running: BTreeMap<usize, Instant>,
     slots: Vec<Slot<M>>,
@@ -351,6 +356,7 @@ impl<M> DispatcherState<M> {
             nd_work: Duration::ZERO,
             d_work: Duration::ZERO,
             nd_running: 0,
+            beside_running: 0,
             d_running: BTreeMap::new(),
             slots: Vec::new(),
             stats,
@@ -583,6 +589,10 @@ impl<M> DispatcherState<M> {
             self.d_running.insert(i, now);
         } else {
             self.nd_running += 1;
+            if t.spec.beside != Cost::default() {
+                self.ledger.take(t.spec.beside);
+                self.beside_running += 1;
+            }
         }
         let unit = self.new_unit(Unit::Attempt {
             test: i,
@@ -614,10 +624,15 @@ impl<M> DispatcherState<M> {
                 continue;
             }
             let pool = self.slots[k].pool;
-            let mine = self
-                .nd_queue
-                .iter()
-                .position(|&i| self.tests[i].spec.pool == pool);
+            // A test that takes something beside its machine (a browser) waits for room,
+            // unless nothing of the kind runs (so that one always can).
+            let fits = |i: usize| {
+                let beside = self.tests[i].spec.beside;
+                beside == Cost::default() || self.beside_running == 0 || self.ledger.fits(beside)
+            };
+            let of_pool = |i: &usize| self.tests[*i].spec.pool == pool;
+            let mine = self.nd_queue.iter().position(|i| of_pool(i) && fits(*i));
+            let waiting = self.nd_queue.iter().any(of_pool);
             if let Some(at) = mine {
                 let i = self.dequeue_at(true, at).expect("in the queue");
                 let SlotState::Idle(m) =
@@ -627,6 +642,8 @@ impl<M> DispatcherState<M> {
                 };
                 self.slots[k].state = SlotState::Busy;
                 self.spawn_attempt(i, Some(k), Some(m), now, out);
+            } else if waiting {
+                // Its pool's next test waits for room beside it: the machine waits too.
             } else if self.nd_running == 0 || !self.d_queue.is_empty() || !self.nd_queue.is_empty()
             {
                 // No nondestructive work of its pool waits: free the machine and its
@@ -950,6 +967,7 @@ impl<M> DispatcherState<M> {
         match slot {
             Some(k) => {
                 self.nd_running -= 1;
+                self.give_back_beside(test);
                 match machine {
                     Some((m, Health::Good)) if running => self.slots[k].state = SlotState::Idle(m),
                     Some((m, health)) => {
@@ -1013,6 +1031,15 @@ impl<M> DispatcherState<M> {
         }
     }
 
+    /// A nondestructive test ended: what it took beside its machine is free again.
+    fn give_back_beside(&mut self, test: usize) {
+        let beside = self.tests[test].spec.beside;
+        if beside != Cost::default() {
+            self.ledger.give_back(beside);
+            self.beside_running -= 1;
+        }
+    }
+
     /// A unit ended as asked, after the work ended or a cancel: its machines are gone.
     fn aborted(&mut self, unit: UnitId) {
         match self.units.remove(&unit) {
@@ -1023,6 +1050,7 @@ impl<M> DispatcherState<M> {
             Some(Unit::Attempt { test, slot, .. }) => match slot {
                 Some(k) => {
                     self.nd_running -= 1;
+                    self.give_back_beside(test);
                     self.slots[k].state = SlotState::Retired;
                     self.release_slot(k);
                 }

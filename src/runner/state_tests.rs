@@ -25,6 +25,7 @@ fn spec(id: usize, nondestructive: bool) -> TestSpec {
             ram_mib: 600,
             cpus: 1,
         },
+        beside: Cost::default(),
         weight: Weight {
             estimate: Duration::from_secs(10),
             timeout: Duration::from_secs(60),
@@ -586,6 +587,60 @@ fn nondestructive_tests_run_on_machines_of_their_pool() {
 }
 
 #[test]
+fn a_nondestructive_tests_browser_waits_for_room_beside_the_machines() {
+    let browser = |id| TestSpec {
+        beside: Cost {
+            ram_mib: 550,
+            cpus: 0,
+        },
+        ..spec(id, true)
+    };
+    let mut cfg = config(2, &[]);
+    // Two shared machines (600 each) and one browser (550) fit; a second browser does not.
+    cfg.capacity = Cost {
+        ram_mib: 1800,
+        cpus: 2,
+    };
+    // Boots much quicker than the tests: a machine for each.
+    cfg.boot = Duration::from_millis(100);
+    let mut sim = Sim::new(vec![browser(1), browser(2)], cfg);
+    while !sim.units(true).is_empty() {
+        sim.boot_ok();
+    }
+    assert_eq!(sim.alive.len(), 2, "two shared machines: {:?}", sim.pending);
+    let running = sim.units(false);
+    assert_eq!(running.len(), 1, "one browser at a time: {:?}", sim.pending);
+    sim.done(running[0], passed());
+    // The room it took is back: the other one runs (on a machine that waited for it).
+    let running = sim.units(false);
+    assert_eq!(running.len(), 1, "{:?}", sim.pending);
+    sim.done(running[0], passed());
+    sim.check_end(2);
+}
+
+#[test]
+fn a_browser_bigger_than_the_room_left_still_runs_alone() {
+    let big = TestSpec {
+        beside: Cost {
+            ram_mib: 5000,
+            cpus: 0,
+        },
+        ..spec(1, true)
+    };
+    let mut cfg = config(1, &[]);
+    cfg.capacity = Cost {
+        ram_mib: 1000,
+        cpus: 1,
+    };
+    let mut sim = Sim::new(vec![big], cfg);
+    sim.boot_ok();
+    let running = sim.units(false);
+    assert_eq!(running.len(), 1, "no browser runs: it may take the room");
+    sim.done(running[0], passed());
+    sim.check_end(1);
+}
+
+#[test]
 fn a_pool_that_does_not_boot_fails_only_its_own_tests() {
     let tests = vec![
         TestSpec {
@@ -671,6 +726,10 @@ fn random_run(seed: u64) {
             t.cost.cpus = 1 + rng.below(2) as u32;
             if t.info.nondestructive {
                 t.pool = rng.below(3) as usize;
+                if rng.chance(40) {
+                    // A browser beside its machine, up to more than the whole host.
+                    t.beside.ram_mib = 300 + rng.below(9000);
+                }
             }
             t
         })
