@@ -172,8 +172,7 @@ class Browser:
         self._profile = tempfile.TemporaryDirectory(prefix="vmcheck-browser-")
         to_chrome_r, self._to_chrome = os.pipe()
         self._from_chrome, from_chrome_w = os.pipe()
-        # Chromium's ends as fds 5 to 9: making them its 3 and 4 then overwrites nothing, and
-        # /bin/sh (dash) redirects single-digit fds only.
+        # Chromium's ends above 4, so that making them its 3 and 4 overwrites neither.
         to_chrome_r, from_chrome_w = (self._above_4(fd) for fd in (to_chrome_r, from_chrome_w))
         args = [
             "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
@@ -182,11 +181,17 @@ class Browser:
             "--remote-debugging-pipe", f"--user-data-dir={self._profile.name}",
             "--window-size=1280,1024", "about:blank",
         ]
-        # The pipe must be Chromium's fds 3 (commands in) and 4 (replies out).
-        script = f'exec "$0" "$@" 3<&{to_chrome_r} 4>&{from_chrome_w} {to_chrome_r}<&- {from_chrome_w}>&-'
+        # The pipe must be Chromium's fds 3 (commands in) and 4 (replies out): put there in
+        # the child. Everything else Python opened is close-on-exec (PEP 446), so nothing
+        # more leaks into Chromium without close_fds (which would close 3 and 4).
+        def pipe_fds():
+            os.dup2(to_chrome_r, 3)
+            os.dup2(from_chrome_w, 4)
+
         self._process = subprocess.Popen(
-            ["/bin/sh", "-c", script, chromium, *args],
-            pass_fds=(to_chrome_r, from_chrome_w),
+            [chromium, *args],
+            close_fds=False,
+            preexec_fn=pipe_fds,
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,
             # Its temporary files (a singleton socket) go with its profile.
@@ -204,9 +209,6 @@ class Browser:
     def _above_4(fd):
         high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 5)
         os.close(fd)
-        if high > 9:
-            os.close(high)
-            raise Error("no file descriptor from 5 to 9 is free to start Chromium with")
         return high
 
     def _read(self):

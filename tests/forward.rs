@@ -83,12 +83,19 @@ fn forwarded_ports_reach_the_guest_from_the_host() {
         stream.contains("error: machine1: port 9090 is not forwarded (forwarded: 80;"),
         "{stream}"
     );
-    // The two nondestructive tests reached the same shared machine (one boot id).
-    let ids: std::collections::BTreeSet<&str> = stream
+    // The two nondestructive tests reached the same shared machine (one boot id). Output
+    // comes in chunks cut anywhere: their text, joined (the tests ran one after the other).
+    let output: String = stream
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["event"] == "test-output")
+        .map(|e| e["data"].as_str().unwrap_or("").to_owned())
+        .collect();
+    let ids: std::collections::BTreeSet<&str> = output
         .split("shared: ")
         .skip(1)
         .map(|rest| &rest[..36])
         .collect();
-    assert_eq!(ids.len(), 1, "{stream}");
-    assert_eq!(stream.matches("shared: ").count(), 2, "{stream}");
+    assert_eq!(ids.len(), 1, "{output}");
+    assert_eq!(output.matches("shared: ").count(), 2, "{output}");
 }
