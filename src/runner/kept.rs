@@ -70,9 +70,7 @@ pub struct Revived {
 impl Revived {
     /// Stop the machines and remove their files (the kept ones stay as they are).
     pub async fn kill(self) {
-        for (_, m) in self.machines {
-            m.machine.kill().await;
-        }
+        kill_all(self.machines).await;
     }
 }
 

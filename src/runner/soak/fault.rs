@@ -31,23 +31,18 @@ const QMP_LIMIT: Duration = Duration::from_secs(10);
 pub(super) async fn fault(held: &Held<'_, Named>, fault: Fault, terms: &Terms<'_>) -> Ended {
     match fault {
         Fault::Reboot => reboot(held, terms).await,
-        Fault::ClockJump { by } => {
+        // Held to its end, even when a reboot wants the machine: a fault is never left
+        // half done.
+        _ => {
             let asked = Instant::now();
             let mut hold = held.hold().await;
             let waited = asked.elapsed();
             let t = Instant::now();
-            let mut ended = clock_jump(hold.parts().0, by).await;
-            (ended.took, ended.waited) = (t.elapsed(), waited);
-            ended
-        }
-        Fault::Pause { .. } | Fault::LinkDown { .. } => {
-            // Held to its end, even when a reboot wants the machine: it is never left
-            // half done.
-            let asked = Instant::now();
-            let mut hold = held.hold().await;
-            let waited = asked.elapsed();
-            let t = Instant::now();
-            let mut ended = qmp_fault(hold.parts().0, fault, terms.private).await;
+            let m = hold.parts().0;
+            let mut ended = match fault {
+                Fault::ClockJump { by } => clock_jump(m, by).await,
+                _ => qmp_fault(m, fault, terms.private).await,
+            };
             (ended.took, ended.waited) = (t.elapsed(), waited);
             ended
         }
