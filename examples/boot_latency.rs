@@ -19,14 +19,19 @@ async fn main() {
     let cancel = Cancel::new();
     let spec = |cold_boot| common::spec(&image, cold_boot);
     // One start first: it makes the snapshot if there is none yet.
-    let (_, restored) = first_command(&host, spec(false), &cancel).await;
+    let (_, restored, _) = first_command(&host, spec(false), &cancel).await;
     let mut cold = Vec::new();
     let mut warm = Vec::new();
+    let mut cold_steps = Steps::default();
+    let mut warm_steps = Steps::default();
     for _ in 0..n {
-        cold.push(first_command(&host, spec(true), &cancel).await.0);
-        let (t, restored) = first_command(&host, spec(false), &cancel).await;
+        let (t, _, steps) = first_command(&host, spec(true), &cancel).await;
+        cold.push(t);
+        cold_steps.add(steps);
+        let (t, restored, steps) = first_command(&host, spec(false), &cancel).await;
         assert!(restored, "a snapshot exists, so the machine is restored");
         warm.push(t);
+        warm_steps.add(steps);
     }
     let show = |what: &str, times: &mut Vec<f64>| {
         times.sort_by(f64::total_cmp);
@@ -39,7 +44,9 @@ async fn main() {
         times[times.len() / 2]
     };
     let c = show("cold boot", &mut cold);
+    cold_steps.show();
     let w = show("snapshot restore", &mut warm);
+    warm_steps.show();
     println!(
         "{name}: restore is {:.1}x faster than a cold boot{}",
         c / w,
@@ -51,8 +58,43 @@ async fn main() {
     );
 }
 
-/// Seconds from start until `true` ran, and whether the machine was restored.
-async fn first_command(host: &Host, spec: MachineSpec, cancel: &Cancel) -> (f64, bool) {
+/// Each step of the starts (in order), with the time each took in every run.
+#[derive(Default)]
+struct Steps(Vec<(&'static str, Vec<f64>)>);
+
+impl Steps {
+    fn add(&mut self, ends: Vec<(&'static str, f64)>) {
+        let mut before = 0.0;
+        for (step, end) in ends {
+            match self.0.iter_mut().find(|(s, _)| *s == step) {
+                Some((_, times)) => times.push(end - before),
+                None => self.0.push((step, vec![end - before])),
+            }
+            before = end;
+        }
+    }
+
+    /// One line: each step's median duration, in order.
+    fn show(&mut self) {
+        let parts: Vec<String> = self
+            .0
+            .iter_mut()
+            .map(|(step, times)| {
+                times.sort_by(f64::total_cmp);
+                format!("{step} +{:.3}", times[times.len() / 2])
+            })
+            .collect();
+        println!("  steps (median s each): {}", parts.join(", "));
+    }
+}
+
+/// Seconds from start until `true` ran, whether the machine was restored, and when each
+/// step of its start ended (the command last).
+async fn first_command(
+    host: &Host,
+    spec: MachineSpec,
+    cancel: &Cancel,
+) -> (f64, bool, Vec<(&'static str, f64)>) {
     let t = Instant::now();
     let mut vm = VirtualMachine::start(host, spec).await.expect("start");
     vm.wait_boot(Duration::from_secs(180), cancel)
@@ -61,6 +103,12 @@ async fn first_command(host: &Host, spec: MachineSpec, cancel: &Cancel) -> (f64,
     common::run_true(&vm).await;
     let secs = t.elapsed().as_secs_f64();
     let restored = vm.restored();
+    let mut steps: Vec<_> = vm
+        .phases()
+        .iter()
+        .map(|(s, d)| (*s, d.as_secs_f64()))
+        .collect();
+    steps.push(("first command", secs));
     vm.kill().await;
-    (secs, restored)
+    (secs, restored, steps)
 }

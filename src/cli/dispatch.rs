@@ -307,6 +307,24 @@ async fn vm_run(
         .wait_boot(Duration::from_secs(args.boot_timeout), cancel)
         .await?;
     let boot_time = started.elapsed();
+    if verbose {
+        let steps: Vec<String> = machine
+            .phases()
+            .iter()
+            .map(|(step, at)| format!("{step} {:.2}s", at.as_secs_f64()))
+            .collect();
+        vmcheck::say!(
+            "vmcheck: {} {} in {:.2}s: {}",
+            machine.label,
+            if machine.restored() {
+                "restored"
+            } else {
+                "booted"
+            },
+            boot_time.as_secs_f64(),
+            steps.join(", ")
+        );
+    }
 
     if let Some(command) = &args.execute {
         let result = execute(machine.shell(), command, args.timeout, cancel).await;

@@ -6,6 +6,7 @@ pub use build::READY_MARKER;
 mod catalog;
 pub(crate) mod hash;
 mod manifest;
+pub(crate) mod stamp;
 mod store;
 
 pub use catalog::{Catalog, ImageStatus, ImageSummary};

@@ -10,6 +10,9 @@ use super::hash::{sha256_bytes, sha256_files};
 use super::manifest::Manifest;
 use std::path::{Path, PathBuf};
 
+/// An image's verification stamp (see `stamp.rs`).
+const VERIFIED: &str = ".verified";
+
 /// Where built images live.
 #[derive(Debug, Clone)]
 pub struct ImageStore {
@@ -118,11 +121,18 @@ impl ImageStore {
         })
     }
 
-    /// Hash every file of `image` and compare with its manifest.
+    /// Hash every file of `image` and compare with its manifest, unless a process did since
+    /// the files last changed (its stamp, `.verified` in the image: see `stamp.rs`).
     pub fn verify(&self, image: &Image) -> Result<(), ImageError> {
         let files: Vec<(&String, &String)> = image.manifest.files.iter().collect();
         let paths: Vec<PathBuf> = files.iter().map(|(f, _)| image.file(f)).collect();
         let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
+        let manifest = image.dir.join("manifest.toml");
+        let stamp = image.dir.join(VERIFIED);
+        let stamped: Vec<&Path> = refs.iter().copied().chain([manifest.as_path()]).collect();
+        if super::stamp::fresh(&stamp, &stamped) {
+            return Ok(());
+        }
         for (((file, want), path), got) in files.iter().zip(&paths).zip(sha256_files(&refs)) {
             let problem = match got {
                 Err(e) => format!("cannot read {}: {e}", path.display()),
@@ -137,6 +147,7 @@ impl ImageStore {
                 problem,
             });
         }
+        super::stamp::record(&stamp, &stamped);
         Ok(())
     }
 
@@ -254,6 +265,26 @@ mod tests {
         let err = store.verify(&img).unwrap_err().to_string();
         assert!(err.contains("vmlinux has sha256"), "{err}");
         assert!(err.contains("vmcheck image build tiny"), "{err}");
+    }
+
+    #[test]
+    fn a_later_verification_trusts_its_stamp_only_while_nothing_changed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = ImageStore {
+            dir: tmp.path().to_path_buf(),
+        };
+        let dir = fake_image(&store, false);
+        let img = store.open(&dir).unwrap();
+        store.verify(&img).unwrap();
+        assert!(
+            dir.join(VERIFIED).is_file(),
+            "the first verification is stamped"
+        );
+        store.verify(&img).unwrap();
+        // Corrupted after it was stamped: found all the same.
+        std::fs::write(dir.join("vmlinux"), b"kernal").unwrap();
+        let err = store.verify(&img).unwrap_err().to_string();
+        assert!(err.contains("vmlinux has sha256"), "{err}");
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use super::error::MachineError;
 use super::fault::{Probe, diagnose};
-use super::ssh::{ExitStatus, Output, OutputSink, SshSession, SshTarget};
+use super::ssh::{Conversation, ExitStatus, Output, OutputSink, SshSession, SshTarget};
 use crate::shell::quote;
 use std::path::Path;
 use std::sync::Arc;
@@ -151,6 +151,19 @@ impl Shell {
         timeout: Duration,
     ) -> Result<Completed, MachineError> {
         self.run(Exec::new(command, timeout)).await
+    }
+
+    /// Start `command` for a conversation over the connection (see
+    /// [`super::ssh::Conversation`]); the caller bounds it in time.
+    pub async fn converse(&self, command: &str) -> Result<Conversation, MachineError> {
+        let session = self.session().await?;
+        session
+            .converse(command)
+            .await
+            .map_err(|source| MachineError::Ssh {
+                label: self.label.clone(),
+                source,
+            })
     }
 
     /// Run a command as described by `req`. On timeout every process that inherited the

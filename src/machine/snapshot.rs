@@ -18,7 +18,8 @@
 //! found, and the next remover that gets the lock deletes it.
 //!
 //! Integrity: publishing records the SHA-256 of `state.mig` and `disk.qcow2` in
-//! `snapshot.toml`; the first use in a process checks them, and a snapshot that does not
+//! `snapshot.toml`; the first use in a process checks them unless an earlier process did and
+//! they are unchanged since (a stamp, see `image/stamp.rs`), and a snapshot that does not
 //! match is discarded (one line on stderr) and the machine boots cold.
 //!
 //! Everything here is private to the user: the snapshots directory is 0700, snapshots are
@@ -42,6 +43,8 @@ pub const STATE: &str = "state.mig";
 pub const DISK: &str = "disk.qcow2";
 /// Written last: a directory without it is not a snapshot.
 pub const INFO: &str = "snapshot.toml";
+/// The verification stamp: the files hashed by an earlier process, unchanged since.
+const STAMP: &str = ".verified";
 /// Hex digits of the key in a snapshot's name.
 const KEY_DIGITS: usize = 16;
 
@@ -288,11 +291,20 @@ impl Snapshot {
         {
             return Ok(());
         }
+        // Hashed by an earlier process, and unchanged since (see `stamp.rs`)?
+        let stamp = self.dir.join(STAMP);
+        let files: Vec<PathBuf> = [STATE, DISK, INFO]
+            .iter()
+            .map(|f| self.dir.join(f))
+            .filter(|p| p.exists())
+            .collect();
+        let files: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+        let stamped = crate::image::stamp::fresh(&stamp, &files);
         let info = std::fs::read_to_string(self.dir.join(INFO))
             .map_err(|e| format!("reading {INFO}: {e}"))?;
         let recorded: toml::Table =
             toml::from_str(&info).map_err(|e| format!("{INFO} is not valid: {e}"))?;
-        for (file, field) in HASHED {
+        for (file, field) in HASHED.into_iter().filter(|_| !stamped) {
             let path = self.dir.join(file);
             let want = recorded.get(field).and_then(|v| v.as_str());
             let have = path
@@ -308,6 +320,9 @@ impl Snapshot {
                     return Err(format!("{file} does not match its recorded SHA-256"));
                 }
             }
+        }
+        if !stamped {
+            crate::image::stamp::record(&stamp, &files);
         }
         VERIFIED
             .lock()

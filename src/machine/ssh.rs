@@ -267,11 +267,115 @@ impl SshSession {
         Ok(status)
     }
 
+    /// Start `command` for a conversation: lines written to its stdin, lines read from its
+    /// stdout as they come (see [`Conversation`]). No timeout here either.
+    pub async fn converse(&self, command: &str) -> Result<Conversation, SshError> {
+        let lost = |_| SshError::Disconnected {
+            addr: self.addr.clone(),
+        };
+        let channel = self.handle.channel_open_session().await.map_err(lost)?;
+        channel.exec(true, command).await.map_err(lost)?;
+        Ok(Conversation {
+            channel,
+            addr: self.addr.clone(),
+            output: Output::default(),
+            read: 0,
+            status: ExitStatus::Unknown,
+            closed: false,
+        })
+    }
+
     pub async fn close(&self) {
         let _ = self
             .handle
             .disconnect(Disconnect::ByApplication, "", "en")
             .await;
+    }
+}
+
+/// A running command that is talked to: each [`Conversation::send`] writes to its stdin,
+/// each [`Conversation::read_line`] waits for its next line of stdout, and
+/// [`Conversation::finish`] closes its stdin and waits for its end. One channel, one process
+/// in the guest: a round trip costs no new process there.
+pub struct Conversation {
+    channel: russh::Channel<client::Msg>,
+    addr: String,
+    output: Output,
+    /// How much of `output.stdout` the lines read so far took.
+    read: usize,
+    status: ExitStatus,
+    closed: bool,
+}
+
+impl Conversation {
+    pub async fn send(&mut self, data: &[u8]) -> Result<(), SshError> {
+        let addr = &self.addr;
+        self.channel
+            .data(data)
+            .await
+            .map_err(|_| SshError::Disconnected { addr: addr.clone() })
+    }
+
+    /// The next line of stdout (without its newline); `None` once the command ended
+    /// without one.
+    pub async fn read_line(&mut self) -> Result<Option<String>, SshError> {
+        loop {
+            let unread = &self.output.stdout[self.read..];
+            if let Some(n) = unread.iter().position(|&b| b == b'\n') {
+                let line = String::from_utf8_lossy(&unread[..n]).into_owned();
+                self.read += n + 1;
+                return Ok(Some(line));
+            }
+            if self.closed || !self.next().await {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Handle the channel's next message; false once it is closed.
+    async fn next(&mut self) -> bool {
+        match self.channel.wait().await {
+            None => {
+                self.closed = true;
+                false
+            }
+            Some(ChannelMsg::Data { data }) => {
+                self.output.stdout.extend_from_slice(&data);
+                true
+            }
+            Some(ChannelMsg::ExtendedData { data, .. }) => {
+                self.output.stderr.extend_from_slice(&data);
+                true
+            }
+            Some(ChannelMsg::ExitStatus { exit_status }) => {
+                self.status = ExitStatus::Code(exit_status);
+                true
+            }
+            Some(ChannelMsg::ExitSignal { signal_name, .. }) => {
+                self.status = ExitStatus::Signal(signal_label(&signal_name));
+                true
+            }
+            Some(_) => true,
+        }
+    }
+
+    /// Wait for its end, writing a line to its stdin every `tick` meanwhile (a clock for a
+    /// program that waits without spinning or starting `sleep`; its stdin is never closed):
+    /// its status, and the output not read as lines.
+    pub async fn finish_ticking(mut self, tick: Duration) -> (ExitStatus, Output) {
+        let mut ticks = tokio::time::interval(tick);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        while !self.closed {
+            tokio::select! {
+                more = self.next() => if !more { break },
+                _ = ticks.tick() => {
+                    let _ = self.channel.data(&b"\n"[..]).await;
+                }
+            }
+        }
+        self.output.stdout.drain(..self.read);
+        (self.status, self.output)
     }
 }
 

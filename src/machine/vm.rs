@@ -31,7 +31,7 @@ use super::shell::{CONNECT_LIMIT, Shell};
 pub use super::shell::{Completed, Exec};
 use super::snapshot::{Found, Maker, Snapshot, SnapshotKey};
 use super::spawn::spawn_tied;
-use super::ssh::{HostKeyCheck, SshError, SshSession, SshTarget};
+use super::ssh::{Conversation, HostKeyCheck, SshError, SshSession, SshTarget};
 use crate::image::Image;
 use crate::signal::Cancel;
 use std::path::{Path, PathBuf};
@@ -155,24 +155,27 @@ enum Origin {
     Reviving,
 }
 
-/// What the guest runs right after a restore: the clock jumps from the snapshot's time to
+/// What the guest runs right after a restore, as one conversation over one SSH channel (no
+/// process started in the guest for each step): first it answers each `.` line with its
+/// uptime, for the host to find the instant its clock is read at ([`ClockAnchor`]); then it
+/// reads that anchor (`HOST_MS UPTIME_CS`) and the clock jumps from the snapshot's time to
 /// now, a second NIC (`eth1`, as the image contract names it) trades the saved machine's
 /// address for this one's (virtio-net passes it on to qemu's receive filter), and the image's
-/// hook (if it has one, see bots/images/README.md) gives the machine its own identity. Then
-/// the boot id, as after every boot.
-fn after_restore_command(anchor: ClockAnchor, private_mac: Option<&str>) -> String {
+/// hook (if it has one, see bots/images/README.md) gives the machine its own identity, its
+/// stdin a line every [`RESTORE_TICK`]. Then the boot id, as after every boot.
+fn after_restore_script(private_mac: Option<&str>) -> String {
     let mac = private_mac
         .map(|m| format!("ip link set dev eth1 address {m} && "))
         .unwrap_or_default();
     // The host's time now = its time at the anchor + the guest's uptime since, in ms.
     format!(
-        "read u _ < /proc/uptime && c=${{u%.*}}${{u#*.}} && \
-         ms=$(( {} + (${{c#0}} - {}) * 10 )) && s=$((ms / 1000)) && f=$((ms % 1000 + 1000)) && \
+        "while read -r l && [ \"$l\" = . ]; do read -r u _ </proc/uptime; echo \"$u\"; done; \
+         h=${{l% *}} && a=${{l#* }} && \
+         read -r u _ </proc/uptime && c=${{u%.*}}${{u#*.}} && \
+         ms=$(( h + (${{c#0}} - a) * 10 )) && s=$((ms / 1000)) && f=$((ms % 1000 + 1000)) && \
          {{ date -u -s @$s.${{f#1}} || date -u -s @$(( (ms + 500) / 1000 )); }} >/dev/null 2>&1 && \
          {mac}{{ [ ! -x {RESTORE_HOOK} ] || {RESTORE_HOOK}; }} && \
-         cat /proc/sys/kernel/random/boot_id",
-        anchor.host.as_millis(),
-        anchor.uptime_cs,
+         read -r id </proc/sys/kernel/random/boot_id && echo \"$id\""
     )
 }
 
@@ -183,6 +186,36 @@ struct ClockAnchor {
     uptime_cs: u64,
 }
 
+/// The guest's uptime and the host's time at one instant, NTP-style: the host's time at the
+/// middle of the fastest of a few uptime round trips in `talk` (see [`after_restore_script`];
+/// off by at most half of it, however loaded the host).
+async fn clock_anchor(talk: &mut Conversation) -> Result<ClockAnchor, String> {
+    let mut best: Option<(Duration, ClockAnchor)> = None;
+    for _ in 0..3 {
+        let sent = std::time::SystemTime::now();
+        talk.send(b".\n").await.map_err(|e| e.to_string())?;
+        let line = talk
+            .read_line()
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("the guest ended before telling its uptime")?;
+        let rtt = sent.elapsed().unwrap_or_default();
+        let uptime_cs =
+            parse_uptime_cs(&line).ok_or_else(|| format!("reading /proc/uptime: {line:?}"))?;
+        let host = (sent + rtt / 2)
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let anchor = ClockAnchor { host, uptime_cs };
+        if best.as_ref().is_none_or(|(b, _)| rtt < *b) {
+            best = Some((rtt, anchor));
+        }
+        if rtt < Duration::from_millis(10) {
+            break;
+        }
+    }
+    Ok(best.expect("at least one sample").1)
+}
+
 /// `/proc/uptime`'s first field (`123.45`) in centiseconds.
 fn parse_uptime_cs(text: &str) -> Option<u64> {
     let (whole, frac) = text.split_whitespace().next()?.split_once('.')?;
@@ -191,6 +224,9 @@ fn parse_uptime_cs(text: &str) -> Option<u64> {
 
 /// The guest program images may have for restored machines.
 pub const RESTORE_HOOK: &str = "/usr/lib/vmcheck/restored";
+/// How often the restore hook's stdin gets a line while it runs: a hook that waits for
+/// something (debian-12's for journald) reads them instead of starting `sleep`.
+const RESTORE_TICK: Duration = Duration::from_millis(10);
 
 /// How often one wait for a boot relaunches qemu: after the guest asked for a reboot, or
 /// when qemu lost its forwarded port to another program.
@@ -224,11 +260,35 @@ pub struct VirtualMachine {
     probe: Arc<Mutex<Probe>>,
     /// The snapshot this machine's disk is backed by, in use (not removed) while it lives.
     _snapshot: Option<Snapshot>,
+    /// When its last start or boot began, and the steps of it so far (see [`Self::phases`]).
+    phases: Phases,
+}
+
+/// The steps of a machine's last start, each with the time since the start began: where the
+/// time of a restore or boot goes (`examples/boot_latency` prints them).
+#[derive(Debug, Clone)]
+struct Phases {
+    began: Instant,
+    marks: Vec<(&'static str, Duration)>,
+}
+
+impl Phases {
+    fn new() -> Phases {
+        Phases {
+            began: Instant::now(),
+            marks: Vec::new(),
+        }
+    }
+
+    fn mark(&mut self, step: &'static str) {
+        self.marks.push((step, self.began.elapsed()));
+    }
 }
 
 impl VirtualMachine {
     /// Launch qemu for `spec`; returns once qemu runs (see [`VirtualMachine::wait_boot`]).
     pub async fn start(host: &Host, spec: MachineSpec) -> Result<VirtualMachine, MachineError> {
+        let mut phases = Phases::new();
         let label = spec.label.clone();
         let memory_mib = spec
             .memory_mib
@@ -306,6 +366,7 @@ impl VirtualMachine {
             };
             create_overlay(&host.qemu_img, &backing, overlay, &label).await?;
         }
+        phases.mark("overlay");
         let host_ports = HostPorts::lease(&spec.forward, &label)?;
         let incoming = match (&origin, &spec.revive) {
             (Origin::Restoring(s), _) => Some(s.state()),
@@ -322,6 +383,7 @@ impl VirtualMachine {
             incoming.as_deref(),
         )
         .await?;
+        phases.mark("qemu started");
         let probe = Arc::new(Mutex::new(Probe {
             pid: child.id().unwrap_or(0),
             console: console.clone(),
@@ -350,12 +412,18 @@ impl VirtualMachine {
             disk,
             restored: false,
             _snapshot: None,
+            phases,
         })
     }
 
     /// Whether the machine came up from a booted snapshot (rather than booting).
     pub fn restored(&self) -> bool {
         self.restored
+    }
+
+    /// The steps of its last start (or reboot) and when each ended, from the start.
+    pub fn phases(&self) -> &[(&'static str, Duration)] {
+        &self.phases.marks
     }
 
     fn qmp_socket(&self) -> PathBuf {
@@ -561,6 +629,7 @@ impl VirtualMachine {
             return Err(self.exited(status, &when));
         }
         self.markers_seen = self.console.borrow().ready;
+        self.phases.mark("ready marker");
         clock.observe(self.child.id().unwrap_or(0));
         let mut deadline = clock.deadline();
         if let Some(layer) = self.spec.layer.clone() {
@@ -580,6 +649,7 @@ impl VirtualMachine {
             let started = Instant::now();
             let saved = self.save_snapshot(maker).await;
             deadline += started.elapsed();
+            self.phases.mark("snapshot saved");
             if let Err(why) = saved {
                 crate::say!(
                     "vmcheck: {}: no snapshot of {} was saved ({why}); its machines boot cold",
@@ -589,6 +659,7 @@ impl VirtualMachine {
             }
         }
         let boot_id = self.connect_and_read_boot_id(deadline, cancel).await?;
+        self.phases.mark("boot id read");
         self.boot_id = Some(boot_id.clone());
         Ok(boot_id)
     }
@@ -662,57 +733,48 @@ impl VirtualMachine {
             other => return Err(format!("qemu is {other} after loading the state")),
         }
         drop(qmp);
+        self.phases.mark("state loaded");
+        // Not before: a connection that qemu's port forward accepts while the guest is not
+        // running yet loses its first SYN, and slirp sends it again seconds later (measured:
+        // 6 s for a busybox restore).
         self.connect(limit, cancel)
             .await
             .map_err(|e| e.to_string())?;
+        self.phases.mark("ssh connected");
         let left = limit
             .saturating_duration_since(Instant::now())
             .max(Duration::from_secs(5));
-        let anchor = self.clock_anchor(left).await?;
         let private_mac = self.spec.private_net.as_ref().map(|n| n.mac.as_str());
-        let done = self
-            .shell
-            .execute(&after_restore_command(anchor, private_mac), left)
-            .await
-            .map_err(|e| e.to_string())?;
-        let id = done.stdout_text().trim().to_string();
-        if !done.status.success() || id.is_empty() {
-            return Err(format!(
-                "setting the clock and identity failed ({}): {}",
-                done.status,
-                String::from_utf8_lossy(&done.output.stderr).trim()
-            ));
-        }
-        Ok(id)
-    }
-
-    /// The guest's uptime and the host's time at one instant, NTP-style: the host's time at
-    /// the middle of the fastest of a few `cat /proc/uptime` round trips (off by at most
-    /// half of it, however loaded the host).
-    async fn clock_anchor(&self, limit: Duration) -> Result<ClockAnchor, String> {
-        let mut best: Option<(Duration, ClockAnchor)> = None;
-        for _ in 0..3 {
-            let sent = std::time::SystemTime::now();
-            let done = self
+        let script = after_restore_script(private_mac);
+        let mut anchored = None;
+        let exchange = async {
+            let mut talk = self
                 .shell
-                .execute("cat /proc/uptime", limit)
+                .converse(&script)
                 .await
                 .map_err(|e| e.to_string())?;
-            let rtt = sent.elapsed().unwrap_or_default();
-            let uptime_cs = parse_uptime_cs(&done.stdout_text())
-                .ok_or_else(|| format!("reading /proc/uptime: {:?}", done.stdout_text()))?;
-            let host = (sent + rtt / 2)
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default();
-            let anchor = ClockAnchor { host, uptime_cs };
-            if best.as_ref().is_none_or(|(b, _)| rtt < *b) {
-                best = Some((rtt, anchor));
-            }
-            if rtt < Duration::from_millis(50) {
-                break;
-            }
+            let anchor = clock_anchor(&mut talk).await?;
+            anchored = Some(self.phases.began.elapsed());
+            talk.send(format!("{} {}\n", anchor.host.as_millis(), anchor.uptime_cs).as_bytes())
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(talk.finish_ticking(RESTORE_TICK).await)
+        };
+        let (status, output) = tokio::time::timeout(left, exchange)
+            .await
+            .map_err(|_| format!("setting the clock and identity took over {left:?}"))??;
+        if let Some(at) = anchored {
+            self.phases.marks.push(("clock read", at));
         }
-        Ok(best.expect("at least one sample").1)
+        let id = String::from_utf8_lossy(&output.stdout).trim().to_string();
+        if !status.success() || id.is_empty() {
+            return Err(format!(
+                "setting the clock and identity failed ({status}): {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            ));
+        }
+        self.phases.mark("clock and identity set");
+        Ok(id)
     }
 
     /// After a failed restore: a new qemu, booting the image on a fresh overlay.
@@ -880,6 +942,7 @@ impl VirtualMachine {
     ) -> Result<String, MachineError> {
         let old = self.boot_id.clone();
         self.shell.disconnect().await;
+        self.phases = Phases::new();
         let id = self.wait_boot(timeout, cancel).await?;
         if Some(&id) == old.as_ref() {
             return Err(MachineError::Failed {
@@ -1079,17 +1142,34 @@ mod tests {
         };
         let anchor_slack = (anchor.host - before_uptime).as_secs_f64();
         std::thread::sleep(Duration::from_millis(1200));
-        let command = after_restore_command(anchor, None)
+        let command = after_restore_script(None)
             .replace(">/dev/null 2>&1", "")
             .replace("date -u -s @", "echo ");
+        // Two uptime round trips first (answered at once here), then the anchor.
+        let talk = format!(".\n.\n{} {}\n", anchor.host.as_millis(), anchor.uptime_cs);
         let started = now().as_secs_f64();
-        let out = std::process::Command::new("sh")
+        let mut child = std::process::Command::new("sh")
             .args(["-c", &command])
-            .output()
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
             .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(talk.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
         let ended = now().as_secs_f64();
         let text = String::from_utf8_lossy(&out.stdout);
-        let set: f64 = text.lines().next().unwrap().parse().unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        // Each `.` was answered with the uptime, which the host parses.
+        for answer in &lines[..2] {
+            assert!(parse_uptime_cs(answer).is_some(), "{text}");
+        }
+        let set: f64 = lines[2].parse().unwrap();
         assert!(
             started - 0.011 <= set && set <= ended + anchor_slack + 0.011,
             "set {set}, not within [{started}, {ended}] (anchor slack {anchor_slack}): {text}"

@@ -32,11 +32,12 @@ pub fn mark_command(tag: &str) -> String {
 
 /// Shell command that prints the guest log since the marker: the kernel log (read directly,
 /// so nothing is lost to journald's asynchronous reading of `/dev/kmsg`), then the journal
-/// where there is one, after asking journald to catch up.
+/// where there is one, after asking journald to catch up. One `sed` a log, not two: each
+/// process costs the guest ~10 ms (busybox) to ~100 ms (debian-12) under TCG.
 pub fn read_command(tag: &str) -> String {
     let m = marker(tag);
     format!(
-        "since() {{ sed -n '/{m}$/,$p' | sed 1d; }}; dmesg | since; \
+        "since() {{ sed -n '/{m}$/,${{/{m}$/!p;}}'; }}; dmesg | since; \
          if command -v journalctl >/dev/null; then journalctl --sync 2>/dev/null; \
          journalctl -b --no-pager -q -o cat | since; fi; true"
     )
@@ -161,7 +162,7 @@ mod tests {
         let cmd = read_command("t1-a2")
             .replace(
                 "dmesg |",
-                "printf 'old BUG: x\\n[ 1.0] vmcheck-start t1-a2\\nnew line\\n' |",
+                "printf 'old BUG: x\\n[ 1.0] vmcheck-start t1-a2\\nnew line\\nmore\\n' |",
             )
             .replace("command -v journalctl", "false");
         let out = std::process::Command::new("sh")
@@ -169,7 +170,7 @@ mod tests {
             .arg(&cmd)
             .output()
             .unwrap();
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "new line\n");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "new line\nmore\n");
         let both = "[ 3.2] BUG: one\nBUG: one\nBUG: two\n";
         assert_eq!(unexpected(both, &[]), ["[ 3.2] BUG: one", "BUG: two"]);
     }
