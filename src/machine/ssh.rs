@@ -100,6 +100,15 @@ pub struct Output {
     pub stderr: Vec<u8>,
 }
 
+impl Output {
+    fn of(&mut self, stream: Stream) -> &mut Vec<u8> {
+        match stream {
+            Stream::Stdout => &mut self.stdout,
+            Stream::Stderr => &mut self.stderr,
+        }
+    }
+}
+
 /// A callback that sees output as it arrives (for streaming to logs).
 pub type OutputSink<'a> = &'a mut (dyn FnMut(Stream, &[u8]) + Send);
 
@@ -235,29 +244,17 @@ impl SshSession {
         let lost = |_| SshError::Disconnected {
             addr: self.addr.clone(),
         };
-        let mut channel = self.handle.channel_open_session().await.map_err(lost)?;
-        channel.exec(true, command).await.map_err(lost)?;
+        let mut channel = self.open(command).await?;
         if let Some(data) = stdin {
             channel.data(data).await.map_err(lost)?;
         }
         channel.eof().await.map_err(lost)?;
         let mut status = ExitStatus::Unknown;
         while let Some(msg) = channel.wait().await {
-            match msg {
-                ChannelMsg::Data { data } => match sink.as_mut() {
-                    Some(s) => s(Stream::Stdout, &data),
-                    None => output.stdout.extend_from_slice(&data),
-                },
-                ChannelMsg::ExtendedData { data, .. } => match sink.as_mut() {
-                    Some(s) => s(Stream::Stderr, &data),
-                    None => output.stderr.extend_from_slice(&data),
-                },
-                ChannelMsg::ExitStatus { exit_status } => status = ExitStatus::Code(exit_status),
-                ChannelMsg::ExitSignal { signal_name, .. } => {
-                    status = ExitStatus::Signal(signal_label(&signal_name))
-                }
-                _ => {}
-            }
+            absorb(msg, &mut status, &mut |stream, data| match sink.as_mut() {
+                Some(s) => s(stream, data),
+                None => output.of(stream).extend_from_slice(data),
+            });
         }
         if status == ExitStatus::Unknown && self.is_closed() {
             return Err(SshError::Disconnected {
@@ -270,19 +267,24 @@ impl SshSession {
     /// Start `command` for a conversation: lines written to its stdin, lines read from its
     /// stdout as they come (see [`Conversation`]). No timeout here either.
     pub async fn converse(&self, command: &str) -> Result<Conversation, SshError> {
-        let lost = |_| SshError::Disconnected {
-            addr: self.addr.clone(),
-        };
-        let channel = self.handle.channel_open_session().await.map_err(lost)?;
-        channel.exec(true, command).await.map_err(lost)?;
         Ok(Conversation {
-            channel,
+            channel: self.open(command).await?,
             addr: self.addr.clone(),
             output: Output::default(),
             read: 0,
             status: ExitStatus::Unknown,
             closed: false,
         })
+    }
+
+    /// A new channel on the connection, running `command`.
+    async fn open(&self, command: &str) -> Result<russh::Channel<client::Msg>, SshError> {
+        let lost = |_| SshError::Disconnected {
+            addr: self.addr.clone(),
+        };
+        let channel = self.handle.channel_open_session().await.map_err(lost)?;
+        channel.exec(true, command).await.map_err(lost)?;
+        Ok(channel)
     }
 
     pub async fn close(&self) {
@@ -295,8 +297,8 @@ impl SshSession {
 
 /// A running command that is talked to: each [`Conversation::send`] writes to its stdin,
 /// each [`Conversation::read_line`] waits for its next line of stdout, and
-/// [`Conversation::finish`] closes its stdin and waits for its end. One channel, one process
-/// in the guest: a round trip costs no new process there.
+/// [`Conversation::finish_ticking`] waits for its end. One channel, one process in the guest:
+/// a round trip costs no new process there.
 pub struct Conversation {
     channel: russh::Channel<client::Msg>,
     addr: String,
@@ -334,29 +336,15 @@ impl Conversation {
 
     /// Handle the channel's next message; false once it is closed.
     async fn next(&mut self) -> bool {
-        match self.channel.wait().await {
-            None => {
-                self.closed = true;
-                false
-            }
-            Some(ChannelMsg::Data { data }) => {
-                self.output.stdout.extend_from_slice(&data);
-                true
-            }
-            Some(ChannelMsg::ExtendedData { data, .. }) => {
-                self.output.stderr.extend_from_slice(&data);
-                true
-            }
-            Some(ChannelMsg::ExitStatus { exit_status }) => {
-                self.status = ExitStatus::Code(exit_status);
-                true
-            }
-            Some(ChannelMsg::ExitSignal { signal_name, .. }) => {
-                self.status = ExitStatus::Signal(signal_label(&signal_name));
-                true
-            }
-            Some(_) => true,
-        }
+        let Some(msg) = self.channel.wait().await else {
+            self.closed = true;
+            return false;
+        };
+        let output = &mut self.output;
+        absorb(msg, &mut self.status, &mut |stream, data| {
+            output.of(stream).extend_from_slice(data)
+        });
+        true
     }
 
     /// Wait for its end, writing a line to its stdin every `tick` meanwhile (a clock for a
@@ -376,6 +364,20 @@ impl Conversation {
         }
         self.output.stdout.drain(..self.read);
         (self.status, self.output)
+    }
+}
+
+/// What one message of a command's channel says: output (given to `out`), or how the command
+/// ended (kept in `status`); anything else is no news.
+fn absorb(msg: ChannelMsg, status: &mut ExitStatus, out: &mut dyn FnMut(Stream, &[u8])) {
+    match msg {
+        ChannelMsg::Data { data } => out(Stream::Stdout, &data),
+        ChannelMsg::ExtendedData { data, .. } => out(Stream::Stderr, &data),
+        ChannelMsg::ExitStatus { exit_status } => *status = ExitStatus::Code(exit_status),
+        ChannelMsg::ExitSignal { signal_name, .. } => {
+            *status = ExitStatus::Signal(signal_label(&signal_name))
+        }
+        _ => {}
     }
 }
 
