@@ -15,11 +15,14 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-/// The files' identity as they are now; `None` if one cannot be looked at.
-fn fingerprint(files: &[&Path]) -> Option<String> {
+/// The files' identity as they are now, and the latest of their status-change times;
+/// `None` if one cannot be looked at.
+fn fingerprint(files: &[&Path]) -> Option<(String, (i64, i64))> {
     let mut text = String::new();
+    let mut changed = (i64::MIN, 0);
     for f in files {
         let m = std::fs::metadata(f).ok()?;
+        changed = changed.max((m.ctime(), m.ctime_nsec()));
         text.push_str(&format!(
             "{}\t{}\t{}\t{}\t{}.{}\t{}.{}\n",
             f.display(),
@@ -32,7 +35,7 @@ fn fingerprint(files: &[&Path]) -> Option<String> {
             m.ctime_nsec()
         ));
     }
-    Some(text)
+    Some((text, changed))
 }
 
 /// Whether `stamp` says that `files`, as they are now, were verified. A file changed no
@@ -42,18 +45,15 @@ pub fn fresh(stamp: &Path, files: &[&Path]) -> bool {
     let Ok(written) = std::fs::metadata(stamp).map(|m| (m.mtime(), m.mtime_nsec())) else {
         return false;
     };
-    let settled = files
-        .iter()
-        .all(|f| std::fs::metadata(f).is_ok_and(|m| (m.ctime(), m.ctime_nsec()) < written));
     match (std::fs::read_to_string(stamp), fingerprint(files)) {
-        (Ok(recorded), Some(now)) => settled && recorded == now,
+        (Ok(recorded), Some((now, changed))) => changed < written && recorded == now,
         _ => false,
     }
 }
 
 /// Record in `stamp` that `files`, as they are now, were verified (best effort).
 pub fn record(stamp: &Path, files: &[&Path]) {
-    let (Some(text), Some(dir)) = (fingerprint(files), stamp.parent()) else {
+    let (Some((text, _)), Some(dir)) = (fingerprint(files), stamp.parent()) else {
         return;
     };
     let write = || -> std::io::Result<()> {

@@ -127,7 +127,7 @@ impl ImageStore {
         let files: Vec<(&String, &String)> = image.manifest.files.iter().collect();
         let paths: Vec<PathBuf> = files.iter().map(|(f, _)| image.file(f)).collect();
         let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
-        let manifest = image.dir.join("manifest.toml");
+        let manifest = image.dir.join(MANIFEST);
         let stamp = image.dir.join(VERIFIED);
         let stamped: Vec<&Path> = refs.iter().copied().chain([manifest.as_path()]).collect();
         if super::stamp::fresh(&stamp, &stamped) {

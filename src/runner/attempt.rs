@@ -354,7 +354,7 @@ async fn unexpected_messages(
         .collect();
     let allowed = journal::allowed(&patterns);
     let mut lines = Vec::new();
-    for m in machines {
+    for (i, m) in machines.iter().enumerate() {
         let path = dir.path.join(&m.name).join("journal.txt");
         let mut file = super::artifacts::create_private(&path)
             .map_err(|e| format!("cannot write {}: {e}", path.display()));
@@ -377,7 +377,7 @@ async fn unexpected_messages(
                 ..Exec::new(&journal::read_command(tag), Duration::from_secs(60))
             })
             .await;
-        if std::ptr::eq(m, &machines[0]) {
+        if i == 0 {
             first_answered = done.is_ok();
         }
         if let Err(e) = done {
