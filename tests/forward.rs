@@ -76,21 +76,22 @@ fn forwarded_ports_reach_the_guest_from_the_host() {
     let tap = String::from_utf8_lossy(&out.stdout);
     common::assert_code(&out, &tap, exit_codes::OK);
     let stream = std::fs::read_to_string(&events).unwrap();
-    assert!(stream.contains("hello-from-guest"), "{stream}");
-    assert!(!stream.contains("panicked"), "{stream}");
-    assert!(stream.contains("py-hello"), "{stream}");
-    assert!(
-        stream.contains("error: machine1: port 9090 is not forwarded (forwarded: 80;"),
-        "{stream}"
-    );
-    // The two nondestructive tests reached the same shared machine (one boot id). Output
-    // comes in chunks cut anywhere: their text, joined (the tests ran one after the other).
+    // Output comes in chunks cut anywhere (Python's print writes "error:" and the rest apart):
+    // the tests' text, joined (they ran one after the other).
     let output: String = stream
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .filter(|e| e["event"] == "test-output")
         .map(|e| e["data"].as_str().unwrap_or("").to_owned())
         .collect();
+    assert!(output.contains("hello-from-guest"), "{stream}");
+    assert!(!stream.contains("panicked"), "{stream}");
+    assert!(output.contains("py-hello"), "{stream}");
+    assert!(
+        output.contains("error: machine1: port 9090 is not forwarded (forwarded: 80;"),
+        "{stream}"
+    );
+    // The two nondestructive tests reached the same shared machine (one boot id).
     let ids: std::collections::BTreeSet<&str> = output
         .split("shared: ")
         .skip(1)
