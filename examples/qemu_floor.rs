@@ -10,6 +10,11 @@
 //! sent if it is paused after loading, as `vm.rs` resumes restored machines); then qemu is
 //! killed.
 //!
+//! `... -- answer [IMAGE] [N]`: the same restore, until the guest agent waiting in the
+//! snapshot (`src/machine/agent.rs`) answers a ping through its port: the least any use of a
+//! restored guest costs, its first code run after the restore included (under TCG all of it
+//! is translated anew).
+//!
 //! `... -- cold IMAGE INITRD [N]`: boots IMAGE's kernel (PVH, `-kernel`) with INITRD in place
 //! of the image's initramfs, otherwise the same command line, N times: the whole qemu
 //! process, from spawning it until it exits (INITRD's `/init` is expected to power off).
@@ -24,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
 use vmcheck::image::{Catalog, Image, ImageStatus, ImageStore};
+use vmcheck::machine::agent::{self, Agent};
 use vmcheck::machine::ports::{self, PortKind};
 use vmcheck::machine::qemu::QemuConfig;
 use vmcheck::machine::qmp::Qmp;
@@ -32,7 +38,8 @@ use vmcheck::machine::spawn::spawn_tied;
 use vmcheck::machine::vm::Host;
 use vmcheck::project::Project;
 
-const USAGE: &str = "usage: qemu_floor restore [IMAGE] [N] | qemu_floor cold IMAGE INITRD [N]";
+const USAGE: &str =
+    "usage: qemu_floor restore|answer [IMAGE] [N] | qemu_floor cold IMAGE INITRD [N]";
 
 #[tokio::main]
 async fn main() {
@@ -40,7 +47,7 @@ async fn main() {
     let mode = args.first().map(String::as_str).unwrap_or("restore");
     let name = args.get(1).cloned().unwrap_or_else(|| "busybox".into());
     let (initrd, n) = match mode {
-        "restore" => (None, args.get(2)),
+        "restore" | "answer" => (None, args.get(2)),
         "cold" => (Some(PathBuf::from(args.get(2).expect(USAGE))), args.get(3)),
         _ => panic!("{USAGE}"),
     };
@@ -72,9 +79,14 @@ async fn main() {
             };
             for _ in 0..n {
                 let disk = image.disk().map(|_| snapshot.disk());
-                times.push(restore(&host, &image, disk, &snapshot.state()).await);
+                let answer = mode == "answer";
+                times.push(restore(&host, &image, disk, &snapshot.state(), answer).await);
             }
-            "plain QEMU restore until QMP says running"
+            if mode == "answer" {
+                "plain QEMU restore until the guest agent answers"
+            } else {
+                "plain QEMU restore until QMP says running"
+            }
         }
         Some(initrd) => {
             for _ in 0..n {
@@ -125,6 +137,7 @@ fn config(image: &Image, host: &Host, ssh_port: u16) -> QemuConfig {
         private_net: None,
         qmp: None,
         incoming: None,
+        agent: None,
     }
 }
 
@@ -172,12 +185,22 @@ async fn stderr_of(child: &mut tokio::process::Child) -> String {
     text
 }
 
-/// Seconds from creating the overlay (if any) until the restored guest runs.
-async fn restore(host: &Host, image: &Image, snapshot_disk: Option<PathBuf>, state: &Path) -> f64 {
+/// Seconds from creating the overlay (if any) until the restored guest runs, or (`answer`)
+/// until its agent answers.
+async fn restore(
+    host: &Host,
+    image: &Image,
+    snapshot_disk: Option<PathBuf>,
+    state: &Path,
+    answer: bool,
+) -> f64 {
     let dir = run_dir();
     let port = ports::lease(PortKind::Tcp).expect("port");
     let mut config = config(image, host, port.port);
     config.qmp = Some(dir.path().join("qmp.sock"));
+    // The snapshot's devices include the agent's port, whether or not it is used here.
+    config.agent = Some(agent::pipe_base(dir.path()));
+    agent::make_fifos(dir.path()).expect("FIFOs");
     config.incoming = Some(state.to_path_buf());
     let t = Instant::now();
     if let Some(backing) = snapshot_disk {
@@ -196,7 +219,15 @@ async fn restore(host: &Host, image: &Image, snapshot_disk: Option<PathBuf>, sta
                 .await
                 .map(drop),
             other => Err(format!("qemu is {other} after loading the state")),
+        }?;
+        if answer {
+            let mut agent = Agent::open(dir.path()).map_err(|e| e.to_string())?;
+            agent
+                .ping(Duration::from_secs(10))
+                .await
+                .map_err(|e| format!("{e} (is the snapshot of an image with virtio_console?)"))?;
         }
+        Ok::<(), String>(())
     }
     .await;
     let secs = t.elapsed().as_secs_f64();

@@ -70,33 +70,7 @@ async fn lifecycle_execute_files_timeout_reboot_kill() {
     );
 
     // a hanging command times out, and everything it started is killed
-    let started = std::time::Instant::now();
-    let err = m
-        .shell()
-        .execute(
-            "echo started; sleep 1001 & sleep 1002; echo never",
-            Duration::from_secs(2),
-        )
-        .await
-        .unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(15));
-    match &err {
-        MachineError::CommandTimeout { output, after, .. } => {
-            assert_eq!(*after, Duration::from_secs(2));
-            assert_eq!(String::from_utf8_lossy(&output.stdout), "started\n");
-        }
-        other => panic!("expected a timeout, got {other}"),
-    }
-    let done = m
-        .shell()
-        .execute("ps -o args | grep -c '^sleep 100[12]' || true", CMD)
-        .await
-        .unwrap();
-    assert_eq!(
-        done.stdout_text().trim(),
-        "0",
-        "the timed-out command's processes survived"
-    );
+    times_out_and_leaves_nothing(&m).await;
 
     // reboot: a new boot id, and the connection works afterwards
     let new_id = m.reboot(BOOT, &cancel).await.unwrap();
@@ -230,6 +204,33 @@ async fn a_boot_timeout_reports_the_console_and_cleans_up() {
 }
 
 /// The snapshots published in `dir` (not the hidden lock and stale markers).
+/// A command that hangs times out after 2 s with its output so far, and nothing it started
+/// keeps running.
+async fn times_out_and_leaves_nothing(m: &VirtualMachine) {
+    let started = std::time::Instant::now();
+    let err = m
+        .shell()
+        .execute(
+            "echo started; sleep 1001 & sleep 1002; echo never",
+            Duration::from_secs(2),
+        )
+        .await
+        .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(15));
+    match &err {
+        MachineError::CommandTimeout { output, after, .. } => {
+            assert_eq!(*after, Duration::from_secs(2));
+            assert_eq!(String::from_utf8_lossy(&output.stdout), "started\n");
+        }
+        other => panic!("expected a timeout, got {other}"),
+    }
+    assert_eq!(
+        run(m, "ps -o args | grep -c '^sleep 100[12]' || true").await,
+        "0",
+        "the timed-out command's processes survived"
+    );
+}
+
 fn snapshot_names(dir: &std::path::Path) -> Vec<String> {
     std::fs::read_dir(dir)
         .unwrap()
@@ -240,7 +241,12 @@ fn snapshot_names(dir: &std::path::Path) -> Vec<String> {
 }
 
 async fn run(m: &VirtualMachine, cmd: &str) -> String {
-    let done = m.shell().execute(cmd, CMD).await.unwrap();
+    succeeded(cmd, m.shell().execute(cmd, CMD).await)
+}
+
+/// The trimmed stdout of `cmd`, which must have run and succeeded.
+fn succeeded(cmd: &str, done: Result<vmcheck::machine::vm::Completed, MachineError>) -> String {
+    let done = done.unwrap();
     assert!(done.status.success(), "{cmd}: {:?}", done.output);
     done.stdout_text().trim().to_string()
 }
@@ -426,4 +432,98 @@ async fn a_layer_is_installed_once_and_restored_with_its_snapshot() {
     for m in [first, second, plain, bad] {
         m.kill().await;
     }
+}
+
+/// The guest agent's process, killed over SSH (a pattern that does not match itself).
+const KILL_AGENT: &str = "for p in /proc/[0-9]*; do grep -q 'org[.]vmcheck[.]agent' $p/cmdline 2>/dev/null && kill -9 ${p#/proc/}; done; true";
+
+/// Run `cmd` over SSH whatever the shell would choose (a command with stdin never goes to
+/// the agent).
+async fn over_ssh(m: &VirtualMachine, cmd: &str) -> String {
+    let req = vmcheck::machine::vm::Exec {
+        stdin: Some(b""),
+        ..vmcheck::machine::vm::Exec::new(cmd, CMD)
+    };
+    succeeded(cmd, m.shell().run(req).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restored_machines_answer_through_the_guest_agent_and_fall_back_to_ssh() {
+    let (_store, image) = common::in_own_store(&common::image("busybox"));
+    let host = common::host(&image).await;
+    let cancel = Cancel::new();
+    // The first machine boots and saves the snapshot, with the agent waiting in it.
+    let mut first = VirtualMachine::start(&host, spec("e2e-agent-1", &image))
+        .await
+        .unwrap();
+    first.wait_boot(BOOT, &cancel).await.unwrap();
+    first.kill().await;
+
+    let mut m = VirtualMachine::start(&host, spec("e2e-agent-2", &image))
+        .await
+        .unwrap();
+    m.wait_boot(BOOT, &cancel).await.unwrap();
+    assert!(m.restored());
+    let steps: Vec<&str> = m.phases().iter().map(|(step, _)| *step).collect();
+    assert!(
+        !steps.contains(&"ssh connected"),
+        "restored without connecting over SSH: {steps:?}"
+    );
+    // vmcheck's own commands come through the agent: not an SSH session ...
+    assert_eq!(run(&m, "echo ${SSH_CONNECTION-none}").await, "none");
+    // ... what users and tests run comes over SSH, as on a booted machine.
+    let user = vmcheck::machine::vm::Exec::new("echo ${SSH_CONNECTION-none}", CMD);
+    let done = m.shell().run(user).await.unwrap();
+    assert_ne!(done.stdout_text().trim(), "none");
+
+    // Exactly the bytes, stdout and stderr apart, and the status.
+    let done = m
+        .shell()
+        .execute(
+            "printf 'a\\0b\\n\\nc'; printf 'x\\ny' >&2; printf '\\nv1 1\\n'; exit 5",
+            CMD,
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.status, ExitStatus::Code(5));
+    assert_eq!(done.output.stdout, b"a\0b\n\nc\nv1 1\n");
+    assert_eq!(done.output.stderr, b"x\ny");
+    // A MiB of random bytes, as the guest's own sha256sum sees them.
+    let sum = run(
+        &m,
+        "head -c 1048576 /dev/urandom >/tmp/blob && sha256sum /tmp/blob",
+    )
+    .await;
+    let done = m.shell().execute("cat /tmp/blob", CMD).await.unwrap();
+    use sha2::Digest;
+    let mine = hex::encode(sha2::Sha256::digest(&done.output.stdout));
+    assert_eq!(done.output.stdout.len(), 1 << 20);
+    assert_eq!(sum.split_whitespace().next(), Some(mine.as_str()));
+    // A command of several lines, quotes and backslashes.
+    assert_eq!(
+        run(&m, "a='it'\\''s'\nb=\"\\\\n\"\necho \"$a $b\"").await,
+        "it's \\n"
+    );
+
+    // A command that outlives its timeout: killed, its output so far kept, and the agent
+    // (whose answer may still come) no longer used.
+    times_out_and_leaves_nothing(&m).await;
+    assert_ne!(run(&m, "echo ${SSH_CONNECTION-none}").await, "none");
+    m.kill().await;
+
+    // A test that kills the agent costs the next command a moment, not its answer.
+    let mut m = VirtualMachine::start(&host, spec("e2e-agent-3", &image))
+        .await
+        .unwrap();
+    m.wait_boot(BOOT, &cancel).await.unwrap();
+    assert!(m.restored());
+    assert_eq!(run(&m, "echo ${SSH_CONNECTION-none}").await, "none");
+    over_ssh(&m, KILL_AGENT).await;
+    let started = std::time::Instant::now();
+    assert_ne!(run(&m, "echo ${SSH_CONNECTION-none}").await, "none");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    // And a reboot leaves no agent behind: SSH it is, at once.
+    m.reboot(BOOT, &cancel).await.unwrap();
+    assert_ne!(run(&m, "echo ${SSH_CONNECTION-none}").await, "none");
+    m.kill().await;
 }

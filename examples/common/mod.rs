@@ -46,9 +46,13 @@ pub fn image_and_count(default_n: usize) -> (String, usize) {
 
 /// Run `true` on `vm`, which must succeed.
 pub async fn run_true(vm: &vmcheck::machine::vm::VirtualMachine) {
+    // Over SSH, as users' and tests' commands go (`execute` would use the guest agent).
     let done = vm
         .shell()
-        .execute("true", std::time::Duration::from_secs(30))
+        .run(vmcheck::machine::vm::Exec::new(
+            "true",
+            std::time::Duration::from_secs(30),
+        ))
         .await
         .expect("exec");
     assert!(done.status.success());

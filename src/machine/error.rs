@@ -1,6 +1,7 @@
 //! The errors of the machine layer: one type for booting, connecting and running commands,
 //! each carrying the machine's label so messages say which machine failed.
 
+use super::agent::AgentError;
 use super::fault::Fault;
 use super::ssh::{Output, SshError};
 use std::path::PathBuf;
@@ -52,6 +53,12 @@ pub enum MachineError {
         label: String,
         #[source]
         source: SshError,
+    },
+    #[error("machine {label}: {source}")]
+    Agent {
+        label: String,
+        #[source]
+        source: AgentError,
     },
     #[error("machine {label}: command timed out after {}s: {command}", .after.as_secs())]
     CommandTimeout {

@@ -2,6 +2,7 @@
 
 pub mod accel;
 pub mod access;
+pub mod agent;
 pub mod console;
 pub mod deadline;
 pub mod error;
@@ -11,6 +12,7 @@ pub mod ports;
 pub mod qemu;
 pub mod qmp;
 pub mod remote;
+mod restore;
 pub mod rundir;
 pub mod shell;
 pub mod snapshot;

@@ -1,10 +1,19 @@
-//! Running commands and copying files over a machine's one persistent SSH connection. The
-//! main type is [`Shell`]; virtual machines and existing hosts (`--machine`) both use it.
+//! Running commands and copying files over a machine's one persistent SSH connection, or its
+//! guest agent when it has one (`agent.rs`: a restored virtual machine). The main type is
+//! [`Shell`]; virtual machines and existing hosts (`--machine`) both use it.
+//!
+//! The agent runs vmcheck's own commands only (POSIX sh, no stdin: [`Shell::execute`], or an
+//! [`Exec`] that says `agent`), when it is attached and answers a ping at once (a test may
+//! have killed it). What users and tests run (bodies, `vm-run -e`, `vm exec`) goes over SSH,
+//! connected when first needed: it gets what an SSH session gives (the user's login shell,
+//! PAM's session, `SSH_CONNECTION`), exactly as on a booted machine; so does everything
+//! after the agent failed once.
 //!
 //! Every command runs with `VMCHECK_EXEC_ID=<unique>` exported. On timeout vmcheck kills
 //! every guest process whose environment carries that id, so a timed-out command leaves
 //! nothing running on a machine that later tests share.
 
+use super::agent::{Agent, AgentError};
 use super::error::MachineError;
 use super::fault::{Probe, diagnose};
 use super::ssh::{Conversation, ExitStatus, Output, OutputSink, SshSession, SshTarget};
@@ -20,6 +29,9 @@ pub struct Exec<'a> {
     pub timeout: Duration,
     pub stdin: Option<&'a [u8]>,
     pub sink: Option<OutputSink<'a>>,
+    /// vmcheck's own POSIX sh command, which the guest agent may run (see the module doc);
+    /// false: over SSH.
+    pub agent: bool,
 }
 
 impl<'a> Exec<'a> {
@@ -29,6 +41,7 @@ impl<'a> Exec<'a> {
             timeout,
             stdin: None,
             sink: None,
+            agent: false,
         }
     }
 }
@@ -48,12 +61,16 @@ impl Completed {
 
 /// How long a single SSH connection attempt may take.
 pub const CONNECT_LIMIT: Duration = Duration::from_secs(20);
+/// How long an attached agent may take to answer before a command goes over SSH instead.
+const PING_LIMIT: Duration = Duration::from_secs(3);
 
 /// Commands and file copies for one machine, over one lazily (re)opened SSH connection.
 pub struct Shell {
     label: String,
     target: SshTarget,
     ssh: tokio::sync::Mutex<Option<Arc<SshSession>>>,
+    /// The guest agent, while it is trusted to answer.
+    agent: tokio::sync::Mutex<Option<Agent>>,
     exec_counter: AtomicU64,
     /// For machines vmcheck runs: what to look at when a command fails for want of a machine.
     probe: Option<Arc<std::sync::Mutex<Probe>>>,
@@ -65,6 +82,7 @@ impl Shell {
             label: label.to_string(),
             target,
             ssh: tokio::sync::Mutex::new(None),
+            agent: tokio::sync::Mutex::new(None),
             exec_counter: AtomicU64::new(0),
             probe: None,
         }
@@ -81,7 +99,7 @@ impl Shell {
     /// for a dying qemu; a timeout only looks.
     async fn explain(&self, error: MachineError) -> MachineError {
         let patience = match &error {
-            MachineError::Ssh { .. } => Duration::from_secs(3),
+            MachineError::Ssh { .. } | MachineError::Agent { .. } => Duration::from_secs(3),
             MachineError::CommandTimeout { .. } => Duration::ZERO,
             _ => return error,
         };
@@ -107,9 +125,21 @@ impl Shell {
         *self.ssh.lock().await = Some(Arc::new(session));
     }
 
+    /// Run commands through `agent` from now on, while it answers.
+    pub async fn attach_agent(&self, agent: Agent) {
+        *self.agent.lock().await = Some(agent);
+    }
+
+    /// Stop using the agent (the guest reboots, or qemu is replaced: it is gone).
+    pub async fn detach_agent(&self) {
+        self.agent.lock().await.take();
+    }
+
     /// Ask the machine to reboot. The connection may drop before `reboot` reports back, so
     /// the result says nothing; wait for the new boot id instead.
     pub async fn request_reboot(&self) {
+        // Over SSH: the agent would never report back.
+        self.detach_agent().await;
         // Not explained: qemu ending is what a reboot looks like from here.
         let _ = self
             .run_once(Exec::new("reboot", Duration::from_secs(10)))
@@ -143,14 +173,18 @@ impl Shell {
         Ok(s)
     }
 
-    /// Run a shell command as root; `Ok` whatever its exit status, `Err` on timeout or a
-    /// lost connection.
+    /// Run one of vmcheck's own shell commands as root (through the agent when it answers);
+    /// `Ok` whatever its exit status, `Err` on timeout or a lost connection.
     pub async fn execute(
         &self,
         command: &str,
         timeout: Duration,
     ) -> Result<Completed, MachineError> {
-        self.run(Exec::new(command, timeout)).await
+        self.run(Exec {
+            agent: true,
+            ..Exec::new(command, timeout)
+        })
+        .await
     }
 
     /// Start `command` for a conversation over the connection (see
@@ -176,7 +210,6 @@ impl Shell {
     }
 
     async fn run_once(&self, req: Exec<'_>) -> Result<Completed, MachineError> {
-        let session = self.session().await?;
         let id = format!(
             "{}-{}",
             std::process::id(),
@@ -186,6 +219,35 @@ impl Shell {
             "VMCHECK_EXEC_ID={id}; export VMCHECK_EXEC_ID; {}",
             req.command
         );
+        if req.agent
+            && req.stdin.is_none()
+            && !wrapped.contains('\0')
+            && let Ok(mut slot) = self.agent.try_lock()
+            && let Some(agent) = slot.as_mut()
+        {
+            if agent.ping(PING_LIMIT).await.is_ok() {
+                let mut output = Output::default();
+                let result = agent
+                    .run(&wrapped, req.timeout, req.sink, &mut output)
+                    .await;
+                if result.is_err() {
+                    // Its answer is lost, or may still come: never use it again.
+                    *slot = None;
+                }
+                drop(slot);
+                return match result {
+                    Ok(status) => Ok(Completed { status, output }),
+                    Err(AgentError::TimedOut(_)) => {
+                        self.kill_exec(&id).await;
+                        Err(self.timed_out(req.command, req.timeout, output))
+                    }
+                    Err(e) => Err(self.agent_failed(e)),
+                };
+            }
+            // Gone (a test killed it), or too slow to trust: SSH from now on.
+            *slot = None;
+        }
+        let session = self.session().await?;
         let mut output = Output::default();
         let result = tokio::time::timeout(
             req.timeout,
@@ -199,22 +261,41 @@ impl Shell {
                 source,
             }),
             Err(_) => {
-                let kill = format!(
-                    "for p in /proc/[0-9]*; do tr '\\0' '\\n' < $p/environ 2>/dev/null | grep -qx VMCHECK_EXEC_ID={id} && kill -9 ${{p#/proc/}} 2>/dev/null; done; true"
-                );
-                let mut ignored = Output::default();
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(10),
-                    session.exec(&kill, None, None, &mut ignored),
-                )
-                .await;
-                Err(MachineError::CommandTimeout {
-                    label: self.label.clone(),
-                    command: req.command.to_string(),
-                    after: req.timeout,
-                    output,
-                })
+                self.kill_exec(&id).await;
+                Err(self.timed_out(req.command, req.timeout, output))
             }
+        }
+    }
+
+    /// Kill every guest process of the command whose `VMCHECK_EXEC_ID` is `id`, over SSH.
+    async fn kill_exec(&self, id: &str) {
+        let Ok(session) = self.session().await else {
+            return;
+        };
+        let kill = format!(
+            "for p in /proc/[0-9]*; do tr '\\0' '\\n' < $p/environ 2>/dev/null | grep -qx VMCHECK_EXEC_ID={id} && kill -9 ${{p#/proc/}} 2>/dev/null; done; true"
+        );
+        let mut ignored = Output::default();
+        let _ = tokio::time::timeout(
+            Duration::from_secs(10),
+            session.exec(&kill, None, None, &mut ignored),
+        )
+        .await;
+    }
+
+    fn timed_out(&self, command: &str, after: Duration, output: Output) -> MachineError {
+        MachineError::CommandTimeout {
+            label: self.label.clone(),
+            command: command.to_string(),
+            after,
+            output,
+        }
+    }
+
+    fn agent_failed(&self, source: AgentError) -> MachineError {
+        MachineError::Agent {
+            label: self.label.clone(),
+            source,
         }
     }
 

@@ -37,7 +37,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 /// Bumped whenever what a snapshot holds or how it is restored changes.
-pub const FORMAT: u32 = 2;
+pub const FORMAT: u32 = 3;
 
 pub const STATE: &str = "state.mig";
 pub const DISK: &str = "disk.qcow2";
@@ -98,12 +98,16 @@ impl SnapshotKey {
             }),
             qmp: None,
             incoming: None,
+            // Its port is a device of the saved machine, the FIFOs are the host's side.
+            agent: Some("A".into()),
         }
         .args();
         let mut h = Sha256::new();
         h.update(format!("vmcheck-snapshot {FORMAT}\n"));
         h.update(format!("{}-{}\n", image.name, image.sha256));
         h.update(format!("{qemu_version}\n"));
+        // The agent a snapshot holds running: a new one makes new snapshots.
+        h.update(format!("agent {}\n", super::agent::program_digest()));
         if let Some(layer) = layer {
             h.update(format!("layer {layer}\n"));
         }
@@ -255,6 +259,16 @@ impl Snapshot {
     }
     pub fn disk(&self) -> PathBuf {
         self.dir.join(DISK)
+    }
+
+    /// Whether the saved machine has the guest agent waiting on its port (`agent = true` in
+    /// `snapshot.toml`, written when it answered just before the state was saved).
+    pub fn has_agent(&self) -> bool {
+        std::fs::read_to_string(self.dir.join(INFO))
+            .ok()
+            .and_then(|info| toml::from_str::<toml::Table>(&info).ok())
+            .and_then(|t| t.get("agent").and_then(toml::Value::as_bool))
+            .unwrap_or(false)
     }
 
     /// Stop using a snapshot that could not be restored or is corrupt: it is removed, so

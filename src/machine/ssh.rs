@@ -101,7 +101,7 @@ pub struct Output {
 }
 
 impl Output {
-    fn of(&mut self, stream: Stream) -> &mut Vec<u8> {
+    pub(crate) fn of(&mut self, stream: Stream) -> &mut Vec<u8> {
         match stream {
             Stream::Stdout => &mut self.stdout,
             Stream::Stderr => &mut self.stderr,

@@ -19,6 +19,7 @@
 //! on stderr and a cold boot; `cold_boot` in the spec always boots.
 
 use super::accel::Accel;
+use super::agent::{self, Agent};
 use super::console::{self, ConsoleState};
 use super::deadline::BootClock;
 pub use super::error::MachineError;
@@ -26,12 +27,13 @@ use super::fault::{self, Probe};
 use super::ports::{self, PortKind, PortLease};
 use super::qemu::{self, PrivateNet, QemuConfig};
 use super::qmp::Qmp;
+use super::restore::{self, Talk};
 use super::rundir;
 use super::shell::{CONNECT_LIMIT, Shell};
 pub use super::shell::{Completed, Exec};
 use super::snapshot::{Found, Maker, Snapshot, SnapshotKey};
 use super::spawn::spawn_tied;
-use super::ssh::{Conversation, HostKeyCheck, SshError, SshSession, SshTarget};
+use super::ssh::{HostKeyCheck, SshError, SshSession, SshTarget};
 use crate::image::Image;
 use crate::signal::Cancel;
 use std::path::{Path, PathBuf};
@@ -155,84 +157,14 @@ enum Origin {
     Reviving,
 }
 
-/// What the guest runs right after a restore, as one conversation over one SSH channel (no
-/// process started in the guest for each step): first it answers each `.` line with its
-/// uptime, for the host to find the instant its clock is read at ([`ClockAnchor`]); then it
-/// reads that anchor (`HOST_MS UPTIME_CS`) and the clock jumps from the snapshot's time to
-/// now, a second NIC (`eth1`, as the image contract names it) trades the saved machine's
-/// address for this one's (virtio-net passes it on to qemu's receive filter), and the image's
-/// hook (if it has one, see bots/images/README.md) gives the machine its own identity, its
-/// stdin a line every [`RESTORE_TICK`]. Then the boot id, as after every boot.
-fn after_restore_script(private_mac: Option<&str>) -> String {
-    let mac = private_mac
-        .map(|m| format!("ip link set dev eth1 address {m} && "))
-        .unwrap_or_default();
-    // The host's time now = its time at the anchor + the guest's uptime since, in ms.
-    format!(
-        "while read -r l && [ \"$l\" = . ]; do read -r u _ </proc/uptime; echo \"$u\"; done; \
-         h=${{l% *}} && a=${{l#* }} && \
-         read -r u _ </proc/uptime && c=${{u%.*}}${{u#*.}} && \
-         ms=$(( h + (${{c#0}} - a) * 10 )) && s=$((ms / 1000)) && f=$((ms % 1000 + 1000)) && \
-         {{ date -u -s @$s.${{f#1}} || date -u -s @$(( (ms + 500) / 1000 )); }} >/dev/null 2>&1 && \
-         {mac}{{ [ ! -x {RESTORE_HOOK} ] || {RESTORE_HOOK}; }} && \
-         read -r id </proc/sys/kernel/random/boot_id && echo \"$id\""
-    )
-}
-
-/// The host's time (since the epoch) at the moment the guest's uptime was `uptime_cs`.
-#[derive(Debug, Clone, Copy)]
-struct ClockAnchor {
-    host: Duration,
-    uptime_cs: u64,
-}
-
-/// The guest's uptime and the host's time at one instant, NTP-style: the host's time at the
-/// middle of the fastest of a few uptime round trips in `talk` (see [`after_restore_script`];
-/// off by at most half of it, however loaded the host).
-async fn clock_anchor(talk: &mut Conversation) -> Result<ClockAnchor, String> {
-    let mut best: Option<(Duration, ClockAnchor)> = None;
-    for _ in 0..3 {
-        let sent = std::time::SystemTime::now();
-        talk.send(b".\n").await.map_err(|e| e.to_string())?;
-        let line = talk
-            .read_line()
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or("the guest ended before telling its uptime")?;
-        let rtt = sent.elapsed().unwrap_or_default();
-        let uptime_cs =
-            parse_uptime_cs(&line).ok_or_else(|| format!("reading /proc/uptime: {line:?}"))?;
-        let host = (sent + rtt / 2)
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        let anchor = ClockAnchor { host, uptime_cs };
-        if best.as_ref().is_none_or(|(b, _)| rtt < *b) {
-            best = Some((rtt, anchor));
-        }
-        if rtt < Duration::from_millis(10) {
-            break;
-        }
-    }
-    Ok(best.expect("at least one sample").1)
-}
-
-/// `/proc/uptime`'s first field (`123.45`) in centiseconds.
-fn parse_uptime_cs(text: &str) -> Option<u64> {
-    let (whole, frac) = text.split_whitespace().next()?.split_once('.')?;
-    Some(whole.parse::<u64>().ok()? * 100 + frac.get(..2)?.parse::<u64>().ok()?)
-}
-
-/// The guest program images may have for restored machines.
-pub const RESTORE_HOOK: &str = "/usr/lib/vmcheck/restored";
-/// How often the restore hook's stdin gets a line while it runs: a hook that waits for
-/// something (debian-12's for journald) reads them instead of starting `sleep`.
-const RESTORE_TICK: Duration = Duration::from_millis(10);
-
 /// How often one wait for a boot relaunches qemu: after the guest asked for a reboot, or
 /// when qemu lost its forwarded port to another program.
 const RELAUNCHES: u32 = 3;
 /// Longest a snapshot restore may take before the machine boots cold instead.
 const RESTORE_LIMIT: Duration = Duration::from_secs(30);
+/// Longest a guest agent just started may take to answer before the snapshot is saved
+/// without it.
+const AGENT_START_LIMIT: Duration = Duration::from_secs(10);
 /// Longest saving a snapshot may pause a machine.
 const SAVE_LIMIT: Duration = Duration::from_secs(60);
 
@@ -535,7 +467,10 @@ impl VirtualMachine {
                 self.boot_id = Some(boot_id.clone());
                 return Ok(boot_id);
             }
-            Origin::Restoring(snapshot) => match self.resume_restored(deadline, cancel).await {
+            Origin::Restoring(snapshot) => match self
+                .resume_restored(snapshot.has_agent(), deadline, cancel)
+                .await
+            {
                 Ok(boot_id) => {
                     self.restored = true;
                     self._snapshot = Some(snapshot);
@@ -643,11 +578,15 @@ impl VirtualMachine {
             // Connect first: the snapshot is of a machine that answers over SSH. Its boot id
             // is not read yet, so each restored machine draws its own.
             self.connect(deadline, cancel).await?;
+            let agent = self.start_agent().await;
             self.shell.disconnect().await;
             // Saving has a limit of its own too: a boot that was slow (a loaded host) must
             // not leave it no time, and its time is not the boot's.
             let started = Instant::now();
-            let saved = self.save_snapshot(maker).await;
+            let saved = self.save_snapshot(maker, agent.is_some()).await;
+            if let Some(agent) = agent {
+                self.shell.attach_agent(agent).await;
+            }
             deadline += started.elapsed();
             self.phases.mark("snapshot saved");
             if let Err(why) = saved {
@@ -683,6 +622,7 @@ impl VirtualMachine {
 
     /// Start qemu again on the same disk overlay (and a new port if `new_port`).
     async fn relaunch(&mut self, new_port: bool) -> Result<(), MachineError> {
+        self.shell.detach_agent().await;
         if new_port {
             self.ports = HostPorts::lease(&self.spec.forward, &self.label)?;
             self.shell = Shell::new(&self.label, target(&self.image, self.ports.ssh.port))
@@ -715,6 +655,7 @@ impl VirtualMachine {
     /// clock set, its identity its own. Errors are reasons for a cold boot.
     async fn resume_restored(
         &mut self,
+        with_agent: bool,
         deadline: Instant,
         cancel: &Cancel,
     ) -> Result<String, String> {
@@ -734,52 +675,51 @@ impl VirtualMachine {
         }
         drop(qmp);
         self.phases.mark("state loaded");
-        // Not before: a connection that qemu's port forward accepts while the guest is not
-        // running yet loses its first SYN, and slirp sends it again seconds later (measured:
-        // 6 s for a busybox restore).
-        self.connect(limit, cancel)
-            .await
-            .map_err(|e| e.to_string())?;
-        self.phases.mark("ssh connected");
+        let private_mac = self.spec.private_net.as_ref().map(|n| n.mac.as_str());
+        let script = restore::after_restore_script(private_mac);
+        let talk = if with_agent {
+            // The agent has waited on its port since the snapshot was saved: no connection
+            // to make first. SSH connects when something needs it.
+            let agent = Agent::open(self.dir.path())
+                .map_err(|e| format!("opening the guest agent's channel: {e}"))?;
+            Talk::Agent(agent.talk(&script).await.map_err(|e| e.to_string())?)
+        } else {
+            // Not before: a connection that qemu's port forward accepts while the guest is not
+            // running yet loses its first SYN, and slirp sends it again seconds later
+            // (measured: 6 s for a busybox restore).
+            self.connect(limit, cancel)
+                .await
+                .map_err(|e| e.to_string())?;
+            self.phases.mark("ssh connected");
+            Talk::Ssh(
+                self.shell
+                    .converse(&script)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            )
+        };
         let left = limit
             .saturating_duration_since(Instant::now())
             .max(Duration::from_secs(5));
-        let private_mac = self.spec.private_net.as_ref().map(|n| n.mac.as_str());
-        let script = after_restore_script(private_mac);
-        let mut anchored = None;
-        let exchange = async {
-            let mut talk = self
-                .shell
-                .converse(&script)
-                .await
-                .map_err(|e| e.to_string())?;
-            let anchor = clock_anchor(&mut talk).await?;
-            anchored = Some(self.phases.began.elapsed());
-            talk.send(format!("{} {}\n", anchor.host.as_millis(), anchor.uptime_cs).as_bytes())
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>(talk.finish_ticking(RESTORE_TICK).await)
+        let done = tokio::select! {
+            done = tokio::time::timeout(left, restore::converse(talk)) => done
+                .map_err(|_| format!("setting the clock and identity took over {left:?}"))??,
+            _ = cancel.cancelled() => return Err("cancelled".into()),
         };
-        let (status, output) = tokio::time::timeout(left, exchange)
-            .await
-            .map_err(|_| format!("setting the clock and identity took over {left:?}"))??;
-        if let Some(at) = anchored {
-            self.phases.marks.push(("clock read", at));
-        }
-        let id = String::from_utf8_lossy(&output.stdout).trim().to_string();
-        if !status.success() || id.is_empty() {
-            return Err(format!(
-                "setting the clock and identity failed ({status}): {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            ));
-        }
+        self.phases
+            .marks
+            .push(("clock read", done.clock_read - self.phases.began));
         self.phases.mark("clock and identity set");
-        Ok(id)
+        if let Some(agent) = done.agent {
+            self.shell.attach_agent(agent).await;
+        }
+        Ok(done.boot_id)
     }
 
     /// After a failed restore: a new qemu, booting the image on a fresh overlay.
     async fn boot_cold_instead(&mut self) -> Result<(), MachineError> {
         self.shell.disconnect().await;
+        self.shell.detach_agent().await;
         self.kill_group();
         let _ = self.child.wait().await;
         if let (Some(backing), Some(overlay)) = (self.image.disk(), &self.disk) {
@@ -789,9 +729,26 @@ impl VirtualMachine {
         self.relaunch(false).await
     }
 
+    /// Start the guest agent (see `agent.rs`) in this booted machine, over its SSH
+    /// connection, and wait until it answers; `None` (and SSH it is) for a guest without its
+    /// port (an image without `virtio_console`) or where it does not answer.
+    async fn start_agent(&self) -> Option<Agent> {
+        let started = self
+            .shell
+            .execute(&agent::start_command(), Duration::from_secs(30))
+            .await;
+        if !started.is_ok_and(|done| done.status.success()) {
+            return None;
+        }
+        let mut agent = Agent::open(self.dir.path()).ok()?;
+        agent.ping(AGENT_START_LIMIT).await.ok()?;
+        Some(agent)
+    }
+
     /// Save this booted machine as the snapshot `maker` makes: pause it, move its disk to a
-    /// new overlay (the old one is the snapshot's disk), write its state, resume it.
-    async fn save_snapshot(&mut self, maker: Maker) -> Result<(), String> {
+    /// new overlay (the old one is the snapshot's disk), write its state, resume it. `agent`:
+    /// whether the guest agent waits on its port in the saved machine.
+    async fn save_snapshot(&mut self, maker: Maker, agent: bool) -> Result<(), String> {
         let started = Instant::now();
         let limit = started + SAVE_LIMIT;
         let mut qmp = Qmp::connect(&self.qmp_socket(), limit).await?;
@@ -821,7 +778,7 @@ impl VirtualMachine {
             self.image.short_id(),
             self.memory_mib,
             self.spec.cpus,
-        );
+        ) + if agent { "agent = true\n" } else { "" };
         // Blocking: hashes the files.
         tokio::task::spawn_blocking(move || maker.publish(&info))
             .await
@@ -942,6 +899,8 @@ impl VirtualMachine {
     ) -> Result<String, MachineError> {
         let old = self.boot_id.clone();
         self.shell.disconnect().await;
+        // The agent does not survive a reboot (it is started only before a snapshot).
+        self.shell.detach_agent().await;
         self.phases = Phases::new();
         let id = self.wait_boot(timeout, cancel).await?;
         if Some(&id) == old.as_ref() {
@@ -1068,7 +1027,13 @@ async fn launch(
         private_net: spec.private_net.clone(),
         qmp: Some(qmp_socket(dir)),
         incoming: incoming.map(Path::to_path_buf),
+        agent: Some(agent::pipe_base(dir)),
     };
+    agent::make_fifos(dir).map_err(|source| MachineError::Io {
+        label: spec.label.clone(),
+        context: "creating the guest agent's FIFOs".into(),
+        source,
+    })?;
     let mut cmd = tokio::process::Command::new(&host.qemu);
     cmd.args(config.args())
         .stdin(Stdio::null())
@@ -1112,67 +1077,5 @@ fn target(image: &Image, port: u16) -> SshTarget {
             // will match, which is the safe failure.
             Err(_) => HostKeyCheck::KnownHosts(PathBuf::from("/dev/null")),
         },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_restore_command_sets_the_host_time_of_the_moment_it_runs() {
-        assert_eq!(parse_uptime_cs("123.45 67.89\n"), Some(12345));
-        assert_eq!(parse_uptime_cs("junk"), None);
-        // An anchor taken now, and the command run 1.2 s later, with `date` printing its
-        // argument: it is the host time of the moment the command runs, not of the anchor.
-        // No timing is assumed: the time set lies between the host's clock just before the
-        // command started and just after it ended, widened by what the anchor itself may be
-        // off (the time between reading the uptime and the clock, and both uptimes'
-        // truncation to centiseconds: up to 10 ms either way), however loaded the host is.
-        let now = || {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-        };
-        let before_uptime = now();
-        let uptime = std::fs::read_to_string("/proc/uptime").unwrap();
-        let anchor = ClockAnchor {
-            host: now(),
-            uptime_cs: parse_uptime_cs(&uptime).unwrap(),
-        };
-        let anchor_slack = (anchor.host - before_uptime).as_secs_f64();
-        std::thread::sleep(Duration::from_millis(1200));
-        let command = after_restore_script(None)
-            .replace(">/dev/null 2>&1", "")
-            .replace("date -u -s @", "echo ");
-        // Two uptime round trips first (answered at once here), then the anchor.
-        let talk = format!(".\n.\n{} {}\n", anchor.host.as_millis(), anchor.uptime_cs);
-        let started = now().as_secs_f64();
-        let mut child = std::process::Command::new("sh")
-            .args(["-c", &command])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(talk.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        let ended = now().as_secs_f64();
-        let text = String::from_utf8_lossy(&out.stdout);
-        let lines: Vec<&str> = text.lines().collect();
-        // Each `.` was answered with the uptime, which the host parses.
-        for answer in &lines[..2] {
-            assert!(parse_uptime_cs(answer).is_some(), "{text}");
-        }
-        let set: f64 = lines[2].parse().unwrap();
-        assert!(
-            started - 0.011 <= set && set <= ended + anchor_slack + 0.011,
-            "set {set}, not within [{started}, {ended}] (anchor slack {anchor_slack}): {text}"
-        );
     }
 }

@@ -106,6 +106,7 @@ impl AttemptDir {
             .shell()
             .run(Exec {
                 sink: Some(&mut sink),
+                agent: true,
                 ..Exec::new(&cmd, Duration::from_secs(120))
             })
             .await;

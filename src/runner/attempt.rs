@@ -227,7 +227,7 @@ pub async fn run_attempt(
         AttemptOutcome::Passed | AttemptOutcome::Failed { .. }
     ) {
         let (lines, answered) =
-            unexpected_messages(&req, &granted, &machines, &tag, &dir, &log).await;
+            unexpected_messages(&req, &granted, &machines, &tag, &dir, &log, global).await;
         first_answered = answered;
         if !lines.is_empty() {
             log.note("vmcheck: FAIL: test completed, but found unexpected journal messages:");
@@ -322,7 +322,11 @@ pub async fn run_attempt(
             } else {
                 super::restore::restore_command(&saved)
             };
-            let done = m.shell().execute(&cmd, Duration::from_secs(60)).await;
+            // Over SSH, as the tests reach it: the agent answering proves less.
+            let done = m
+                .shell()
+                .run(Exec::new(&cmd, Duration::from_secs(60)))
+                .await;
             if let Some(problem) = command_problem(done, "restoring files after the test") {
                 health = Health::Broken(problem);
             }
@@ -346,6 +350,7 @@ async fn unexpected_messages(
     tag: &str,
     dir: &AttemptDir,
     log: &Log,
+    shared: bool,
 ) -> (Vec<String>, bool) {
     let mut first_answered = false;
     let patterns: Vec<String> = (req.test.allow_journal.iter())
@@ -374,6 +379,10 @@ async fn unexpected_messages(
             .shell()
             .run(Exec {
                 sink: Some(&mut sink),
+                // A fresh machine's log is read through the agent (a test that used its own
+                // SSH connections leaves vmcheck none to make); a shared machine's over SSH,
+                // as the tests reach it: the read doubles as its health probe.
+                agent: !shared,
                 ..Exec::new(&journal::read_command(tag), Duration::from_secs(60))
             })
             .await;
