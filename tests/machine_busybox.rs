@@ -505,6 +505,16 @@ async fn restored_machines_answer_through_the_guest_agent_and_fall_back_to_ssh()
         "it's \\n"
     );
 
+    // A conversation (the restore step's kind, over SSH for snapshots without the agent):
+    // a line without end is an error, not memory without end.
+    let mut talk = m
+        .shell()
+        .converse("head -c 300000 /dev/zero | tr '\\0' x; sleep 5")
+        .await
+        .unwrap();
+    let err = talk.read_line().await.unwrap_err();
+    assert!(err.to_string().contains("more than 65536 bytes"), "{err}");
+
     // A command that outlives its timeout: killed, its output so far kept, and the agent
     // (whose answer may still come) no longer used.
     times_out_and_leaves_nothing(&m).await;

@@ -26,6 +26,8 @@ use tokio::net::unix::pipe;
 pub const PORT: &str = "org.vmcheck.agent.0";
 /// The guest program.
 const PROGRAM: &str = include_str!("agent.sh");
+/// Longest line of a conversation (`talk`): its lines are vmcheck's own, and short.
+const MAX_LINE: usize = 64 * 1024;
 
 /// qemu's `-chardev pipe` path in the run directory `dir`: qemu reads `<it>.in` and writes
 /// `<it>.out`.
@@ -77,6 +79,8 @@ pub enum AgentError {
     Silent(Duration),
     #[error("the command did not end within {0:?}")]
     TimedOut(Duration),
+    #[error("the guest sent a line of more than {0} bytes")]
+    LineTooLong(usize),
 }
 
 /// The host's end of one machine's agent channel, for one request at a time.
@@ -140,6 +144,10 @@ impl Agent {
                     self.buf.drain(..at + pong.len());
                     return Ok(());
                 }
+                // What came before the answer is dropped as it comes, but for what may be
+                // its start: a guest that sends without end costs neither memory nor time.
+                let keep = partial_suffix(&self.buf, &pong);
+                self.buf.drain(..self.buf.len() - keep);
                 self.fill().await?;
             }
         };
@@ -222,11 +230,14 @@ impl AgentTalk {
 
     /// The next line of its output (without its newline); `None` once it ended.
     pub async fn read_line(&mut self) -> Result<Option<String>, AgentError> {
+        // Bytes already looked at for a newline: each is looked at once.
+        let mut searched = 0;
         loop {
             if self.status.is_some() {
                 return Ok(None);
             }
-            if let Some(n) = self.agent.buf.iter().position(|&b| b == b'\n') {
+            let found = self.agent.buf[searched..].iter().position(|&b| b == b'\n');
+            if let Some(n) = found.map(|i| searched + i) {
                 let line: Vec<u8> = self.agent.buf.drain(..=n).collect();
                 let line = String::from_utf8_lossy(&line[..n]).into_owned();
                 if let Some(code) = line.strip_prefix(&self.end) {
@@ -234,6 +245,10 @@ impl AgentTalk {
                     return Ok(None);
                 }
                 return Ok(Some(line));
+            }
+            searched = self.agent.buf.len();
+            if searched > MAX_LINE {
+                return Err(AgentError::LineTooLong(MAX_LINE));
             }
             self.agent.fill().await?;
         }
@@ -433,6 +448,62 @@ mod tests {
                 (Stream::Stderr, b"b".to_vec())
             ]
         );
+    }
+
+    /// New FIFOs in a temporary run directory, with qemu's ends open as qemu opens them
+    /// (read-write), and the host's agent on the others.
+    fn fake_qemu() -> (tempfile::TempDir, pipe::Receiver, pipe::Sender, Agent) {
+        let dir = tempfile::tempdir().unwrap();
+        make_fifos(dir.path()).unwrap();
+        let open = pipe::OpenOptions::new().read_write(true).clone();
+        let requests = open.open_receiver(fifo(dir.path(), "in")).unwrap();
+        let answers = open.open_sender(fifo(dir.path(), "out")).unwrap();
+        let agent = Agent::open(dir.path()).unwrap();
+        (dir, requests, answers, agent)
+    }
+
+    /// A fake guest: `answer` is written to the host once its request arrives.
+    async fn fake_guest(answer: Vec<u8>) -> (tempfile::TempDir, Agent) {
+        let (dir, mut requests, mut answers, agent) = fake_qemu();
+        tokio::spawn(async move {
+            let mut byte = [0u8; 1];
+            let _ = requests.read(&mut byte).await;
+            let _ = answers.write_all(&answer).await;
+            // qemu keeps its end open: so does the fake, for the test's life.
+            std::future::pending::<()>().await;
+        });
+        (dir, agent)
+    }
+
+    #[tokio::test]
+    async fn junk_before_a_pong_costs_no_memory() {
+        let mut junk = vec![b'x'; 8 << 20];
+        junk.extend_from_slice(b"v");
+        let (_dir, mut agent) = fake_guest(junk).await;
+        // The nonce is not known to the fake, so it never answers: the agent is silent, and
+        // what it read meanwhile was dropped as it came.
+        let err = agent.ping(Duration::from_secs(2)).await.unwrap_err();
+        assert!(matches!(err, AgentError::Silent(_)), "{err}");
+        assert!(agent.buf.len() < 64, "{} bytes kept", agent.buf.len());
+    }
+
+    #[tokio::test]
+    async fn an_endless_line_in_a_conversation_is_an_error() {
+        let (_dir, agent) = fake_guest(vec![b'x'; MAX_LINE * 2]).await;
+        let mut talk = agent.talk("true").await.unwrap();
+        let err = tokio::time::timeout(Duration::from_secs(20), talk.read_line())
+            .await
+            .expect("an error, not a wait")
+            .unwrap_err();
+        assert!(matches!(err, AgentError::LineTooLong(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn qemu_gone_ends_a_wait_at_once() {
+        let (_dir, _requests, answers, mut agent) = fake_qemu();
+        drop(answers);
+        let err = agent.ping(Duration::from_secs(20)).await.unwrap_err();
+        assert!(matches!(err, AgentError::Closed), "{err}");
     }
 
     #[test]

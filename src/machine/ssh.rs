@@ -295,6 +295,9 @@ impl SshSession {
     }
 }
 
+/// Longest line [`Conversation::read_line`] takes.
+const MAX_LINE: usize = 64 * 1024;
+
 /// A running command that is talked to: each [`Conversation::send`] writes to its stdin,
 /// each [`Conversation::read_line`] waits for its next line of stdout, and
 /// [`Conversation::finish_ticking`] waits for its end. One channel, one process in the guest:
@@ -327,6 +330,14 @@ impl Conversation {
                 let line = String::from_utf8_lossy(&unread[..n]).into_owned();
                 self.read += n + 1;
                 return Ok(Some(line));
+            }
+            // Its lines are vmcheck's own, and short: a guest that sends without end is not
+            // read into memory without end.
+            if unread.len() > MAX_LINE {
+                return Err(SshError::Protocol {
+                    addr: self.addr.clone(),
+                    message: format!("the guest sent a line of more than {MAX_LINE} bytes"),
+                });
             }
             if self.closed || !self.next().await {
                 return Ok(None);
