@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 pub const STATE: &str = "state.zst";
 pub const DISK: &str = "disk.qcow2";
 pub const INFO: &str = "machine.toml";
-/// Bumped whenever what a kept machine holds changes.
-pub const FORMAT: u32 = 1;
+/// Bumped whenever what a kept machine holds changes. 2: machines have the guest agent's
+/// virtio-serial port, so a state saved without it (1) does not load into today's devices.
+pub const FORMAT: u32 = 2;
 
 /// How long keeping a machine may take (it is paused meanwhile).
 const KEEP_LIMIT: Duration = Duration::from_secs(300);
