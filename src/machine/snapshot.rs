@@ -151,12 +151,24 @@ impl SnapshotKey {
         if !dir.join(INFO).is_file() || self.stale_marker().exists() {
             return Found::None;
         }
+        // Read once: what it records decides both its check and how it is restored.
+        let recorded = std::fs::read_to_string(dir.join(INFO))
+            .map_err(|e| format!("reading {INFO}: {e}"))
+            .and_then(|info| {
+                toml::from_str::<toml::Table>(&info)
+                    .map_err(|e| format!("{INFO} is not valid: {e}"))
+            });
         let snapshot = Snapshot {
             dir,
             stale_marker: self.stale_marker(),
+            agent: recorded
+                .as_ref()
+                .ok()
+                .and_then(|t| t.get("agent").and_then(toml::Value::as_bool))
+                .unwrap_or(false),
             _in_use: lock,
         };
-        match snapshot.verify() {
+        match recorded.and_then(|t| snapshot.verify(&t)) {
             Ok(()) => Found::Some(snapshot),
             Err(why) => Found::Corrupt(snapshot, why),
         }
@@ -250,6 +262,9 @@ pub enum Found {
 pub struct Snapshot {
     pub dir: PathBuf,
     stale_marker: PathBuf,
+    /// Whether the saved machine has the guest agent waiting on its port (`agent = true` in
+    /// `snapshot.toml`, written when it answered just before the state was saved).
+    pub agent: bool,
     _in_use: Flock<File>,
 }
 
@@ -261,16 +276,6 @@ impl Snapshot {
         self.dir.join(DISK)
     }
 
-    /// Whether the saved machine has the guest agent waiting on its port (`agent = true` in
-    /// `snapshot.toml`, written when it answered just before the state was saved).
-    pub fn has_agent(&self) -> bool {
-        std::fs::read_to_string(self.dir.join(INFO))
-            .ok()
-            .and_then(|info| toml::from_str::<toml::Table>(&info).ok())
-            .and_then(|t| t.get("agent").and_then(toml::Value::as_bool))
-            .unwrap_or(false)
-    }
-
     /// Stop using a snapshot that could not be restored or is corrupt: it is removed, so
     /// the next machine makes it anew, unless other machines still use it; then it is
     /// marked stale (no longer found) and removed by a later remover.
@@ -279,13 +284,15 @@ impl Snapshot {
             dir,
             stale_marker,
             _in_use,
+            ..
         } = self;
         drop(_in_use);
         remove_unused(&dir, &stale_marker);
     }
 
-    /// Check the files against the hashes in `snapshot.toml`, once per process and file.
-    fn verify(&self) -> Result<(), String> {
+    /// Check the files against the hashes `recorded` in `snapshot.toml`, once per process and
+    /// file.
+    fn verify(&self, recorded: &toml::Table) -> Result<(), String> {
         // Files as they are now: a rewrite changes the modification time.
         type Seen = (PathBuf, Vec<(u64, i64, i64, u64)>);
         static VERIFIED: Mutex<Option<HashSet<Seen>>> = Mutex::new(None);
@@ -314,10 +321,6 @@ impl Snapshot {
             .collect();
         let files: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
         let stamped = crate::image::stamp::fresh(&stamp, &files);
-        let info = std::fs::read_to_string(self.dir.join(INFO))
-            .map_err(|e| format!("reading {INFO}: {e}"))?;
-        let recorded: toml::Table =
-            toml::from_str(&info).map_err(|e| format!("{INFO} is not valid: {e}"))?;
         for (file, field) in HASHED.into_iter().filter(|_| !stamped) {
             let path = self.dir.join(file);
             let want = recorded.get(field).and_then(|v| v.as_str());

@@ -467,38 +467,15 @@ impl VirtualMachine {
                 self.boot_id = Some(boot_id.clone());
                 return Ok(boot_id);
             }
-            Origin::Restoring(snapshot) => match self
-                .resume_restored(snapshot.has_agent(), deadline, cancel)
-                .await
-            {
-                Ok(boot_id) => {
-                    self.restored = true;
-                    self._snapshot = Some(snapshot);
-                    self.boot_id = Some(boot_id.clone());
+            Origin::Restoring(snapshot) => {
+                if let Some(boot_id) = self
+                    .restore_or_boot_cold(snapshot, deadline, cancel)
+                    .await?
+                {
                     return Ok(boot_id);
                 }
-                Err(_) if cancel.is_cancelled() => return Err(MachineError::Cancelled),
-                Err(why) => {
-                    // A qemu that could not load the state says why on stderr.
-                    let why = match self.child.try_wait() {
-                        Ok(Some(status)) => {
-                            let stderr = self.stderr_text();
-                            let said = stderr.lines().rev().find(|l| !l.trim().is_empty());
-                            format!("qemu exited with {status}: {}", said.unwrap_or(&why))
-                        }
-                        _ => why,
-                    };
-                    crate::say!(
-                        "vmcheck: {}: restoring the snapshot {} failed ({why}); booting cold",
-                        self.label,
-                        snapshot.dir.display()
-                    );
-                    self.boot_cold_instead().await?;
-                    // Its qemu is gone: the snapshot is no longer used by this machine.
-                    let _ = tokio::task::spawn_blocking(move || snapshot.discard()).await;
-                    None
-                }
-            },
+                None
+            }
         };
         let mut relaunches = 0;
         loop {
@@ -649,6 +626,44 @@ impl VirtualMachine {
         self.qemu_stderr = stderr;
         self.markers_seen = 0;
         Ok(())
+    }
+
+    /// Resume the machine from `snapshot` (its boot id), or, when that fails, say why on
+    /// stderr, give the snapshot up and boot cold instead (`None`: wait for that boot).
+    async fn restore_or_boot_cold(
+        &mut self,
+        snapshot: Snapshot,
+        deadline: Instant,
+        cancel: &Cancel,
+    ) -> Result<Option<String>, MachineError> {
+        let why = match self.resume_restored(snapshot.agent, deadline, cancel).await {
+            Ok(boot_id) => {
+                self.restored = true;
+                self._snapshot = Some(snapshot);
+                self.boot_id = Some(boot_id.clone());
+                return Ok(Some(boot_id));
+            }
+            Err(_) if cancel.is_cancelled() => return Err(MachineError::Cancelled),
+            Err(why) => why,
+        };
+        // A qemu that could not load the state says why on stderr.
+        let why = match self.child.try_wait() {
+            Ok(Some(status)) => {
+                let stderr = self.stderr_text();
+                let said = stderr.lines().rev().find(|l| !l.trim().is_empty());
+                format!("qemu exited with {status}: {}", said.unwrap_or(&why))
+            }
+            _ => why,
+        };
+        crate::say!(
+            "vmcheck: {}: restoring the snapshot {} failed ({why}); booting cold",
+            self.label,
+            snapshot.dir.display()
+        );
+        self.boot_cold_instead().await?;
+        // Its qemu is gone: the snapshot is no longer used by this machine.
+        let _ = tokio::task::spawn_blocking(move || snapshot.discard()).await;
+        Ok(None)
     }
 
     /// Resume a machine whose qemu is loading a snapshot, and get it ready for use: its
