@@ -26,6 +26,8 @@ use tokio::net::unix::pipe;
 pub const PORT: &str = "org.vmcheck.agent.0";
 /// The guest program.
 const PROGRAM: &str = include_str!("agent.sh");
+/// Longest status line after a `run` (`$?`, a few digits).
+const MAX_STATUS: usize = 16;
 /// Longest line of a conversation (`talk`): its lines are vmcheck's own, and short.
 const MAX_LINE: usize = 64 * 1024;
 
@@ -313,6 +315,19 @@ impl Frames {
         }
     }
 
+    /// Give out what was held back (the command will not end): it was output after all.
+    fn flush(&mut self, emit: &mut dyn FnMut(Stream, &[u8])) {
+        let stream = match self.region {
+            Region::Out => Stream::Stdout,
+            Region::Err => Stream::Stderr,
+            Region::Status | Region::Done => return,
+        };
+        if !self.held.is_empty() {
+            emit(stream, &self.held);
+            self.held.clear();
+        }
+    }
+
     /// Take `data`; output goes to `emit`. Returns the status once the end is in.
     fn feed(&mut self, data: &[u8], emit: &mut dyn FnMut(Stream, &[u8])) -> Option<ExitStatus> {
         self.held.extend_from_slice(data);
@@ -321,9 +336,14 @@ impl Frames {
                 Region::Out => (Stream::Stdout, &self.out_end, Region::Err),
                 Region::Err => (Stream::Stderr, &self.err_end, Region::Status),
                 Region::Status => {
-                    let at = self.held.iter().position(|&b| b == b'\n')?;
-                    let status = status_of(&self.held[..at]);
-                    self.held.drain(..=at);
+                    // A status is a few digits: what does not end soon is not one, and is
+                    // not kept waiting for an end.
+                    let status = match self.held.iter().position(|&b| b == b'\n') {
+                        Some(at) => status_of(&self.held[..at]),
+                        None if self.held.len() > MAX_STATUS => ExitStatus::Unknown,
+                        None => return None,
+                    };
+                    self.held.clear();
                     self.region = Region::Done;
                     return Some(status);
                 }
@@ -344,21 +364,6 @@ impl Frames {
                 self.held.drain(..ready);
             }
             return None;
-        }
-    }
-}
-
-impl Frames {
-    /// Give out what was held back (the command will not end): it was output after all.
-    fn flush(&mut self, emit: &mut dyn FnMut(Stream, &[u8])) {
-        let stream = match self.region {
-            Region::Out => Stream::Stdout,
-            Region::Err => Stream::Stderr,
-            Region::Status | Region::Done => return,
-        };
-        if !self.held.is_empty() {
-            emit(stream, &self.held);
-            self.held.clear();
         }
     }
 }
@@ -504,6 +509,16 @@ mod tests {
         drop(answers);
         let err = agent.ping(Duration::from_secs(20)).await.unwrap_err();
         assert!(matches!(err, AgentError::Closed), "{err}");
+    }
+
+    #[test]
+    fn a_status_without_end_is_unknown_and_not_kept() {
+        let mut frames = Frames::new("N");
+        let mut bytes = b"out\nN 1\nerr\nN 2 ".to_vec();
+        bytes.extend_from_slice(&[b'7'; 100]);
+        let status = frames.feed(&bytes, &mut |_, _| {});
+        assert_eq!(status, Some(ExitStatus::Unknown));
+        assert!(frames.held.is_empty());
     }
 
     #[test]
