@@ -35,7 +35,7 @@ use vmcheck::machine::qemu::QemuConfig;
 use vmcheck::machine::qmp::Qmp;
 use vmcheck::machine::snapshot::{Found, SnapshotKey};
 use vmcheck::machine::spawn::spawn_tied;
-use vmcheck::machine::vm::Host;
+use vmcheck::machine::vm::{self, Host};
 use vmcheck::project::Project;
 
 const USAGE: &str =
@@ -121,24 +121,12 @@ async fn image_and_host(name: &str) -> (Image, Host) {
     (image, host)
 }
 
-/// vmcheck's command line for a one-CPU machine of `image` with its default memory.
-fn config(image: &Image, host: &Host, ssh_port: u16) -> QemuConfig {
-    QemuConfig {
-        accel: host.accel,
-        memory_mib: image.manifest.boot.memory_mib,
-        cpus: 1,
-        kernel: image.kernel(),
-        initrd: image.initrd(),
-        cmdline: image.manifest.boot.cmdline.clone(),
-        disk: None,
-        ssh_port,
-        forwards: Vec::new(),
-        isolated: false,
-        private_net: None,
-        qmp: None,
-        incoming: None,
-        agent: None,
-    }
+/// vmcheck's command line for a one-CPU machine of `image` with its default memory, run in
+/// `dir` (the FIFOs of its agent's port made there, as `vm.rs` makes them).
+fn config(image: &Image, host: &Host, dir: &Path, ssh_port: u16) -> QemuConfig {
+    agent::make_fifos(dir).expect("FIFOs");
+    let memory_mib = image.manifest.boot.memory_mib;
+    vm::machine_config(host, image, memory_mib, 1, dir, ssh_port)
 }
 
 /// A run directory for the QMP socket and the overlay.
@@ -196,11 +184,7 @@ async fn restore(
 ) -> f64 {
     let dir = run_dir();
     let port = ports::lease(PortKind::Tcp).expect("port");
-    let mut config = config(image, host, port.port);
-    config.qmp = Some(dir.path().join("qmp.sock"));
-    // The snapshot's devices include the agent's port, whether or not it is used here.
-    config.agent = Some(agent::pipe_base(dir.path()));
-    agent::make_fifos(dir.path()).expect("FIFOs");
+    let mut config = config(image, host, dir.path(), port.port);
     config.incoming = Some(state.to_path_buf());
     let t = Instant::now();
     if let Some(backing) = snapshot_disk {
@@ -244,9 +228,8 @@ async fn restore(
 async fn cold(host: &Host, image: &Image, initrd: &Path) -> f64 {
     let dir = run_dir();
     let port = ports::lease(PortKind::Tcp).expect("port");
-    let mut config = config(image, host, port.port);
+    let mut config = config(image, host, dir.path(), port.port);
     config.initrd = initrd.to_path_buf();
-    config.qmp = Some(dir.path().join("qmp.sock"));
     if let Some(backing) = image.disk() {
         let overlay = dir.path().join("overlay.qcow2");
         create_overlay(host, &backing, &overlay).await;

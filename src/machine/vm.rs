@@ -1012,6 +1012,36 @@ fn qmp_socket(dir: &Path) -> PathBuf {
     dir.join("qmp.sock")
 }
 
+/// The qemu command line of a machine of `image` with `memory_mib` and `cpus`, running in
+/// the run directory `dir` (its QMP socket and the guest agent's FIFOs there) and reached on
+/// `ssh_port`: booting, without a disk, forwards or a private network, which callers add.
+/// Every machine is launched from it, and `examples/qemu_floor` measures plain QEMU on it.
+pub fn machine_config(
+    host: &Host,
+    image: &Image,
+    memory_mib: u32,
+    cpus: u32,
+    dir: &Path,
+    ssh_port: u16,
+) -> QemuConfig {
+    QemuConfig {
+        accel: host.accel,
+        memory_mib,
+        cpus,
+        kernel: image.kernel(),
+        initrd: image.initrd(),
+        cmdline: image.manifest.boot.cmdline.clone(),
+        disk: None,
+        ssh_port,
+        forwards: Vec::new(),
+        isolated: false,
+        private_net: None,
+        qmp: Some(qmp_socket(dir)),
+        incoming: None,
+        agent: Some(agent::pipe_base(dir)),
+    }
+}
+
 type Launched = (
     tokio::process::Child,
     watch::Receiver<ConsoleState>,
@@ -1027,22 +1057,20 @@ async fn launch(
     disk: Option<&Path>,
     incoming: Option<&Path>,
 ) -> Result<Launched, MachineError> {
-    let image = &spec.image;
     let config = QemuConfig {
-        accel: host.accel,
-        memory_mib,
-        cpus: spec.cpus,
-        kernel: image.kernel(),
-        initrd: image.initrd(),
-        cmdline: image.manifest.boot.cmdline.clone(),
         disk: disk.map(Path::to_path_buf),
-        ssh_port: ports.ssh.port,
         forwards: ports.pairs(),
         isolated: spec.isolated,
         private_net: spec.private_net.clone(),
-        qmp: Some(qmp_socket(dir)),
         incoming: incoming.map(Path::to_path_buf),
-        agent: Some(agent::pipe_base(dir)),
+        ..machine_config(
+            host,
+            &spec.image,
+            memory_mib,
+            spec.cpus,
+            dir,
+            ports.ssh.port,
+        )
     };
     agent::make_fifos(dir).map_err(|source| MachineError::Io {
         label: spec.label.clone(),
