@@ -138,8 +138,6 @@ impl Shell {
     /// Ask the machine to reboot. The connection may drop before `reboot` reports back, so
     /// the result says nothing; wait for the new boot id instead.
     pub async fn request_reboot(&self) {
-        // Over SSH: the agent would never report back.
-        self.detach_agent().await;
         // Not explained: qemu ending is what a reboot looks like from here.
         let _ = self
             .run_once(Exec::new("reboot", Duration::from_secs(10)))

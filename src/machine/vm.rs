@@ -213,7 +213,11 @@ impl Phases {
     }
 
     fn mark(&mut self, step: &'static str) {
-        self.marks.push((step, self.began.elapsed()));
+        self.mark_at(step, Instant::now());
+    }
+
+    fn mark_at(&mut self, step: &'static str, at: Instant) {
+        self.marks.push((step, at - self.began));
     }
 }
 
@@ -599,6 +603,7 @@ impl VirtualMachine {
 
     /// Start qemu again on the same disk overlay (and a new port if `new_port`).
     async fn relaunch(&mut self, new_port: bool) -> Result<(), MachineError> {
+        // The agent was the old qemu's guest's (a reboot, a failed restore): gone with it.
         self.shell.detach_agent().await;
         if new_port {
             self.ports = HostPorts::lease(&self.spec.forward, &self.label)?;
@@ -721,9 +726,7 @@ impl VirtualMachine {
                 .map_err(|_| format!("setting the clock and identity took over {left:?}"))??,
             _ = cancel.cancelled() => return Err("cancelled".into()),
         };
-        self.phases
-            .marks
-            .push(("clock read", done.clock_read - self.phases.began));
+        self.phases.mark_at("clock read", done.clock_read);
         self.phases.mark("clock and identity set");
         if let Some(agent) = done.agent {
             self.shell.attach_agent(agent).await;
@@ -734,7 +737,6 @@ impl VirtualMachine {
     /// After a failed restore: a new qemu, booting the image on a fresh overlay.
     async fn boot_cold_instead(&mut self) -> Result<(), MachineError> {
         self.shell.disconnect().await;
-        self.shell.detach_agent().await;
         self.kill_group();
         let _ = self.child.wait().await;
         if let (Some(backing), Some(overlay)) = (self.image.disk(), &self.disk) {
@@ -914,8 +916,6 @@ impl VirtualMachine {
     ) -> Result<String, MachineError> {
         let old = self.boot_id.clone();
         self.shell.disconnect().await;
-        // The agent does not survive a reboot (it is started only before a snapshot).
-        self.shell.detach_agent().await;
         self.phases = Phases::new();
         let id = self.wait_boot(timeout, cancel).await?;
         if Some(&id) == old.as_ref() {
