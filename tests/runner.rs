@@ -1059,3 +1059,125 @@ fn event_streams_of_two_runs_merge_into_one_report() {
         "{err}"
     );
 }
+
+/// A shared machine's kernel log streams to the host (`machine/kmsg.rs`), so no program runs
+/// in it after a `run` body: a test's oops is found there, whichever way it got into the log.
+/// A test that kills the stream's copier still has its oops found (the stream is given up,
+/// said in journal.txt, and the log read in the guest), and so do later tests.
+#[test]
+fn kernel_messages_of_shared_machines_are_found_with_and_without_the_stream() {
+    common::image("busybox");
+    let dir = common::check_dir(
+        r#"
+[TestStream]
+nondestructive = true
+
+[TestStream.testBody]
+run = "echo before; echo 'BUG: from the body' > /dev/kmsg; echo after"
+
+[TestStream.testHost]
+host = "vm exec machine1 \"echo 'BUG: from the host' > /dev/kmsg\""
+
+[TestStream.testRunThenHost]
+run = "echo 'the run part'"
+host = "vm exec machine1 \"echo 'BUG: after the run part' > /dev/kmsg\""
+
+[TestStream.testAllowed]
+run = "echo 'BUG: allowed one' > /dev/kmsg"
+allow_journal = ["BUG: allowed"]
+
+[TestStream.testExits]
+run = "echo 'BUG: then exit' > /dev/kmsg; exit 0"
+
+[TestStream.testKillsCopier]
+run = '''
+for d in /sys/class/virtio-ports/vport*; do
+    [ "$(cat $d/name)" = org.vmcheck.kmsg.0 ] && port=/dev/${d##*/}
+done
+test -c "$port"
+for p in /proc/[0-9]*; do
+    [ "$(readlink $p/fd/1)" = "$port" ] && kill -9 ${p#/proc/}
+done
+echo 'BUG: the stream is gone' > /dev/kmsg
+'''
+"#,
+    );
+    let artifacts = dir.path().join("artifacts");
+    let run_tests = |names: &[&str]| {
+        let mut args = vec![
+            "-j",
+            "1",
+            "--no-retry-fail",
+            "--test-dir",
+            dir.path().to_str().unwrap(),
+            "--artifacts",
+            artifacts.to_str().unwrap(),
+            "--keep-artifacts",
+        ];
+        args.extend(names);
+        let (out, tap) = run(&args);
+        assert_eq!(out.status.code(), Some(exit_codes::TESTS_FAILED), "{tap}");
+        tap
+    };
+    let journal = |test: &str| {
+        std::fs::read_to_string(artifacts.join(test).join("attempt-1/machine1/journal.txt"))
+            .unwrap()
+    };
+    let tap = run_tests(&[
+        "TestStream.testBody",
+        "TestStream.testHost",
+        "TestStream.testRunThenHost",
+        "TestStream.testAllowed",
+        "TestStream.testExits",
+    ]);
+    let rs = results(&tap);
+    for (test, line) in [
+        ("TestStream.testBody", "BUG: from the body"),
+        ("TestStream.testHost", "BUG: from the host"),
+        ("TestStream.testRunThenHost", "BUG: after the run part"),
+        ("TestStream.testExits", "BUG: then exit"),
+    ] {
+        let r = result(&rs, test);
+        assert_eq!(
+            (r.0, r.2.as_str()),
+            (false, "unexpected journal messages"),
+            "{tap}"
+        );
+        let text = journal(test);
+        let bugs: Vec<&str> = text.lines().filter(|l| l.contains("BUG:")).collect();
+        assert_eq!(bugs.len(), 1, "only the test's own part: {text:?}");
+        assert!(
+            bugs[0].starts_with('[') && bugs[0].ends_with(line),
+            "{text:?}"
+        );
+        assert!(!text.contains("vmcheck"), "no markers, no notes: {text:?}");
+    }
+    assert!(result(&rs, "TestStream.testAllowed").0, "{tap}");
+    assert!(journal("TestStream.testAllowed").ends_with("] BUG: allowed one\n"));
+    assert!(
+        tap.contains("# before\n# after\n"),
+        "the body's output: {tap}"
+    );
+
+    let tap = run_tests(&["TestStream.testKillsCopier", "TestStream.testBody"]);
+    let rs = results(&tap);
+    for test in ["TestStream.testKillsCopier", "TestStream.testBody"] {
+        let r = result(&rs, test);
+        assert_eq!(
+            (r.0, r.2.as_str()),
+            (false, "unexpected journal messages"),
+            "{tap}"
+        );
+    }
+    let text = journal("TestStream.testKillsCopier");
+    assert!(
+        text.contains(
+            "vmcheck: the kernel log stream did not bring the test's end marker within 5s: \
+             the log is read in the guest\n"
+        ),
+        "{text:?}"
+    );
+    assert!(text.ends_with("] BUG: the stream is gone\n"), "{text:?}");
+    assert!(tap.contains("BUG: the stream is gone"), "{tap}");
+    assert!(tap.contains("BUG: from the body"), "{tap}");
+}

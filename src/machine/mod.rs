@@ -7,6 +7,7 @@ pub mod console;
 pub mod deadline;
 pub mod error;
 pub mod fault;
+pub mod kmsg;
 pub mod layer;
 pub mod ports;
 pub mod qemu;
@@ -90,6 +91,14 @@ impl Machine {
         match self {
             Machine::Virtual(m) => m.forwards(),
             Machine::Remote(_) => Vec::new(),
+        }
+    }
+
+    /// The guest kernel's log stream, while it is live (see `kmsg.rs`).
+    pub fn kmsg(&self) -> Option<&kmsg::KmsgStream> {
+        match self {
+            Machine::Virtual(m) => m.kmsg(),
+            Machine::Remote(_) => None,
         }
     }
 

@@ -61,6 +61,9 @@ pub struct QemuConfig {
     pub incoming: Option<PathBuf>,
     /// The guest agent's port (see `agent.rs`): the base path of its two FIFOs.
     pub agent: Option<PathBuf>,
+    /// The port of the guest kernel's log stream (see `kmsg.rs`): the file qemu appends it
+    /// to. Both ports need `agent`.
+    pub kmsg: Option<PathBuf>,
 }
 
 impl QemuConfig {
@@ -156,20 +159,24 @@ impl QemuConfig {
             with_path("-incoming", "", exec_cat_from(state).into(), "");
         }
         if let Some(agent) = &self.agent {
-            let mut chardev = OsString::from("pipe,id=agent,path=");
-            chardev.push(escape_commas(agent));
-            a.push("-chardev".into());
-            a.push(chardev);
             a.push("-device".into());
             a.push("virtio-serial-pci,id=vmcheck-serial".into());
-            a.push("-device".into());
-            a.push(
-                format!(
-                    "virtserialport,bus=vmcheck-serial.0,chardev=agent,name={}",
-                    super::agent::PORT
-                )
-                .into(),
-            );
+            // A virtio-serial port named `name`, its host side `backend` on `path`.
+            let mut port = |backend: &str, id: &str, path: &Path, name: &str| {
+                let mut chardev = OsString::from(format!("{backend},id={id},path="));
+                chardev.push(escape_commas(path));
+                a.extend([
+                    "-chardev".into(),
+                    chardev,
+                    "-device".into(),
+                    format!("virtserialport,bus=vmcheck-serial.0,chardev={id},name={name}").into(),
+                ]);
+            };
+            port("pipe", "agent", agent, super::agent::PORT);
+            if let Some(kmsg) = &self.kmsg {
+                // Appended to a file vmcheck made private (qemu keeps its mode).
+                port("file,append=on", "kmsg", kmsg, super::kmsg::PORT);
+            }
         }
         a
     }
@@ -279,6 +286,7 @@ mod tests {
             qmp: None,
             incoming: None,
             agent: None,
+            kmsg: None,
         }
     }
 
@@ -349,6 +357,7 @@ mod tests {
         c.qmp = Some(format!("{dir}/qmp.sock").into());
         c.incoming = Some(format!("{dir}/state.mig").into());
         c.agent = Some(format!("{dir}/agent").into());
+        c.kmsg = Some(format!("{dir}/kmsg.log").into());
         c.kernel = format!("{dir}/vmlinux").into();
         let args: Vec<String> = c
             .args()
@@ -380,10 +389,23 @@ mod tests {
             "stdio,id=con0,signal=off",
             "the console first"
         );
-        let agent = args.iter().rposition(|a| a == "-chardev").unwrap();
+        let agent = args
+            .iter()
+            .position(|a| a.starts_with("pipe,id=agent"))
+            .unwrap();
+        assert_eq!(args[agent - 1], "-chardev");
+        assert_eq!(args[agent], format!("pipe,id=agent,path={escaped}/agent"));
+        let kmsg = args.iter().rposition(|a| a == "-chardev").unwrap();
         assert_eq!(
-            args[agent + 1],
-            format!("pipe,id=agent,path={escaped}/agent")
+            args[kmsg + 1],
+            format!("file,append=on,id=kmsg,path={escaped}/kmsg.log")
+        );
+        assert!(
+            args[kmsg..].contains(
+                &"virtserialport,bus=vmcheck-serial.0,chardev=kmsg,name=org.vmcheck.kmsg.0"
+                    .to_string()
+            ),
+            "{args:?}"
         );
         assert!(
             args[agent..].contains(

@@ -49,6 +49,8 @@ impl Talk {
 /// What a finished restore step found.
 pub(super) struct Restored {
     pub boot_id: String,
+    /// Whether the guest has a journal (`journalctl`) to read besides its kernel log.
+    pub journal: bool,
     /// When the guest's clock was read (for the phases of the start).
     pub clock_read: Instant,
     /// The agent, idle, when it was the channel.
@@ -63,13 +65,17 @@ pub(super) async fn converse(mut talk: Talk) -> Result<Restored, String> {
         .await?;
     let (status, output, agent) = talk.finish(RESTORE_TICK).await?;
     let stdout = String::from_utf8_lossy(&output.stdout);
-    let boot_id = stdout
+    let last = stdout
         .lines()
         .rev()
         .find(|l| !l.trim().is_empty())
         .unwrap_or("")
-        .trim()
-        .to_string();
+        .trim();
+    let (journal, boot_id) = match last.split_once(' ') {
+        Some(("journal", id)) => (true, id.to_string()),
+        Some(("no-journal", id)) => (false, id.to_string()),
+        _ => (false, String::new()),
+    };
     if !status.success() || boot_id.is_empty() {
         let said = if output.stderr.is_empty() {
             stdout.into_owned()
@@ -83,6 +89,7 @@ pub(super) async fn converse(mut talk: Talk) -> Result<Restored, String> {
     }
     Ok(Restored {
         boot_id,
+        journal,
         clock_read,
         agent,
     })
@@ -95,7 +102,8 @@ pub(super) async fn converse(mut talk: Talk) -> Result<Restored, String> {
 /// now, a second NIC (`eth1`, as the image contract names it) trades the saved machine's
 /// address for this one's (virtio-net passes it on to qemu's receive filter), and the image's
 /// hook (if it has one, see bots/images/README.md) gives the machine its own identity, its
-/// stdin a line every [`RESTORE_TICK`]. Then the boot id, as after every boot.
+/// stdin a line every [`RESTORE_TICK`]. Then the boot id, as after every boot, after whether
+/// the guest has a journal (`journal ID` or `no-journal ID`).
 pub(super) fn after_restore_script(private_mac: Option<&str>) -> String {
     let mac = private_mac
         .map(|m| format!("ip link set dev eth1 address {m} && "))
@@ -108,7 +116,8 @@ pub(super) fn after_restore_script(private_mac: Option<&str>) -> String {
          ms=$(( h + (${{c#0}} - a) * 10 )) && s=$((ms / 1000)) && f=$((ms % 1000 + 1000)) && \
          {{ date -u -s @$s.${{f#1}} || date -u -s @$(( (ms + 500) / 1000 )); }} >/dev/null 2>&1 && \
          {mac}{{ [ ! -x {RESTORE_HOOK} ] || {RESTORE_HOOK}; }} && \
-         read -r id </proc/sys/kernel/random/boot_id && echo \"$id\""
+         {{ command -v journalctl >/dev/null && j=journal || j=no-journal; }} && \
+         read -r id </proc/sys/kernel/random/boot_id && echo \"$j $id\""
     )
 }
 

@@ -100,6 +100,7 @@ impl SnapshotKey {
             incoming: None,
             // Its port is a device of the saved machine, the FIFOs are the host's side.
             agent: Some("A".into()),
+            kmsg: Some("K".into()),
         }
         .args();
         let mut h = Sha256::new();

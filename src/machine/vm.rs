@@ -24,6 +24,7 @@ use super::console::{self, ConsoleState};
 use super::deadline::BootClock;
 pub use super::error::MachineError;
 use super::fault::{self, Probe};
+use super::kmsg::{self, KmsgStream};
 use super::ports::{self, PortKind, PortLease};
 use super::qemu::{self, PrivateNet, QemuConfig};
 use super::qmp::Qmp;
@@ -194,6 +195,8 @@ pub struct VirtualMachine {
     _snapshot: Option<Snapshot>,
     /// When its last start or boot began, and the steps of it so far (see [`Self::phases`]).
     phases: Phases,
+    /// The guest kernel's log, streamed while the agent vmcheck started runs (`kmsg.rs`).
+    kmsg: KmsgStream,
 }
 
 /// The steps of a machine's last start, each with the time since the start began: where the
@@ -329,6 +332,7 @@ impl VirtualMachine {
         }));
         let shell =
             Shell::new(&label, target(&spec.image, host_ports.ssh.port)).with_probe(probe.clone());
+        let dir_path = &dir.path().to_path_buf();
         Ok(VirtualMachine {
             probe,
             shell,
@@ -349,6 +353,7 @@ impl VirtualMachine {
             restored: false,
             _snapshot: None,
             phases,
+            kmsg: KmsgStream::new(dir_path),
         })
     }
 
@@ -394,6 +399,11 @@ impl VirtualMachine {
 
     pub fn console_log(&self) -> PathBuf {
         self.dir.path().join("console.log")
+    }
+
+    /// The guest kernel's log stream, while it is live.
+    pub fn kmsg(&self) -> Option<&KmsgStream> {
+        self.kmsg.is_live().then_some(&self.kmsg)
     }
 
     pub fn run_dir(&self) -> &Path {
@@ -566,7 +576,7 @@ impl VirtualMachine {
             let started = Instant::now();
             let saved = self.save_snapshot(maker, agent.is_some()).await;
             if let Some(agent) = agent {
-                self.shell.attach_agent(agent).await;
+                self.attach_agent(agent).await;
             }
             deadline += started.elapsed();
             self.phases.mark("snapshot saved");
@@ -603,8 +613,10 @@ impl VirtualMachine {
 
     /// Start qemu again on the same disk overlay (and a new port if `new_port`).
     async fn relaunch(&mut self, new_port: bool) -> Result<(), MachineError> {
-        // The agent was the old qemu's guest's (a reboot, a failed restore): gone with it.
+        // The agent was the old qemu's guest's (a reboot, a failed restore): gone with it,
+        // and so is its copier of the kernel log.
         self.shell.detach_agent().await;
+        self.kmsg.set_live(false);
         if new_port {
             self.ports = HostPorts::lease(&self.spec.forward, &self.label)?;
             self.shell = Shell::new(&self.label, target(&self.image, self.ports.ssh.port))
@@ -729,8 +741,9 @@ impl VirtualMachine {
         self.phases.mark_at("clock read", done.clock_read);
         self.phases.mark("clock and identity set");
         if let Some(agent) = done.agent {
-            self.shell.attach_agent(agent).await;
+            self.attach_agent(agent).await;
         }
+        self.kmsg.set_journal(done.journal);
         Ok(done.boot_id)
     }
 
@@ -744,6 +757,12 @@ impl VirtualMachine {
             create_overlay(&self.host.qemu_img, &backing, overlay, &self.label).await?;
         }
         self.relaunch(false).await
+    }
+
+    /// Use the agent running in this qemu's guest, and the kernel log stream it started.
+    async fn attach_agent(&self, agent: Agent) {
+        self.shell.attach_agent(agent).await;
+        self.kmsg.set_live(true);
     }
 
     /// Start the guest agent (see `agent.rs`) in this booted machine, over its SSH
@@ -1039,6 +1058,7 @@ pub fn machine_config(
         qmp: Some(qmp_socket(dir)),
         incoming: None,
         agent: Some(agent::pipe_base(dir)),
+        kmsg: Some(kmsg::log_path(dir)),
     }
 }
 
@@ -1072,11 +1092,13 @@ async fn launch(
             ports.ssh.port,
         )
     };
-    agent::make_fifos(dir).map_err(|source| MachineError::Io {
-        label: spec.label.clone(),
-        context: "creating the guest agent's FIFOs".into(),
-        source,
-    })?;
+    agent::make_fifos(dir)
+        .and_then(|()| kmsg::make_log(dir))
+        .map_err(|source| MachineError::Io {
+            label: spec.label.clone(),
+            context: "creating the guest agent's FIFOs and kernel log".into(),
+            source,
+        })?;
     let mut cmd = tokio::process::Command::new(&host.qemu);
     cmd.args(config.args())
         .stdin(Stdio::null())

@@ -9,6 +9,7 @@
 //! dispatcher aborts it (Ctrl-C), dropping them kills qemu and removes their files.
 
 use super::artifacts::{AttemptDir, console_offset};
+use super::guest_log::{LogCheck, unexpected_messages};
 use super::host::{Granted, HostProgram, HostTask, Reach};
 use super::journal;
 use super::net::Network;
@@ -27,6 +28,7 @@ use crate::signal::Cancel;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Standard input, line by line.
@@ -181,12 +183,21 @@ pub async fn run_attempt(
         }
     }
     let tag = format!("t{}-a{}", req.id, req.attempt);
+    let streams_from = LogCheck::streams_now(&machines);
     let mut granted = Granted::default();
+    let mut ended_by_body = false;
     if outcome == AttemptOutcome::Passed {
         // The first machine's start marker goes with its body: one round trip less a test.
         let mark = journal::mark_command(&tag);
         // (A soak's script runs beside its events, which may look at the log first.)
         let marked_by_body = test.body.guest_script().is_some() && test.soak.is_none();
+        // And its end marker, where its kernel log streams to the host and nothing runs
+        // after the body (no `host` script): then nothing is left to run in the machine
+        // after the test (unless it has a journal).
+        let end = journal::end_command(&tag);
+        let body_ends = marked_by_body
+            && streams_from[0].is_some()
+            && matches!(test.body, Body::Scripts { host: None, .. });
         for m in machines.iter().skip(usize::from(marked_by_body)) {
             let _ = m
                 .machine
@@ -197,11 +208,14 @@ pub async fn run_attempt(
         let terms = Terms {
             mark: &mark,
             marked_by_body,
+            end: body_ends.then_some(end.as_str()),
+            ended: AtomicBool::new(false),
             shared: global,
             net: net.as_ref(),
             dir: &dir.path,
         };
-        outcome = run_bodies(&ctx, &req, &mut machines, &log, terms, &mut granted).await;
+        outcome = run_bodies(&ctx, &req, &mut machines, &log, &terms, &mut granted).await;
+        ended_by_body = terms.ended.load(Ordering::Relaxed);
         if ctx.keep_failed_machines
             && matches!(
                 outcome,
@@ -226,8 +240,14 @@ pub async fn run_attempt(
         outcome,
         AttemptOutcome::Passed | AttemptOutcome::Failed { .. }
     ) {
+        let check = LogCheck {
+            tag: &tag,
+            shared: global,
+            streams_from: &streams_from,
+            ended_by_body,
+        };
         let (lines, answered) =
-            unexpected_messages(&req, &granted, &machines, &tag, &dir, &log, global).await;
+            unexpected_messages(&req, &granted, &machines, &check, &dir, &log).await;
         first_answered = answered;
         if !lines.is_empty() {
             log.note("vmcheck: FAIL: test completed, but found unexpected journal messages:");
@@ -336,77 +356,6 @@ pub async fn run_attempt(
         report,
         global: Some((m, health)),
     }
-}
-
-/// Always-bad guest log lines since the test started, on any of its machines, that the test
-/// does not allow (prefixed with the machine's name when there are several). Each machine's
-/// guest log since the start goes to `<machine>/journal.txt` as it is read (it is removed
-/// with the directory of a passing attempt), never whole into memory. Also whether the first
-/// machine answered (ran the command that reads its log).
-async fn unexpected_messages(
-    req: &AttemptRequest,
-    granted: &Granted,
-    machines: &[Named],
-    tag: &str,
-    dir: &AttemptDir,
-    log: &Log,
-    shared: bool,
-) -> (Vec<String>, bool) {
-    let mut first_answered = false;
-    let patterns: Vec<String> = (req.test.allow_journal.iter())
-        .chain(&granted.allow_journal)
-        .cloned()
-        .collect();
-    let allowed = journal::allowed(&patterns);
-    let mut lines = Vec::new();
-    for (i, m) in machines.iter().enumerate() {
-        let path = dir.path.join(&m.name).join("journal.txt");
-        let mut file = super::artifacts::create_private(&path)
-            .map_err(|e| format!("cannot write {}: {e}", path.display()));
-        let mut scan = journal::Scanner::new(&allowed);
-        let mut sink = |stream: Stream, data: &[u8]| {
-            if stream == Stream::Stdout {
-                scan.feed(data);
-                if let Ok(f) = &mut file
-                    && let Err(e) = std::io::Write::write_all(f, data)
-                {
-                    file = Err(format!("cannot write {}: {e}", path.display()));
-                }
-            }
-        };
-        let done = m
-            .machine
-            .shell()
-            .run(Exec {
-                sink: Some(&mut sink),
-                // A fresh machine's log is read through the agent (a test that used its own
-                // SSH connections leaves vmcheck none to make); a shared machine's over SSH,
-                // as the tests reach it: the read doubles as its health probe.
-                agent: !shared,
-                ..Exec::new(&journal::read_command(tag), Duration::from_secs(60))
-            })
-            .await;
-        if i == 0 {
-            first_answered = done.is_ok();
-        }
-        if let Err(e) = done {
-            let text = format!("vmcheck: cannot read the guest log: {e}\n");
-            if let Ok(f) = &mut file {
-                let _ = std::io::Write::write_all(f, text.as_bytes());
-            }
-        }
-        if let Err(e) = file {
-            log.note(&format!("vmcheck: {e}"));
-        }
-        for l in scan.finish() {
-            lines.push(if machines.len() > 1 {
-                format!("{}: {l}", m.name)
-            } else {
-                l
-            });
-        }
-    }
-    (lines, first_answered)
 }
 
 pub(super) fn harness(message: String) -> AttemptOutcome {
@@ -530,6 +479,12 @@ struct Terms<'a> {
     mark: &'a str,
     /// The marker is written by the guest body, before it runs.
     marked_by_body: bool,
+    /// The command writing the end marker, which the guest body runs after it (in a
+    /// subshell, so that its `exit` ends it only), where the first machine's kernel log
+    /// streams to the host.
+    end: Option<&'a str>,
+    /// The body's command ran to its end (and wrote the end marker).
+    ended: AtomicBool,
     /// The attempt's directory.
     dir: &'a std::path::Path,
     /// The machine is a nondestructive test's.
@@ -545,7 +500,7 @@ async fn run_bodies(
     req: &AttemptRequest,
     machines: &mut [Named],
     log: &Log,
-    terms: Terms<'_>,
+    terms: &Terms<'_>,
     granted: &mut Granted,
 ) -> AttemptOutcome {
     let test = &req.test;
@@ -577,7 +532,11 @@ async fn run_bodies(
             quote(&machines[0].name)
         ));
         let mark = if terms.marked_by_body { terms.mark } else { "" };
-        let command = format!("{exports}{mark}\nset -e\n{script}");
+        let body = format!("{exports}{mark}\nset -e\n{script}");
+        let command = match terms.end {
+            Some(end) => format!("(\n{body}\n); s=$?; {end}; exit $s"),
+            None => body,
+        };
         let mut sink = |_: Stream, data: &[u8]| log.write(data);
         let result = machines[0]
             .machine
@@ -587,6 +546,12 @@ async fn run_bodies(
                 ..Exec::new(&command, deadline.saturating_duration_since(Instant::now()))
             })
             .await;
+        if terms.end.is_some()
+            && matches!(&result, Ok(d) if matches!(d.status, ExitStatus::Code(_)))
+        {
+            // (A body that killed the shell around it left no end marker.)
+            terms.ended.store(true, Ordering::Relaxed);
+        }
         match result {
             Ok(done) => match done.status {
                 ExitStatus::Code(0) => {}

@@ -30,16 +30,47 @@ pub fn mark_command(tag: &str) -> String {
     format!("echo '{}' > /dev/kmsg 2>/dev/null; true", marker(tag))
 }
 
+/// The line that marks the end of test attempt `tag`'s body: where its part of a kernel log
+/// stream ends (see `machine/kmsg.rs`).
+pub fn end_marker(tag: &str) -> String {
+    format!("vmcheck-end {tag}")
+}
+
+/// Shell command that writes the end marker (builtins only, as the start marker).
+pub fn end_command(tag: &str) -> String {
+    format!("echo '{}' > /dev/kmsg 2>/dev/null; true", end_marker(tag))
+}
+
+/// The exit status of [`journal_command`] in a guest without a journal.
+pub const NO_JOURNAL: u32 = 3;
+
+/// A shell function `since` printing its input after the start marker's line, without the
+/// markers.
+fn since(tag: &str) -> String {
+    let (m, e) = (marker(tag), end_marker(tag));
+    format!("since() {{ sed -n '/{m}$/,${{/{m}$/d;/{e}$/d;p;}}'; }}; ")
+}
+
+/// The journal since the marker, after asking journald to catch up.
+const JOURNAL: &str = "journalctl --sync 2>/dev/null; journalctl -b --no-pager -q -o cat | since";
+
 /// Shell command that prints the guest log since the marker: the kernel log (read directly,
 /// so nothing is lost to journald's asynchronous reading of `/dev/kmsg`), then the journal
-/// where there is one, after asking journald to catch up. One `sed` a log, not two: each
-/// process costs the guest ~10 ms (busybox) to ~100 ms (debian-12) under TCG.
+/// where there is one. One `sed` a log, not two: each process costs the guest ~10 ms
+/// (busybox) to ~100 ms (debian-12) under TCG.
 pub fn read_command(tag: &str) -> String {
-    let m = marker(tag);
     format!(
-        "since() {{ sed -n '/{m}$/,${{/{m}$/!p;}}'; }}; dmesg | since; \
-         if command -v journalctl >/dev/null; then journalctl --sync 2>/dev/null; \
-         journalctl -b --no-pager -q -o cat | since; fi; true"
+        "{}dmesg | since; if command -v journalctl >/dev/null; then {JOURNAL}; fi; true",
+        since(tag)
+    )
+}
+
+/// Shell command that prints the journal since the marker, for a machine whose kernel log
+/// was read from its stream; exits [`NO_JOURNAL`] where there is none.
+pub fn journal_command(tag: &str) -> String {
+    format!(
+        "{}command -v journalctl >/dev/null || exit {NO_JOURNAL}; {JOURNAL}; true",
+        since(tag)
     )
 }
 
@@ -171,6 +202,33 @@ mod tests {
             .output()
             .unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout), "new line\nmore\n");
+        // The journal alone: its own status where there is none.
+        let cmd = journal_command("t1-a2").replace("command -v journalctl", "false");
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&cmd)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(NO_JOURNAL as i32));
+        let cmd = journal_command("t1-a2")
+            .replace("command -v journalctl", "true")
+            .replace("journalctl --sync", "true")
+            .replace(
+                "journalctl -b --no-pager -q -o cat |",
+                "printf 'x\\nvmcheck-start t1-a2\\nlater\\nvmcheck-end t1-a2\\nlast\\n' |",
+            );
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&cmd)
+            .output()
+            .unwrap();
+        assert_eq!(
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).as_ref()
+            ),
+            (Some(0), "later\nlast\n")
+        );
         let both = "[ 3.2] BUG: one\nBUG: one\nBUG: two\n";
         assert_eq!(unexpected(both, &[]), ["[ 3.2] BUG: one", "BUG: two"]);
     }

@@ -15,6 +15,7 @@ pub mod boots;
 pub mod control;
 pub mod dispatcher;
 pub mod fresh;
+pub mod guest_log;
 pub mod host;
 pub mod journal;
 pub mod kept;

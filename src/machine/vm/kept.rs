@@ -19,8 +19,9 @@ pub const STATE: &str = "state.zst";
 pub const DISK: &str = "disk.qcow2";
 pub const INFO: &str = "machine.toml";
 /// Bumped whenever what a kept machine holds changes. 2: machines have the guest agent's
-/// virtio-serial port, so a state saved without it (1) does not load into today's devices.
-pub const FORMAT: u32 = 2;
+/// virtio-serial port, so a state saved without it (1) does not load into today's devices;
+/// 3: and the port of the kernel log stream (`kmsg.rs`).
+pub const FORMAT: u32 = 3;
 
 /// How long keeping a machine may take (it is paused meanwhile).
 const KEEP_LIMIT: Duration = Duration::from_secs(300);

@@ -1,0 +1,433 @@
+//! The guest kernel's log, streamed to the host as it is written. The guest agent
+//! (`agent.sh`) copies `/dev/kmsg` record by record to a virtio-serial port,
+//! `org.vmcheck.kmsg.0`, which qemu appends to `kmsg.log` in the machine's private run
+//! directory. The checks after a test (`runner/guest_log.rs`) then read a test's kernel
+//! messages on the host, with no program started in the guest: the test's start marker opens
+//! its part, and an end marker written after its body closes it and shows that the stream has
+//! caught up. Under TCG that saves a `dmesg | sed` in the guest for every test.
+//!
+//! The stream is live in a guest whose agent vmcheck started (a machine restored from a
+//! snapshot that holds it, or the machine that saved one) and dies with that qemu. What the
+//! guest writes to the port is not trusted: lines that are not kmsg records are skipped,
+//! lines are bounded, records are taken in sequence order only (a reader that fell behind
+//! the ring starts again from its oldest record, and its repeats are skipped), and a stream
+//! that does not bring the end marker in time is given up for the machine's life: the
+//! caller then reads the log in the guest, as for any other machine.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// The name of the guest's virtio-serial port for the stream.
+pub const PORT: &str = "org.vmcheck.kmsg.0";
+
+/// Longest record line kept (the kernel's are at most about 1 KiB; longer ones are cut).
+const MAX_LINE: usize = 64 * 1024;
+
+/// Where the stream of the machine with run directory `dir` is written.
+pub fn log_path(dir: &Path) -> PathBuf {
+    dir.join("kmsg.log")
+}
+
+/// A new, empty stream file for a qemu about to start in `dir`, private whatever the umask
+/// (qemu appends to it and keeps its mode).
+pub fn make_log(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = log_path(dir);
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map(drop)
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KmsgError {
+    #[error("the kernel log stream is not live")]
+    NotLive,
+    #[error("reading the kernel log stream: {0}")]
+    Io(String),
+    #[error("the kernel log stream did not bring the test's end marker within {0:?}")]
+    Late(Duration),
+    #[error("the kernel log stream has no start marker before the test's end marker")]
+    NoStart,
+}
+
+/// One machine's kernel log stream.
+#[derive(Debug)]
+pub struct KmsgStream {
+    path: PathBuf,
+    live: AtomicBool,
+    /// Whether the guest has a journal to read besides (learnt at the first read).
+    journal: Mutex<Option<bool>>,
+}
+
+impl KmsgStream {
+    pub fn new(dir: &Path) -> KmsgStream {
+        KmsgStream {
+            path: log_path(dir),
+            live: AtomicBool::new(false),
+            journal: Mutex::new(None),
+        }
+    }
+
+    /// Whether the guest's copier is running into this qemu's file.
+    pub fn is_live(&self) -> bool {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    /// Started (the agent runs in this qemu's guest), or gone (a new qemu, a late marker).
+    pub fn set_live(&self, live: bool) {
+        self.live.store(live, Ordering::Relaxed);
+    }
+
+    /// Where the stream ends now: a test's part is after it.
+    pub fn end(&self) -> u64 {
+        std::fs::metadata(&self.path).map_or(0, |m| m.len())
+    }
+
+    /// Whether the guest has a journal, if known.
+    pub fn journal(&self) -> Option<bool> {
+        *self.journal.lock().expect("poisoned")
+    }
+
+    pub fn set_journal(&self, has: bool) {
+        *self.journal.lock().expect("poisoned") = Some(has);
+    }
+
+    /// Feed `sink` the kernel messages after the record `start` and before the record `end`
+    /// (their texts), from offset `from` of the stream on, each line as `dmesg` prints it.
+    /// Waits up to `limit` for `end` to arrive; a stream that fails is no longer live.
+    pub async fn read_between(
+        &self,
+        from: u64,
+        (start, end): (&str, &str),
+        limit: Duration,
+        sink: &mut (dyn FnMut(&[u8]) + Send),
+    ) -> Result<(), KmsgError> {
+        if !self.is_live() {
+            return Err(KmsgError::NotLive);
+        }
+        let done = self.read_until(from, (start, end), limit, sink).await;
+        if done.is_err() {
+            self.set_live(false);
+        }
+        done
+    }
+
+    async fn read_until(
+        &self,
+        from: u64,
+        markers: (&str, &str),
+        limit: Duration,
+        sink: &mut (dyn FnMut(&[u8]) + Send),
+    ) -> Result<(), KmsgError> {
+        let io = |e: std::io::Error| KmsgError::Io(format!("{}: {e}", self.path.display()));
+        let mut file = std::fs::File::open(&self.path).map_err(io)?;
+        file.seek(SeekFrom::Start(from)).map_err(io)?;
+        let mut part = Part::new(markers);
+        let deadline = Instant::now() + limit;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = file.read(&mut buf).map_err(io)?;
+            if n > 0 {
+                if part.feed(&buf[..n], sink) {
+                    return if part.started {
+                        part.finish(sink);
+                        Ok(())
+                    } else {
+                        Err(KmsgError::NoStart)
+                    };
+                }
+                continue;
+            }
+            if Instant::now() >= deadline {
+                return Err(KmsgError::Late(limit));
+            }
+            // The guest's copier writes each record as the kernel logs it: the end marker is
+            // milliseconds behind the command that wrote it.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+/// A kmsg record: `PRIO,SEQ,USEC,FLAGS[,…];TEXT` (continuation lines start with a space).
+#[derive(Debug, PartialEq, Eq)]
+struct Record<'a> {
+    seq: u64,
+    usec: u64,
+    text: &'a [u8],
+}
+
+fn parse_record(line: &[u8]) -> Option<Record<'_>> {
+    let semi = line.iter().position(|&b| b == b';')?;
+    let mut fields = line[..semi].split(|&b| b == b',');
+    let number = |f: Option<&[u8]>| -> Option<u64> {
+        let f = f?;
+        if f.is_empty() || !f.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(f).ok()?.parse().ok()
+    };
+    let _prio = number(fields.next())?;
+    let seq = number(fields.next())?;
+    let usec = number(fields.next())?;
+    Some(Record {
+        seq,
+        usec,
+        text: &line[semi + 1..],
+    })
+}
+
+/// The test's part of a stream, fed in chunks: lines before its start marker are skipped, and
+/// the end marker ends it.
+struct Part<'m> {
+    start: &'m [u8],
+    end: &'m [u8],
+    line: Vec<u8>,
+    /// Whether the line being gathered was cut (it is skipped).
+    cut: bool,
+    started: bool,
+    last_seq: Option<u64>,
+    lost: u64,
+}
+
+impl<'m> Part<'m> {
+    fn new((start, end): (&'m str, &'m str)) -> Part<'m> {
+        Part {
+            start: start.as_bytes(),
+            end: end.as_bytes(),
+            line: Vec::new(),
+            cut: false,
+            started: false,
+            last_seq: None,
+            lost: 0,
+        }
+    }
+
+    /// Take `data`; true once the end marker was seen (what follows it is not read).
+    fn feed(&mut self, mut data: &[u8], sink: &mut dyn FnMut(&[u8])) -> bool {
+        while let Some(nl) = data.iter().position(|&b| b == b'\n') {
+            let room = MAX_LINE.saturating_sub(self.line.len());
+            self.cut |= nl > room;
+            self.line.extend_from_slice(&data[..nl.min(room)]);
+            data = &data[nl + 1..];
+            let line = std::mem::take(&mut self.line);
+            let cut = std::mem::replace(&mut self.cut, false);
+            if !cut && self.record(&line, sink) {
+                return true;
+            }
+        }
+        let room = MAX_LINE.saturating_sub(self.line.len());
+        self.cut |= data.len() > room;
+        self.line.extend_from_slice(&data[..data.len().min(room)]);
+        false
+    }
+
+    /// One whole line; true if it is the end marker.
+    fn record(&mut self, line: &[u8], sink: &mut dyn FnMut(&[u8])) -> bool {
+        let Some(r) = parse_record(line) else {
+            return false;
+        };
+        if !self.started {
+            if r.text == self.start {
+                self.started = true;
+                self.last_seq = Some(r.seq);
+            }
+            return r.text == self.end;
+        }
+        let last = self.last_seq.unwrap_or(0);
+        if r.seq <= last {
+            // A repeat: the copier started again from the ring's oldest record.
+            return false;
+        }
+        self.lost += r.seq - last - 1;
+        self.last_seq = Some(r.seq);
+        if r.text == self.end {
+            return true;
+        }
+        let mut out = format!("[{:5}.{:06}] ", r.usec / 1_000_000, r.usec % 1_000_000).into_bytes();
+        out.extend_from_slice(r.text);
+        out.push(b'\n');
+        sink(&out);
+        false
+    }
+
+    fn finish(&self, sink: &mut dyn FnMut(&[u8])) {
+        if self.lost > 0 {
+            sink(
+                format!(
+                    "vmcheck: {} kernel log records were lost before they were read (the ring overflowed)\n",
+                    self.lost
+                )
+                .as_bytes(),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part_of(stream: &[u8], chunk: usize) -> (bool, bool, String) {
+        let mut part = Part::new(("vmcheck-start t1-a1", "vmcheck-end t1-a1"));
+        let mut out = Vec::new();
+        let mut ended = false;
+        for c in stream.chunks(chunk) {
+            if part.feed(c, &mut |d: &[u8]| out.extend_from_slice(d)) {
+                ended = true;
+                break;
+            }
+        }
+        if ended {
+            part.finish(&mut |d: &[u8]| out.extend_from_slice(d));
+        }
+        (ended, part.started, String::from_utf8(out).unwrap())
+    }
+
+    const STREAM: &str = "6,10,1000000,-;before the test\n\
+        12,11,1500000,-;vmcheck-start t1-a1\n\
+        4,12,1600001,-;BUG: unable to handle page fault\n \
+        SUBSYSTEM=x\n\
+        junk a guest wrote\n\
+        6,13,1700000,c;segfault at 0\n\
+        12,14,1800000,-;vmcheck-end t1-a1\n\
+        6,15,1900000,-;after the test\n";
+
+    #[test]
+    fn the_part_between_the_markers_as_dmesg_prints_it() {
+        let want = "[    1.600001] BUG: unable to handle page fault\n\
+                    [    1.700000] segfault at 0\n";
+        for chunk in [1, 2, 7, 64, 4096] {
+            assert_eq!(
+                part_of(STREAM.as_bytes(), chunk),
+                (true, true, want.to_string()),
+                "chunks of {chunk}"
+            );
+        }
+    }
+
+    #[test]
+    fn repeats_are_skipped_and_gaps_counted() {
+        // The copier fell behind (records 13 and 14 overwritten) and started again from the
+        // ring's oldest record: the repeats are skipped, the gap said.
+        let stream = "12,11,1,-;vmcheck-start t1-a1\n\
+                      6,12,2,-;one\n\
+                      6,11,1,-;vmcheck-start t1-a1\n\
+                      6,12,2,-;one\n\
+                      6,15,5,-;four\n\
+                      12,16,6,-;vmcheck-end t1-a1\n";
+        let (ended, started, out) = part_of(stream.as_bytes(), 5);
+        assert!(ended && started);
+        assert_eq!(
+            out,
+            "[    0.000002] one\n[    0.000005] four\n\
+             vmcheck: 2 kernel log records were lost before they were read (the ring overflowed)\n"
+        );
+    }
+
+    #[test]
+    fn an_end_without_a_start_and_bad_records() {
+        assert_eq!(
+            part_of(b"6,1,1,-;vmcheck-end t1-a1\n", 3),
+            (true, false, String::new())
+        );
+        // Not records: no seq, letters, no `;`; a marker that is only part of a text.
+        for bad in [
+            "6,,1,-;vmcheck-start t1-a1\n",
+            "6,x,1,-;vmcheck-start t1-a1\n",
+            "vmcheck-start t1-a1\n",
+            "6,1,1,-;say vmcheck-start t1-a1\n",
+        ] {
+            let (ended, started, _) = part_of(bad.as_bytes(), 4);
+            assert!(!ended && !started, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn an_endless_line_is_cut_and_skipped() {
+        let mut stream = b"12,1,1,-;vmcheck-start t1-a1\n6,2,2,-;".to_vec();
+        stream.extend(std::iter::repeat_n(b'B', 3 * MAX_LINE));
+        stream.extend_from_slice(b"\n6,3,3,-;after\n12,4,4,-;vmcheck-end t1-a1\n");
+        let mut part = Part::new(("vmcheck-start t1-a1", "vmcheck-end t1-a1"));
+        let mut out = Vec::new();
+        let mut most = 0;
+        let mut ended = false;
+        for c in stream.chunks(1000) {
+            ended = part.feed(c, &mut |d: &[u8]| out.extend_from_slice(d));
+            most = most.max(part.line.len());
+            if ended {
+                break;
+            }
+        }
+        assert!(ended);
+        assert!(most <= MAX_LINE, "kept {most} bytes of one line");
+        assert_eq!(String::from_utf8(out).unwrap(), "[    0.000003] after\n");
+    }
+
+    #[tokio::test]
+    async fn a_stream_is_read_as_it_grows_and_given_up_when_late() {
+        let dir = tempfile::tempdir().unwrap();
+        make_log(dir.path()).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(log_path(dir.path()))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let stream = KmsgStream::new(dir.path());
+        let markers = ("vmcheck-start t1-a1", "vmcheck-end t1-a1");
+        let mut out = Vec::new();
+        let mut sink = |d: &[u8]| out.extend_from_slice(d);
+        assert_eq!(
+            stream
+                .read_between(0, markers, Duration::from_secs(1), &mut sink)
+                .await,
+            Err(KmsgError::NotLive)
+        );
+        stream.set_live(true);
+        std::fs::write(log_path(dir.path()), "6,1,1,-;old\n").unwrap();
+        let from = stream.end();
+        let path = log_path(dir.path());
+        let writer = tokio::spawn(async move {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .unwrap();
+            for l in [
+                "12,2,2,-;vmcheck-start t1-a1\n6,3,3,-;BU",
+                "G: x\n",
+                "12,4,4,-;vmcheck-end t1-a1\n",
+            ] {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                f.write_all(l.as_bytes()).unwrap();
+            }
+        });
+        let got = stream
+            .read_between(from, markers, Duration::from_secs(10), &mut sink)
+            .await;
+        writer.await.unwrap();
+        assert_eq!(got, Ok(()));
+        assert_eq!(String::from_utf8_lossy(&out), "[    0.000003] BUG: x\n");
+        // A stream that does not bring the end marker is given up.
+        let late = stream
+            .read_between(
+                stream.end(),
+                markers,
+                Duration::from_millis(50),
+                &mut |_| {},
+            )
+            .await;
+        assert_eq!(late, Err(KmsgError::Late(Duration::from_millis(50))));
+        assert!(!stream.is_live());
+    }
+}
