@@ -1180,4 +1180,30 @@ echo 'BUG: the stream is gone' > /dev/kmsg
     assert!(text.ends_with("] BUG: the stream is gone\n"), "{text:?}");
     assert!(tap.contains("BUG: the stream is gone"), "{tap}");
     assert!(tap.contains("BUG: from the body"), "{tap}");
+
+    // On a machine with a journal, its part is read too (in the guest: through the agent,
+    // once the end marker came over SSH).
+    common::image("debian-12");
+    let journal_dir = common::check_dir(
+        r#"
+[TestJournal]
+nondestructive = true
+
+[TestJournal.testLogger]
+run = "logger -p user.err 'process 7 (x) dumped core, said only the journal'"
+"#,
+    );
+    let out = common::vmcheck()
+        .args(["run", "-j", "1", "--no-retry-fail", "--test-dir"])
+        .arg(journal_dir.path())
+        .env("TEST_OS", "debian-12")
+        .output()
+        .unwrap();
+    let tap = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(exit_codes::TESTS_FAILED), "{tap}");
+    assert!(
+        tap.contains("# unexpected journal messages")
+            && tap.contains("dumped core, said only the journal"),
+        "{tap}"
+    );
 }

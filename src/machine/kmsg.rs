@@ -373,6 +373,54 @@ mod tests {
         assert_eq!(String::from_utf8(out).unwrap(), "[    0.000003] after\n");
     }
 
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Records of any text (but newlines) between the markers, some sent again after a
+        /// copier restart, junk lines among them, the stream cut anywhere: the test's records
+        /// come out once each, in order, as `dmesg` prints them.
+        #[test]
+        fn any_part_cut_anywhere_comes_out_whole(
+            before in proptest::collection::vec("[^\n]{0,30}", 0..5),
+            texts in proptest::collection::vec("[^\n]{0,40}", 0..20),
+            repeat_at in proptest::collection::vec(any::<prop::sample::Index>(), 0..3),
+            chunk in 1usize..50,
+        ) {
+            let (start, end) = ("vmcheck-start t1-a1", "vmcheck-end t1-a1");
+            prop_assume!(texts.iter().chain(&before).all(|t| t != start && t != end));
+            let mut stream = String::new();
+            for (i, t) in before.iter().enumerate() {
+                stream += &format!("6,{i},{i},-;{t}\njunk {t}\n");
+            }
+            let first = before.len() as u64;
+            let record = |i: usize, t: &str| {
+                let seq = first + 1 + i as u64;
+                format!("4,{seq},{},-;{t}\n", seq * 1000)
+            };
+            stream += &format!("12,{first},0,-;{start}\n");
+            let mut want = String::new();
+            for (i, t) in texts.iter().enumerate() {
+                stream += &record(i, t);
+                let seq = first + 1 + i as u64;
+                want += &format!("[{:5}.{:06}] {t}\n", seq / 1000, seq % 1000 * 1000);
+                // A restart: the copier sends the ring again from an earlier record.
+                for r in &repeat_at {
+                    if r.index(texts.len()) == i {
+                        stream += &format!("12,{first},0,-;{start}\n");
+                        for (j, u) in texts.iter().enumerate().take(i + 1) {
+                            stream += &record(j, u);
+                        }
+                    }
+                }
+            }
+            let seq = first + 1 + texts.len() as u64;
+            stream += &format!("12,{seq},0,-;{end}\n6,{},0,-;after\n", seq + 1);
+            let (ended, started, out) = part_of(stream.as_bytes(), chunk);
+            prop_assert!(ended && started);
+            prop_assert_eq!(out, want);
+        }
+    }
+
     #[tokio::test]
     async fn a_stream_is_read_as_it_grows_and_given_up_when_late() {
         let dir = tempfile::tempdir().unwrap();
