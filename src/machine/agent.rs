@@ -44,8 +44,15 @@ fn fifo(dir: &Path, end: &str) -> PathBuf {
 /// New, empty FIFOs for a qemu about to start in `dir` (a request left in old ones for an
 /// earlier qemu must not reach the new guest).
 pub fn make_fifos(dir: &Path) -> std::io::Result<()> {
+    make_fifo_pair(&pipe_base(dir))
+}
+
+/// New, empty FIFOs `<base>.in` and `<base>.out`, for a `-chardev pipe` on `base`.
+pub fn make_fifo_pair(base: &Path) -> std::io::Result<()> {
     for end in ["in", "out"] {
-        let path = fifo(dir, end);
+        let mut path = base.as_os_str().to_owned();
+        path.push(format!(".{end}"));
+        let path = PathBuf::from(path);
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != ErrorKind::NotFound => return Err(e),
             _ => {}

@@ -1,10 +1,15 @@
 //! The guest kernel's log, streamed to the host as it is written. The guest agent
 //! (`agent.sh`) copies `/dev/kmsg` record by record to a virtio-serial port,
-//! `org.vmcheck.kmsg.0`, which qemu appends to `kmsg.log` in the machine's private run
-//! directory. The checks after a test (`runner/guest_log.rs`) then read a test's kernel
+//! `org.vmcheck.kmsg.0`, whose host side is a FIFO in the machine's private run directory
+//! (`-chardev pipe`). The checks after a test (`runner/guest_log.rs`) then read a test's kernel
 //! messages on the host, with no program started in the guest: the test's start marker opens
 //! its part, and an end marker written after its body closes it and shows that the stream has
 //! caught up. Under TCG that saves a `dmesg | sed` in the guest for every test.
+//!
+//! The host reads the FIFO only while it looks for a test's part, and keeps only what came
+//! after that part's end (at most one read). In between, a full FIFO holds the guest's copier
+//! back (virtio-serial waits for room), so the kernel's ring is the buffer, as it is for
+//! `dmesg`, and nothing from the guest piles up on the host.
 //!
 //! The stream is live in a guest whose agent vmcheck started (a machine restored from a
 //! snapshot that holds it, or the machine that saved one) and dies with that qemu. What the
@@ -14,11 +19,11 @@
 //! that does not bring the end marker in time is given up for the machine's life: the
 //! caller then reads the log in the guest, as for any other machine.
 
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
 
 /// The name of the guest's virtio-serial port for the stream.
 pub const PORT: &str = "org.vmcheck.kmsg.0";
@@ -26,26 +31,14 @@ pub const PORT: &str = "org.vmcheck.kmsg.0";
 /// Longest record line kept (the kernel's are at most about 1 KiB; longer ones are cut).
 const MAX_LINE: usize = 64 * 1024;
 
-/// Where the stream of the machine with run directory `dir` is written.
-pub fn log_path(dir: &Path) -> PathBuf {
-    dir.join("kmsg.log")
+/// qemu's `-chardev pipe` path in the run directory `dir`: it writes `<it>.out`.
+pub fn pipe_base(dir: &Path) -> PathBuf {
+    dir.join("kmsg")
 }
 
-/// A new, empty stream file for a qemu about to start in `dir`, private whatever the umask
-/// (qemu appends to it and keeps its mode).
-pub fn make_log(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = log_path(dir);
-    match std::fs::remove_file(&path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .map(drop)
+/// New, empty FIFOs for a qemu about to start in `dir`.
+pub fn make_fifos(dir: &Path) -> std::io::Result<()> {
+    super::agent::make_fifo_pair(&pipe_base(dir))
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -63,34 +56,39 @@ pub enum KmsgError {
 /// One machine's kernel log stream.
 #[derive(Debug)]
 pub struct KmsgStream {
-    path: PathBuf,
+    /// The FIFO qemu writes the port's data to.
+    fifo: PathBuf,
     live: AtomicBool,
     /// Whether the guest has a journal to read besides (learnt at the first read).
     journal: Mutex<Option<bool>>,
+    /// What was read after the last part's end marker (the next part may start in it).
+    rest: tokio::sync::Mutex<Vec<u8>>,
 }
 
 impl KmsgStream {
     pub fn new(dir: &Path) -> KmsgStream {
+        let mut fifo = pipe_base(dir).into_os_string();
+        fifo.push(".out");
         KmsgStream {
-            path: log_path(dir),
+            fifo: fifo.into(),
             live: AtomicBool::new(false),
             journal: Mutex::new(None),
+            rest: tokio::sync::Mutex::new(Vec::new()),
         }
     }
 
-    /// Whether the guest's copier is running into this qemu's file.
+    /// Whether the guest's copier is running into this qemu's port.
     pub fn is_live(&self) -> bool {
         self.live.load(Ordering::Relaxed)
     }
 
-    /// Started (the agent runs in this qemu's guest), or gone (a new qemu, a late marker).
+    /// Started (the agent runs in a new qemu's guest: nothing read yet), or gone (a new
+    /// qemu, a late marker).
     pub fn set_live(&self, live: bool) {
         self.live.store(live, Ordering::Relaxed);
-    }
-
-    /// Where the stream ends now: a test's part is after it.
-    pub fn end(&self) -> u64 {
-        std::fs::metadata(&self.path).map_or(0, |m| m.len())
+        if let Ok(mut rest) = self.rest.try_lock() {
+            rest.clear();
+        }
     }
 
     /// Whether the guest has a journal, if known.
@@ -103,11 +101,10 @@ impl KmsgStream {
     }
 
     /// Feed `sink` the kernel messages after the record `start` and before the record `end`
-    /// (their texts), from offset `from` of the stream on, each line as `dmesg` prints it.
-    /// Waits up to `limit` for `end` to arrive; a stream that fails is no longer live.
+    /// (their texts), each line as `dmesg` prints it. Waits up to `limit` for `end` to
+    /// arrive; a stream that fails is no longer live.
     pub async fn read_between(
         &self,
-        from: u64,
         (start, end): (&str, &str),
         limit: Duration,
         sink: &mut (dyn FnMut(&[u8]) + Send),
@@ -115,45 +112,54 @@ impl KmsgStream {
         if !self.is_live() {
             return Err(KmsgError::NotLive);
         }
-        let done = self.read_until(from, (start, end), limit, sink).await;
+        let mut rest = self.rest.lock().await;
+        let done = tokio::time::timeout(limit, self.read_until(&mut rest, (start, end), sink))
+            .await
+            .unwrap_or(Err(KmsgError::Late(limit)));
         if done.is_err() {
-            self.set_live(false);
+            rest.clear();
+            self.live.store(false, Ordering::Relaxed);
         }
         done
     }
 
     async fn read_until(
         &self,
-        from: u64,
+        rest: &mut Vec<u8>,
         markers: (&str, &str),
-        limit: Duration,
         sink: &mut (dyn FnMut(&[u8]) + Send),
     ) -> Result<(), KmsgError> {
-        let io = |e: std::io::Error| KmsgError::Io(format!("{}: {e}", self.path.display()));
-        let mut file = std::fs::File::open(&self.path).map_err(io)?;
-        file.seek(SeekFrom::Start(from)).map_err(io)?;
         let mut part = Part::new(markers);
-        let deadline = Instant::now() + limit;
+        let mut data = std::mem::take(rest);
+        let mut fifo = None;
         let mut buf = vec![0u8; 64 * 1024];
         loop {
-            let n = file.read(&mut buf).map_err(io)?;
-            if n > 0 {
-                if part.feed(&buf[..n], sink) {
-                    return if part.started {
-                        part.finish(sink);
-                        Ok(())
-                    } else {
-                        Err(KmsgError::NoStart)
-                    };
-                }
-                continue;
+            if let Some(used) = part.feed(&data, sink) {
+                *rest = data.split_off(used);
+                return if part.started {
+                    part.finish(sink);
+                    Ok(())
+                } else {
+                    Err(KmsgError::NoStart)
+                };
             }
-            if Instant::now() >= deadline {
-                return Err(KmsgError::Late(limit));
+            // qemu holds its end open: no EOF while it runs.
+            let reader = match &mut fifo {
+                Some(r) => r,
+                None => fifo.insert(
+                    tokio::net::unix::pipe::OpenOptions::new()
+                        .open_receiver(&self.fifo)
+                        .map_err(|e| KmsgError::Io(format!("{}: {e}", self.fifo.display())))?,
+                ),
+            };
+            let n = reader
+                .read(&mut buf)
+                .await
+                .map_err(|e| KmsgError::Io(format!("{}: {e}", self.fifo.display())))?;
+            if n == 0 {
+                return Err(KmsgError::Io("the channel closed (qemu exited)".into()));
             }
-            // The guest's copier writes each record as the kernel logs it: the end marker is
-            // milliseconds behind the command that wrote it.
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            data = buf[..n].to_vec();
         }
     }
 }
@@ -212,8 +218,10 @@ impl<'m> Part<'m> {
         }
     }
 
-    /// Take `data`; true once the end marker was seen (what follows it is not read).
-    fn feed(&mut self, mut data: &[u8], sink: &mut dyn FnMut(&[u8])) -> bool {
+    /// Take `data`; once the end marker was seen, how much of `data` was read (what follows
+    /// it is not).
+    fn feed(&mut self, all: &[u8], sink: &mut (dyn FnMut(&[u8]) + Send)) -> Option<usize> {
+        let mut data = all;
         while let Some(nl) = data.iter().position(|&b| b == b'\n') {
             let room = MAX_LINE.saturating_sub(self.line.len());
             self.cut |= nl > room;
@@ -222,17 +230,17 @@ impl<'m> Part<'m> {
             let line = std::mem::take(&mut self.line);
             let cut = std::mem::replace(&mut self.cut, false);
             if !cut && self.record(&line, sink) {
-                return true;
+                return Some(all.len() - data.len());
             }
         }
         let room = MAX_LINE.saturating_sub(self.line.len());
         self.cut |= data.len() > room;
         self.line.extend_from_slice(&data[..data.len().min(room)]);
-        false
+        None
     }
 
     /// One whole line; true if it is the end marker.
-    fn record(&mut self, line: &[u8], sink: &mut dyn FnMut(&[u8])) -> bool {
+    fn record(&mut self, line: &[u8], sink: &mut (dyn FnMut(&[u8]) + Send)) -> bool {
         let Some(r) = parse_record(line) else {
             return false;
         };
@@ -260,7 +268,7 @@ impl<'m> Part<'m> {
         false
     }
 
-    fn finish(&self, sink: &mut dyn FnMut(&[u8])) {
+    fn finish(&self, sink: &mut (dyn FnMut(&[u8]) + Send)) {
         if self.lost > 0 {
             sink(
                 format!(
@@ -282,7 +290,10 @@ mod tests {
         let mut out = Vec::new();
         let mut ended = false;
         for c in stream.chunks(chunk) {
-            if part.feed(c, &mut |d: &[u8]| out.extend_from_slice(d)) {
+            if part
+                .feed(c, &mut |d: &[u8]| out.extend_from_slice(d))
+                .is_some()
+            {
                 ended = true;
                 break;
             }
@@ -362,7 +373,9 @@ mod tests {
         let mut most = 0;
         let mut ended = false;
         for c in stream.chunks(1000) {
-            ended = part.feed(c, &mut |d: &[u8]| out.extend_from_slice(d));
+            ended = part
+                .feed(c, &mut |d: &[u8]| out.extend_from_slice(d))
+                .is_some();
             most = most.max(part.line.len());
             if ended {
                 break;
@@ -422,58 +435,64 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_stream_is_read_as_it_grows_and_given_up_when_late() {
+    async fn parts_are_read_from_the_fifo_as_they_come_and_a_late_one_gives_up() {
         let dir = tempfile::tempdir().unwrap();
-        make_log(dir.path()).unwrap();
+        make_fifos(dir.path()).unwrap();
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(log_path(dir.path()))
-            .unwrap()
-            .permissions()
-            .mode();
+        let out = dir.path().join("kmsg.out");
+        let mode = std::fs::metadata(&out).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         let stream = KmsgStream::new(dir.path());
-        let markers = ("vmcheck-start t1-a1", "vmcheck-end t1-a1");
-        let mut out = Vec::new();
-        let mut sink = |d: &[u8]| out.extend_from_slice(d);
+        let markers = |t: &'static str| -> (String, String) {
+            (format!("vmcheck-start {t}"), format!("vmcheck-end {t}"))
+        };
+        let (s1, e1) = markers("t1-a1");
+        let mut got = Vec::new();
+        let mut sink = |d: &[u8]| got.extend_from_slice(d);
         assert_eq!(
             stream
-                .read_between(0, markers, Duration::from_secs(1), &mut sink)
+                .read_between((&s1, &e1), Duration::from_secs(1), &mut sink)
                 .await,
             Err(KmsgError::NotLive)
         );
         stream.set_live(true);
-        std::fs::write(log_path(dir.path()), "6,1,1,-;old\n").unwrap();
-        let from = stream.end();
-        let path = log_path(dir.path());
+        // qemu's side: it holds the FIFO open and writes as the guest sends.
+        let mut qemu = tokio::net::unix::pipe::OpenOptions::new()
+            .read_write(true)
+            .open_sender(&out)
+            .unwrap();
         let writer = tokio::spawn(async move {
-            use std::io::Write;
-            let mut f = std::fs::OpenOptions::new()
-                .append(true)
-                .open(&path)
-                .unwrap();
-            for l in [
-                "12,2,2,-;vmcheck-start t1-a1\n6,3,3,-;BU",
+            use tokio::io::AsyncWriteExt;
+            for chunk in [
+                "6,1,1,-;before\n12,2,2,-;vmcheck-start t1-a1\n6,3,3,-;BU",
                 "G: x\n",
-                "12,4,4,-;vmcheck-end t1-a1\n",
+                // The end, and the next test's start in the same read.
+                "12,4,4,-;vmcheck-end t1-a1\n12,5,5,-;vmcheck-start t2-a1\n6,6,6,-;two\n",
+                "12,7,7,-;vmcheck-end t2-a1\n",
             ] {
                 tokio::time::sleep(Duration::from_millis(30)).await;
-                f.write_all(l.as_bytes()).unwrap();
+                qemu.write_all(chunk.as_bytes()).await.unwrap();
             }
+            qemu
         });
-        let got = stream
-            .read_between(from, markers, Duration::from_secs(10), &mut sink)
+        let first = stream
+            .read_between((&s1, &e1), Duration::from_secs(10), &mut sink)
             .await;
-        writer.await.unwrap();
-        assert_eq!(got, Ok(()));
-        assert_eq!(String::from_utf8_lossy(&out), "[    0.000003] BUG: x\n");
+        assert_eq!(first, Ok(()));
+        let (s2, e2) = markers("t2-a1");
+        let second = stream
+            .read_between((&s2, &e2), Duration::from_secs(10), &mut sink)
+            .await;
+        assert_eq!(second, Ok(()));
+        let _qemu = writer.await.unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            "[    0.000003] BUG: x\n[    0.000006] two\n"
+        );
         // A stream that does not bring the end marker is given up.
+        let (s3, e3) = markers("t3-a1");
         let late = stream
-            .read_between(
-                stream.end(),
-                markers,
-                Duration::from_millis(50),
-                &mut |_| {},
-            )
+            .read_between((&s3, &e3), Duration::from_millis(50), &mut |_| {})
             .await;
         assert_eq!(late, Err(KmsgError::Late(Duration::from_millis(50))));
         assert!(!stream.is_live());

@@ -61,8 +61,8 @@ pub struct QemuConfig {
     pub incoming: Option<PathBuf>,
     /// The guest agent's port (see `agent.rs`): the base path of its two FIFOs.
     pub agent: Option<PathBuf>,
-    /// The port of the guest kernel's log stream (see `kmsg.rs`): the file qemu appends it
-    /// to. Both ports need `agent`.
+    /// The port of the guest kernel's log stream (see `kmsg.rs`): the base path of its
+    /// FIFOs. Only with `agent`.
     pub kmsg: Option<PathBuf>,
 }
 
@@ -174,8 +174,7 @@ impl QemuConfig {
             };
             port("pipe", "agent", agent, super::agent::PORT);
             if let Some(kmsg) = &self.kmsg {
-                // Appended to a file vmcheck made private (qemu keeps its mode).
-                port("file,append=on", "kmsg", kmsg, super::kmsg::PORT);
+                port("pipe", "kmsg", kmsg, super::kmsg::PORT);
             }
         }
         a
@@ -357,7 +356,7 @@ mod tests {
         c.qmp = Some(format!("{dir}/qmp.sock").into());
         c.incoming = Some(format!("{dir}/state.mig").into());
         c.agent = Some(format!("{dir}/agent").into());
-        c.kmsg = Some(format!("{dir}/kmsg.log").into());
+        c.kmsg = Some(format!("{dir}/kmsg").into());
         c.kernel = format!("{dir}/vmlinux").into();
         let args: Vec<String> = c
             .args()
@@ -396,10 +395,7 @@ mod tests {
         assert_eq!(args[agent - 1], "-chardev");
         assert_eq!(args[agent], format!("pipe,id=agent,path={escaped}/agent"));
         let kmsg = args.iter().rposition(|a| a == "-chardev").unwrap();
-        assert_eq!(
-            args[kmsg + 1],
-            format!("file,append=on,id=kmsg,path={escaped}/kmsg.log")
-        );
+        assert_eq!(args[kmsg + 1], format!("pipe,id=kmsg,path={escaped}/kmsg"));
         assert!(
             args[kmsg..].contains(
                 &"virtserialport,bus=vmcheck-serial.0,chardev=kmsg,name=org.vmcheck.kmsg.0"

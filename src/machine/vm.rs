@@ -1058,7 +1058,7 @@ pub fn machine_config(
         qmp: Some(qmp_socket(dir)),
         incoming: None,
         agent: Some(agent::pipe_base(dir)),
-        kmsg: Some(kmsg::log_path(dir)),
+        kmsg: Some(kmsg::pipe_base(dir)),
     }
 }
 
@@ -1093,10 +1093,10 @@ async fn launch(
         )
     };
     agent::make_fifos(dir)
-        .and_then(|()| kmsg::make_log(dir))
+        .and_then(|()| kmsg::make_fifos(dir))
         .map_err(|source| MachineError::Io {
             label: spec.label.clone(),
-            context: "creating the guest agent's FIFOs and kernel log".into(),
+            context: "creating the FIFOs of the guest agent and kernel log".into(),
             source,
         })?;
     let mut cmd = tokio::process::Command::new(&host.qemu);

@@ -183,7 +183,6 @@ pub async fn run_attempt(
         }
     }
     let tag = format!("t{}-a{}", req.id, req.attempt);
-    let streams_from = LogCheck::streams_now(&machines);
     let mut granted = Granted::default();
     let mut ended_by_body = false;
     if outcome == AttemptOutcome::Passed {
@@ -196,7 +195,7 @@ pub async fn run_attempt(
         // after the test (unless it has a journal).
         let end = journal::end_command(&tag);
         let body_ends = marked_by_body
-            && streams_from[0].is_some()
+            && machines[0].machine.kmsg().is_some()
             && matches!(test.body, Body::Scripts { host: None, .. });
         for m in machines.iter().skip(usize::from(marked_by_body)) {
             let _ = m
@@ -243,7 +242,6 @@ pub async fn run_attempt(
         let check = LogCheck {
             tag: &tag,
             shared: global,
-            streams_from: &streams_from,
             ended_by_body,
         };
         let (lines, answered) =

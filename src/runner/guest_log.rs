@@ -13,7 +13,6 @@ use super::artifacts::AttemptDir;
 use super::attempt::{AttemptRequest, Log, Named};
 use super::host::Granted;
 use super::journal;
-use crate::machine::kmsg::KmsgStream;
 use crate::machine::shell::Exec;
 use crate::machine::ssh::{ExitStatus, Stream};
 use std::time::Duration;
@@ -30,21 +29,8 @@ pub struct LogCheck<'a> {
     /// The machine is a nondestructive test's (shared): commands go over SSH, as the tests
     /// reach it, to double as its health probe.
     pub shared: bool,
-    /// Where each machine's kernel log stream stood when the attempt began (`None`: no
-    /// live stream).
-    pub streams_from: &'a [Option<u64>],
     /// The first machine's body wrote the end marker, over SSH, and ended.
     pub ended_by_body: bool,
-}
-
-impl LogCheck<'_> {
-    /// Where each of `machines`' streams ends now.
-    pub fn streams_now(machines: &[Named]) -> Vec<Option<u64>> {
-        machines
-            .iter()
-            .map(|m| m.machine.kmsg().map(KmsgStream::end))
-            .collect()
-    }
 }
 
 /// Always-bad guest log lines since the test started, on any of its machines, that the test
@@ -80,8 +66,7 @@ pub(super) async fn unexpected_messages(
                 }
             }
         };
-        let from = check.streams_from.get(i).copied().flatten();
-        let answered = read_log(m, from, check, i == 0, &mut sink).await;
+        let answered = read_log(m, check, i == 0, &mut sink).await;
         if i == 0 {
             first_answered = answered;
         }
@@ -102,14 +87,13 @@ pub(super) async fn unexpected_messages(
 /// Feed `sink` machine `m`'s log since the start marker; whether it answered.
 async fn read_log(
     m: &Named,
-    from: Option<u64>,
     check: &LogCheck<'_>,
     first: bool,
     sink: &mut (dyn FnMut(Stream, &[u8]) + Send),
 ) -> bool {
     let shell = m.machine.shell();
     let mut stream = None;
-    if let (Some(from), Some(kmsg)) = (from, m.machine.kmsg()) {
+    if let Some(kmsg) = m.machine.kmsg() {
         let ended = if first && check.ended_by_body {
             true
         } else {
@@ -121,12 +105,9 @@ async fn read_log(
         };
         let markers = (journal::marker(check.tag), journal::end_marker(check.tag));
         let read = if ended {
-            kmsg.read_between(
-                from,
-                (&markers.0, &markers.1),
-                STREAM_LIMIT,
-                &mut |d: &[u8]| sink(Stream::Stdout, d),
-            )
+            kmsg.read_between((&markers.0, &markers.1), STREAM_LIMIT, &mut |d: &[u8]| {
+                sink(Stream::Stdout, d)
+            })
             .await
             .map_err(|e| e.to_string())
         } else {
