@@ -1,5 +1,5 @@
 //! A machine's serial console: qemu writes it to its stdout; a task appends it to the
-//! console log file and counts the lines vmcheck reacts to: the image's ready marker (sshd
+//! console log file (up to 64 MiB: a guest printing without end fills no disk) and counts the lines vmcheck reacts to: the image's ready marker (sshd
 //! is up, so no network polling), the kernel's "reboot: Restarting system" (the guest asked
 //! for a reboot) and "Kernel panic" (it died; its first line is kept, to say why).
 
@@ -20,12 +20,26 @@ pub struct ConsoleState {
     pub panic_line: Option<String>,
 }
 
-/// Append `source` to `log` until EOF, counting ready markers (lines equal to `marker`,
-/// ignoring carriage returns), restarts and panics. Returns the receiver of the counts.
+/// Most of a console kept in its log: a guest writing without end fills no disk (what comes
+/// after is still read, and its markers counted).
+const MAX_LOG: u64 = 64 << 20;
+
+/// Append `source` to `log` until EOF (up to [`MAX_LOG`] bytes), counting ready markers
+/// (lines equal to `marker`, ignoring carriage returns), restarts and panics. Returns the
+/// receiver of the counts.
 pub fn spawn_reader(
+    source: impl AsyncRead + Unpin + Send + 'static,
+    log: PathBuf,
+    marker: &'static str,
+) -> watch::Receiver<ConsoleState> {
+    spawn_capped_reader(source, log, marker, MAX_LOG)
+}
+
+fn spawn_capped_reader(
     mut source: impl AsyncRead + Unpin + Send + 'static,
     log: PathBuf,
     marker: &'static str,
+    cap: u64,
 ) -> watch::Receiver<ConsoleState> {
     let (tx, rx) = watch::channel(ConsoleState::default());
     tokio::spawn(async move {
@@ -38,13 +52,22 @@ pub fn spawn_reader(
             .ok();
         let mut line: Vec<u8> = Vec::new();
         let mut buf = vec![0u8; 16 * 1024];
+        let mut room = cap;
         loop {
             let n = match source.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
             if let Some(f) = file.as_mut() {
-                let _ = f.write_all(&buf[..n]).await;
+                let kept = n.min(usize::try_from(room).unwrap_or(usize::MAX));
+                let _ = f.write_all(&buf[..kept]).await;
+                room -= kept as u64;
+                if kept < n {
+                    let note = format!("\nvmcheck: the console log is cut here, at {cap} bytes\n");
+                    let _ = f.write_all(note.as_bytes()).await;
+                    let _ = f.flush().await;
+                    file = None;
+                }
             }
             for &b in &buf[..n] {
                 if b == b'\n' {
@@ -104,6 +127,34 @@ pub fn tail(path: &Path, lines: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_console_without_end_is_cut_and_still_watched() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("console.log");
+        let (mut w, r) = tokio::io::duplex(64);
+        let mut rx = spawn_capped_reader(r, log.clone(), "READY", 1000);
+        for _ in 0..100 {
+            w.write_all(&[b'x'; 99]).await.unwrap();
+            w.write_all(b"\n").await.unwrap();
+        }
+        w.write_all(b"READY\n").await.unwrap();
+        drop(w);
+        while rx.borrow().ready < 1 {
+            rx.changed().await.unwrap();
+        }
+        let mut kept = Vec::new();
+        for _ in 0..100 {
+            kept = std::fs::read(&log).unwrap();
+            if kept.ends_with(b"bytes\n") {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let note = b"\nvmcheck: the console log is cut here, at 1000 bytes\n";
+        assert_eq!(kept.len(), 1000 + note.len());
+        assert!(kept.ends_with(note));
+    }
 
     #[tokio::test]
     async fn counts_markers_across_chunks_and_logs_everything() {
