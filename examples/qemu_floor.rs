@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
 use vmcheck::image::{Catalog, Image, ImageStatus, ImageStore};
-use vmcheck::machine::agent::{self, Agent};
+use vmcheck::machine::agent::Agent;
 use vmcheck::machine::ports::{self, PortKind};
 use vmcheck::machine::qemu::QemuConfig;
 use vmcheck::machine::qmp::Qmp;
@@ -122,9 +122,9 @@ async fn image_and_host(name: &str) -> (Image, Host) {
 }
 
 /// vmcheck's command line for a one-CPU machine of `image` with its default memory, run in
-/// `dir` (the FIFOs of its agent's port made there, as `vm.rs` makes them).
+/// `dir` (the FIFOs of its serial ports made there, as for every machine).
 fn config(image: &Image, host: &Host, dir: &Path, ssh_port: u16) -> QemuConfig {
-    agent::make_fifos(dir).expect("FIFOs");
+    vm::make_port_fifos(dir).expect("FIFOs");
     let memory_mib = image.manifest.boot.memory_mib;
     vm::machine_config(host, image, memory_mib, 1, dir, ssh_port)
 }

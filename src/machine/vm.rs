@@ -1032,9 +1032,10 @@ fn qmp_socket(dir: &Path) -> PathBuf {
 }
 
 /// The qemu command line of a machine of `image` with `memory_mib` and `cpus`, running in
-/// the run directory `dir` (its QMP socket and the guest agent's FIFOs there) and reached on
-/// `ssh_port`: booting, without a disk, forwards or a private network, which callers add.
-/// Every machine is launched from it, and `examples/qemu_floor` measures plain QEMU on it.
+/// the run directory `dir` (its QMP socket and the FIFOs of its serial ports there, made by
+/// [`make_port_fifos`]) and reached on `ssh_port`: booting, without a disk, forwards or a
+/// private network, which callers add. Every machine is launched from it, and
+/// `examples/qemu_floor` measures plain QEMU on it.
 pub fn machine_config(
     host: &Host,
     image: &Image,
@@ -1060,6 +1061,13 @@ pub fn machine_config(
         agent: Some(agent::pipe_base(dir)),
         kmsg: Some(kmsg::pipe_base(dir)),
     }
+}
+
+/// New, empty FIFOs of the serial ports of [`machine_config`] (the guest agent's and the
+/// kernel log stream's), for a qemu about to start in `dir`.
+pub fn make_port_fifos(dir: &Path) -> std::io::Result<()> {
+    agent::make_fifos(dir)?;
+    kmsg::make_fifos(dir)
 }
 
 type Launched = (
@@ -1092,13 +1100,11 @@ async fn launch(
             ports.ssh.port,
         )
     };
-    agent::make_fifos(dir)
-        .and_then(|()| kmsg::make_fifos(dir))
-        .map_err(|source| MachineError::Io {
-            label: spec.label.clone(),
-            context: "creating the FIFOs of the guest agent and kernel log".into(),
-            source,
-        })?;
+    make_port_fifos(dir).map_err(|source| MachineError::Io {
+        label: spec.label.clone(),
+        context: "creating the FIFOs of the guest agent and kernel log".into(),
+        source,
+    })?;
     let mut cmd = tokio::process::Command::new(&host.qemu);
     cmd.args(config.args())
         .stdin(Stdio::null())
