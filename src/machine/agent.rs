@@ -28,8 +28,8 @@ pub const PORT: &str = "org.vmcheck.agent.0";
 const PROGRAM: &str = include_str!("agent.sh");
 /// Longest status line after a `run` (`$?`, a few digits).
 const MAX_STATUS: usize = 16;
-/// Longest line of a conversation (`talk`): its lines are vmcheck's own, and short.
-const MAX_LINE: usize = 64 * 1024;
+// Longest line of a conversation (`talk`).
+use super::MAX_GUEST_LINE as MAX_LINE;
 
 /// qemu's `-chardev pipe` path in the run directory `dir`: qemu reads `<it>.in` and writes
 /// `<it>.out`.
@@ -38,7 +38,15 @@ pub fn pipe_base(dir: &Path) -> PathBuf {
 }
 
 fn fifo(dir: &Path, end: &str) -> PathBuf {
-    dir.join(format!("agent.{end}"))
+    fifo_end(&pipe_base(dir), end)
+}
+
+/// The FIFO `<base>.<end>` of a `-chardev pipe` on `base` (`in`: qemu reads it, `out`: qemu
+/// writes it).
+pub fn fifo_end(base: &Path, end: &str) -> PathBuf {
+    let mut path = base.as_os_str().to_owned();
+    path.push(format!(".{end}"));
+    path.into()
 }
 
 /// New, empty FIFOs for a qemu about to start in `dir` (a request left in old ones for an
@@ -50,9 +58,7 @@ pub fn make_fifos(dir: &Path) -> std::io::Result<()> {
 /// New, empty FIFOs `<base>.in` and `<base>.out`, for a `-chardev pipe` on `base`.
 pub fn make_fifo_pair(base: &Path) -> std::io::Result<()> {
     for end in ["in", "out"] {
-        let mut path = base.as_os_str().to_owned();
-        path.push(format!(".{end}"));
-        let path = PathBuf::from(path);
+        let path = fifo_end(base, end);
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != ErrorKind::NotFound => return Err(e),
             _ => {}

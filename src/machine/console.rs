@@ -1,7 +1,8 @@
 //! A machine's serial console: qemu writes it to its stdout; a task appends it to the
-//! console log file (up to 64 MiB: a guest printing without end fills no disk) and counts the lines vmcheck reacts to: the image's ready marker (sshd
-//! is up, so no network polling), the kernel's "reboot: Restarting system" (the guest asked
-//! for a reboot) and "Kernel panic" (it died; its first line is kept, to say why).
+//! console log file (up to 64 MiB: a guest printing without end fills no disk) and counts
+//! the lines vmcheck reacts to: the image's ready marker (sshd is up, so no network
+//! polling), the kernel's "reboot: Restarting system" (the guest asked for a reboot) and
+//! "Kernel panic" (it died; its first line is kept, to say why).
 
 use std::path::{Path, PathBuf};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};

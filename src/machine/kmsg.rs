@@ -28,8 +28,8 @@ use tokio::io::AsyncReadExt;
 /// The name of the guest's virtio-serial port for the stream.
 pub const PORT: &str = "org.vmcheck.kmsg.0";
 
-/// Longest record line kept (the kernel's are at most about 1 KiB; longer ones are cut).
-const MAX_LINE: usize = 64 * 1024;
+// Longest record line kept (the kernel's are at most about 1 KiB; longer ones are cut).
+use super::MAX_GUEST_LINE as MAX_LINE;
 
 /// qemu's `-chardev pipe` path in the run directory `dir`: it writes `<it>.out`.
 pub fn pipe_base(dir: &Path) -> PathBuf {
@@ -67,10 +67,8 @@ pub struct KmsgStream {
 
 impl KmsgStream {
     pub fn new(dir: &Path) -> KmsgStream {
-        let mut fifo = pipe_base(dir).into_os_string();
-        fifo.push(".out");
         KmsgStream {
-            fifo: fifo.into(),
+            fifo: super::agent::fifo_end(&pipe_base(dir), "out"),
             live: AtomicBool::new(false),
             journal: Mutex::new(None),
             rest: tokio::sync::Mutex::new(Vec::new()),
@@ -133,6 +131,7 @@ impl KmsgStream {
         let mut data = std::mem::take(rest);
         let mut fifo = None;
         let mut buf = vec![0u8; 64 * 1024];
+        let io = |e: std::io::Error| KmsgError::Io(format!("{}: {e}", self.fifo.display()));
         loop {
             if let Some(used) = part.feed(&data, sink) {
                 *rest = data.split_off(used);
@@ -149,13 +148,10 @@ impl KmsgStream {
                 None => fifo.insert(
                     tokio::net::unix::pipe::OpenOptions::new()
                         .open_receiver(&self.fifo)
-                        .map_err(|e| KmsgError::Io(format!("{}: {e}", self.fifo.display())))?,
+                        .map_err(io)?,
                 ),
             };
-            let n = reader
-                .read(&mut buf)
-                .await
-                .map_err(|e| KmsgError::Io(format!("{}: {e}", self.fifo.display())))?;
+            let n = reader.read(&mut buf).await.map_err(io)?;
             if n == 0 {
                 return Err(KmsgError::Io("the channel closed (qemu exited)".into()));
             }

@@ -25,6 +25,11 @@ pub mod vm;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Longest line vmcheck takes from a guest (a conversation's, a kernel log record, a log
+/// line looked at): vmcheck's own are short, and a guest that sends without end is not read
+/// into memory without end.
+pub const MAX_GUEST_LINE: usize = 64 * 1024;
+
 /// A machine the runner can use: one it booted, or an existing host.
 pub enum Machine {
     Virtual(Box<vm::VirtualMachine>),

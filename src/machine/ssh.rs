@@ -295,8 +295,8 @@ impl SshSession {
     }
 }
 
-/// Longest line [`Conversation::read_line`] takes.
-const MAX_LINE: usize = 64 * 1024;
+// Longest line [`Conversation::read_line`] takes.
+use super::MAX_GUEST_LINE as MAX_LINE;
 
 /// A running command that is talked to: each [`Conversation::send`] writes to its stdin,
 /// each [`Conversation::read_line`] waits for its next line of stdout, and

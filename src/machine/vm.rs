@@ -332,7 +332,7 @@ impl VirtualMachine {
         }));
         let shell =
             Shell::new(&label, target(&spec.image, host_ports.ssh.port)).with_probe(probe.clone());
-        let dir_path = &dir.path().to_path_buf();
+        let kmsg = KmsgStream::new(dir.path());
         Ok(VirtualMachine {
             probe,
             shell,
@@ -353,7 +353,7 @@ impl VirtualMachine {
             restored: false,
             _snapshot: None,
             phases,
-            kmsg: KmsgStream::new(dir_path),
+            kmsg,
         })
     }
 

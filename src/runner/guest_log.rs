@@ -22,7 +22,8 @@ const STREAM_LIMIT: Duration = Duration::from_secs(5);
 /// How long reading a log or writing a marker in the guest may take.
 const COMMAND_LIMIT: Duration = Duration::from_secs(60);
 
-/// What the check of an attempt needs to know: its markers, its machines, how its body ended.
+/// What the check of an attempt needs to know: its markers' tag, whether its machine is
+/// shared, how its body ended.
 pub struct LogCheck<'a> {
     /// The attempt's tag in its markers.
     pub tag: &'a str,

@@ -82,8 +82,8 @@ pub fn unexpected(log: &str, allowed: &[Regex]) -> Vec<String> {
     scan.finish()
 }
 
-/// Longest line looked at (longer ones are cut).
-const MAX_LINE: usize = 64 * 1024;
+// Longest line looked at (longer ones are cut).
+use crate::machine::MAX_GUEST_LINE as MAX_LINE;
 
 /// Most unexpected lines kept (a test that floods the log with them gets a count of the rest).
 pub const MAX_UNEXPECTED: usize = 100;
