@@ -28,7 +28,6 @@ use crate::signal::Cancel;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Standard input, line by line.
@@ -208,13 +207,20 @@ pub async fn run_attempt(
             mark: &mark,
             marked_by_body,
             end: body_ends.then_some(end.as_str()),
-            ended: AtomicBool::new(false),
             shared: global,
             net: net.as_ref(),
             dir: &dir.path,
         };
-        outcome = run_bodies(&ctx, &req, &mut machines, &log, &terms, &mut granted).await;
-        ended_by_body = terms.ended.load(Ordering::Relaxed);
+        outcome = run_bodies(
+            &ctx,
+            &req,
+            &mut machines,
+            &log,
+            terms,
+            &mut granted,
+            &mut ended_by_body,
+        )
+        .await;
         if ctx.keep_failed_machines
             && matches!(
                 outcome,
@@ -481,8 +487,6 @@ struct Terms<'a> {
     /// subshell, so that its `exit` ends it only), where the first machine's kernel log
     /// streams to the host.
     end: Option<&'a str>,
-    /// The body's command ran to its end (and wrote the end marker).
-    ended: AtomicBool,
     /// The attempt's directory.
     dir: &'a std::path::Path,
     /// The machine is a nondestructive test's.
@@ -498,8 +502,10 @@ async fn run_bodies(
     req: &AttemptRequest,
     machines: &mut [Named],
     log: &Log,
-    terms: &Terms<'_>,
+    terms: Terms<'_>,
     granted: &mut Granted,
+    // Set when the guest body's command ran to its end and wrote the end marker.
+    ended: &mut bool,
 ) -> AttemptOutcome {
     let test = &req.test;
     let deadline = Instant::now() + test.timeout;
@@ -548,7 +554,7 @@ async fn run_bodies(
             && matches!(&result, Ok(d) if matches!(d.status, ExitStatus::Code(_)))
         {
             // (A body that killed the shell around it left no end marker.)
-            terms.ended.store(true, Ordering::Relaxed);
+            *ended = true;
         }
         match result {
             Ok(done) => match done.status {

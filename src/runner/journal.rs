@@ -27,7 +27,12 @@ pub fn marker(tag: &str) -> String {
 
 /// Shell command that writes the start marker (best effort: needs root).
 pub fn mark_command(tag: &str) -> String {
-    format!("echo '{}' > /dev/kmsg 2>/dev/null; true", marker(tag))
+    kmsg_command(&marker(tag))
+}
+
+/// Shell command that writes `line` (vmcheck's own, without quotes) to the kernel log.
+fn kmsg_command(line: &str) -> String {
+    format!("echo '{line}' > /dev/kmsg 2>/dev/null; true")
 }
 
 /// The line that marks the end of test attempt `tag`'s body: where its part of a kernel log
@@ -38,7 +43,7 @@ pub fn end_marker(tag: &str) -> String {
 
 /// Shell command that writes the end marker (builtins only, as the start marker).
 pub fn end_command(tag: &str) -> String {
-    format!("echo '{}' > /dev/kmsg 2>/dev/null; true", end_marker(tag))
+    kmsg_command(&end_marker(tag))
 }
 
 /// The exit status of [`journal_command`] in a guest without a journal.
@@ -187,6 +192,15 @@ mod tests {
         assert!(unexpected("a normal\nlog\n", &[]).is_empty());
     }
 
+    /// `cmd` run by a real shell.
+    fn sh(cmd: &str) -> std::process::Output {
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .output()
+            .unwrap()
+    }
+
     #[test]
     fn read_command_starts_after_the_marker() {
         // Simulate the guest side with a real shell, a fake kernel log and no journal.
@@ -196,19 +210,11 @@ mod tests {
                 "printf 'old BUG: x\\n[ 1.0] vmcheck-start t1-a2\\nnew line\\nmore\\n' |",
             )
             .replace("command -v journalctl", "false");
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(&cmd)
-            .output()
-            .unwrap();
+        let out = sh(&cmd);
         assert_eq!(String::from_utf8_lossy(&out.stdout), "new line\nmore\n");
         // The journal alone: its own status where there is none.
         let cmd = journal_command("t1-a2").replace("command -v journalctl", "false");
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(&cmd)
-            .output()
-            .unwrap();
+        let out = sh(&cmd);
         assert_eq!(out.status.code(), Some(NO_JOURNAL as i32));
         let cmd = journal_command("t1-a2")
             .replace("command -v journalctl", "true")
@@ -217,11 +223,7 @@ mod tests {
                 "journalctl -b --no-pager -q -o cat |",
                 "printf 'x\\nvmcheck-start t1-a2\\nlater\\nvmcheck-end t1-a2\\nlast\\n' |",
             );
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(&cmd)
-            .output()
-            .unwrap();
+        let out = sh(&cmd);
         assert_eq!(
             (
                 out.status.code(),
