@@ -52,11 +52,11 @@ async fn debian_boots_runs_commands_keeps_its_disk_across_reboot() {
         .unwrap();
 
     // systemd's generators still work for what a test gives them: the image runs each only
-    // when it has something to read (an fstab entry, an init script without a unit), at a
-    // daemon-reload and at the next boot.
+    // when it has something to read (an fstab entry, here without a final newline; an init
+    // script without a unit), at a daemon-reload and at the next boot.
     let done = sh
         .execute(
-            "echo 'tmpfs /mnt/vmgen tmpfs defaults 0 0' >>/etc/fstab && mkdir -p /mnt/vmgen && \
+            "printf 'tmpfs /mnt/vmgen tmpfs defaults 0 0' >>/etc/fstab && mkdir -p /mnt/vmgen && \
              printf '#!/bin/sh\ntouch /run/legacy-$1\n' >/etc/init.d/legacy && \
              chmod +x /etc/init.d/legacy && mkdir -p /etc/rc3.d && \
              ln -s ../init.d/legacy /etc/rc3.d/S01legacy && systemctl daemon-reload && \
