@@ -1191,10 +1191,23 @@ nondestructive = true
 
 [TestJournal.testLogger]
 run = "logger -p user.err 'process 7 (x) dumped core, said only the journal'"
+
+[TestJournal.testQuiet]
+run = "logger 'a quiet line of its own'"
 "#,
     );
+    let journal_artifacts = journal_dir.path().join("artifacts");
     let out = common::vmcheck()
-        .args(["run", "-j", "1", "--no-retry-fail", "--test-dir"])
+        .args([
+            "run",
+            "-j",
+            "1",
+            "--no-retry-fail",
+            "--keep-artifacts",
+            "--artifacts",
+        ])
+        .arg(&journal_artifacts)
+        .arg("--test-dir")
         .arg(journal_dir.path())
         .env("TEST_OS", "debian-12")
         .output()
@@ -1203,7 +1216,37 @@ run = "logger -p user.err 'process 7 (x) dumped core, said only the journal'"
     assert_eq!(out.status.code(), Some(exit_codes::TESTS_FAILED), "{tap}");
     assert!(
         tap.contains("# unexpected journal messages")
-            && tap.contains("dumped core, said only the journal"),
+            && tap.contains("dumped core, said only the journal")
+            && tap
+                .lines()
+                .any(|l| l.starts_with("ok ") && l.contains("TestJournal.testQuiet")),
         "{tap}"
+    );
+    // One shared machine ran both, in either order: each test's journal.txt has its own
+    // lines (read from the last read's cursor, its part taken on the host) and no markers.
+    let journal = |test: &str| {
+        std::fs::read_to_string(
+            journal_artifacts
+                .join(test)
+                .join("attempt-1/machine1/journal.txt"),
+        )
+        .unwrap()
+    };
+    let (loud, quiet) = (
+        journal("TestJournal.testLogger"),
+        journal("TestJournal.testQuiet"),
+    );
+    assert!(
+        loud.contains("dumped core, said only the journal\n"),
+        "{loud}"
+    );
+    assert!(quiet.contains("a quiet line of its own\n"), "{quiet}");
+    assert!(
+        !loud.contains("a quiet line") && !quiet.contains("dumped core"),
+        "{loud}{quiet}"
+    );
+    assert!(
+        !(loud.clone() + &quiet).contains("vmcheck-"),
+        "{loud}{quiet}"
     );
 }

@@ -124,21 +124,35 @@ async fn read_log(
             }
         }
     }
-    let command = match stream {
+    // With the stream, the journal's new lines come whole and the test's part of them is
+    // taken here; without it, the guest takes it (`since`) from the kernel log and journal.
+    let (command, mut part) = match stream {
         // The end marker came: over SSH, on a shared machine (see above).
         Some(kmsg) if kmsg.journal() == Some(false) => return true,
-        Some(_) => journal::journal_command(check.tag),
-        None => journal::read_command(check.tag),
+        Some(_) => (
+            journal::journal_command(),
+            Some(journal::TestPart::new(check.tag)),
+        ),
+        None => (journal::read_command(check.tag), None),
     };
     // Once the end marker came, a shared machine has answered over SSH after the test:
     // its journal is read through the agent too (on debian-12 an SSH channel is a PAM
     // session and a login shell, ≈0.16 s under TCG).
-    let done = shell
-        .run(Exec {
-            sink: Some(sink),
-            ..exec(&command, check.shared && stream.is_none())
-        })
-        .await;
+    let done = {
+        let mut take = |s: Stream, data: &[u8]| match (&mut part, s) {
+            (Some(part), Stream::Stdout) => part.feed(data, &mut |l| sink(s, l)),
+            _ => sink(s, data),
+        };
+        shell
+            .run(Exec {
+                sink: Some(&mut take),
+                ..exec(&command, check.shared && stream.is_none())
+            })
+            .await
+    };
+    if let Some(part) = part {
+        part.finish(&mut |l| sink(Stream::Stdout, l));
+    }
     match done {
         Ok(d) => {
             if let Some(kmsg) = stream {
