@@ -61,13 +61,13 @@ fn since(tag: &str) -> String {
 /// Where the guest keeps the cursor of the last journal entry vmcheck read on it.
 const CURSOR_FILE: &str = "/run/vmcheck-journal-cursor";
 
-/// The journal since the marker, after asking journald to catch up. It is read from where
-/// the last read on this machine ended (`--cursor-file`, which journalctl updates), so each
-/// test on a shared machine reads its own entries, not the whole boot again: that grew with
-/// every test (0.1 s more a read for each 1 000 lines under TCG). A cursor journalctl cannot
-/// use (an old journalctl, a file a test damaged) is dropped and the whole boot read, as
-/// before; the marker still decides where the test's part starts.
-/// `filter`: a command the read is piped into (with its `|`), or nothing.
+/// The journal after asking journald to catch up, piped into `filter` (`" | cmd"`, or
+/// nothing). It is read from where the last read on this machine ended (`--cursor-file`,
+/// which journalctl updates), so each test on a shared machine reads its own entries, not
+/// the whole boot again: that grew with every test (0.1 s more a read for each 1 000 lines
+/// under TCG). A cursor journalctl cannot use (an old journalctl, a file a test damaged) is
+/// dropped and the whole boot read, as before. The start marker still decides where the
+/// test's part starts.
 fn journal_read(filter: &str) -> String {
     let read = "journalctl -b --no-pager -q -o cat";
     format!(
