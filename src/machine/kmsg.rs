@@ -28,8 +28,7 @@ use tokio::io::AsyncReadExt;
 /// The name of the guest's virtio-serial port for the stream.
 pub const PORT: &str = "org.vmcheck.kmsg.0";
 
-// Longest record line kept (the kernel's are at most about 1 KiB; longer ones are cut).
-use super::MAX_GUEST_LINE as MAX_LINE;
+use super::lines::Lines;
 
 /// qemu's `-chardev pipe` path in the run directory `dir`: it writes `<it>.out`.
 pub fn pipe_base(dir: &Path) -> PathBuf {
@@ -193,9 +192,8 @@ fn parse_record(line: &[u8]) -> Option<Record<'_>> {
 struct Part<'m> {
     start: &'m [u8],
     end: &'m [u8],
-    line: Vec<u8>,
-    /// Whether the line being gathered was cut (it is skipped).
-    cut: bool,
+    /// The record line being gathered (a cut one is skipped).
+    lines: Lines,
     started: bool,
     last_seq: Option<u64>,
     lost: u64,
@@ -206,8 +204,7 @@ impl<'m> Part<'m> {
         Part {
             start: start.as_bytes(),
             end: end.as_bytes(),
-            line: Vec::new(),
-            cut: false,
+            lines: Lines::default(),
             started: false,
             last_seq: None,
             lost: 0,
@@ -216,23 +213,11 @@ impl<'m> Part<'m> {
 
     /// Take `data`; once the end marker was seen, how much of `data` was read (what follows
     /// it is not).
-    fn feed(&mut self, all: &[u8], sink: &mut (dyn FnMut(&[u8]) + Send)) -> Option<usize> {
-        let mut data = all;
-        while let Some(nl) = data.iter().position(|&b| b == b'\n') {
-            let room = MAX_LINE.saturating_sub(self.line.len());
-            self.cut |= nl > room;
-            self.line.extend_from_slice(&data[..nl.min(room)]);
-            data = &data[nl + 1..];
-            let line = std::mem::take(&mut self.line);
-            let cut = std::mem::replace(&mut self.cut, false);
-            if !cut && self.record(&line, sink) {
-                return Some(all.len() - data.len());
-            }
-        }
-        let room = MAX_LINE.saturating_sub(self.line.len());
-        self.cut |= data.len() > room;
-        self.line.extend_from_slice(&data[..data.len().min(room)]);
-        None
+    fn feed(&mut self, data: &[u8], sink: &mut (dyn FnMut(&[u8]) + Send)) -> Option<usize> {
+        let mut lines = std::mem::take(&mut self.lines);
+        let taken = lines.feed(data, |line, cut| !cut && self.record(line, sink));
+        self.lines = lines;
+        taken
     }
 
     /// One whole line; true if it is the end marker.
@@ -280,6 +265,7 @@ impl<'m> Part<'m> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::machine::MAX_GUEST_LINE as MAX_LINE;
 
     fn part_of(stream: &[u8], chunk: usize) -> (bool, bool, String) {
         let mut part = Part::new(("vmcheck-start t1-a1", "vmcheck-end t1-a1"));
@@ -372,7 +358,7 @@ mod tests {
             ended = part
                 .feed(c, &mut |d: &[u8]| out.extend_from_slice(d))
                 .is_some();
-            most = most.max(part.line.len());
+            most = most.max(part.lines.held());
             if ended {
                 break;
             }

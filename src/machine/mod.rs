@@ -9,6 +9,7 @@ pub mod error;
 pub mod fault;
 pub mod kmsg;
 pub mod layer;
+pub mod lines;
 pub mod ports;
 pub mod qemu;
 pub mod qmp;

@@ -7,8 +7,7 @@
 //! The start of a test is marked by a line written to `/dev/kmsg`, which lands in both the
 //! kernel log and the journal, so one mechanism serves every image and existing hosts.
 
-// Longest line looked at (longer ones are cut).
-use crate::machine::MAX_GUEST_LINE as MAX_LINE;
+use crate::machine::lines::Lines;
 use regex::Regex;
 use std::sync::LazyLock;
 
@@ -106,7 +105,9 @@ pub struct TestPart {
     start: String,
     end: String,
     started: bool,
-    line: Vec<u8>,
+    lines: Lines,
+    /// A line of the test's with its newline, as `out` gets it.
+    whole: Vec<u8>,
 }
 
 impl TestPart {
@@ -115,48 +116,44 @@ impl TestPart {
             start: marker(tag),
             end: end_marker(tag),
             started: false,
-            line: Vec::new(),
+            lines: Lines::default(),
+            whole: Vec::new(),
         }
     }
 
     /// Takes a chunk; `out` gets each of the test's lines, with its newline.
-    pub fn feed(&mut self, mut data: &[u8], out: &mut dyn FnMut(&[u8])) {
-        while !data.is_empty() {
-            let (piece, complete) = match data.iter().position(|&b| b == b'\n') {
-                Some(nl) => (&data[..nl], Some(nl + 1)),
-                None => (data, None),
-            };
-            let room = MAX_LINE.saturating_sub(self.line.len());
-            self.line.extend_from_slice(&piece[..piece.len().min(room)]);
-            match complete {
-                Some(next) => {
-                    self.line.push(b'\n');
-                    self.take(out);
-                    data = &data[next..];
-                }
-                None => break,
+    pub fn feed(&mut self, data: &[u8], out: &mut dyn FnMut(&[u8])) {
+        let mut lines = std::mem::take(&mut self.lines);
+        lines.feed(data, |line, _| {
+            if self.take(line) {
+                self.whole.clear();
+                self.whole.extend_from_slice(line);
+                self.whole.push(b'\n');
+                out(&self.whole);
             }
-        }
+            false
+        });
+        self.lines = lines;
     }
 
     /// A last line without a newline.
     pub fn finish(mut self, out: &mut dyn FnMut(&[u8])) {
-        if !self.line.is_empty() {
-            self.take(out);
+        if let Some((line, _)) = std::mem::take(&mut self.lines).finish()
+            && self.take(&line)
+        {
+            out(&line);
         }
     }
 
-    fn take(&mut self, out: &mut dyn FnMut(&[u8])) {
-        let line = std::mem::take(&mut self.line);
-        let text = line.strip_suffix(b"\n").unwrap_or(&line);
-        let is = |marker: &str| text.ends_with(marker.as_bytes());
+    /// Whether `line` is the test's (and not a marker).
+    fn take(&mut self, line: &[u8]) -> bool {
+        let is = |marker: &str| line.ends_with(marker.as_bytes());
         if !self.started {
             self.started = is(&self.start);
-        } else if !is(&self.start) && !is(&self.end) {
-            out(&line);
+            false
+        } else {
+            !is(&self.start) && !is(&self.end)
         }
-        self.line = line;
-        self.line.clear();
     }
 }
 
@@ -175,7 +172,7 @@ pub const MAX_UNEXPECTED: usize = 100;
 /// far bigger than what is worth keeping.
 pub struct Scanner<'a> {
     allowed: &'a [Regex],
-    partial: Vec<u8>,
+    lines: Lines,
     seen: std::collections::HashSet<String>,
     found: Vec<String>,
     more: usize,
@@ -185,28 +182,22 @@ impl<'a> Scanner<'a> {
     pub fn new(allowed: &'a [Regex]) -> Scanner<'a> {
         Scanner {
             allowed,
-            partial: Vec::new(),
+            lines: Lines::default(),
             seen: Default::default(),
             found: Vec::new(),
             more: 0,
         }
     }
 
-    pub fn feed(&mut self, mut data: &[u8]) {
-        while let Some(nl) = data.iter().position(|&b| b == b'\n') {
-            let line = if self.partial.is_empty() {
-                String::from_utf8_lossy(&data[..nl]).into_owned()
-            } else {
-                self.partial.extend_from_slice(&data[..nl]);
-                String::from_utf8_lossy(&std::mem::take(&mut self.partial)).into_owned()
-            };
-            self.line(&line);
-            data = &data[nl + 1..];
-        }
-        // A line longer than any worth matching is cut (its start is what counts).
-        let room = MAX_LINE.saturating_sub(self.partial.len());
-        self.partial
-            .extend_from_slice(&data[..data.len().min(room)]);
+    /// Takes a chunk. A line longer than any worth matching is cut (its start is what
+    /// counts).
+    pub fn feed(&mut self, data: &[u8]) {
+        let mut lines = std::mem::take(&mut self.lines);
+        lines.feed(data, |line, _| {
+            self.line(&String::from_utf8_lossy(line));
+            false
+        });
+        self.lines = lines;
     }
 
     fn line(&mut self, l: &str) {
@@ -223,9 +214,8 @@ impl<'a> Scanner<'a> {
 
     /// The unexpected lines, and a last line counting those not kept.
     pub fn finish(mut self) -> Vec<String> {
-        if !self.partial.is_empty() {
-            let line = String::from_utf8_lossy(&std::mem::take(&mut self.partial)).into_owned();
-            self.line(&line);
+        if let Some((line, _)) = std::mem::take(&mut self.lines).finish() {
+            self.line(&String::from_utf8_lossy(&line));
         }
         if self.more > 0 {
             self.found.push(format!(
@@ -253,6 +243,7 @@ pub fn allowed(patterns: &[String]) -> Vec<Regex> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::machine::MAX_GUEST_LINE as MAX_LINE;
 
     #[test]
     fn finds_always_bad_lines_unless_allowed() {
