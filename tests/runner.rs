@@ -1102,27 +1102,28 @@ echo 'BUG: the stream is gone' > /dev/kmsg
 '''
 "#,
     );
-    let artifacts = dir.path().join("artifacts");
-    let run_tests = |names: &[&str]| {
-        let mut args = vec![
-            "-j",
-            "1",
-            "--no-retry-fail",
-            "--test-dir",
-            dir.path().to_str().unwrap(),
-            "--artifacts",
-            artifacts.to_str().unwrap(),
-            "--keep-artifacts",
-        ];
-        args.extend(names);
-        let (out, tap) = run(&args);
+    // `vmcheck run` of some tests of `test_dir` on TEST_OS `os`, which fails; the artifacts
+    // of every test are kept, and `journal` reads a test's journal.txt.
+    let run_failing = |os: &str, test_dir: &std::path::Path, names: &[&str]| {
+        let out = common::vmcheck()
+            .args(["run", "-j", "1", "--no-retry-fail", "--keep-artifacts"])
+            .arg("--artifacts")
+            .arg(test_dir.join("artifacts"))
+            .arg("--test-dir")
+            .arg(test_dir)
+            .args(names)
+            .env("TEST_OS", os)
+            .output()
+            .unwrap();
+        let tap = String::from_utf8_lossy(&out.stdout).into_owned();
         assert_eq!(out.status.code(), Some(exit_codes::TESTS_FAILED), "{tap}");
         tap
     };
-    let journal = |test: &str| {
-        std::fs::read_to_string(artifacts.join(test).join("attempt-1/machine1/journal.txt"))
-            .unwrap()
+    let journal = |test_dir: &std::path::Path, test: &str| {
+        let path = test_dir.join("artifacts").join(test);
+        std::fs::read_to_string(path.join("attempt-1/machine1/journal.txt")).unwrap()
     };
+    let run_tests = |names: &[&str]| run_failing("busybox", dir.path(), names);
     let tap = run_tests(&[
         "TestStream.testBody",
         "TestStream.testHost",
@@ -1143,7 +1144,7 @@ echo 'BUG: the stream is gone' > /dev/kmsg
             (false, "unexpected journal messages"),
             "{tap}"
         );
-        let text = journal(test);
+        let text = journal(dir.path(), test);
         let bugs: Vec<&str> = text.lines().filter(|l| l.contains("BUG:")).collect();
         assert_eq!(bugs.len(), 1, "only the test's own part: {text:?}");
         assert!(
@@ -1153,7 +1154,7 @@ echo 'BUG: the stream is gone' > /dev/kmsg
         assert!(!text.contains("vmcheck"), "no markers, no notes: {text:?}");
     }
     assert!(result(&rs, "TestStream.testAllowed").0, "{tap}");
-    assert!(journal("TestStream.testAllowed").ends_with("] BUG: allowed one\n"));
+    assert!(journal(dir.path(), "TestStream.testAllowed").ends_with("] BUG: allowed one\n"));
     assert!(
         tap.contains("# before\n# after\n"),
         "the body's output: {tap}"
@@ -1169,7 +1170,7 @@ echo 'BUG: the stream is gone' > /dev/kmsg
             "{tap}"
         );
     }
-    let text = journal("TestStream.testKillsCopier");
+    let text = journal(dir.path(), "TestStream.testKillsCopier");
     assert!(
         text.contains(
             "vmcheck: the kernel log stream did not bring the test's end marker within 5s: \
@@ -1196,24 +1197,7 @@ run = "logger -p user.err 'process 7 (x) dumped core, said only the journal'"
 run = "logger 'a quiet line of its own'"
 "#,
     );
-    let journal_artifacts = journal_dir.path().join("artifacts");
-    let out = common::vmcheck()
-        .args([
-            "run",
-            "-j",
-            "1",
-            "--no-retry-fail",
-            "--keep-artifacts",
-            "--artifacts",
-        ])
-        .arg(&journal_artifacts)
-        .arg("--test-dir")
-        .arg(journal_dir.path())
-        .env("TEST_OS", "debian-12")
-        .output()
-        .unwrap();
-    let tap = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(exit_codes::TESTS_FAILED), "{tap}");
+    let tap = run_failing("debian-12", journal_dir.path(), &[]);
     assert!(
         tap.contains("# unexpected journal messages")
             && tap.contains("dumped core, said only the journal")
@@ -1224,17 +1208,9 @@ run = "logger 'a quiet line of its own'"
     );
     // One shared machine ran both, in either order: each test's journal.txt has its own
     // lines (read from the last read's cursor, its part taken on the host) and no markers.
-    let journal = |test: &str| {
-        std::fs::read_to_string(
-            journal_artifacts
-                .join(test)
-                .join("attempt-1/machine1/journal.txt"),
-        )
-        .unwrap()
-    };
     let (loud, quiet) = (
-        journal("TestJournal.testLogger"),
-        journal("TestJournal.testQuiet"),
+        journal(journal_dir.path(), "TestJournal.testLogger"),
+        journal(journal_dir.path(), "TestJournal.testQuiet"),
     );
     assert!(
         loud.contains("dumped core, said only the journal\n"),
