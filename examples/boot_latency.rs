@@ -9,7 +9,8 @@
 use std::time::{Duration, Instant};
 mod common;
 
-use vmcheck::machine::vm::{Host, MachineSpec, VirtualMachine};
+use vmcheck::machine::host::Host;
+use vmcheck::machine::vm::{MachineSpec, VirtualMachine};
 use vmcheck::signal::Cancel;
 
 #[tokio::main]

@@ -30,12 +30,13 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 use vmcheck::image::{Catalog, Image, ImageStatus, ImageStore};
 use vmcheck::machine::agent::Agent;
+use vmcheck::machine::host::Host;
 use vmcheck::machine::ports::{self, PortKind};
 use vmcheck::machine::qemu::QemuConfig;
 use vmcheck::machine::qmp::Qmp;
 use vmcheck::machine::snapshot::{Found, SnapshotKey};
 use vmcheck::machine::spawn::spawn_tied;
-use vmcheck::machine::vm::{self, Host};
+use vmcheck::machine::vm;
 use vmcheck::project::Project;
 
 const USAGE: &str =

@@ -2,7 +2,8 @@
 //! host facts, found from the current directory.
 
 use vmcheck::image::{Catalog, Image, ImageStore};
-use vmcheck::machine::vm::{Host, MachineSpec};
+use vmcheck::machine::host::Host;
+use vmcheck::machine::vm::MachineSpec;
 use vmcheck::project::Project;
 use vmcheck::signal::Cancel;
 

@@ -10,8 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vmcheck::exit_codes;
 use vmcheck::image::{Catalog, Image, ImageStatus, ImageStore};
+use vmcheck::machine::host::Host;
 use vmcheck::machine::ssh::{ExitStatus, Stream};
-use vmcheck::machine::vm::{Exec, Host, MachineSpec, VirtualMachine};
+use vmcheck::machine::vm::{Exec, MachineSpec, VirtualMachine};
 use vmcheck::project::Project;
 use vmcheck::signal::{self, Cancel};
 

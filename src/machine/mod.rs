@@ -7,6 +7,7 @@ pub mod console;
 pub mod deadline;
 pub mod error;
 pub mod fault;
+pub mod host;
 pub mod kmsg;
 pub mod layer;
 pub mod lines;

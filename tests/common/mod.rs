@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use vmcheck::image::{Catalog, Image, ImageStore};
-use vmcheck::machine::vm::Host;
+use vmcheck::machine::host::Host;
 use vmcheck::project::Project;
 use vmcheck::signal::Cancel;
 
