@@ -78,8 +78,8 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
                 _ => Ok(exit_codes::OK),
             };
         }
-        Command::Merge(args) => return super::run::merge(args),
-        Command::Report(args) => return super::run::report(args),
+        Command::Merge(args) => return super::replay::merge(args),
+        Command::Report(args) => return super::replay::report(args),
         Command::Sit(args) => return sit(args, &cancel).await,
         Command::Stats(args) => return super::results::stats(args),
         Command::Results(cmd) => return super::results::results(cmd),

@@ -147,7 +147,7 @@ pub fn hunt(root: &Path, h: &Hunt) -> Result<i32, CliError> {
     let test_os = std::env::var("TEST_OS")
         .ok()
         .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| super::run::DEFAULT_TEST_OS.to_string());
+        .unwrap_or_else(|| super::run::plan::DEFAULT_TEST_OS.to_string());
     vmcheck::plan::check_test_os(&test_os).map_err(CliError::Usage)?;
     if vmcheck::plan::run_oses(&test_os).len() > 1 {
         return Err(CliError::Usage(format!(

@@ -17,6 +17,7 @@ mod args;
 mod dispatch;
 mod errors;
 mod hunt;
+mod replay;
 mod results;
 mod run;
 
