@@ -400,7 +400,7 @@ pub struct RunMeta {
 }
 
 /// A run that is one shard of a split suite: shard `index` of `total`, and the split's
-/// fingerprint (runs that split the same way print the same one; see `shard.rs`).
+/// fingerprint (runs that split the same way print the same one; see `planning/shard.rs`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardInfo {
     pub index: usize,

@@ -23,26 +23,21 @@ macro_rules! say_raw {
     }};
 }
 
-pub mod affected;
 pub mod autopkgtest;
 pub mod builtin;
 pub mod checkfile;
-pub mod estimate;
 pub mod events;
 pub mod exit_codes;
 pub mod image;
 pub mod machine;
-pub mod merge;
 pub mod naughty;
-pub mod plan;
+pub mod planning;
 pub mod policy;
 pub mod private;
 pub mod project;
 pub mod reporter;
 pub mod results;
 pub mod runner;
-pub mod scenario;
-pub mod shard;
 pub mod shell;
 pub mod signal;
 pub mod soak;

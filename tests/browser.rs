@@ -99,7 +99,7 @@ fn a_real_page_driven_in_a_real_browser() {
     );
     let tap = String::from_utf8_lossy(&out.stdout);
     common::assert_code(&out, &tap, exit_codes::TESTS_FAILED);
-    let stream = vmcheck::merge::read(&events).unwrap();
+    let stream = vmcheck::results::merge::read(&events).unwrap();
     let mut verdicts = std::collections::BTreeMap::new();
     for e in &stream.events {
         let v = serde_json::to_value(e).unwrap();

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use vmcheck::checkfile::{self, TestDef};
-use vmcheck::plan::{self, PlanOptions};
+use vmcheck::planning::plan::{self, PlanOptions};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

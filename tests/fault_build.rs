@@ -217,7 +217,7 @@ fn ctrl_c_while_run_builds_an_image_still_gives_valid_tap() {
     let junit = std::fs::read_to_string(&junit).unwrap();
     assert!(junit.contains("interrupted by SIGINT"), "{junit}");
     let events = std::fs::read_to_string(&events).unwrap();
-    let stream = vmcheck::merge::parse(Path::new("events.jsonl"), &events).unwrap();
+    let stream = vmcheck::results::merge::parse(Path::new("events.jsonl"), &events).unwrap();
     assert!(matches!(
         stream.events.last(),
         Some(vmcheck::events::Event::RunFinished { .. })

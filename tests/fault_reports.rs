@@ -218,7 +218,7 @@ exit 1
     // vmcheck's own lines start on lines of their own.
     assert!(tap.contains("no final newline\n"), "{tap}");
     common::assert_valid_junit(&junit);
-    let stream = vmcheck::merge::read(&events).unwrap();
+    let stream = vmcheck::results::merge::read(&events).unwrap();
     assert!(stream.events.len() > 2);
 }
 

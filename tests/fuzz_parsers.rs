@@ -376,7 +376,7 @@ const SCENARIO_TOKENS: &[&str] = &[
 fn scenario_parse(text: &str) -> Result<(), TestCaseError> {
     let file = Path::new("test/scenarios.toml");
     let lines = text.split('\n').count();
-    if let Err(e) = vmcheck::scenario::parse(file, text) {
+    if let Err(e) = vmcheck::planning::scenario::parse(file, text) {
         let rest = e.strip_prefix("test/scenarios.toml:");
         prop_assert!(rest.is_some(), "no file in {:?}", e);
         let mut parts = rest.unwrap_or_default().splitn(3, ':');
@@ -728,7 +728,7 @@ proptest! {
     #[test]
     fn event_streams_round_trip(events in stream()) {
         let text = json_lines(&events);
-        let parsed = vmcheck::merge::parse(Path::new("run.jsonl"), &text);
+        let parsed = vmcheck::results::merge::parse(Path::new("run.jsonl"), &text);
         prop_assert!(parsed.is_ok(), "{:?}", parsed.err());
         prop_assert_eq!(parsed.map(|s| s.events).unwrap_or_default(), events);
     }
@@ -750,11 +750,11 @@ proptest! {
             }
         }
         let text: String = chars.into_iter().collect();
-        let _ = vmcheck::merge::parse(Path::new("run.jsonl"), &text);
+        let _ = vmcheck::results::merge::parse(Path::new("run.jsonl"), &text);
     }
 
     #[test]
     fn arbitrary_text_is_never_a_panic(text in soup(&["{", "}", "\"v\":1", "\"event\":", "\"run-started\"", ",", "\n", "[", "]", "null", "1e999", "-0"], 30)) {
-        let _ = vmcheck::merge::parse(Path::new("run.jsonl"), &text);
+        let _ = vmcheck::results::merge::parse(Path::new("run.jsonl"), &text);
     }
 }

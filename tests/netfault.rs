@@ -86,7 +86,7 @@ if __name__ == "__main__":
 
 /// Each test's output, by name, from a run's event stream.
 fn outputs(events: &Path) -> BTreeMap<String, String> {
-    let stream = vmcheck::merge::read(events).unwrap();
+    let stream = vmcheck::results::merge::read(events).unwrap();
     let mut by_id: BTreeMap<usize, String> = BTreeMap::new();
     let mut names: BTreeMap<usize, String> = BTreeMap::new();
     for e in &stream.events {

@@ -1135,7 +1135,7 @@ run = "true"
     }
 
     fn plan_skip(t: &TestDef) -> Option<String> {
-        crate::plan::skip_reason(t, "debian-12")
+        crate::planning::plan::skip_reason(t, "debian-12")
     }
 
     #[test]

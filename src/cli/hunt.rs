@@ -148,8 +148,8 @@ pub fn hunt(root: &Path, h: &Hunt) -> Result<i32, CliError> {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| super::run::plan::DEFAULT_TEST_OS.to_string());
-    vmcheck::plan::check_test_os(&test_os).map_err(CliError::Usage)?;
-    if vmcheck::plan::run_oses(&test_os).len() > 1 {
+    vmcheck::planning::plan::check_test_os(&test_os).map_err(CliError::Usage)?;
+    if vmcheck::planning::plan::run_oses(&test_os).len() > 1 {
         return Err(CliError::Usage(format!(
             "TEST_OS={test_os}: hunt measures a failure rate on one TEST_OS; give one"
         )));

@@ -14,11 +14,11 @@ use vmcheck::signal::Cancel;
 pub fn report(args: &ReportArgs) -> Result<i32, CliError> {
     let mut streams = Vec::new();
     for f in &args.files {
-        streams.push(vmcheck::merge::read(f).map_err(|e| CliError::Usage(e.to_string()))?);
+        streams.push(vmcheck::results::merge::read(f).map_err(|e| CliError::Usage(e.to_string()))?);
     }
     let events = match streams.as_slice() {
         [one] => one.events.clone(),
-        _ => vmcheck::merge::merge(&streams),
+        _ => vmcheck::results::merge::merge(&streams),
     };
     let store = vmcheck::results::store::path_of(args.results_db.as_deref());
     let outputs = Outputs {
@@ -55,14 +55,14 @@ pub fn report(args: &ReportArgs) -> Result<i32, CliError> {
 pub fn merge(args: &MergeArgs) -> Result<i32, CliError> {
     let mut streams = Vec::new();
     for f in &args.files {
-        streams.push(vmcheck::merge::read(f).map_err(|e| CliError::Usage(e.to_string()))?);
+        streams.push(vmcheck::results::merge::read(f).map_err(|e| CliError::Usage(e.to_string()))?);
     }
-    if let Some(warning) =
-        vmcheck::merge::check_shards(&streams).map_err(|e| CliError::Usage(e.to_string()))?
+    if let Some(warning) = vmcheck::results::merge::check_shards(&streams)
+        .map_err(|e| CliError::Usage(e.to_string()))?
     {
         vmcheck::say!("vmcheck: warning: {warning}");
     }
-    let events = vmcheck::merge::merge(&streams);
+    let events = vmcheck::results::merge::merge(&streams);
     let test_os = match events.first() {
         Some(vmcheck::events::Event::RunStarted { test_os, .. }) => test_os.clone(),
         _ => String::new(),

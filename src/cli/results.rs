@@ -7,8 +7,8 @@ use super::errors::CliError;
 use std::path::Path;
 use vmcheck::events::RunMeta;
 use vmcheck::exit_codes;
-use vmcheck::merge::Stream;
 use vmcheck::results::durations::Durations;
+use vmcheck::results::merge::Stream;
 use vmcheck::results::now_ms;
 use vmcheck::results::record::{Fallback, Recorded, Recorder, Source};
 use vmcheck::results::stats::{self, Query};
@@ -151,7 +151,9 @@ pub fn results(cmd: &ResultsCommand) -> Result<i32, CliError> {
             // Every stream is read before the store is touched: a bad one changes nothing.
             let mut streams = Vec::new();
             for f in files {
-                streams.push(vmcheck::merge::read(f).map_err(|e| CliError::Usage(e.to_string()))?);
+                streams.push(
+                    vmcheck::results::merge::read(f).map_err(|e| CliError::Usage(e.to_string()))?,
+                );
             }
             let path = store::path_of(results_db.as_deref());
             let done = import(&path, &streams).map_err(|e| CliError::Usage(e.to_string()))?;

@@ -4,11 +4,13 @@
 //! and shard tests, [`durations`]), the flakiness statistics computed from it ([`stats`])
 //! and known issues' occurrences ([`known`]), where a failure rate changed along commits
 //! ([`changepoint`], for `vmcheck hunt`). A live run writes on a thread of its own
-//! ([`writer`]).
+//! ([`writer`]). Recorded event streams are read and combined into one run's by [`merge`]
+//! (`vmcheck merge`, `vmcheck report`, `results import`).
 
 pub mod changepoint;
 pub mod durations;
 pub mod known;
+pub mod merge;
 pub mod record;
 pub mod stats;
 pub mod store;

@@ -121,7 +121,7 @@ impl Recorder {
                     shard: shard.as_ref().map(|s| format!("{}/{}", s.index, s.total)),
                     settled: shard.is_none() || self.source == Source::Import,
                 };
-                let oses = crate::plan::run_oses(test_os);
+                let oses = crate::planning::plan::run_oses(test_os);
                 self.runs = if oses.len() > 1 {
                     oses.iter()
                         .map(|os| RunRow {

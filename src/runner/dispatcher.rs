@@ -23,7 +23,6 @@ use super::state::{
     StateConfig, TestSpec, UnitId,
 };
 use crate::checkfile::TestDef;
-use crate::estimate::Estimates;
 use crate::events::{BootOrigin, Event, RunStats, TestInfo};
 use crate::machine::Machine;
 use crate::machine::error::MachineError;
@@ -31,7 +30,8 @@ use crate::machine::qemu::QEMU_OVERHEAD_MIB;
 use crate::machine::remote::RemoteMachine;
 use crate::machine::ssh::SshTarget;
 use crate::machine::vm::{MachineSpec, VirtualMachine};
-use crate::plan::TestPlan;
+use crate::planning::estimate::Estimates;
+use crate::planning::plan::TestPlan;
 use crate::policy::PolicyOptions;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -50,7 +50,7 @@ pub struct RunConfig {
     pub remote: Vec<SshTarget>,
     pub policy: PolicyOptions,
     /// Check files affected by the change under test (`--base`).
-    pub affected: crate::affected::Affected,
+    pub affected: crate::planning::affected::Affected,
     /// Estimated durations (from the duration history): the order of destructive tests
     /// and the number of global machines.
     pub estimates: Estimates,
@@ -107,7 +107,7 @@ pub fn test_cost(def: &TestDef, ctx: &AttemptContext) -> Cost {
 }
 
 /// What every event says of planned test `t`.
-pub fn test_info(t: &crate::plan::PlannedTest, ctx: &AttemptContext) -> TestInfo {
+pub fn test_info(t: &crate::planning::plan::PlannedTest, ctx: &AttemptContext) -> TestInfo {
     TestInfo {
         id: t.id,
         name: t.def.name(),
@@ -125,7 +125,7 @@ impl<'r> Dispatcher<'r> {
         ctx: Arc<AttemptContext>,
         report: &'r mut dyn FnMut(&Event),
     ) -> Dispatcher<'r> {
-        let oses = crate::plan::run_oses(&ctx.test_os);
+        let oses = crate::planning::plan::run_oses(&ctx.test_os);
         let mut pools = Pools::new(Pool {
             os: oses[0].to_owned(),
             memory_mib: cfg.nd_memory_mib,
@@ -213,7 +213,7 @@ impl<'r> Dispatcher<'r> {
                     .collect(),
                 policy: cfg.policy,
                 boot: cfg.estimates.boot,
-                descending: crate::plan::nondestructive_descending(&ctx.test_os),
+                descending: crate::planning::plan::nondestructive_descending(&ctx.test_os),
                 known,
                 shard: cfg.shard,
                 whole_suite: cfg.whole_suite,

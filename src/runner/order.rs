@@ -1,4 +1,4 @@
-//! What runs next, as pure functions of estimated durations ([`crate::estimate`]): the
+//! What runs next, as pure functions of estimated durations ([`crate::planning::estimate`]): the
 //! destructive queue longest first, and how many shared machines the waiting
 //! nondestructive work is worth. The dispatcher applies them; they hold no state.
 //!
@@ -8,7 +8,7 @@
 //! one may start if it is expected to end before the first would fit anyway
 //! ([`admitted_in`]; "EASY backfilling"), so it uses the gap without delaying the first.
 //! Nondestructive tests
-//! keep their name order (see [`crate::plan::nondestructive_order`]): it exposes order
+//! keep their name order (see [`crate::planning::plan::nondestructive_order`]): it exposes order
 //! dependence, and they are short enough to fill gaps wherever they stand.
 
 use super::ledger::{Cost, Ledger};

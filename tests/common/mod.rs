@@ -323,7 +323,7 @@ pub fn assert_each_test_once(
         assert_eq!(cases, want, "JUnit test cases:\n{xml}");
     }
     if let Some(events) = events {
-        let stream = vmcheck::merge::read(events).unwrap();
+        let stream = vmcheck::results::merge::read(events).unwrap();
         let mut finished: Vec<String> = stream
             .events
             .iter()

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use vmcheck::autopkgtest::test::Internet;
 use vmcheck::checkfile::TestDef;
 use vmcheck::image::Catalog;
-use vmcheck::plan::TestPlan;
+use vmcheck::planning::plan::TestPlan;
 use vmcheck::reporter::autopkgtest::Summary as AptSummary;
 use vmcheck::reporter::file::ReportFile;
 use vmcheck::signal::Cancel;

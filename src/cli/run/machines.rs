@@ -12,7 +12,7 @@ use vmcheck::image::{Catalog, Image, ImageError};
 use vmcheck::machine::host::Host;
 use vmcheck::machine::remote::parse_address;
 use vmcheck::machine::ssh::{HostKeyCheck, SshTarget};
-use vmcheck::plan::TestPlan;
+use vmcheck::planning::plan::TestPlan;
 use vmcheck::runner::attempt::AttemptContext;
 use vmcheck::signal::Cancel;
 
@@ -141,7 +141,7 @@ pub(crate) fn remote_targets(args: &RunArgs) -> Result<Vec<SshTarget>, CliError>
 /// rather than a wait without end (Trafficlight's defect). A test bigger than what is free
 /// now only waits, and one bigger than the run's budget runs alone.
 pub(crate) fn never_fits(
-    plan: &vmcheck::plan::TestPlan,
+    plan: &vmcheck::planning::plan::TestPlan,
     ctx: &AttemptContext,
     total_mib: Option<u64>,
 ) -> Result<(), Vec<vmcheck::checkfile::CheckFileError>> {

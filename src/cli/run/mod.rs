@@ -20,7 +20,7 @@ use vmcheck::events::{Event, Placement, RunStats, TestInfo, Verdict};
 use vmcheck::exit_codes;
 use vmcheck::image::Catalog;
 use vmcheck::machine::qemu::{QEMU_OVERHEAD_MIB, mem_available_mib};
-use vmcheck::plan::TestPlan;
+use vmcheck::planning::plan::TestPlan;
 use vmcheck::policy::PolicyOptions;
 use vmcheck::reporter::summary;
 use vmcheck::results::writer::LiveStore;
@@ -122,7 +122,7 @@ pub async fn run(
     let nd_mem = args
         .nondestructive_memory
         .or(images
-            .get(vmcheck::plan::run_oses(&test_os)[0])
+            .get(vmcheck::planning::plan::run_oses(&test_os)[0])
             .map(|i| i.manifest.boot.memory_mib))
         .unwrap_or(512);
     let available = mem_available_mib().unwrap_or(4096);

@@ -9,15 +9,15 @@ use crate::cli::args::RunArgs;
 use crate::cli::errors::CliError;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use vmcheck::affected::Affected;
 use vmcheck::autopkgtest::test::Internet;
 use vmcheck::checkfile::{self, TestDef};
-use vmcheck::estimate::Estimates;
 use vmcheck::events::ShardInfo;
 use vmcheck::image::Catalog;
 use vmcheck::naughty::NaughtyDb;
-use vmcheck::plan::{PlanOptions, TestPlan};
-use vmcheck::shard::Shard;
+use vmcheck::planning::affected::Affected;
+use vmcheck::planning::estimate::Estimates;
+use vmcheck::planning::plan::{PlanOptions, TestPlan};
+use vmcheck::planning::shard::Shard;
 use vmcheck::signal::Cancel;
 
 /// The default image when `TEST_OS` is not set: the fast one.
@@ -115,8 +115,8 @@ pub(super) fn settle(args: &mut RunArgs, suite: &Suite) -> Result<Request, CliEr
             }
             .to_string()
         });
-    vmcheck::plan::check_test_os(&test_os).map_err(CliError::Usage)?;
-    let several_os = vmcheck::plan::run_oses(&test_os).len() > 1;
+    vmcheck::planning::plan::check_test_os(&test_os).map_err(CliError::Usage)?;
+    let several_os = vmcheck::planning::plan::run_oses(&test_os).len() > 1;
     if several_os && autopkgtest.is_some() {
         return Err(CliError::Usage(format!(
             "TEST_OS={test_os}: autopkgtest runs on one TEST_OS at a time (its dependencies \
@@ -228,7 +228,7 @@ pub(super) fn plan(
         nondestructive_only: args.nondestructive,
     };
     if let Some(name) = args.scenario.as_deref().filter(|s| !s.is_empty()) {
-        let scenario = vmcheck::scenario::load(&root.join("test/scenarios.toml"), name)
+        let scenario = vmcheck::planning::scenario::load(&root.join("test/scenarios.toml"), name)
             .map_err(CliError::Usage)?;
         opts.filters.extend(scenario.filters);
         opts.exclude.extend(scenario.exclude);
@@ -243,8 +243,9 @@ pub(super) fn plan(
     }
     let affected = match args.base.as_deref().filter(|b| !b.is_empty()) {
         Some(base) => {
-            let changed = vmcheck::affected::changed_files(root, base).map_err(CliError::Usage)?;
-            let a = vmcheck::affected::affected(&tests, &changed, args.pkg_rule);
+            let changed =
+                vmcheck::planning::affected::changed_files(root, base).map_err(CliError::Usage)?;
+            let a = vmcheck::planning::affected::affected(&tests, &changed, args.pkg_rule);
             for note in &a.notes {
                 vmcheck::say!("vmcheck: {note}");
             }
@@ -257,9 +258,9 @@ pub(super) fn plan(
     } else {
         NaughtyDb::load(&root.join(vmcheck::naughty::NAUGHTY_DIR)).map_err(CliError::Naughty)?
     };
-    let mut plan = vmcheck::plan::plan(tests, &opts);
+    let mut plan = vmcheck::planning::plan::plan(tests, &opts);
     if let Some(n) = repeats(args)? {
-        plan = vmcheck::plan::repeat(plan, n);
+        plan = vmcheck::planning::plan::repeat(plan, n);
     }
     let whole_suite = request.file.is_none()
         && request.shard.is_none()
@@ -291,7 +292,7 @@ pub(super) fn plan(
             (Default::default(), false)
         }
     };
-    let estimates = vmcheck::estimate::estimate(&plan, &durations, args.cold_boot);
+    let estimates = vmcheck::planning::estimate::estimate(&plan, &durations, args.cold_boot);
     if !plan.unknown_excludes.is_empty() {
         return Err(CliError::Usage(format!(
             "--exclude names no test: {} (it takes exact TestClass.testMethod names or case \
@@ -301,7 +302,7 @@ pub(super) fn plan(
     }
     let mut shard_info = None;
     if let Some(shard) = request.shard {
-        let selection = vmcheck::shard::select(plan, &estimates, shard);
+        let selection = vmcheck::planning::shard::select(plan, &estimates, shard);
         shard_info = Some(ShardInfo {
             index: shard.index,
             total: shard.total,
@@ -393,7 +394,7 @@ fn durations_of(
     project: &str,
     test_os: &str,
 ) -> Result<vmcheck::results::durations::Durations, vmcheck::results::store::StoreError> {
-    let oses = vmcheck::plan::run_oses(test_os);
+    let oses = vmcheck::planning::plan::run_oses(test_os);
     if oses.len() == 1 {
         let mut names: Vec<String> = plan.tests.iter().map(|t| t.def.base_name()).collect();
         names.dedup();

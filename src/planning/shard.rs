@@ -9,8 +9,8 @@
 //! pure function of the test names and estimates: every job computes the same one when it
 //! reads the same history, and every test lands in exactly one shard.
 
-use crate::estimate::Estimates;
-use crate::plan::{ExcludeReason, Excluded, PlannedTest, TestPlan};
+use crate::planning::estimate::Estimates;
+use crate::planning::plan::{ExcludeReason, Excluded, PlannedTest, TestPlan};
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;

@@ -10,7 +10,7 @@
 //! likely to get (a restore from a snapshot, or a cold boot; see [`Durations::boot`]), else
 //! [`DEFAULT_BOOT`].
 
-use crate::plan::TestPlan;
+use crate::planning::plan::TestPlan;
 use crate::results::durations::{Durations, median};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -99,7 +99,7 @@ pub fn estimate(plan: &TestPlan, history: &Durations, cold_boot: bool) -> Estima
 mod tests {
     use super::*;
     use crate::checkfile::TestDef;
-    use crate::plan::{PlanOptions, plan};
+    use crate::planning::plan::{PlanOptions, plan};
 
     fn s(secs: u64) -> Duration {
         Duration::from_secs(secs)
