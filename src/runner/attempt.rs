@@ -9,21 +9,19 @@
 //! dispatcher aborts it (Ctrl-C), dropping them kills qemu and removes their files.
 
 use super::artifacts::{AttemptDir, console_offset};
+use super::bodies::{Terms, run_bodies};
 use super::guest_log::{LogCheck, unexpected_messages};
-use super::host::{Granted, HostProgram, HostTask, Reach};
+use super::host::Granted;
 use super::journal;
-use super::net::Network;
+use super::outcomes::{command_problem, harness, machine_failed};
 pub use super::output::{LiveOutput, Log, Progress};
 use super::sit::sit;
 use crate::checkfile::{Body, TestDef};
 use crate::events::{AttemptOutcome, AttemptReport};
 use crate::image::Image;
 use crate::machine::Machine;
-use crate::machine::error::MachineError;
 use crate::machine::host::Host;
 use crate::machine::shell::Exec;
-use crate::machine::ssh::{ExitStatus, Stream};
-use crate::shell::quote;
 use crate::signal::Cancel;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -324,57 +322,53 @@ pub async fn run_attempt(
         };
     }
     let m = machines.remove(0).machine;
-    let mut health = match &outcome {
-        AttemptOutcome::TimedOut { after } => {
-            Health::Broken(format!("the test timed out after {}s", after.as_secs()))
-        }
-        AttemptOutcome::Harness { message, .. } => Health::Broken(message.clone()),
-        _ => Health::Good,
-    };
-    if health == Health::Good {
-        let saved: Vec<String> = test
-            .restore
-            .iter()
-            .chain(&granted.restore)
-            .cloned()
-            .collect();
-        // Restoring doubles as a health probe of the shared machine; reading its log after
-        // the body was one already (one round trip less a test).
-        if !saved.is_empty() || !first_answered {
-            let cmd = if saved.is_empty() {
-                "true".to_string()
-            } else {
-                super::restore::restore_command(&saved)
-            };
-            // Over SSH, as the tests reach it: the agent answering proves less.
-            let done = m
-                .shell()
-                .run(Exec::new(&cmd, Duration::from_secs(60)))
-                .await;
-            if let Some(problem) = command_problem(done, "restoring files after the test") {
-                health = Health::Broken(problem);
-            }
-        }
-    }
+    let health = health_after(&m, &test, &granted, &outcome, first_answered).await;
     AttemptDone {
         report,
         global: Some((m, health)),
     }
 }
 
-pub(super) fn harness(message: String) -> AttemptOutcome {
-    AttemptOutcome::Harness {
-        message,
-        host_fault: false,
+/// The health of a shared machine after a test: broken by a timeout or a harness failure,
+/// else as the restore of the files the test changed says (which doubles as a probe of it,
+/// over SSH as the tests reach it); with nothing to restore, reading its log after the body
+/// (`first_answered`) was the probe already: one round trip less a test.
+async fn health_after(
+    m: &Machine,
+    test: &TestDef,
+    granted: &Granted,
+    outcome: &AttemptOutcome,
+    first_answered: bool,
+) -> Health {
+    let health = match outcome {
+        AttemptOutcome::TimedOut { after } => {
+            Health::Broken(format!("the test timed out after {}s", after.as_secs()))
+        }
+        AttemptOutcome::Harness { message, .. } => Health::Broken(message.clone()),
+        _ => Health::Good,
+    };
+    let saved: Vec<String> = test
+        .restore
+        .iter()
+        .chain(&granted.restore)
+        .cloned()
+        .collect();
+    if health != Health::Good || (saved.is_empty() && first_answered) {
+        return health;
     }
-}
-
-/// A machine's failure as the attempt's outcome: its message names the cause, and a host
-/// fault (a full disk) is marked so that policy does not retry it.
-pub(super) fn machine_failed(e: &MachineError) -> AttemptOutcome {
-    AttemptOutcome::Harness {
-        message: e.to_string(),
-        host_fault: !e.retryable(),
+    let cmd = if saved.is_empty() {
+        "true".to_string()
+    } else {
+        super::restore::restore_command(&saved)
+    };
+    // Over SSH, as the tests reach it: the agent answering proves less.
+    let done = m
+        .shell()
+        .run(Exec::new(&cmd, Duration::from_secs(60)))
+        .await;
+    match command_problem(done, "restoring files after the test") {
+        Some(problem) => Health::Broken(problem),
+        None => Health::Good,
     }
 }
 
@@ -402,223 +396,6 @@ fn report(
         known: Default::default(),
         start_ms: Some(start_ms),
         boot: machines.iter().map(|m| m.machine.origin()).min(),
-    }
-}
-
-/// `None` if the command ran and succeeded, else what went wrong.
-pub(super) fn command_problem(
-    done: Result<crate::machine::shell::Completed, MachineError>,
-    what: &str,
-) -> Option<String> {
-    match done {
-        Ok(d) if d.status.success() => None,
-        Ok(d) => Some(format!(
-            "{what} failed ({}): {}",
-            d.status,
-            String::from_utf8_lossy(&d.output.stderr).trim()
-        )),
-        Err(e) => Some(format!("{what}: {e}")),
-    }
-}
-
-/// Environment every body sees.
-fn body_env(
-    ctx: &AttemptContext,
-    req: &AttemptRequest,
-    machines: &[Named],
-) -> Vec<(String, String)> {
-    let mut env = vec![
-        ("VMCHECK_TEST".to_string(), req.test.base_name()),
-        ("VMCHECK_ATTEMPT".to_string(), req.attempt.to_string()),
-        (
-            "VMCHECK_MAX_ATTEMPTS".to_string(),
-            req.max_attempts.to_string(),
-        ),
-        ("TEST_OS".to_string(), req.test.os(&ctx.test_os).to_owned()),
-        (
-            // Which run of a repeated test this is (`run --repeat N`), else 0.
-            "VMCHECK_REPEAT".to_string(),
-            req.test.repeat.map_or(0, |r| r.index).to_string(),
-        ),
-        (
-            "VMCHECK_MACHINES".to_string(),
-            machines
-                .iter()
-                .map(|m| m.name.as_str())
-                .collect::<Vec<_>>()
-                .join(" "),
-        ),
-    ];
-    for m in machines {
-        if let Some(ip) = &m.ip {
-            env.push((format!("VMCHECK_{}_IP", env_name(&m.name)), ip.clone()));
-        }
-        for (guest, host) in m.machine.forwards() {
-            env.push((
-                format!("VMCHECK_{}_PORT_{guest}", env_name(&m.name)),
-                format!("127.0.0.1:{host}"),
-            ));
-        }
-    }
-    env.extend(req.test.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-    env
-}
-
-fn env_name(machine: &str) -> String {
-    machine
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_uppercase()
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
-/// What an attempt's bodies run with beside its machines.
-struct Terms<'a> {
-    /// The command writing the journal's start marker.
-    mark: &'a str,
-    /// The marker is written by the guest body, before it runs.
-    marked_by_body: bool,
-    /// The command writing the end marker, which the guest body runs after it (in a
-    /// subshell, so that its `exit` ends it only), where the first machine's kernel log
-    /// streams to the host.
-    end: Option<&'a str>,
-    /// The attempt's directory.
-    dir: &'a std::path::Path,
-    /// The machine is a nondestructive test's.
-    shared: bool,
-    /// The machines' private network (tests with several machines).
-    net: Option<&'a Network>,
-}
-
-/// Run `run` in the first machine (after the start marker, if given), then `host` on the
-/// host, or the executable check file's test, until the test's deadline.
-async fn run_bodies(
-    ctx: &AttemptContext,
-    req: &AttemptRequest,
-    machines: &mut [Named],
-    log: &Log,
-    terms: Terms<'_>,
-    granted: &mut Granted,
-    // Set when the guest body's command ran to its end and wrote the end marker.
-    ended: &mut bool,
-) -> AttemptOutcome {
-    let test = &req.test;
-    let deadline = Instant::now() + test.timeout;
-    let env = body_env(ctx, req, machines);
-    if let Some(soak) = &test.soak {
-        let scaled = soak.scaled(ctx.soak_scale);
-        let task = super::soak::SoakTask {
-            soak: &scaled,
-            attempt: super::soak::Attempt {
-                ctx,
-                req,
-                env: &env,
-                net: terms.net,
-                dir: terms.dir,
-                mark: terms.mark,
-            },
-            grace: test.timeout,
-        };
-        return super::soak::run_soak(machines, log, task, &mut granted.allow_journal).await;
-    }
-    if let Some(script) = test.body.guest_script() {
-        let mut exports: String = env
-            .iter()
-            .map(|(k, v)| format!("export {k}={}\n", quote(v)))
-            .collect();
-        exports.push_str(&format!(
-            "export VMCHECK_MACHINE={}\n",
-            quote(&machines[0].name)
-        ));
-        let mark = if terms.marked_by_body { terms.mark } else { "" };
-        let body = format!("{exports}{mark}\nset -e\n{script}");
-        let command = match terms.end {
-            Some(end) => format!("(\n{body}\n); s=$?; {end}; exit $s"),
-            None => body,
-        };
-        let mut sink = |_: Stream, data: &[u8]| log.write(data);
-        let result = machines[0]
-            .machine
-            .shell()
-            .run(Exec {
-                sink: Some(&mut sink),
-                ..Exec::new(&command, deadline.saturating_duration_since(Instant::now()))
-            })
-            .await;
-        if terms.end.is_some()
-            && matches!(&result, Ok(d) if matches!(d.status, ExitStatus::Code(_)))
-        {
-            // (A body that killed the shell around it left no end marker.)
-            *ended = true;
-        }
-        match result {
-            Ok(done) => match done.status {
-                ExitStatus::Code(0) => {}
-                ExitStatus::Code(77) => return skipped(log),
-                status => {
-                    log.note(&format!(
-                        "vmcheck: the test failed in {} ({status})",
-                        machines[0].name
-                    ));
-                    return AttemptOutcome::failed(status.to_string());
-                }
-            },
-            Err(e) => return guest_error(e, test.timeout, log),
-        }
-    }
-    let program = match &test.body {
-        Body::Autopkgtest(apt) => {
-            return super::autopkgtest::run(
-                ctx,
-                &mut machines[0],
-                apt,
-                &env,
-                log,
-                deadline,
-                test.timeout,
-            )
-            .await;
-        }
-        Body::Scripts {
-            host: Some(script), ..
-        } => HostProgram::Script(script),
-        Body::Executable(file) => HostProgram::CheckFile(file),
-        Body::Scripts { host: None, .. } => return AttemptOutcome::Passed,
-    };
-    let task = HostTask {
-        program,
-        env: &env,
-        deadline,
-        timeout: test.timeout,
-        shared: terms.shared,
-        net: terms.net,
-    };
-    super::host::run_host(ctx, req, Reach::Attempt(machines), log, &task, granted).await
-}
-
-/// The outcome of a command in a machine that did not end: the test's deadline (`timeout`)
-/// passed, or the machine failed.
-pub(super) fn guest_error(e: MachineError, timeout: Duration, log: &Log) -> AttemptOutcome {
-    match e {
-        MachineError::CommandTimeout { .. } => {
-            log.note(&format!("vmcheck: timed out after {}s", timeout.as_secs()));
-            AttemptOutcome::TimedOut { after: timeout }
-        }
-        e => {
-            log.note(&format!("vmcheck: {e}"));
-            machine_failed(&e)
-        }
-    }
-}
-
-pub(super) fn skipped(log: &Log) -> AttemptOutcome {
-    AttemptOutcome::Skipped {
-        reason: log.last_line(),
     }
 }
 
@@ -650,15 +427,4 @@ async fn save_artifacts(
         }
     }
     Some(dir.path.clone())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn env_names() {
-        assert_eq!(env_name("machine1"), "MACHINE1");
-        assert_eq!(env_name("web-server"), "WEB_SERVER");
-    }
 }

@@ -7,7 +7,8 @@
 //! such instead, and the reboot protocol: a test that calls `/tmp/autopkgtest-reboot MARK`
 //! is killed, its machine rebooted, and the test run again with `AUTOPKGTEST_REBOOT_MARK`.
 
-use super::attempt::{AttemptContext, Log, Named, guest_error, harness};
+use super::attempt::{AttemptContext, Log, Named};
+use super::outcomes::{guest_error, harness};
 use crate::autopkgtest::test::{AptCommand, AptTest};
 use crate::events::AttemptOutcome;
 use crate::machine::error::MachineError;

@@ -2,8 +2,9 @@
 //! gate), named, given their host names and, when there are several, their private network:
 //! a switch of the attempt's (`net.rs`) and `10.111.0.N/24` on each machine's `eth1`.
 
-use super::attempt::{AttemptContext, AttemptRequest, Log, Named, command_problem};
+use super::attempt::{AttemptContext, AttemptRequest, Log, Named};
 use super::net::Network;
+use super::outcomes::command_problem;
 use crate::machine::Machine;
 use crate::machine::error::MachineError;
 use crate::machine::vm::{MachineSpec, VirtualMachine};

@@ -16,10 +16,9 @@
 //! one too, so a client that connects and never writes (or never reads) delays neither
 //! other clients nor the deadline.
 
-use super::attempt::{
-    AttemptContext, AttemptRequest, Log, Named, harness, machine_failed, skipped,
-};
+use super::attempt::{AttemptContext, AttemptRequest, Log, Named};
 use super::control::{self, Request, Response};
+use super::outcomes::{harness, machine_failed, skipped};
 use crate::events::AttemptOutcome;
 use crate::machine::error::MachineError;
 use crate::machine::shell::Exec;

@@ -11,6 +11,7 @@
 pub mod artifacts;
 pub mod attempt;
 pub mod autopkgtest;
+pub mod bodies;
 pub mod boots;
 pub mod control;
 pub mod dispatcher;
@@ -22,6 +23,7 @@ pub mod kept;
 pub mod ledger;
 pub mod net;
 pub mod order;
+pub mod outcomes;
 pub mod output;
 pub mod pools;
 pub mod restore;
