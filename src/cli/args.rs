@@ -1,5 +1,5 @@
 //! clap definitions: exactly what the user can type, validated for shape only. Turning
-//! these into engine calls happens in `dispatch.rs`.
+//! these into engine calls happens in `dispatch.rs` and the file it hands each command to.
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;

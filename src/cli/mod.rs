@@ -16,10 +16,14 @@ macro_rules! out {
 mod args;
 mod dispatch;
 mod errors;
+mod helpers;
 mod hunt;
+mod image;
+mod naughty;
 mod replay;
 mod results;
 mod run;
+mod vm;
 
 pub use dispatch::main;
 
