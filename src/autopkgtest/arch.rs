@@ -5,7 +5,7 @@
 //! An architecture is a tuple (ABI, libc, OS, CPU): `amd64` is (base, gnu, linux, amd64). A
 //! wildcard has `any` in some part and names the last parts: `any`, `linux-any` (OS linux),
 //! `any-amd64` (CPU amd64), `gnu-any-any`, `base-gnu-linux-any`. Only the architectures in
-//! [`tuple`] are known; an unknown one matches only itself and `any`.
+//! [`tuple()`] are known; an unknown one matches only itself and `any`.
 
 /// The (ABI, libc, OS, CPU) tuple of a known Debian architecture.
 pub fn tuple(arch: &str) -> Option<[&'static str; 4]> {

@@ -25,7 +25,7 @@ pub struct ConsoleState {
 /// after is still read, and its markers counted).
 const MAX_LOG: u64 = 64 << 20;
 
-/// Append `source` to `log` until EOF (up to [`MAX_LOG`] bytes), counting ready markers
+/// Append `source` to `log` until EOF (up to `MAX_LOG` bytes), counting ready markers
 /// (lines equal to `marker`, ignoring carriage returns), restarts and panics. Returns the
 /// receiver of the counts.
 pub fn spawn_reader(

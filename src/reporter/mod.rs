@@ -1,4 +1,4 @@
-//! Reporters: each turns the run's [`Event`](crate::events::Event)s into one output.
+//! Reporters: each turns the run's [`Event`]s into one output.
 //! `tap.rs` writes TAP to stdout; `json.rs` JSON lines; `junit.rs` JUnit XML; `live.rs`
 //! streams test output to stderr; `progress.rs` shows progress on stderr; `summary.rs`
 //! prints the end-of-run summary; `status.rs` keeps a JSON status file up to date; `html.rs` writes the HTML report. The CLI fans every event out to all active reporters; no

@@ -358,7 +358,7 @@ const NOT_REPEATED: [&str; 5] = [
 ];
 
 /// The command that re-runs tests by name: `argv` without its positional `filters`, its
-/// outputs and its shard ([`NOT_REPEATED`]), with `--exact` so names match whole tests
+/// outputs and its shard (`NOT_REPEATED`), with `--exact` so names match whole tests
 /// only; prefixed with `TEST_OS=…` when it was set.
 pub fn rerun_words(argv: &[String], filters: &[String], test_os: Option<&str>) -> Vec<String> {
     let mut words = Vec::new();

@@ -3,7 +3,7 @@
 //! testlib on `PYTHONPATH` and a file to report an infrastructure failure in) — run in its
 //! own process group, with the `vm` helper on `PATH` and the attempt's control socket
 //! served (see `control.rs`) until it ends or the test's deadline. What it asks for that
-//! outlives it (paths to restore, journal messages to allow) is handed back ([`Granted`]).
+//! outlives it (paths to restore, journal messages to allow) is handed back (`Granted`).
 //!
 //! Nothing the script starts outlives it: its process group is killed when the attempt
 //! ends; the script itself gets `PR_SET_PDEATHSIG` (it dies with vmcheck, even by

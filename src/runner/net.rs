@@ -4,11 +4,11 @@
 //! `vm net show` (or the same `net` request from an executable check file, see
 //! `control.rs`).
 //!
-//! [`Network`] is the attempt's: a run directory (0700) holding the sockets of a switch
+//! `Network` is the attempt's: a run directory (0700) holding the sockets of a switch
 //! (`machine/switch.rs`) with one port per machine, in provision order. It lives and dies
 //! with the attempt, so no fault outlives the test; the attempt also heals every fault
 //! when the test's body ends, and puts what the faults did into the test's output
-//! ([`Network::summary`]). This file owns what the commands mean: their arguments, their
+//! (`Network::summary`). This file owns what the commands mean: their arguments, their
 //! checks (one clear line for an unknown machine, a bad duration or percentage) and how
 //! they change the switch's links.
 
@@ -177,7 +177,7 @@ pub fn parse_args(args: &[String]) -> Result<Request, String> {
     })
 }
 
-/// A delay: `200ms`, `1.5s`, `0` (none); at most [`DELAY_MAX`].
+/// A delay: `200ms`, `1.5s`, `0` (none); at most `DELAY_MAX`.
 pub fn parse_delay(text: &str) -> Result<Duration, String> {
     let bad = || format!("not a delay: {text:?} (say 200ms or 1.5s)");
     let (number, unit) = match text.strip_suffix("ms") {

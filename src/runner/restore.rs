@@ -1,7 +1,7 @@
 //! Saving and putting back the guest paths a nondestructive test changes: those its check
 //! file declares (`restore`), saved before it runs, and those it asks for while it runs
 //! (`vm restore`, the testlib's `restore_file`), each saved as a numbered tarball under
-//! [`SAVE_DIR`] in the shared machine, so that a killed test's changes are undone too.
+//! `SAVE_DIR` in the shared machine, so that a killed test's changes are undone too.
 
 /// Where the saved paths are kept in the guest.
 const SAVE_DIR: &str = "/var/lib/vmcheck-restore";
