@@ -8,6 +8,7 @@ use crate::events::AttemptOutcome;
 use crate::machine::error::MachineError;
 use std::time::Duration;
 
+/// A failure of vmcheck's own around the test (not the test's, not a machine's).
 pub(super) fn harness(message: String) -> AttemptOutcome {
     AttemptOutcome::Harness {
         message,
