@@ -34,6 +34,8 @@ pub(super) struct Request {
     /// The source packages of `vmcheck autopkgtest`.
     pub(super) autopkgtest: Option<AptSources>,
     pub(super) shard: Option<Shard>,
+    /// How many runs of each test, if repeated (`--repeat`, `--until-fail`, `--stress-below`).
+    pub(super) repeats: Option<u32>,
     /// `TEST_OS`, or the suite's default image.
     pub(super) test_os: String,
 }
@@ -91,7 +93,8 @@ pub(super) fn settle(args: &mut RunArgs, suite: &Suite) -> Result<Request, CliEr
         // Running one check file by hand: no retries, output live (as Cockpit's check-*).
         args.no_retry_fail = true;
     }
-    if args.sit || repeats(args)?.is_some() {
+    let repeats = repeats(args)?;
+    if args.sit || repeats.is_some() {
         // A repeated test's runs are its trials: each counts as it ends.
         args.no_retry_fail = true;
     }
@@ -132,6 +135,7 @@ pub(super) fn settle(args: &mut RunArgs, suite: &Suite) -> Result<Request, CliEr
         file,
         autopkgtest,
         shard,
+        repeats,
         test_os,
     })
 }
@@ -259,7 +263,7 @@ pub(super) fn plan(
         NaughtyDb::load(&root.join(vmcheck::naughty::NAUGHTY_DIR)).map_err(CliError::Naughty)?
     };
     let mut plan = vmcheck::planning::plan::plan(tests, &opts);
-    if let Some(n) = repeats(args)? {
+    if let Some(n) = request.repeats {
         plan = vmcheck::planning::plan::repeat(plan, n);
     }
     let whole_suite = request.file.is_none()
